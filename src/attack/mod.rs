@@ -1,0 +1,1 @@
+//! PGD adversarial attacks in the ℓ∞ ball, batched.

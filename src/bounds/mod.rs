@@ -1,0 +1,1 @@
+//! Sound bound propagation (IBP, CROWN-IBP, CROWN) over a `model::Net` for margin specifications.

@@ -1,0 +1,67 @@
+//! Command-line interface: clap commands, each a thin call into the library.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod best;
+mod plot;
+mod resume;
+mod run;
+mod status;
+mod train;
+mod trials;
+mod verify;
+
+/// Hyperparameter optimisation for certified training of neural networks.
+///
+/// A study tunes one certified-training method (standard, pgd, ibp, crown_ibp, sabr, taps,
+/// staps, mtl_ibp) with Bayesian optimisation; every trial trains a network with the embedded
+/// CPU trainer and scores natural, adversarial (PGD) and certified accuracy.
+#[derive(Debug, Parser)]
+#[command(name = "cthpo", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run (or continue) a hyperparameter-optimisation study for one method.
+    Run(run::RunArgs),
+    /// Continue a stored study by name.
+    Resume(resume::ResumeArgs),
+    /// Train one network with one method and configuration, then evaluate it.
+    Train(train::TrainArgs),
+    /// Measure natural, adversarial and certified accuracy of a trained network.
+    Verify(verify::VerifyArgs),
+    /// Summarise stored studies: trials by state and the best configuration.
+    Status(status::StatusArgs),
+    /// List the trials of a study (table, JSON or CSV).
+    Trials(trials::TrialsArgs),
+    /// Export the best configuration (and checkpoint) of a study.
+    Best(best::BestArgs),
+    /// Draw Pareto fronts and optimisation history of studies (PNG and SVG).
+    Plot(plot::PlotArgs),
+}
+
+/// Parses the process arguments, runs the command and turns errors into a non-zero exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Resume(args) => resume::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Verify(args) => verify::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Trials(args) => trials::run(args),
+        Command::Best(args) => best::run(args),
+        Command::Plot(args) => plot::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Natural, adversarial and certified accuracy, including the IBP → CROWN-IBP → CROWN cascade.

@@ -1,0 +1,17 @@
+//! cthpo: Bayesian hyperparameter optimisation for certified training of neural networks.
+//!
+//! The modules follow `DESIGN.md`: data → model → bounds/attack → train/eval form the embedded
+//! certified trainer; space → opt form the optimiser; store, study and plot run and record studies.
+
+pub mod attack;
+pub mod bounds;
+pub mod cli;
+pub mod data;
+pub mod eval;
+pub mod model;
+pub mod opt;
+pub mod plot;
+pub mod space;
+pub mod store;
+pub mod study;
+pub mod train;

@@ -1,0 +1,1 @@
+//! Networks: serde layer lists, builtin architectures, forward passes, initialisation, safetensors I/O.

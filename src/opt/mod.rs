@@ -1,0 +1,1 @@
+//! The Bayesian optimiser behind an ask/tell API: initial design, surrogates, acquisition.

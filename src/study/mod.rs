@@ -1,0 +1,1 @@
+//! The study driver: ask → train → score → store → tell, with budgets, failure isolation and resume.

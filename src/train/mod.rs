@@ -1,0 +1,1 @@
+//! The embedded certified trainer: schedules, methods, regularisers, optimisers and the epoch loop.
