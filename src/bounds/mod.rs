@@ -1,1 +1,264 @@
 //! Sound bound propagation (IBP, CROWN-IBP, CROWN) over a `model::Net` for margin specifications.
+//!
+//! Every function here returns bounds that contain the network's values at every point of the
+//! input box (up to float rounding); IBP and CROWN-IBP are built from candle ops and so are
+//! differentiable for certified training.
+
+mod interval;
+mod linear;
+
+pub use interval::{IntervalTrace, interval_spec_bounds, interval_trace, propagate_layer};
+
+use crate::model::{ModelError, Net, Normalization};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Element-wise lower and upper bounds of a batch of activations.
+#[derive(Debug, Clone)]
+pub struct Interval {
+    /// Lower bounds, same shape as the activations.
+    pub lower: Tensor,
+    /// Upper bounds, same shape as the activations.
+    pub upper: Tensor,
+}
+
+impl Interval {
+    /// The ℓ∞ ball of radius `eps` around `inputs`, clipped to the data range [0, 1].
+    pub fn linf_ball(inputs: &Tensor, eps: f64) -> Result<Interval, BoundsError> {
+        Interval::linf_ball_within(inputs, eps, 0.0, 1.0)
+    }
+
+    /// The ℓ∞ ball of radius `eps` around `inputs`, clipped to `[min, max]`.
+    pub fn linf_ball_within(
+        inputs: &Tensor,
+        eps: f64,
+        min: f64,
+        max: f64,
+    ) -> Result<Interval, BoundsError> {
+        if !(eps >= 0.0) || !eps.is_finite() {
+            return Err(BoundsError::InvalidEpsilon(eps));
+        }
+        Ok(Interval {
+            lower: (inputs - eps)?.clamp(min, max)?,
+            upper: (inputs + eps)?.clamp(min, max)?,
+        })
+    }
+}
+
+/// Which bound propagation method to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoundMethod {
+    /// Interval bound propagation: cheapest, loosest.
+    Ibp,
+    /// IBP for intermediate ReLU bounds, CROWN back-substitution for the final specification.
+    CrownIbp,
+    /// CROWN for every intermediate bound and the final specification: tightest, costliest.
+    Crown,
+}
+
+impl BoundMethod {
+    /// Every method, cheapest first (the order of the certification cascade).
+    pub const ALL: [BoundMethod; 3] = [BoundMethod::Ibp, BoundMethod::CrownIbp, BoundMethod::Crown];
+
+    /// The method's command-line name (`ibp`, `crown-ibp`, `crown`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            BoundMethod::Ibp => "ibp",
+            BoundMethod::CrownIbp => "crown-ibp",
+            BoundMethod::Crown => "crown",
+        }
+    }
+}
+
+impl std::fmt::Display for BoundMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BoundMethod {
+    type Err = BoundsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "ibp" => Ok(BoundMethod::Ibp),
+            "crown-ibp" => Ok(BoundMethod::CrownIbp),
+            "crown" => Ok(BoundMethod::Crown),
+            _ => Err(BoundsError::UnknownMethod(s.to_string())),
+        }
+    }
+}
+
+/// What can go wrong while computing bounds.
+#[derive(Debug, thiserror::Error)]
+pub enum BoundsError {
+    /// ε must be a finite non-negative number.
+    #[error("invalid perturbation radius ε = {0}: it must be finite and ≥ 0")]
+    InvalidEpsilon(f64),
+    /// The method name is not one of ours.
+    #[error("unknown bound method `{0}` (known: ibp, crown-ibp, crown)")]
+    UnknownMethod(String),
+    /// A label is not a class of the network.
+    #[error("label {label} is out of range for a network with {classes} classes")]
+    LabelOutOfRange {
+        /// The offending label.
+        label: u32,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// Internal: a ReLU was reached before its input bounds were computed.
+    #[error("internal error: no pre-activation bounds for the ReLU at layer {layer}")]
+    MissingReluBounds {
+        /// The ReLU's layer index.
+        layer: usize,
+    },
+    /// The network itself failed (shape mismatch and the like).
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// The margin specification `C` of shape `[B, K−1, K]`: for each sample with label `y`, rows
+/// `e_y − e_j` for every `j ≠ y` in increasing `j`. A sample is certified when every row's
+/// lower bound is positive.
+pub fn margin_spec(labels: &Tensor, num_classes: usize) -> Result<Tensor, BoundsError> {
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    let rows = num_classes.saturating_sub(1);
+    let mut values = vec![0f32; labels.len() * rows * num_classes];
+    for (b, &label) in labels.iter().enumerate() {
+        if label as usize >= num_classes {
+            return Err(BoundsError::LabelOutOfRange {
+                label,
+                classes: num_classes,
+            });
+        }
+        let others = (0..num_classes).filter(|&j| j != label as usize);
+        for (row, other) in others.enumerate() {
+            let base = (b * rows + row) * num_classes;
+            values[base + label as usize] = 1.0;
+            values[base + other] = -1.0;
+        }
+    }
+    Ok(Tensor::from_vec(
+        values,
+        (labels.len(), rows, num_classes),
+        &Device::Cpu,
+    )?)
+}
+
+/// Bounds of `spec · logits` (spec `[B, S, K]`) over the input box by the chosen method.
+///
+/// `normalization` selects BatchNorm statistics (population at evaluation, the clean batch's
+/// during training). The lower bounds are what certification and robust losses use.
+pub fn spec_bounds(
+    net: &Net,
+    input: &Interval,
+    spec: &Tensor,
+    method: BoundMethod,
+    normalization: Normalization<'_>,
+) -> Result<Interval, BoundsError> {
+    let end = net.layers().len();
+    match method {
+        BoundMethod::Ibp => {
+            let trace = interval_trace(net, input, normalization)?;
+            interval_spec_bounds(net, &trace, spec)
+        }
+        BoundMethod::CrownIbp => {
+            let trace = interval_trace(net, input, normalization)?;
+            let relu_bounds = relu_bounds_from_trace(net, &trace);
+            linear::backward_bounds(net, end, spec, input, &relu_bounds, normalization)
+        }
+        BoundMethod::Crown => {
+            let relu_bounds = linear::crown_relu_bounds(net, input, normalization, end)?;
+            linear::backward_bounds(net, end, spec, input, &relu_bounds, normalization)
+        }
+    }
+}
+
+/// Lower bounds only of `spec · logits`: half the backward work of [`spec_bounds`] for CROWN.
+pub fn spec_lower_bounds(
+    net: &Net,
+    input: &Interval,
+    spec: &Tensor,
+    method: BoundMethod,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
+    let end = net.layers().len();
+    match method {
+        BoundMethod::Ibp => Ok(spec_bounds(net, input, spec, method, normalization)?.lower),
+        BoundMethod::CrownIbp => {
+            let trace = interval_trace(net, input, normalization)?;
+            let relu_bounds = relu_bounds_from_trace(net, &trace);
+            linear::backward_lower_bound(net, end, spec.clone(), input, &relu_bounds, normalization)
+        }
+        BoundMethod::Crown => {
+            let relu_bounds = linear::crown_relu_bounds(net, input, normalization, end)?;
+            linear::backward_lower_bound(net, end, spec.clone(), input, &relu_bounds, normalization)
+        }
+    }
+}
+
+/// CROWN-IBP lower bounds of `spec · logits` reusing an IBP trace already computed (training
+/// mixes IBP and CROWN-IBP margins from one interval pass).
+pub fn crown_ibp_lower_bounds_from_trace(
+    net: &Net,
+    trace: &IntervalTrace,
+    spec: &Tensor,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
+    let relu_bounds = relu_bounds_from_trace(net, trace);
+    let input = &trace.activations[0];
+    linear::backward_lower_bound(
+        net,
+        net.layers().len(),
+        spec.clone(),
+        input,
+        &relu_bounds,
+        normalization,
+    )
+}
+
+/// Lower bounds on the margins `z_y − z_j` (`[B, K−1]`, `j ≠ y` in increasing order).
+pub fn margin_lower_bounds(
+    net: &Net,
+    input: &Interval,
+    labels: &Tensor,
+    method: BoundMethod,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
+    let spec = margin_spec(labels, net.num_classes())?;
+    spec_lower_bounds(net, input, &spec, method, normalization)
+}
+
+/// Logits for the robust cross-entropy: `0` at the label and `−m_j` elsewhere, from margin
+/// lower bounds `m` (`[B, K−1]`); cross-entropy against the labels then bounds the worst case.
+pub fn robust_logits(margin_lower: &Tensor, labels: &Tensor) -> Result<Tensor, BoundsError> {
+    let (batch, rows) = margin_lower.dims2()?;
+    let classes = rows + 1;
+    let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    // A constant 0/1 placement [B, K−1, K] moves margin row r to class r (or r + 1 past the
+    // label); a matmul keeps this differentiable, which candle's scatter backward is not.
+    let mut placement = vec![0f32; batch * rows * classes];
+    for (b, &label) in labels.iter().enumerate() {
+        for row in 0..rows {
+            let class = if (row as u32) < label { row } else { row + 1 };
+            placement[(b * rows + row) * classes + class] = 1.0;
+        }
+    }
+    let placement = Tensor::from_vec(placement, (batch, rows, classes), &Device::Cpu)?;
+    Ok(margin_lower
+        .neg()?
+        .unsqueeze(1)?
+        .matmul(&placement)?
+        .squeeze(1)?)
+}
+
+fn relu_bounds_from_trace(net: &Net, trace: &IntervalTrace) -> linear::ReluBounds {
+    let mut bounds = vec![None; net.layers().len()];
+    for (index, interval) in trace.relu_inputs(net) {
+        bounds[index] = Some(interval.clone());
+    }
+    bounds
+}

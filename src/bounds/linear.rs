@@ -1,0 +1,323 @@
+//! CROWN: backward propagation of linear bounds with the adaptive ReLU relaxation.
+
+use super::interval::propagate_layer;
+use super::{BoundsError, Interval};
+use crate::model::{Layer, Net, Normalization, channel_view_dims};
+use candle_core::{DType, Device, Tensor};
+
+/// Largest number of f32 coefficients one backward pass may hold at once (≈ 256 MB); full
+/// CROWN splits its per-neuron specifications into chunks below this.
+const COEFFICIENT_BUDGET: usize = 1 << 26;
+
+/// Lower bound of `A · activation_k + bias` over the input box, as `A₀ · x + bias` at the input.
+struct LinearBound {
+    /// Coefficients `[B, S, *shape]` with respect to the current activation.
+    coefficients: Tensor,
+    /// Constant term `[B, S]`.
+    bias: Tensor,
+}
+
+/// ReLU pre-activation bounds known so far, indexed by layer (Some only for ReLU layers).
+pub(crate) type ReluBounds = Vec<Option<Interval>>;
+
+/// Lower bounds of `spec · activation_end` (spec `[B, S, *shape_end]`) over `input`, by walking
+/// the layers before `end` backwards and concretising at the input box.
+pub(crate) fn backward_lower_bound(
+    net: &Net,
+    end: usize,
+    spec: Tensor,
+    input: &Interval,
+    relu_bounds: &ReluBounds,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
+    let (batch, specs) = (spec.dim(0)?, spec.dim(1)?);
+    let mut state = LinearBound {
+        bias: Tensor::zeros((batch, specs), DType::F32, spec.device())?,
+        coefficients: spec,
+    };
+    for index in (0..end).rev() {
+        state = backward_through_layer(net, index, state, relu_bounds, normalization)?;
+    }
+    // min over the box of A·x is A·centre − |A|·radius.
+    let coefficients = state.coefficients.flatten_from(2)?;
+    let centre = ((&input.upper + &input.lower)? * 0.5)?
+        .flatten_from(1)?
+        .unsqueeze(2)?;
+    let radius = ((&input.upper - &input.lower)? * 0.5)?
+        .flatten_from(1)?
+        .unsqueeze(2)?;
+    let value = (coefficients.matmul(&centre)? - coefficients.abs()?.matmul(&radius)?)?;
+    Ok((value.squeeze(2)? + state.bias)?)
+}
+
+/// Lower and upper bounds of `spec · activation_end` in one backward pass over `[spec; −spec]`.
+pub(crate) fn backward_bounds(
+    net: &Net,
+    end: usize,
+    spec: &Tensor,
+    input: &Interval,
+    relu_bounds: &ReluBounds,
+    normalization: Normalization<'_>,
+) -> Result<Interval, BoundsError> {
+    let specs = spec.dim(1)?;
+    let both = Tensor::cat(&[spec, &spec.neg()?], 1)?;
+    let lower_both = backward_lower_bound(net, end, both, input, relu_bounds, normalization)?;
+    Ok(Interval {
+        lower: lower_both.narrow(1, 0, specs)?,
+        upper: lower_both.narrow(1, specs, specs)?.neg()?,
+    })
+}
+
+fn sum_trailing(tensor: &Tensor) -> Result<Tensor, BoundsError> {
+    Ok(tensor.flatten_from(2)?.sum(2)?)
+}
+
+fn backward_through_layer(
+    net: &Net,
+    index: usize,
+    state: LinearBound,
+    relu_bounds: &ReluBounds,
+    normalization: Normalization<'_>,
+) -> Result<LinearBound, BoundsError> {
+    let LinearBound { coefficients, bias } = state;
+    let (batch, specs) = (coefficients.dim(0)?, coefficients.dim(1)?);
+    let input_shape = net.shapes()[index];
+    Ok(match &net.layers()[index] {
+        Layer::Linear {
+            weight,
+            bias: layer_bias,
+        } => LinearBound {
+            bias: (bias
+                + coefficients
+                    .broadcast_matmul(&layer_bias.unsqueeze(1)?)?
+                    .squeeze(2)?)?,
+            coefficients: coefficients.broadcast_matmul(weight)?,
+        },
+        Layer::Conv2d {
+            weight,
+            bias: layer_bias,
+            stride,
+            padding,
+        } => {
+            let (_, _, channels, height, width) = coefficients.dims5()?;
+            let per_channel = coefficients.flatten_from(3)?.sum(3)?; // [B, S, C_out]
+            let bias = (bias
+                + per_channel
+                    .broadcast_matmul(&layer_bias.unsqueeze(1)?)?
+                    .squeeze(2)?)?;
+            let flat = coefficients.reshape((batch * specs, channels, height, width))?;
+            // The transposed convolution drops the last (H_in + 2p − k) mod stride input rows
+            // and columns; output padding restores them, and any excess (non-square inputs)
+            // lies in the zero padding and is cropped.
+            let dims = input_shape.batch_dims(batch * specs);
+            let kernel = weight.dim(2)?;
+            let reached = |out: usize| (out - 1) * stride + kernel - 2 * padding;
+            let missing = (dims[2] - reached(height)).max(dims[3] - reached(width));
+            let back = flat
+                .conv_transpose2d(weight, *padding, missing, *stride, 1)?
+                .narrow(2, 0, dims[2])?
+                .narrow(3, 0, dims[3])?;
+            LinearBound {
+                coefficients: back.reshape((batch, specs, dims[1], dims[2], dims[3]))?,
+                bias,
+            }
+        }
+        Layer::Flatten => {
+            let mut dims = vec![batch, specs];
+            dims.extend(&input_shape.batch_dims(1)[1..]);
+            LinearBound {
+                coefficients: coefficients.reshape(dims)?,
+                bias,
+            }
+        }
+        Layer::Normalize { mean, std } => {
+            let scale = std.recip()?;
+            let shift = (mean.neg()? / std)?;
+            affine_backward(coefficients, bias, &scale, &shift)?
+        }
+        Layer::BatchNorm { .. } => {
+            let (scale, shift) = net.batch_norm_affine(index, normalization)?;
+            affine_backward(coefficients, bias, &scale, &shift)?
+        }
+        Layer::Relu => {
+            let bounds = relu_bounds[index]
+                .as_ref()
+                .ok_or(BoundsError::MissingReluBounds { layer: index })?;
+            let relaxation = ReluRelaxation::new(bounds)?;
+            let positive = coefficients.relu()?;
+            let negative = (&coefficients - &positive)?;
+            let upper_slope = relaxation.upper_slope.unsqueeze(1)?;
+            let lower_slope = relaxation.lower_slope.unsqueeze(1)?;
+            let upper_intercept = relaxation.upper_intercept.unsqueeze(1)?;
+            let bias = (bias + sum_trailing(&negative.broadcast_mul(&upper_intercept)?)?)?;
+            LinearBound {
+                coefficients: (positive.broadcast_mul(&lower_slope)?
+                    + negative.broadcast_mul(&upper_slope)?)?,
+                bias,
+            }
+        }
+    })
+}
+
+/// Backward step through `x ↦ scale[c]·x + shift[c]` on channel axis 1 of the activation.
+fn affine_backward(
+    coefficients: Tensor,
+    bias: Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+) -> Result<LinearBound, BoundsError> {
+    // Coefficients carry an extra spec axis, so the channel axis is 2.
+    let mut view = channel_view_dims(coefficients.rank() - 1, scale.elem_count());
+    view.insert(0, 1);
+    let scale = scale.reshape(view.clone())?;
+    let shift = shift.reshape(view)?;
+    Ok(LinearBound {
+        bias: (bias + sum_trailing(&coefficients.broadcast_mul(&shift)?)?)?,
+        coefficients: coefficients.broadcast_mul(&scale)?,
+    })
+}
+
+/// Linear relaxation of ReLU on `[l, u]`: `lower_slope·x ≤ relu(x) ≤ upper_slope·x + upper_intercept`.
+pub(crate) struct ReluRelaxation {
+    pub(crate) lower_slope: Tensor,
+    pub(crate) upper_slope: Tensor,
+    pub(crate) upper_intercept: Tensor,
+}
+
+impl ReluRelaxation {
+    /// Adaptive CROWN relaxation: stable neurons exact; unstable ones get the chord above and
+    /// slope 1 below when `u > −l`, else slope 0 (the choice that minimises the relaxed area).
+    pub(crate) fn new(bounds: &Interval) -> Result<ReluRelaxation, BoundsError> {
+        let (lower, upper) = (&bounds.lower, &bounds.upper);
+        let zero = lower.zeros_like()?;
+        let one = lower.ones_like()?;
+        let unstable = lower.lt(&zero)?.mul(&upper.gt(&zero)?)?;
+        let active = lower.ge(&zero)?;
+        // Masked denominators keep the gradient finite where u = l.
+        let width = unstable.where_cond(&(upper - lower)?, &one)?;
+        let chord = (upper / width)?;
+        let upper_slope = unstable.where_cond(&chord, &active.where_cond(&one, &zero)?)?;
+        let upper_intercept = unstable.where_cond(&(chord.neg()? * lower)?, &zero)?;
+        let steep = upper.gt(&lower.neg()?)?;
+        let lower_slope = unstable.where_cond(
+            &steep.where_cond(&one, &zero)?,
+            &active.where_cond(&one, &zero)?,
+        )?;
+        Ok(ReluRelaxation {
+            lower_slope: lower_slope.detach(),
+            upper_slope,
+            upper_intercept,
+        })
+    }
+}
+
+/// Full CROWN bounds on every ReLU input: each unstable neuron gets its own backward pass from
+/// its layer to the input, intersected with the interval image of the refined earlier bounds.
+pub(crate) fn crown_relu_bounds(
+    net: &Net,
+    input: &Interval,
+    normalization: Normalization<'_>,
+    end: usize,
+) -> Result<ReluBounds, BoundsError> {
+    let layers = net.layers();
+    let mut relu_bounds: ReluBounds = vec![None; layers.len()];
+    let mut current = input.clone();
+    let mut segment_start = 0;
+    for index in 0..end {
+        if let Layer::Relu = layers[index] {
+            let candidate = current.clone();
+            let refined = if interval_is_exact(net, segment_start, index) {
+                candidate
+            } else {
+                refine_unstable(net, index, &candidate, input, &relu_bounds, normalization)?
+            };
+            current = propagate_layer(net, index, &refined, normalization)?;
+            relu_bounds[index] = Some(refined);
+            segment_start = index + 1;
+        } else {
+            current = propagate_layer(net, index, &current, normalization)?;
+        }
+    }
+    Ok(relu_bounds)
+}
+
+/// True when the interval image of the input box through layers `start..end` is exact: they
+/// start at the input and hold at most one dense map (conv or linear) among per-channel
+/// rescalings, so CROWN could not tighten it.
+fn interval_is_exact(net: &Net, start: usize, end: usize) -> bool {
+    let dense_maps = net.layers()[start..end]
+        .iter()
+        .filter(|l| matches!(l, Layer::Conv2d { .. } | Layer::Linear { .. }))
+        .count();
+    start == 0 && dense_maps <= 1
+}
+
+/// Tightens the unstable entries of `candidate` (bounds at the input of layer `index`) by CROWN.
+fn refine_unstable(
+    net: &Net,
+    index: usize,
+    candidate: &Interval,
+    input: &Interval,
+    relu_bounds: &ReluBounds,
+    normalization: Normalization<'_>,
+) -> Result<Interval, BoundsError> {
+    let batch = candidate.lower.dim(0)?;
+    let shape = net.shapes()[index];
+    let neurons = shape.numel();
+    let lower = candidate.lower.flatten_from(1)?.to_vec2::<f32>()?;
+    let upper = candidate.upper.flatten_from(1)?.to_vec2::<f32>()?;
+    let unstable: Vec<Vec<usize>> = (0..batch)
+        .map(|b| {
+            (0..neurons)
+                .filter(|&n| lower[b][n] < 0.0 && upper[b][n] > 0.0)
+                .collect()
+        })
+        .collect();
+    let widest = net.shapes()[..=index]
+        .iter()
+        .map(|s| s.numel())
+        .max()
+        .unwrap_or(1);
+    let mut refined_lower = lower.clone();
+    let mut refined_upper = upper.clone();
+    let max_unstable = unstable.iter().map(Vec::len).max().unwrap_or(0);
+    if max_unstable > 0 {
+        // Rows per pass: two signs per neuron, every sample of the batch, widest activation.
+        let chunk = (COEFFICIENT_BUDGET / (2 * batch * widest)).clamp(1, max_unstable);
+        let mut spec_dims = vec![batch, chunk];
+        spec_dims.extend(&shape.batch_dims(1)[1..]);
+        for start in (0..max_unstable).step_by(chunk) {
+            let rows = chunk.min(max_unstable - start);
+            let mut one_hot = vec![0f32; batch * chunk * neurons];
+            for (b, neurons_of_sample) in unstable.iter().enumerate() {
+                for row in 0..rows {
+                    if let Some(&neuron) = neurons_of_sample.get(start + row) {
+                        one_hot[(b * chunk + row) * neurons + neuron] = 1.0;
+                    }
+                }
+            }
+            let spec = Tensor::from_vec(one_hot, spec_dims.clone(), &Device::Cpu)?;
+            let bounds = backward_bounds(net, index, &spec, input, relu_bounds, normalization)?;
+            let chunk_lower = bounds.lower.to_vec2::<f32>()?;
+            let chunk_upper = bounds.upper.to_vec2::<f32>()?;
+            for (b, neurons_of_sample) in unstable.iter().enumerate() {
+                for row in 0..rows {
+                    if let Some(&neuron) = neurons_of_sample.get(start + row) {
+                        // Both bounds are sound, so their intersection is too.
+                        refined_lower[b][neuron] =
+                            refined_lower[b][neuron].max(chunk_lower[b][row]);
+                        refined_upper[b][neuron] =
+                            refined_upper[b][neuron].min(chunk_upper[b][row]);
+                    }
+                }
+            }
+        }
+    }
+    let dims = shape.batch_dims(batch);
+    let to_tensor =
+        |rows: Vec<Vec<f32>>| Tensor::from_vec(rows.concat(), dims.clone(), &Device::Cpu);
+    Ok(Interval {
+        lower: to_tensor(refined_lower)?,
+        upper: to_tensor(refined_upper)?,
+    })
+}

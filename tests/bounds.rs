@@ -1,0 +1,409 @@
+//! Soundness of IBP, CROWN-IBP and CROWN: points sampled inside the ε-box must land inside the
+//! computed bounds, on builtin architectures and random small networks, with and without BatchNorm.
+
+use candle_core::{Device, Tensor};
+use cthpo::bounds::{
+    BoundMethod, Interval, interval_trace, margin_spec, robust_logits, spec_bounds,
+    spec_lower_bounds,
+};
+use cthpo::model::{Initialization, LayerSpec, Net, NetSpec, Normalization};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// Absolute slack for float rounding in the comparisons (the bounds are computed in f32).
+const TOLERANCE: f32 = 2e-4;
+
+fn random_inputs(rng: &mut StdRng, batch: usize, shape: [usize; 3]) -> Tensor {
+    let count = batch * shape.iter().product::<usize>();
+    // Mix of interior values and values at the edges of [0, 1] so clipping is exercised.
+    let values: Vec<f32> = (0..count)
+        .map(|_| match rng.random_range(0..10) {
+            0 => 0.0,
+            1 => 1.0,
+            _ => rng.random_range(0.0..1.0),
+        })
+        .collect();
+    Tensor::from_vec(values, (batch, shape[0], shape[1], shape[2]), &Device::Cpu).unwrap()
+}
+
+/// Points inside the box: half of them vertices (where linear bounds are tightest), half uniform.
+fn sample_points(rng: &mut StdRng, interval: &Interval, per_sample: usize) -> (Tensor, Vec<usize>) {
+    let lower = interval
+        .lower
+        .flatten_from(1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let upper = interval
+        .upper
+        .flatten_from(1)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let mut values = Vec::new();
+    let mut owner = Vec::new();
+    for (b, (lo, hi)) in lower.iter().zip(&upper).enumerate() {
+        for p in 0..per_sample {
+            for (l, u) in lo.iter().zip(hi) {
+                let t: f32 = if p % 2 == 0 {
+                    if rng.random_bool(0.5) { 1.0 } else { 0.0 }
+                } else {
+                    rng.random_range(0.0..=1.0)
+                };
+                values.push(l + t * (u - l));
+            }
+            owner.push(b);
+        }
+    }
+    let mut dims = interval.lower.dims().to_vec();
+    dims[0] = owner.len();
+    (Tensor::from_vec(values, dims, &Device::Cpu).unwrap(), owner)
+}
+
+fn randomise_batch_norm(net: &Net, rng: &mut StdRng) {
+    for named in net.named_vars() {
+        let index: usize = named.name.split('.').next().unwrap().parse().unwrap();
+        if !matches!(net.spec().layers[index], LayerSpec::BatchNorm {}) {
+            continue;
+        }
+        let n = named.var.elem_count();
+        let values: Vec<f32> = (0..n)
+            .map(|_| match named.name.rsplit('.').next().unwrap() {
+                "weight" => rng.random_range(-1.5..1.5),
+                "bias" => rng.random_range(-0.3..0.3),
+                "running_mean" => rng.random_range(-0.3..0.3),
+                _ => rng.random_range(0.2..2.0),
+            })
+            .collect();
+        named
+            .var
+            .set(&Tensor::from_vec(values, n, &Device::Cpu).unwrap())
+            .unwrap();
+    }
+}
+
+fn random_spec(rng: &mut StdRng) -> NetSpec {
+    let channels = rng.random_range(1..=3);
+    let size = rng.random_range(6..=10);
+    let mut layers = Vec::new();
+    if rng.random_bool(0.3) {
+        layers.push(LayerSpec::Normalize {
+            mean: (0..channels).map(|_| rng.random_range(0.2..0.6)).collect(),
+            std: (0..channels).map(|_| rng.random_range(0.2..0.5)).collect(),
+        });
+    }
+    let with_bn = rng.random_bool(0.5);
+    for _ in 0..rng.random_range(1..=2) {
+        layers.push(LayerSpec::Conv2d {
+            out_channels: rng.random_range(2..=5),
+            kernel_size: rng.random_range(2..=3),
+            stride: rng.random_range(1..=2),
+            padding: rng.random_range(0..=1),
+        });
+        if with_bn {
+            layers.push(LayerSpec::BatchNorm {});
+        }
+        layers.push(LayerSpec::Relu);
+    }
+    layers.push(LayerSpec::Flatten);
+    for _ in 0..rng.random_range(0..=2) {
+        layers.push(LayerSpec::Linear {
+            out_features: rng.random_range(4..=12),
+        });
+        if with_bn && rng.random_bool(0.5) {
+            layers.push(LayerSpec::BatchNorm {});
+        }
+        layers.push(LayerSpec::Relu);
+    }
+    layers.push(LayerSpec::Linear {
+        out_features: rng.random_range(3..=5),
+    });
+    NetSpec {
+        input_shape: [channels, size, size],
+        layers,
+    }
+}
+
+/// Checks every method's margin bounds (and IBP's per-layer boxes) against sampled points.
+fn check_soundness(net: &Net, rng: &mut StdRng, batch: usize, eps: f64, per_sample: usize) {
+    let shape = net.spec().input_shape;
+    let inputs = random_inputs(rng, batch, shape);
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| rng.random_range(0..net.num_classes() as u32))
+        .collect();
+    let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+    let spec = margin_spec(&labels, net.num_classes()).unwrap();
+    let input = Interval::linf_ball(&inputs, eps).unwrap();
+    let (points, owner) = sample_points(rng, &input, per_sample);
+    let logits = net.forward(&points).unwrap();
+
+    // Margins of every sampled point: C[owner] · logits.
+    let owner_index = Tensor::new(
+        owner
+            .iter()
+            .map(|&b| b as u32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let point_spec = spec.index_select(&owner_index, 0).unwrap();
+    let margins = point_spec
+        .matmul(&logits.unsqueeze(2).unwrap())
+        .unwrap()
+        .squeeze(2)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+
+    for method in BoundMethod::ALL {
+        let bounds = spec_bounds(net, &input, &spec, method, Normalization::Population).unwrap();
+        let lower = bounds.lower.to_vec2::<f32>().unwrap();
+        let upper = bounds.upper.to_vec2::<f32>().unwrap();
+        for (p, &b) in owner.iter().enumerate() {
+            for (row, &value) in margins[p].iter().enumerate() {
+                assert!(
+                    lower[b][row] <= value + TOLERANCE && value <= upper[b][row] + TOLERANCE,
+                    "{method}: margin {row} of sample {b} is {value}, outside [{}, {}]",
+                    lower[b][row],
+                    upper[b][row]
+                );
+            }
+        }
+        // The lower-only path must agree with the two-sided one.
+        let lower_only = spec_lower_bounds(net, &input, &spec, method, Normalization::Population)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (a, b) in lower_only.iter().flatten().zip(lower.iter().flatten()) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{method}: {a} vs {b}"
+            );
+        }
+    }
+
+    // IBP boxes at every layer contain the activations of every sampled point.
+    let trace = interval_trace(net, &input, Normalization::Population).unwrap();
+    let index_of = |t: &Tensor| t.index_select(&owner_index, 0).unwrap();
+    let mut activation = points.clone();
+    let detached = net.detached();
+    for (layer_index, bounds) in trace.activations.iter().enumerate() {
+        let lo = index_of(&bounds.lower);
+        let hi = index_of(&bounds.upper);
+        let below = (lo - &activation)
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let above = (&activation - hi)
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            below <= TOLERANCE && above <= TOLERANCE,
+            "IBP box at layer {layer_index} violated by {below} / {above}"
+        );
+        if layer_index < detached.layers().len() {
+            activation = forward_one_layer(&detached, layer_index, &activation);
+        }
+    }
+}
+
+fn forward_one_layer(net: &Net, index: usize, x: &Tensor) -> Tensor {
+    // IBP of a degenerate box is the layer's exact image, which gives a layer-by-layer forward.
+    let point = Interval {
+        lower: x.clone(),
+        upper: x.clone(),
+    };
+    cthpo::bounds::propagate_layer(net, index, &point, Normalization::Population)
+        .unwrap()
+        .lower
+}
+
+#[test]
+fn builtin_architectures_are_sound() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for (name, shape, normalization) in [
+        ("fc", [1, 28, 28], None),
+        ("cnn-small", [1, 28, 28], None),
+        ("cnn-medium", [1, 28, 28], None),
+        (
+            "cnn-small",
+            [3, 32, 32],
+            Some((vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616])),
+        ),
+    ] {
+        let spec = NetSpec::builtin(name, shape, 10, normalization).unwrap();
+        for init in [Initialization::Default, Initialization::Ibp] {
+            let net = Net::new(&spec, init, rng.random()).unwrap();
+            check_soundness(&net, &mut rng, 2, 0.02, 200);
+        }
+    }
+}
+
+#[test]
+fn cnn7_interval_bounds_are_sound() {
+    // Full CROWN on CNN7 takes minutes, so this checks CNN7's BatchNorm layers with IBP and
+    // CROWN-IBP at a tiny ε; full CROWN is covered on narrow CNN7-shaped random nets below.
+    let mut rng = StdRng::seed_from_u64(12);
+    let spec = NetSpec::builtin("cnn7", [1, 28, 28], 10, None).unwrap();
+    let net = Net::new(&spec, Initialization::Ibp, 5).unwrap();
+    randomise_batch_norm(&net, &mut rng);
+    let inputs = random_inputs(&mut rng, 2, [1, 28, 28]);
+    let labels = Tensor::new(&[3u32, 7], &Device::Cpu).unwrap();
+    let spec = margin_spec(&labels, 10).unwrap();
+    let input = Interval::linf_ball(&inputs, 0.001).unwrap();
+    let (points, owner) = sample_points(&mut rng, &input, 20);
+    let logits = net.forward(&points).unwrap().to_vec2::<f32>().unwrap();
+    for method in [BoundMethod::Ibp, BoundMethod::CrownIbp] {
+        let bounds = spec_bounds(&net, &input, &spec, method, Normalization::Population).unwrap();
+        let lower = bounds.lower.to_vec2::<f32>().unwrap();
+        let upper = bounds.upper.to_vec2::<f32>().unwrap();
+        for (p, &b) in owner.iter().enumerate() {
+            let label = [3usize, 7][b];
+            for (row, other) in (0..10).filter(|&j| j != label).enumerate() {
+                let margin = logits[p][label] - logits[p][other];
+                let slack = TOLERANCE * (1.0 + margin.abs());
+                assert!(lower[b][row] <= margin + slack && margin <= upper[b][row] + slack);
+            }
+        }
+    }
+}
+
+#[test]
+fn random_networks_with_and_without_batch_norm_are_sound() {
+    let mut rng = StdRng::seed_from_u64(2024);
+    let mut with_batch_norm = 0;
+    for case in 0..40 {
+        let spec = random_spec(&mut rng);
+        let init = if case % 2 == 0 {
+            Initialization::Default
+        } else {
+            Initialization::Ibp
+        };
+        let net = Net::new(&spec, init, case).unwrap();
+        if net.has_batch_norm() {
+            with_batch_norm += 1;
+            randomise_batch_norm(&net, &mut rng);
+        }
+        let eps = [0.005, 0.02, 0.1, 0.3][case as usize % 4];
+        check_soundness(&net, &mut rng, 3, eps, 150);
+    }
+    assert!(
+        with_batch_norm >= 10,
+        "only {with_batch_norm} nets had BatchNorm"
+    );
+}
+
+#[test]
+fn crown_is_usually_at_least_as_tight_as_ibp_without_batch_norm() {
+    let mut rng = StdRng::seed_from_u64(77);
+    let (mut tighter_or_equal, mut strictly_tighter, mut total) = (0usize, 0usize, 0usize);
+    for case in 0..30 {
+        let mut spec = random_spec(&mut rng);
+        spec.layers
+            .retain(|l| !matches!(l, LayerSpec::BatchNorm {}));
+        let net = Net::new(&spec, Initialization::Default, case).unwrap();
+        let inputs = random_inputs(&mut rng, 4, spec.input_shape);
+        let labels: Vec<u32> = (0..4)
+            .map(|_| rng.random_range(0..net.num_classes() as u32))
+            .collect();
+        let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+        let margin = margin_spec(&labels, net.num_classes()).unwrap();
+        let input = Interval::linf_ball(&inputs, 0.01).unwrap();
+        let lower = |method| {
+            spec_lower_bounds(&net, &input, &margin, method, Normalization::Population)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (ibp, crown) = (lower(BoundMethod::Ibp), lower(BoundMethod::Crown));
+        for (i, c) in ibp.iter().zip(&crown) {
+            total += 1;
+            if *c >= i - 1e-5 {
+                tighter_or_equal += 1;
+            }
+            if *c > i + 1e-5 {
+                strictly_tighter += 1;
+            }
+        }
+    }
+    let share = tighter_or_equal as f64 / total as f64;
+    println!(
+        "CROWN ≥ IBP on {tighter_or_equal}/{total} margins ({:.1}%), strictly tighter on {strictly_tighter}",
+        100.0 * share
+    );
+    assert!(
+        share >= 0.95,
+        "CROWN was at least as tight as IBP on only {share:.3} of margins"
+    );
+    assert!(
+        strictly_tighter * 2 >= total,
+        "CROWN was strictly tighter on only {strictly_tighter}/{total}"
+    );
+}
+
+#[test]
+fn margin_spec_and_robust_logits_layout() {
+    let labels = Tensor::new(&[2u32, 0], &Device::Cpu).unwrap();
+    let spec = margin_spec(&labels, 3).unwrap().to_vec3::<f32>().unwrap();
+    assert_eq!(spec[0], vec![vec![-1.0, 0.0, 1.0], vec![0.0, -1.0, 1.0]]);
+    assert_eq!(spec[1], vec![vec![1.0, -1.0, 0.0], vec![1.0, 0.0, -1.0]]);
+    let margins = Tensor::new(&[[0.5f32, -1.0], [2.0, 3.0]], &Device::Cpu).unwrap();
+    let logits = robust_logits(&margins, &labels)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(logits[0], vec![-0.5, 1.0, 0.0]);
+    assert_eq!(logits[1], vec![0.0, -2.0, -3.0]);
+    assert!(margin_spec(&Tensor::new(&[3u32], &Device::Cpu).unwrap(), 3).is_err());
+}
+
+#[test]
+fn robust_training_bounds_are_differentiable() {
+    let spec = NetSpec::builtin("cnn-small", [1, 28, 28], 10, None).unwrap();
+    let net = Net::new(&spec, Initialization::Ibp, 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let inputs = random_inputs(&mut rng, 4, [1, 28, 28]);
+    let labels = Tensor::new(&[1u32, 2, 3, 4], &Device::Cpu).unwrap();
+    let input = Interval::linf_ball(&inputs, 0.1).unwrap();
+    let margin = margin_spec(&labels, 10).unwrap();
+    for method in [BoundMethod::Ibp, BoundMethod::CrownIbp] {
+        let lower =
+            spec_lower_bounds(&net, &input, &margin, method, Normalization::Population).unwrap();
+        let loss =
+            candle_nn::loss::cross_entropy(&robust_logits(&lower, &labels).unwrap(), &labels)
+                .unwrap();
+        let grads = loss.backward().unwrap();
+        for var in net.trainable_vars() {
+            let grad = grads
+                .get(var.as_tensor())
+                .expect("every parameter gets a gradient");
+            let norm = grad
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm.is_finite());
+        }
+        let first = grads.get(net.trainable_vars()[0].as_tensor()).unwrap();
+        let norm = first
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            norm > 0.0,
+            "{method}: the first layer's weight gets no gradient"
+        );
+    }
+}
