@@ -1,1 +1,273 @@
 //! PGD adversarial attacks in the ℓ∞ ball, batched.
+//!
+//! The attack runs on a detached copy of the network (no parameter gradients are recorded) with
+//! BatchNorm in evaluation behaviour, so attacking never disturbs training statistics.
+
+use crate::model::{ModelError, Net, Normalization};
+use candle_core::{D, DType, Device, Tensor, Var};
+use rand::{Rng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+/// The objective PGD ascends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackLoss {
+    /// Cross-entropy of the true label (the usual training attack).
+    CrossEntropy,
+    /// `max_{j≠y} z_j − z_y`: positive exactly when the sample is misclassified.
+    Margin,
+}
+
+/// Settings of a projected-gradient-descent attack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PgdConfig {
+    /// Gradient steps per restart.
+    pub steps: usize,
+    /// Independent runs from fresh random starts (only still-robust samples are re-attacked).
+    pub restarts: usize,
+    /// Step size as a multiple of ε.
+    pub step_size: f64,
+    /// Fractions of `steps` after which the step size is multiplied by `decay_factor`.
+    pub decay_milestones: Vec<f64>,
+    /// Step-size multiplier applied at each milestone.
+    pub decay_factor: f64,
+    /// Start from a uniformly random point of the ball (else from the clean input).
+    pub random_start: bool,
+    /// Stop moving a sample once it is misclassified (evaluation); training attacks run all steps.
+    pub early_stop: bool,
+    /// The objective ascended.
+    pub loss: AttackLoss,
+}
+
+impl PgdConfig {
+    /// Evaluation default: 50 margin-loss steps, 2 restarts, step 0.2ε halved at 40/60/80 %.
+    pub fn evaluation() -> PgdConfig {
+        PgdConfig {
+            steps: 50,
+            restarts: 2,
+            step_size: 0.2,
+            decay_milestones: vec![0.4, 0.6, 0.8],
+            decay_factor: 0.5,
+            random_start: true,
+            early_stop: true,
+            loss: AttackLoss::Margin,
+        }
+    }
+
+    /// Training attack: `steps` cross-entropy steps of `step_size·ε`, one random start, no early stop.
+    pub fn training(steps: usize, step_size: f64) -> PgdConfig {
+        PgdConfig {
+            steps,
+            restarts: 1,
+            step_size,
+            decay_milestones: Vec::new(),
+            decay_factor: 1.0,
+            random_start: true,
+            early_stop: false,
+            loss: AttackLoss::CrossEntropy,
+        }
+    }
+
+    fn step_size_at(&self, step: usize, eps: f64) -> f64 {
+        let passed = self
+            .decay_milestones
+            .iter()
+            .filter(|&&m| step as f64 >= m * self.steps as f64)
+            .count();
+        self.step_size * eps * self.decay_factor.powi(passed as i32)
+    }
+}
+
+/// Outcome of an attack on a batch.
+#[derive(Debug, Clone)]
+pub struct AttackOutcome {
+    /// For broken samples the first misclassified point found, otherwise the last iterate.
+    pub adversarial: Tensor,
+    /// Per sample: the network still classifies every point the attack tried correctly.
+    pub robust: Vec<bool>,
+}
+
+/// What can go wrong while attacking.
+#[derive(Debug, thiserror::Error)]
+pub enum AttackError {
+    /// ε must be finite and ≥ 0.
+    #[error("invalid attack radius ε = {0}: it must be finite and ≥ 0")]
+    InvalidEpsilon(f64),
+    /// The network failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Attacks `inputs` (`[B, C, H, W]` in [0,1], labels `[B]`) inside `B(x, eps) ∩ [0,1]` by PGD.
+pub fn pgd_attack(
+    net: &Net,
+    inputs: &Tensor,
+    labels: &Tensor,
+    eps: f64,
+    config: &PgdConfig,
+    rng: &mut StdRng,
+) -> Result<AttackOutcome, AttackError> {
+    pgd_attack_in_box(
+        net,
+        inputs,
+        labels,
+        eps,
+        config,
+        Normalization::Population,
+        rng,
+    )
+}
+
+/// PGD as [`pgd_attack`] with an explicit BatchNorm mode (training attacks may reuse the clean
+/// batch's statistics).
+pub fn pgd_attack_in_box(
+    net: &Net,
+    inputs: &Tensor,
+    labels: &Tensor,
+    eps: f64,
+    config: &PgdConfig,
+    normalization: Normalization<'_>,
+    rng: &mut StdRng,
+) -> Result<AttackOutcome, AttackError> {
+    if !(eps >= 0.0) || !eps.is_finite() {
+        return Err(AttackError::InvalidEpsilon(eps));
+    }
+    let net = net.detached();
+    let inputs = inputs.detach();
+    let batch = inputs.dim(0)?;
+    let lower = (&inputs - eps)?.clamp(0.0, 1.0)?;
+    let upper = (&inputs + eps)?.clamp(0.0, 1.0)?;
+    let labels = labels.to_dtype(DType::U32)?;
+    let label_values = labels.to_vec1::<u32>()?;
+
+    let clean_predictions = predictions(&net.forward_with(&inputs, normalization)?)?;
+    let mut robust: Vec<bool> = clean_predictions
+        .iter()
+        .zip(&label_values)
+        .map(|(p, l)| p == l)
+        .collect();
+    if eps == 0.0 || config.steps == 0 {
+        return Ok(AttackOutcome {
+            adversarial: inputs,
+            robust,
+        });
+    }
+    let mut breaking_points: Vec<Option<Tensor>> = vec![None; batch];
+    let mut last_iterate = inputs.clone();
+    for _ in 0..config.restarts.max(1) {
+        // Evaluation re-attacks only samples not yet broken; training attacks every sample.
+        let mut samples: Vec<usize> = (0..batch)
+            .filter(|&i| robust[i] || !config.early_stop)
+            .collect();
+        if samples.is_empty() {
+            break;
+        }
+        let index = index_tensor(&samples)?;
+        let (mut lo, mut hi) = (
+            lower.index_select(&index, 0)?,
+            upper.index_select(&index, 0)?,
+        );
+        let mut active_labels = labels.index_select(&index, 0)?;
+        let mut x = if config.random_start {
+            let noise: Vec<f32> = (0..lo.elem_count())
+                .map(|_| rng.random_range(0.0f32..=1.0))
+                .collect();
+            let noise = Tensor::from_vec(noise, lo.dims(), &Device::Cpu)?;
+            (&lo + noise.mul(&(&hi - &lo)?)?)?
+        } else {
+            inputs.index_select(&index, 0)?
+        };
+        for step in 0..=config.steps {
+            let variable = Var::from_tensor(&x)?;
+            let logits = net.forward_with(variable.as_tensor(), normalization)?;
+            let predicted = predictions(&logits)?;
+            let mut keep = Vec::with_capacity(samples.len());
+            for (row, &sample) in samples.iter().enumerate() {
+                if predicted[row] != label_values[sample] {
+                    if robust[sample] {
+                        robust[sample] = false;
+                        breaking_points[sample] = Some(x.narrow(0, row, 1)?);
+                    }
+                    if !config.early_stop {
+                        keep.push(row);
+                    }
+                } else {
+                    keep.push(row);
+                }
+            }
+            if step == config.steps {
+                break;
+            }
+            let loss = attack_loss(&logits, &active_labels, config.loss)?;
+            let gradient = match loss.backward()?.get(variable.as_tensor()) {
+                Some(gradient) => gradient.clone(),
+                None => x.zeros_like()?,
+            };
+            let step_size = config.step_size_at(step, eps);
+            x = (x + (gradient.sign()? * step_size)?)?
+                .maximum(&lo)?
+                .minimum(&hi)?;
+            if keep.len() < samples.len() {
+                if keep.is_empty() {
+                    break;
+                }
+                let keep_index = index_tensor(&keep)?;
+                lo = lo.index_select(&keep_index, 0)?;
+                hi = hi.index_select(&keep_index, 0)?;
+                active_labels = active_labels.index_select(&keep_index, 0)?;
+                x = x.index_select(&keep_index, 0)?;
+                samples = keep.iter().map(|&row| samples[row]).collect();
+            }
+        }
+        if !config.early_stop {
+            last_iterate = x;
+        }
+    }
+    let adversarial = if config.early_stop {
+        let rows = breaking_points
+            .into_iter()
+            .enumerate()
+            .map(|(i, point)| match point {
+                Some(point) => Ok(point),
+                None => inputs.narrow(0, i, 1),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Tensor::cat(&rows, 0)?
+    } else {
+        last_iterate
+    };
+    Ok(AttackOutcome {
+        adversarial,
+        robust,
+    })
+}
+
+fn index_tensor(rows: &[usize]) -> Result<Tensor, AttackError> {
+    let rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+    Ok(Tensor::from_vec(rows.clone(), rows.len(), &Device::Cpu)?)
+}
+
+/// Arg-max class of every row of a `[B, K]` logit matrix.
+pub fn predictions(logits: &Tensor) -> Result<Vec<u32>, AttackError> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
+
+/// Summed attack objective of a batch (summing keeps each sample's gradient independent).
+fn attack_loss(logits: &Tensor, labels: &Tensor, loss: AttackLoss) -> Result<Tensor, AttackError> {
+    Ok(match loss {
+        AttackLoss::CrossEntropy => {
+            (candle_nn::loss::cross_entropy(logits, labels)? * logits.dim(0)? as f64)?
+        }
+        AttackLoss::Margin => {
+            let classes = logits.dim(1)?;
+            let true_logit = logits.gather(&labels.unsqueeze(1)?, 1)?;
+            let one_hot = candle_nn::encoding::one_hot(labels.clone(), classes, 1f32, 0f32)?;
+            // Push the true class far down so the max runs over the other classes.
+            let others = (logits - (one_hot * 1e9)?)?.max_keepdim(1)?;
+            (others - true_logit)?.sum_all()?
+        }
+    })
+}

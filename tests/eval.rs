@@ -1,0 +1,273 @@
+//! PGD and evaluation: attacks never break certified samples, find what exact bounds say exists,
+//! and the cascade reports consistent accuracies.
+
+use candle_core::{Device, Tensor};
+use cthpo::attack::{AttackLoss, PgdConfig, pgd_attack};
+use cthpo::bounds::{BoundMethod, Interval, margin_lower_bounds};
+use cthpo::eval::{EvalConfig, certify_rows, evaluate};
+use cthpo::model::{Initialization, LayerSpec, Net, NetSpec, Normalization};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+fn random_images(rng: &mut StdRng, count: usize, shape: [usize; 3]) -> Tensor {
+    let values: Vec<f32> = (0..count * shape.iter().product::<usize>())
+        .map(|_| rng.random_range(0.0..1.0))
+        .collect();
+    Tensor::from_vec(values, (count, shape[0], shape[1], shape[2]), &Device::Cpu).unwrap()
+}
+
+/// Labels the network's own clean predictions, so every sample starts correctly classified.
+fn own_labels(net: &Net, images: &Tensor) -> Tensor {
+    net.forward(images).unwrap().argmax(1).unwrap()
+}
+
+fn small_relu_net(seed: u64) -> Net {
+    let spec = NetSpec {
+        input_shape: [1, 8, 8],
+        layers: vec![
+            LayerSpec::Conv2d {
+                out_channels: 4,
+                kernel_size: 3,
+                stride: 2,
+                padding: 1,
+            },
+            LayerSpec::Relu,
+            LayerSpec::Flatten,
+            LayerSpec::Linear { out_features: 16 },
+            LayerSpec::Relu,
+            LayerSpec::Linear { out_features: 4 },
+        ],
+    };
+    Net::new(&spec, Initialization::Default, seed).unwrap()
+}
+
+#[test]
+fn pgd_is_exact_on_a_linear_classifier() {
+    // For an affine network the interval bound is the exact worst case, so PGD (which walks to
+    // a vertex of the box) must break exactly the samples whose exact worst margin is negative.
+    let spec = NetSpec {
+        input_shape: [1, 6, 6],
+        layers: vec![LayerSpec::Flatten, LayerSpec::Linear { out_features: 5 }],
+    };
+    let mut rng = StdRng::seed_from_u64(1);
+    let net = Net::new(&spec, Initialization::Default, 4).unwrap();
+    let images = random_images(&mut rng, 64, [1, 6, 6]);
+    let labels = own_labels(&net, &images);
+    let eps = 0.03;
+    let input = Interval::linf_ball(&images, eps).unwrap();
+    let worst = margin_lower_bounds(
+        &net,
+        &input,
+        &labels,
+        BoundMethod::Ibp,
+        Normalization::Population,
+    )
+    .unwrap()
+    .min_keepdim(1)
+    .unwrap()
+    .flatten_all()
+    .unwrap()
+    .to_vec1::<f32>()
+    .unwrap();
+    let outcome = pgd_attack(
+        &net,
+        &images,
+        &labels,
+        eps,
+        &PgdConfig::evaluation(),
+        &mut rng,
+    )
+    .unwrap();
+    let mut breakable = 0;
+    for (i, &w) in worst.iter().enumerate() {
+        if w > 1e-4 {
+            assert!(
+                outcome.robust[i],
+                "sample {i} has certified margin {w} but PGD broke it"
+            );
+        } else if w < -1e-4 {
+            breakable += 1;
+            assert!(
+                !outcome.robust[i],
+                "sample {i} has exact worst margin {w} but PGD missed it"
+            );
+        }
+    }
+    assert!(
+        breakable >= 5 && breakable <= 59,
+        "ε should split the samples; {breakable} breakable"
+    );
+    // Adversarial examples stay in the clipped ball.
+    let lower = (input.lower - 1e-6).unwrap();
+    let upper = (input.upper + 1e-6).unwrap();
+    let adv = &outcome.adversarial;
+    assert_eq!(
+        adv.ge(&lower)
+            .unwrap()
+            .min_all()
+            .unwrap()
+            .to_scalar::<u8>()
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        adv.le(&upper)
+            .unwrap()
+            .min_all()
+            .unwrap()
+            .to_scalar::<u8>()
+            .unwrap(),
+        1
+    );
+}
+
+#[test]
+fn pgd_never_breaks_a_certified_sample() {
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut certified_total = 0;
+    let mut broken_total = 0;
+    for seed in 0..6 {
+        let net = small_relu_net(seed);
+        let images = random_images(&mut rng, 48, [1, 8, 8]);
+        let labels = own_labels(&net, &images);
+        let rows: Vec<usize> = (0..48).collect();
+        let mut strong = PgdConfig::evaluation();
+        strong.steps = 100;
+        strong.restarts = 3;
+        for eps in [0.005, 0.02, 0.05] {
+            let outcome = pgd_attack(&net, &images, &labels, eps, &strong, &mut rng).unwrap();
+            broken_total += outcome.robust.iter().filter(|r| !**r).count();
+            for method in BoundMethod::ALL {
+                let certified = certify_rows(&net, &images, &labels, &rows, eps, method).unwrap();
+                for (i, ok) in certified.iter().enumerate() {
+                    if *ok {
+                        certified_total += 1;
+                        assert!(
+                            outcome.robust[i],
+                            "{method} certified sample {i} that PGD broke"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        certified_total > 100,
+        "too few certificates ({certified_total}) to mean anything"
+    );
+    assert!(
+        broken_total > 20,
+        "too few attacks succeeded ({broken_total}) to mean anything"
+    );
+}
+
+#[test]
+fn pgd_beats_random_sampling() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let net = small_relu_net(3);
+    let images = random_images(&mut rng, 64, [1, 8, 8]);
+    let labels = own_labels(&net, &images);
+    let eps = 0.05;
+    let outcome = pgd_attack(
+        &net,
+        &images,
+        &labels,
+        eps,
+        &PgdConfig::evaluation(),
+        &mut rng,
+    )
+    .unwrap();
+    let pgd_broken = outcome.robust.iter().filter(|r| !**r).count();
+    // Random points of the ball, 20 per sample.
+    let mut random_broken = vec![false; 64];
+    for _ in 0..20 {
+        let noise = random_images(&mut rng, 64, [1, 8, 8]);
+        let offset = (((noise * 2.0).unwrap() - 1.0).unwrap() * eps).unwrap();
+        let point = (&images + offset).unwrap().clamp(0.0, 1.0).unwrap();
+        let predicted = net.forward(&point).unwrap().argmax(1).unwrap();
+        let differs = predicted.ne(&labels).unwrap().to_vec1::<u8>().unwrap();
+        for (slot, d) in random_broken.iter_mut().zip(differs) {
+            *slot |= d == 1;
+        }
+    }
+    let random_count = random_broken.iter().filter(|b| **b).count();
+    assert!(
+        pgd_broken > random_count,
+        "PGD broke {pgd_broken}, random sampling {random_count}"
+    );
+    // Every sample random sampling broke, PGD must break too (it starts from a random point
+    // and then climbs).
+    assert!(pgd_broken >= random_count);
+}
+
+#[test]
+fn training_attack_returns_the_last_iterate_for_every_sample() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let net = small_relu_net(1);
+    let images = random_images(&mut rng, 16, [1, 8, 8]);
+    let labels = own_labels(&net, &images);
+    let config = PgdConfig::training(5, 0.5);
+    assert_eq!(config.loss, AttackLoss::CrossEntropy);
+    let outcome = pgd_attack(&net, &images, &labels, 0.1, &config, &mut rng).unwrap();
+    assert_eq!(outcome.adversarial.dims(), images.dims());
+    let moved = (&outcome.adversarial - &images)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        moved > 0.05 && moved <= 0.1 + 1e-6,
+        "max displacement {moved}"
+    );
+}
+
+#[test]
+fn cascade_accuracies_are_ordered_and_consistent() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let net = small_relu_net(7);
+    let images = random_images(&mut rng, 100, [1, 8, 8]);
+    // Mostly the net's own labels, some wrong, so natural accuracy is below 1.
+    let mut labels = own_labels(&net, &images).to_vec1::<u32>().unwrap();
+    for label in labels.iter_mut().step_by(7) {
+        *label = (*label + 1) % 4;
+    }
+    let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+    let mut config = EvalConfig::cascade(0.02);
+    config.batch_size = 32;
+    let mut progress = Vec::new();
+    let report = evaluate(&net, &images, &labels, &config, |done, total| {
+        progress.push((done, total))
+    })
+    .unwrap();
+    assert_eq!(progress.last(), Some(&(100, 100)));
+    assert_eq!(report.samples, 100);
+    assert!(report.natural_accuracy < 1.0 && report.natural_accuracy > 0.7);
+    assert!(report.natural_accuracy >= report.adversarial_accuracy);
+    assert!(report.adversarial_accuracy >= report.certified_accuracy);
+    assert!(report.certified_accuracy > 0.0);
+    let certified: usize = report.stages.iter().map(|s| s.certified).sum();
+    assert_eq!(certified as f64 / 100.0, report.certified_accuracy);
+    // Each stage only sees what the previous ones left.
+    for pair in report.stages.windows(2) {
+        assert_eq!(pair[1].attempted, pair[0].attempted - pair[0].certified);
+    }
+    // The cascade certifies at least as much as any single method.
+    let rows: Vec<usize> = (0..100).collect();
+    for method in BoundMethod::ALL {
+        let alone = certify_rows(&net, &images, &labels, &rows, 0.02, method)
+            .unwrap()
+            .into_iter()
+            .filter(|c| *c)
+            .count();
+        assert!(
+            certified >= alone,
+            "cascade {certified} < {method} alone {alone}"
+        );
+    }
+    for sample in &report.per_sample {
+        assert!(!sample.adversarially_robust || sample.correct);
+        assert!(sample.certified_by.is_none() || sample.adversarially_robust);
+    }
+}
