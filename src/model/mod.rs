@@ -33,6 +33,14 @@ pub enum ModelError {
         /// What is wrong.
         problem: String,
     },
+    /// A network description file could not be read or parsed.
+    #[error("network description {}: {problem}", path.display())]
+    SpecFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// A checkpoint file could not be read, written or matched to the architecture.
     #[error("checkpoint {}: {problem}", path.display())]
     Checkpoint {

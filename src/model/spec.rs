@@ -108,6 +108,23 @@ pub struct NetSpec {
 pub const BUILTIN_ARCHITECTURES: &[&str] = &["fc", "cnn-small", "cnn-medium", "cnn7"];
 
 impl NetSpec {
+    /// Reads a network description from a YAML file (`input_shape` and `layers`), validated.
+    pub fn from_yaml_file(path: &std::path::Path) -> Result<NetSpec, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::SpecFile {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+        let spec: NetSpec = serde_saphyr::from_str(&text).map_err(|e| ModelError::SpecFile {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+        spec.activation_shapes().map_err(|e| ModelError::SpecFile {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+        Ok(spec)
+    }
+
     /// Builds a builtin architecture (`fc`, `cnn-small`, `cnn-medium`, `cnn7`) for an input shape.
     ///
     /// `normalization` (per-channel mean and std) becomes a leading `Normalize` layer; MNIST-family
