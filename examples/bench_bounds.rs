@@ -1,0 +1,146 @@
+//! Throughput of the bound methods: samples/second for IBP, CROWN-IBP and CROWN.
+//!
+//! `cargo run --release --example bench_bounds -- --arch cnn-small --batch 256 --threads 2 [--json]`
+//! Random IBP-initialised weights and random images; ε defaults to 0.1 (MNIST) or 2/255 (CIFAR).
+//! Full CROWN needs one backward pass per unstable neuron, so it runs on `--crown-batch` samples.
+
+use candle_core::{Device, Tensor};
+use cthpo::bounds::{BoundMethod, Interval, margin_lower_bounds};
+use cthpo::model::{Initialization, Net, NetSpec, Normalization};
+use std::time::Instant;
+
+struct Options {
+    arch: String,
+    batch: usize,
+    crown_batch: usize,
+    threads: usize,
+    cifar: bool,
+    eps: Option<f64>,
+    json: bool,
+    min_seconds: f64,
+}
+
+fn parse() -> Options {
+    let mut options = Options {
+        arch: "cnn-small".into(),
+        batch: 256,
+        crown_batch: 8,
+        threads: 2,
+        cifar: false,
+        eps: None,
+        json: false,
+        min_seconds: 3.0,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let value = || args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--arch" => options.arch = value(),
+            "--batch" => options.batch = value().parse().expect("--batch takes a number"),
+            "--crown-batch" => {
+                options.crown_batch = value().parse().expect("--crown-batch takes a number")
+            }
+            "--threads" => options.threads = value().parse().expect("--threads takes a number"),
+            "--eps" => options.eps = Some(value().parse().expect("--eps takes a number")),
+            "--min-seconds" => {
+                options.min_seconds = value().parse().expect("--min-seconds takes a number")
+            }
+            "--cifar" => {
+                options.cifar = true;
+                i -= 1;
+            }
+            "--json" => {
+                options.json = true;
+                i -= 1;
+            }
+            other => panic!("unknown argument {other}; see the header of examples/bench_bounds.rs"),
+        }
+        i += 2;
+    }
+    options
+}
+
+fn main() {
+    let options = parse();
+    // candle and rayon read the thread count from this variable when their pools start.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", options.threads.to_string()) };
+    let (shape, normalization, default_eps) = if options.cifar {
+        let stats = (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]);
+        ([3, 32, 32], Some(stats), 2.0 / 255.0)
+    } else {
+        ([1, 28, 28], None, 0.1)
+    };
+    let eps = options.eps.unwrap_or(default_eps);
+    let spec = NetSpec::builtin(&options.arch, shape, 10, normalization).expect("architecture");
+    let net = Net::new(&spec, Initialization::Ibp, 0)
+        .expect("network")
+        .detached();
+    let mut results = Vec::new();
+    for method in BoundMethod::ALL {
+        let batch = if method == BoundMethod::Crown {
+            options.crown_batch
+        } else {
+            options.batch
+        };
+        let images = Tensor::rand(
+            0f32,
+            1f32,
+            (batch, shape[0], shape[1], shape[2]),
+            &Device::Cpu,
+        )
+        .expect("images");
+        let labels = Tensor::new(
+            (0..batch as u32).map(|i| i % 10).collect::<Vec<_>>(),
+            &Device::Cpu,
+        )
+        .expect("labels");
+        let input = Interval::linf_ball(&images, eps).expect("box");
+        let run = || {
+            margin_lower_bounds(&net, &input, &labels, method, Normalization::Population)
+                .expect("bounds")
+        };
+        run(); // warm-up
+        let mut times = Vec::new();
+        let start = Instant::now();
+        while times.len() < 3 || start.elapsed().as_secs_f64() < options.min_seconds {
+            let t = Instant::now();
+            run();
+            times.push(t.elapsed().as_secs_f64());
+            if times.len() >= 50 {
+                break;
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        results.push((method, batch, median, batch as f64 / median));
+    }
+    if options.json {
+        let entries: Vec<String> = results
+            .iter()
+            .map(|(m, b, t, s)| {
+                format!(
+                    "\"{m}\": {{\"batch\": {b}, \"ms_per_batch\": {:.3}, \"samples_per_s\": {s:.2}}}",
+                    t * 1e3
+                )
+            })
+            .collect();
+        println!(
+            "{{\"arch\": \"{}\", \"threads\": {}, \"eps\": {eps}, {}}}",
+            options.arch,
+            options.threads,
+            entries.join(", ")
+        );
+    } else {
+        println!(
+            "{} ({:?}), ε = {eps:.4}, {} thread(s)",
+            options.arch, shape, options.threads
+        );
+        for (method, batch, median, rate) in results {
+            println!(
+                "  {method:<10} batch {batch:>4}: {:>10.2} ms/batch  {rate:>10.1} samples/s",
+                median * 1e3
+            );
+        }
+    }
+}
