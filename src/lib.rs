@@ -8,6 +8,7 @@ pub mod bounds;
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod kernels;
 pub mod model;
 pub mod opt;
 pub mod plot;

@@ -1,6 +1,7 @@
 //! Interval bound propagation (IBP): boxes pushed through every layer of a network.
 
 use super::{BoundsError, Interval};
+use crate::kernels::conv2d;
 use crate::model::{Layer, Net, Normalization, channel_affine};
 use candle_core::Tensor;
 
@@ -101,10 +102,9 @@ pub fn propagate_layer(
             stride,
             padding,
         } => {
-            let centre = centre
-                .conv2d(weight, *padding, *stride, 1, 1)?
+            let centre = conv2d(&centre, weight, *stride, *padding)?
                 .broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?;
-            let radius = radius.conv2d(&weight.abs()?, *padding, *stride, 1, 1)?;
+            let radius = conv2d(&radius, &weight.abs()?, *stride, *padding)?;
             (centre, radius)
         }
         Layer::Linear { weight, bias } => {

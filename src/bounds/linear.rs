@@ -2,6 +2,7 @@
 
 use super::interval::propagate_layer;
 use super::{BoundsError, Interval};
+use crate::kernels::conv_transpose2d;
 use crate::model::{Layer, Net, Normalization, channel_view_dims};
 use candle_core::{DType, Device, Tensor};
 
@@ -106,17 +107,8 @@ fn backward_through_layer(
                     .broadcast_matmul(&layer_bias.unsqueeze(1)?)?
                     .squeeze(2)?)?;
             let flat = coefficients.reshape((batch * specs, channels, height, width))?;
-            // The transposed convolution drops the last (H_in + 2p − k) mod stride input rows
-            // and columns; output padding restores them, and any excess (non-square inputs)
-            // lies in the zero padding and is cropped.
             let dims = input_shape.batch_dims(batch * specs);
-            let kernel = weight.dim(2)?;
-            let reached = |out: usize| (out - 1) * stride + kernel - 2 * padding;
-            let missing = (dims[2] - reached(height)).max(dims[3] - reached(width));
-            let back = flat
-                .conv_transpose2d(weight, *padding, missing, *stride, 1)?
-                .narrow(2, 0, dims[2])?
-                .narrow(3, 0, dims[3])?;
+            let back = conv_transpose2d(&flat, weight, *stride, *padding, dims[2], dims[3])?;
             LinearBound {
                 coefficients: back.reshape((batch, specs, dims[1], dims[2], dims[3]))?,
                 bias,

@@ -480,7 +480,7 @@ fn apply_parameter_free_or_affine(layer: &Layer, x: &Tensor) -> Result<Tensor, M
             stride,
             padding,
         } => {
-            let out = x.conv2d(weight, *padding, *stride, 1, 1)?;
+            let out = crate::kernels::conv2d(x, weight, *stride, *padding)?;
             out.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?
         }
         Layer::Linear { weight, bias } => x.matmul(&weight.t()?)?.broadcast_add(bias)?,

@@ -1,0 +1,473 @@
+//! CPU convolution kernels as candle custom ops: im2col / col2im around the `gemm` crate.
+//!
+//! candle 0.11 computes the input gradient of a convolution and every transposed convolution
+//! with a direct loop (≈0.5 GFLOP/s here), which dominated training steps and CROWN's backward
+//! pass. These ops express all three products a convolution needs as per-sample matrix
+//! products, spread over samples with rayon:
+//! - forward:            `Y_n = K · im2col(X_n)`
+//! - transposed forward: `Z_n = col2im(Kᵀ · A_n)` (the input gradient, and CROWN's backward step)
+//! - weight gradient:    `dK = Σ_n dY_n · im2col(X_n)ᵀ`
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Sizes of one convolution (square kernel, equal stride and padding in both directions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    batch: usize,
+    in_channels: usize,
+    in_height: usize,
+    in_width: usize,
+    out_channels: usize,
+    out_height: usize,
+    out_width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    /// Rows of the im2col matrix: one per (input channel, kernel row, kernel column).
+    fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel * self.kernel
+    }
+    fn in_plane(&self) -> usize {
+        self.in_channels * self.in_height * self.in_width
+    }
+    fn out_positions(&self) -> usize {
+        self.out_height * self.out_width
+    }
+    fn out_plane(&self) -> usize {
+        self.out_channels * self.out_positions()
+    }
+
+    /// Input coordinate read by output position `out` at kernel offset `offset`, if inside.
+    #[inline]
+    fn source(&self, out: usize, offset: usize, size: usize) -> Option<usize> {
+        let position = (out * self.stride + offset) as isize - self.padding as isize;
+        (position >= 0 && (position as usize) < size).then_some(position as usize)
+    }
+
+    /// `cols[(c, ki, kj), (oh, ow)] = x[c, oh·s − p + ki, ow·s − p + kj]` (zero outside).
+    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+        let positions = self.out_positions();
+        for c in 0..self.in_channels {
+            let plane = &image[c * self.in_height * self.in_width..];
+            for ki in 0..self.kernel {
+                for kj in 0..self.kernel {
+                    let row = (c * self.kernel + ki) * self.kernel + kj;
+                    let out_row = &mut cols[row * positions..(row + 1) * positions];
+                    for oh in 0..self.out_height {
+                        let target = &mut out_row[oh * self.out_width..(oh + 1) * self.out_width];
+                        match self.source(oh, ki, self.in_height) {
+                            None => target.fill(0.0),
+                            Some(ih) => {
+                                let line = &plane[ih * self.in_width..(ih + 1) * self.in_width];
+                                for (ow, slot) in target.iter_mut().enumerate() {
+                                    *slot = match self.source(ow, kj, self.in_width) {
+                                        Some(iw) => line[iw],
+                                        None => 0.0,
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adjoint of [`Geometry::im2col`]: accumulates `cols` back into an (already zeroed) image.
+    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+        let positions = self.out_positions();
+        for c in 0..self.in_channels {
+            let plane = &mut image[c * self.in_height * self.in_width..];
+            for ki in 0..self.kernel {
+                for kj in 0..self.kernel {
+                    let row = (c * self.kernel + ki) * self.kernel + kj;
+                    let in_row = &cols[row * positions..(row + 1) * positions];
+                    for oh in 0..self.out_height {
+                        let Some(ih) = self.source(oh, ki, self.in_height) else {
+                            continue;
+                        };
+                        let line = &mut plane[ih * self.in_width..(ih + 1) * self.in_width];
+                        let source = &in_row[oh * self.out_width..(oh + 1) * self.out_width];
+                        for (ow, value) in source.iter().enumerate() {
+                            if let Some(iw) = self.source(ow, kj, self.in_width) {
+                                line[iw] += value;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major matrix product `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with explicit strides
+/// (row stride, column stride) for the operands, single-threaded (callers parallelise).
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: the slices cover every element addressed by the given sizes and strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(values) = storage else {
+        bail!("{what}: only f32 tensors are supported")
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&values[start..end]),
+        None => bail!("{what}: operand must be contiguous"),
+    }
+}
+
+/// Geometry of a forward convolution of `x` `[B, Ci, H, W]` with `kernel` `[Co, Ci, k, k]`.
+fn forward_geometry(
+    x: &Layout,
+    kernel: &Layout,
+    stride: usize,
+    padding: usize,
+) -> Result<Geometry> {
+    let (batch, in_channels, in_height, in_width) = x.shape().dims4()?;
+    let (out_channels, kernel_channels, kernel, kernel_w) = kernel.shape().dims4()?;
+    if kernel_channels != in_channels || kernel != kernel_w {
+        bail!(
+            "conv2d: kernel {:?} does not fit input {:?}",
+            kernel.to_string(),
+            x.shape()
+        )
+    }
+    let out = |size: usize| match (size + 2 * padding).checked_sub(kernel) {
+        Some(room) => Ok(room / stride + 1),
+        None => bail!("conv2d: kernel {kernel} larger than padded input {size}"),
+    };
+    Ok(Geometry {
+        batch,
+        in_channels,
+        in_height,
+        in_width,
+        out_channels,
+        out_height: out(in_height)?,
+        out_width: out(in_width)?,
+        kernel,
+        stride,
+        padding,
+    })
+}
+
+/// Forward convolution (no bias) as a differentiable custom op.
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "cthpo-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = forward_geometry(x_layout, k_layout, self.stride, self.padding)?;
+        let x = contiguous_f32(x_storage, x_layout, "conv2d input")?;
+        let kernel = contiguous_f32(k_storage, k_layout, "conv2d kernel")?;
+        let mut out = vec![0f32; g.batch * g.out_plane()];
+        let (patch, positions) = (g.patch_len(), g.out_positions());
+        out.par_chunks_mut(g.out_plane())
+            .zip(x.par_chunks(g.in_plane()))
+            .for_each_init(
+                || vec![0f32; patch * positions],
+                |cols, (y, image)| {
+                    g.im2col(image, cols);
+                    matmul(
+                        y,
+                        false,
+                        (g.out_channels, positions, patch),
+                        kernel,
+                        (patch, 1),
+                        cols,
+                        (positions, 1),
+                    );
+                },
+            );
+        let shape = Shape::from((g.batch, g.out_channels, g.out_height, g.out_width));
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        _result: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let (_, _, height, width) = x.dims4()?;
+        let grad_x = conv_transpose2d(&grad, kernel, self.stride, self.padding, height, width)?;
+        let grad_kernel = weight_gradient(x, &grad, kernel.dim(2)?, self.stride, self.padding)?;
+        Ok((Some(grad_x), Some(grad_kernel)))
+    }
+}
+
+/// Transposed convolution (the adjoint of [`Conv2dOp`]) with an explicit output size.
+struct ConvTranspose2dOp {
+    stride: usize,
+    padding: usize,
+    out_height: usize,
+    out_width: usize,
+}
+
+impl ConvTranspose2dOp {
+    /// Geometry of the forward convolution this op is the adjoint of.
+    fn geometry(&self, a: &Layout, kernel: &Layout) -> Result<Geometry> {
+        let (batch, channels, height, width) = a.shape().dims4()?;
+        let (out_channels, in_channels, size, _) = kernel.shape().dims4()?;
+        if channels != out_channels {
+            bail!("conv_transpose2d: {channels} input channels for a kernel with {out_channels}")
+        }
+        let g = Geometry {
+            batch,
+            in_channels,
+            in_height: self.out_height,
+            in_width: self.out_width,
+            out_channels,
+            out_height: height,
+            out_width: width,
+            kernel: size,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let probe = forward_geometry(
+            &Layout::contiguous((1, in_channels, self.out_height, self.out_width)),
+            kernel,
+            self.stride,
+            self.padding,
+        )?;
+        if (probe.out_height, probe.out_width) != (height, width) {
+            bail!(
+                "conv_transpose2d: a {}x{} output does not convolve to the {height}x{width} input",
+                self.out_height,
+                self.out_width
+            )
+        }
+        Ok(g)
+    }
+}
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "cthpo-conv-transpose2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a_storage: &CpuStorage,
+        a_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(a_layout, k_layout)?;
+        let a = contiguous_f32(a_storage, a_layout, "conv_transpose2d input")?;
+        let kernel = contiguous_f32(k_storage, k_layout, "conv_transpose2d kernel")?;
+        let mut out = vec![0f32; g.batch * g.in_plane()];
+        let (patch, positions) = (g.patch_len(), g.out_positions());
+        out.par_chunks_mut(g.in_plane())
+            .zip(a.par_chunks(g.out_plane()))
+            .for_each_init(
+                || vec![0f32; patch * positions],
+                |cols, (image, coefficients)| {
+                    // Kᵀ is read through strides: element (r, c) of Kᵀ is K[c, r].
+                    matmul(
+                        cols,
+                        false,
+                        (patch, positions, g.out_channels),
+                        kernel,
+                        (1, patch),
+                        coefficients,
+                        (positions, 1),
+                    );
+                    g.col2im(cols, image);
+                },
+            );
+        let shape = Shape::from((g.batch, g.in_channels, g.in_height, g.in_width));
+        Ok((CpuStorage::F32(out), shape))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        kernel: &Tensor,
+        _result: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let grad_a = conv2d(&grad, kernel, self.stride, self.padding)?;
+        let grad_kernel = weight_gradient(
+            &grad,
+            &a.contiguous()?,
+            kernel.dim(2)?,
+            self.stride,
+            self.padding,
+        )?;
+        Ok((Some(grad_a), Some(grad_kernel)))
+    }
+}
+
+/// `dK = Σ_n dY_n · im2col(X_n)ᵀ`: the kernel gradient of a convolution (not differentiable).
+struct WeightGradientOp {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for WeightGradientOp {
+    fn name(&self) -> &'static str {
+        "cthpo-conv2d-weight-gradient"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        dy_storage: &CpuStorage,
+        dy_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (batch, in_channels, in_height, in_width) = x_layout.shape().dims4()?;
+        let (dy_batch, out_channels, out_height, out_width) = dy_layout.shape().dims4()?;
+        if dy_batch != batch {
+            bail!("conv2d weight gradient: batch {batch} vs gradient batch {dy_batch}")
+        }
+        let g = Geometry {
+            batch,
+            in_channels,
+            in_height,
+            in_width,
+            out_channels,
+            out_height,
+            out_width,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let x = contiguous_f32(x_storage, x_layout, "conv2d weight gradient input")?;
+        let dy = contiguous_f32(dy_storage, dy_layout, "conv2d weight gradient")?;
+        let (patch, positions) = (g.patch_len(), g.out_positions());
+        let kernel_len = out_channels * patch;
+        // Each worker sums its share of samples into its own buffer; buffers are added at the end.
+        let workers = rayon::current_num_threads().max(1).min(batch.max(1));
+        let per_worker = batch.div_ceil(workers);
+        let partials: Vec<Vec<f32>> = (0..workers)
+            .into_par_iter()
+            .map(|worker| {
+                let mut sum = vec![0f32; kernel_len];
+                let mut cols = vec![0f32; patch * positions];
+                let start = worker * per_worker;
+                for n in start..(start + per_worker).min(batch) {
+                    g.im2col(&x[n * g.in_plane()..(n + 1) * g.in_plane()], &mut cols);
+                    let gradient = &dy[n * g.out_plane()..(n + 1) * g.out_plane()];
+                    matmul(
+                        &mut sum,
+                        true,
+                        (out_channels, patch, positions),
+                        gradient,
+                        (positions, 1),
+                        &cols,
+                        (1, positions),
+                    );
+                }
+                sum
+            })
+            .collect();
+        let mut total = vec![0f32; kernel_len];
+        for partial in partials {
+            for (t, p) in total.iter_mut().zip(partial) {
+                *t += p;
+            }
+        }
+        let shape = Shape::from((out_channels, in_channels, self.kernel, self.kernel));
+        Ok((CpuStorage::F32(total), shape))
+    }
+}
+
+/// Convolution of `x` `[B, Ci, H, W]` with `kernel` `[Co, Ci, k, k]` (no bias), differentiable
+/// in both arguments.
+pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&kernel.contiguous()?, Conv2dOp { stride, padding })
+}
+
+/// Adjoint of [`conv2d`]: maps `[N, Co, Ho, Wo]` back to `[N, Ci, out_height, out_width]` with
+/// the same kernel `[Co, Ci, k, k]`; differentiable in both arguments.
+pub fn conv_transpose2d(
+    a: &Tensor,
+    kernel: &Tensor,
+    stride: usize,
+    padding: usize,
+    out_height: usize,
+    out_width: usize,
+) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(
+        &kernel.contiguous()?,
+        ConvTranspose2dOp {
+            stride,
+            padding,
+            out_height,
+            out_width,
+        },
+    )
+}
+
+fn weight_gradient(
+    x: &Tensor,
+    grad: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(
+        &grad.contiguous()?,
+        &WeightGradientOp {
+            kernel,
+            stride,
+            padding,
+        },
+    )
+}

@@ -1,0 +1,5 @@
+//! Fast CPU kernels for the hot paths of training and verification, as candle custom ops.
+
+mod conv;
+
+pub use conv::{conv_transpose2d, conv2d};
