@@ -241,9 +241,31 @@ impl CustomOp2 for Conv2dOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let (_, _, height, width) = x.dims4()?;
-        let grad_x = conv_transpose2d(&grad, kernel, self.stride, self.padding, height, width)?;
-        let grad_kernel = weight_gradient(x, &grad, kernel.dim(2)?, self.stride, self.padding)?;
-        Ok((Some(grad_x), Some(grad_kernel)))
+        // The network input needs no gradient; candle's own conv computes it regardless.
+        let grad_x = if x.track_op() {
+            Some(conv_transpose2d(
+                &grad,
+                kernel,
+                self.stride,
+                self.padding,
+                height,
+                width,
+            )?)
+        } else {
+            None
+        };
+        let grad_kernel = if kernel.track_op() {
+            Some(weight_gradient(
+                x,
+                &grad,
+                kernel.dim(2)?,
+                self.stride,
+                self.padding,
+            )?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_kernel))
     }
 }
 
