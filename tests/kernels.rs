@@ -199,3 +199,42 @@ fn gradients_agree_with_finite_differences() {
         }
     }
 }
+
+#[test]
+fn channel_affine_matches_broadcast_ops_in_value_and_gradients() {
+    use cthpo::kernels::channel_affine;
+    let mut rng = StdRng::seed_from_u64(4);
+    for dims in [vec![3, 4], vec![2, 3, 5, 4], vec![1, 2, 1, 1]] {
+        let channels = dims[1];
+        let x = Var::from_tensor(&random(&mut rng, &dims)).unwrap();
+        let scale = Var::from_tensor(&random(&mut rng, &[channels])).unwrap();
+        let shift = Var::from_tensor(&random(&mut rng, &[channels])).unwrap();
+        let mut view = vec![1; dims.len()];
+        view[1] = channels;
+        let ours = channel_affine(&x, &scale, &shift).unwrap();
+        let theirs = x
+            .broadcast_mul(&scale.reshape(view.clone()).unwrap())
+            .unwrap()
+            .broadcast_add(&shift.reshape(view).unwrap())
+            .unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-6);
+        let weights = random(&mut rng, &dims);
+        let g1 = (ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (theirs * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for var in [&x, &scale, &shift] {
+            let a = g1.get(var.as_tensor()).unwrap();
+            let b = g2.get(var.as_tensor()).unwrap();
+            assert!(max_difference(a, b) < 1e-5, "gradient of {:?}", var.dims());
+        }
+    }
+}

@@ -102,8 +102,8 @@ pub fn propagate_layer(
             stride,
             padding,
         } => {
-            let centre = conv2d(&centre, weight, *stride, *padding)?
-                .broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?;
+            let centre = conv2d(&centre, weight, *stride, *padding)?;
+            let centre = channel_affine(&centre, &bias.ones_like()?, bias)?;
             let radius = conv2d(&radius, &weight.abs()?, *stride, *padding)?;
             (centre, radius)
         }

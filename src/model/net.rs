@@ -481,7 +481,7 @@ fn apply_parameter_free_or_affine(layer: &Layer, x: &Tensor) -> Result<Tensor, M
             padding,
         } => {
             let out = crate::kernels::conv2d(x, weight, *stride, *padding)?;
-            out.broadcast_add(&bias.reshape((1, bias.elem_count(), 1, 1))?)?
+            crate::kernels::channel_affine(&out, &bias.ones_like()?, bias)?
         }
         Layer::Linear { weight, bias } => x.matmul(&weight.t()?)?.broadcast_add(bias)?,
         Layer::Relu => x.relu()?,
@@ -492,9 +492,7 @@ fn apply_parameter_free_or_affine(layer: &Layer, x: &Tensor) -> Result<Tensor, M
 
 /// `scale[c]·x + shift[c]` over the channel axis (axis 1) of a `[B, C]` or `[B, C, H, W]` batch.
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor, ModelError> {
-    let view = channel_view_dims(x.rank(), scale.elem_count());
-    Ok(x.broadcast_mul(&scale.reshape(view.clone())?)?
-        .broadcast_add(&shift.reshape(view)?)?)
+    Ok(crate::kernels::channel_affine(x, scale, shift)?)
 }
 
 /// Shape `[1, C]` or `[1, C, 1, 1]` that broadcasts a per-channel vector against a batch.
