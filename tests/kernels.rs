@@ -238,3 +238,37 @@ fn channel_affine_matches_broadcast_ops_in_value_and_gradients() {
         }
     }
 }
+
+#[test]
+fn spec_mul_matches_broadcast_mul_in_value_and_gradients() {
+    use cthpo::kernels::spec_mul;
+    let mut rng = StdRng::seed_from_u64(5);
+    for (a_dims, v_dims) in [
+        (vec![3, 4, 5], vec![3, 5]),
+        (vec![2, 3, 2, 4, 4], vec![2, 2, 4, 4]),
+    ] {
+        let a = Var::from_tensor(&random(&mut rng, &a_dims)).unwrap();
+        let v = Var::from_tensor(&random(&mut rng, &v_dims)).unwrap();
+        let ours = spec_mul(&a, &v).unwrap();
+        let theirs = a.broadcast_mul(&v.unsqueeze(1).unwrap()).unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-6);
+        let weights = random(&mut rng, &a_dims);
+        let g1 = (ours * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (theirs * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for var in [&a, &v] {
+            let x = g1.get(var.as_tensor()).unwrap();
+            let y = g2.get(var.as_tensor()).unwrap();
+            assert!(max_difference(x, y) < 1e-5, "gradient of {:?}", var.dims());
+        }
+    }
+}

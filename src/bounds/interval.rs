@@ -135,8 +135,12 @@ pub fn interval_spec_bounds(
             let input = &trace.activations[last];
             let centre = ((&input.upper + &input.lower)? * 0.5)?.unsqueeze(2)?;
             let radius = ((&input.upper - &input.lower)? * 0.5)?.unsqueeze(2)?;
-            let folded_weight = spec.broadcast_matmul(weight)?; // [B, S, in]
-            let folded_bias = spec.broadcast_matmul(&bias.unsqueeze(1)?)?.squeeze(2)?;
+            let (batch, specs, classes) = spec.dims3()?;
+            let rows = spec.reshape((batch * specs, classes))?;
+            let folded_weight = rows
+                .matmul(weight)?
+                .reshape((batch, specs, weight.dim(1)?))?;
+            let folded_bias = rows.matmul(&bias.unsqueeze(1)?)?.reshape((batch, specs))?;
             let centre = (folded_weight.matmul(&centre)?.squeeze(2)? + folded_bias)?;
             let radius = folded_weight.abs()?.matmul(&radius)?.squeeze(2)?;
             Ok(Interval {

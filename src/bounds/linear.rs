@@ -2,8 +2,8 @@
 
 use super::interval::propagate_layer;
 use super::{BoundsError, Interval};
-use crate::kernels::conv_transpose2d;
-use crate::model::{Layer, Net, Normalization, channel_view_dims};
+use crate::kernels::{channel_affine, conv_transpose2d, spec_mul};
+use crate::model::{Layer, Net, Normalization};
 use candle_core::{DType, Device, Tensor};
 
 /// Largest number of f32 coefficients one backward pass may hold at once (≈ 256 MB); full
@@ -69,10 +69,6 @@ pub(crate) fn backward_bounds(
     })
 }
 
-fn sum_trailing(tensor: &Tensor) -> Result<Tensor, BoundsError> {
-    Ok(tensor.flatten_from(2)?.sum(2)?)
-}
-
 fn backward_through_layer(
     net: &Net,
     index: usize,
@@ -102,10 +98,11 @@ fn backward_through_layer(
         } => {
             let (_, _, channels, height, width) = coefficients.dims5()?;
             let per_channel = coefficients.flatten_from(3)?.sum(3)?; // [B, S, C_out]
-            let bias = (bias
-                + per_channel
-                    .broadcast_matmul(&layer_bias.unsqueeze(1)?)?
-                    .squeeze(2)?)?;
+            let bias_term = per_channel
+                .reshape((batch * specs, channels))?
+                .matmul(&layer_bias.unsqueeze(1)?)?
+                .reshape((batch, specs))?;
+            let bias = (bias + bias_term)?;
             let flat = coefficients.reshape((batch * specs, channels, height, width))?;
             let dims = input_shape.batch_dims(batch * specs);
             let back = conv_transpose2d(&flat, weight, *stride, *padding, dims[2], dims[3])?;
@@ -138,14 +135,13 @@ fn backward_through_layer(
             let relaxation = ReluRelaxation::new(bounds)?;
             let positive = coefficients.relu()?;
             let negative = (&coefficients - &positive)?;
-            let upper_slope = relaxation.upper_slope.unsqueeze(1)?;
-            let lower_slope = relaxation.lower_slope.unsqueeze(1)?;
-            let upper_intercept = relaxation.upper_intercept.unsqueeze(1)?;
-            let bias = (bias + sum_trailing(&negative.broadcast_mul(&upper_intercept)?)?)?;
+            // Σ_d A⁻[b, s, d] · intercept[b, d] as a batched matrix-vector product.
+            let intercept = relaxation.upper_intercept.flatten_from(1)?.unsqueeze(2)?;
+            let bias_term = negative.flatten_from(2)?.matmul(&intercept)?.squeeze(2)?;
             LinearBound {
-                coefficients: (positive.broadcast_mul(&lower_slope)?
-                    + negative.broadcast_mul(&upper_slope)?)?,
-                bias,
+                coefficients: (spec_mul(&positive, &relaxation.lower_slope)?
+                    + spec_mul(&negative, &relaxation.upper_slope)?)?,
+                bias: (bias + bias_term)?,
             }
         }
     })
@@ -158,14 +154,24 @@ fn affine_backward(
     scale: &Tensor,
     shift: &Tensor,
 ) -> Result<LinearBound, BoundsError> {
-    // Coefficients carry an extra spec axis, so the channel axis is 2.
-    let mut view = channel_view_dims(coefficients.rank() - 1, scale.elem_count());
-    view.insert(0, 1);
-    let scale = scale.reshape(view.clone())?;
-    let shift = shift.reshape(view)?;
+    // Coefficients carry a spec axis: fold it into the batch so the channel axis is 1 again.
+    let dims = coefficients.dims().to_vec();
+    let (batch, specs, channels) = (dims[0], dims[1], dims[2]);
+    let mut folded = vec![batch * specs];
+    folded.extend(&dims[2..]);
+    let flat = coefficients.reshape(folded)?;
+    let per_channel = if flat.rank() > 2 {
+        flat.flatten_from(2)?.sum(2)? // [B·S, C]
+    } else {
+        flat.clone()
+    };
+    let bias_term = per_channel
+        .matmul(&shift.reshape((channels, 1))?)?
+        .reshape((batch, specs))?;
+    let scaled = channel_affine(&flat, scale, &scale.zeros_like()?)?;
     Ok(LinearBound {
-        bias: (bias + sum_trailing(&coefficients.broadcast_mul(&shift)?)?)?,
-        coefficients: coefficients.broadcast_mul(&scale)?,
+        bias: (bias + bias_term)?,
+        coefficients: scaled.reshape(dims)?,
     })
 }
 

@@ -4,18 +4,9 @@
 //! parameter needs) with a generic strided loop, ~30× slower than summing contiguous rows; conv
 //! biases, BatchNorm and input normalisation all hit it. This op sums rows instead.
 
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        bail!("{what}: only f32 tensors are supported")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => bail!("{what}: operand must be contiguous"),
-    }
-}
 
 struct ChannelAffineOp;
 

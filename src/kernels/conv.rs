@@ -8,6 +8,7 @@
 //! - transposed forward: `Z_n = col2im(Kᵀ · A_n)` (the input gradient, and CROWN's backward step)
 //! - weight gradient:    `dK = Σ_n dY_n · im2col(X_n)ᵀ`
 
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -141,16 +142,6 @@ fn matmul(
             false,
             Parallelism::None,
         )
-    }
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(values) = storage else {
-        bail!("{what}: only f32 tensors are supported")
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&values[start..end]),
-        None => bail!("{what}: operand must be contiguous"),
     }
 }
 
