@@ -1,12 +1,201 @@
-//! `cthpo verify`: measures natural, adversarial and certified accuracy.
+//! `cthpo verify`: measures natural, adversarial and certified accuracy of a trained network.
 
-use clap::Args;
+use crate::bounds::BoundMethod;
+use crate::data::{DataSource, DatasetName};
+use crate::eval::{EvalConfig, EvalReport, evaluate};
+use crate::model::{Net, NetSpec};
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+/// Which verifier decides certification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum VerifyMethod {
+    /// Interval bound propagation only.
+    Ibp,
+    /// CROWN-IBP only.
+    CrownIbp,
+    /// Full CROWN only.
+    Crown,
+    /// IBP, then CROWN-IBP, then CROWN on what is still undecided.
+    Cascade,
+}
 
 /// Arguments of `cthpo verify`.
 #[derive(Debug, Args)]
-pub struct VerifyArgs {}
+pub struct VerifyArgs {
+    /// Trained weights: a safetensors file, or a run directory written by `cthpo train`.
+    #[arg(long)]
+    model: PathBuf,
+    /// Builtin architecture of the weights (fc, cnn-small, cnn-medium, cnn7); read from the
+    /// checkpoint's sidecar when omitted.
+    #[arg(long, conflicts_with = "net")]
+    arch: Option<String>,
+    /// A YAML network description instead of a builtin architecture.
+    #[arg(long)]
+    net: Option<PathBuf>,
+    /// Dataset to evaluate on: mnist, fashion-mnist or cifar10.
+    #[arg(long, default_value = "mnist")]
+    dataset: String,
+    /// Directory with the dataset files (default: the embedded MNIST subset; Fashion-MNIST from
+    /// /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// ℓ∞ radius in [0,1] pixel units.
+    #[arg(long, default_value_t = 0.1)]
+    eps: f64,
+    /// Certification method.
+    #[arg(long, value_enum, default_value_t = VerifyMethod::Cascade)]
+    method: VerifyMethod,
+    /// Number of test images to evaluate (the first N of the test split).
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// PGD steps per restart for adversarial accuracy.
+    #[arg(long, default_value_t = 50)]
+    pgd_steps: usize,
+    /// PGD restarts.
+    #[arg(long, default_value_t = 2)]
+    pgd_restarts: usize,
+    /// Samples per batch (full CROWN uses at most 16).
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Seed of the attack's random starts.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Runs `cthpo verify`.
-pub fn run(_args: VerifyArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`cthpo verify` is not built yet (issue #2)")
+pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
+    let dataset: DatasetName = args.dataset.parse()?;
+    let source = match &args.data_dir {
+        Some(dir) => DataSource::Dir(dir.clone()),
+        None => DataSource::Default,
+    };
+    let (net, weights) = load_network(&args, dataset)?;
+    let splits = crate::data::load(dataset, &source)
+        .with_context(|| format!("loading the {dataset} dataset"))?;
+    let test = splits.test.take(args.samples);
+    if test.is_empty() {
+        bail!("--samples must be at least 1");
+    }
+    let expected_shape = net.spec().input_shape;
+    if test.shape() != expected_shape {
+        bail!(
+            "the network expects inputs of shape {expected_shape:?} but {dataset} images are {:?}",
+            test.shape()
+        );
+    }
+    let (images, labels) = test.tensors()?;
+    let mut config = EvalConfig::cascade(args.eps);
+    config.methods = match args.method {
+        VerifyMethod::Ibp => vec![BoundMethod::Ibp],
+        VerifyMethod::CrownIbp => vec![BoundMethod::CrownIbp],
+        VerifyMethod::Crown => vec![BoundMethod::Crown],
+        VerifyMethod::Cascade => BoundMethod::ALL.to_vec(),
+    };
+    config.pgd.steps = args.pgd_steps;
+    config.pgd.restarts = args.pgd_restarts;
+    config.batch_size = args.batch_size.max(1);
+    config.crown_batch_size = config.crown_batch_size.min(config.batch_size);
+    config.seed = args.seed;
+
+    let progress = ProgressBar::new(test.len() as u64).with_style(
+        ProgressStyle::with_template("verifying {bar:30} {pos}/{len} samples [{elapsed_precise}]")
+            .expect("static template"),
+    );
+    let report = evaluate(&net, &images, &labels, &config, |done, _| {
+        progress.set_position(done as u64)
+    })
+    .with_context(|| format!("evaluating {}", weights.display()))?;
+    progress.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+    } else {
+        print_table(&report, &weights);
+    }
+    Ok(())
+}
+
+fn load_network(args: &VerifyArgs, dataset: DatasetName) -> anyhow::Result<(Net, PathBuf)> {
+    let weights = args.model.clone();
+    let spec = if let Some(path) = &args.net {
+        NetSpec::from_yaml_file(path)?
+    } else if let Some(arch) = &args.arch {
+        NetSpec::builtin(
+            arch,
+            dataset.input_shape(),
+            dataset.num_classes(),
+            dataset.normalization(),
+        )?
+    } else {
+        bail!(
+            "{} has no sidecar describing its architecture: pass --arch (fc, cnn-small, cnn-medium, cnn7) or --net FILE.yaml",
+            weights.display()
+        );
+    };
+    let net = Net::load(&spec, &weights)?;
+    Ok((net, weights))
+}
+
+fn report_json(report: &EvalReport) -> serde_json::Value {
+    let stages: serde_json::Map<String, serde_json::Value> = report
+        .stages
+        .iter()
+        .map(|stage| {
+            (
+                stage.method.name().to_string(),
+                serde_json::json!({
+                    "attempted": stage.attempted,
+                    "certified": stage.certified,
+                    "seconds": stage.seconds,
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "samples": report.samples,
+        "eps": report.eps,
+        "natural_accuracy": report.natural_accuracy,
+        "adversarial_accuracy": report.adversarial_accuracy,
+        "certified_accuracy": report.certified_accuracy,
+        "stages": stages,
+        "attack_seconds": report.attack_seconds,
+        "seconds": report.seconds,
+    })
+}
+
+fn print_table(report: &EvalReport, weights: &std::path::Path) {
+    println!(
+        "{} on {} samples, ε = {}",
+        weights.display(),
+        report.samples,
+        report.eps
+    );
+    println!(
+        "  natural accuracy      {:>7.2} %",
+        100.0 * report.natural_accuracy
+    );
+    println!(
+        "  adversarial accuracy  {:>7.2} %   (PGD, {:.1} s)",
+        100.0 * report.adversarial_accuracy,
+        report.attack_seconds
+    );
+    println!(
+        "  certified accuracy    {:>7.2} %",
+        100.0 * report.certified_accuracy
+    );
+    for stage in &report.stages {
+        println!(
+            "    {:<10} certified {:>5} of {:>5} attempted  ({:.2} s)",
+            stage.method.name(),
+            stage.certified,
+            stage.attempted,
+            stage.seconds
+        );
+    }
+    println!("  total time {:.2} s", report.seconds);
 }
