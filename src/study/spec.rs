@@ -1,0 +1,342 @@
+//! What a study is: the study file (`studies/*.yaml`) merged with command-line overrides.
+
+use super::StudyError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How trials are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectiveKind {
+    /// Maximise `w_nat·natural + w_adv·adversarial + w_cert·certified` (CTRAIN's default).
+    #[default]
+    Weighted,
+    /// Maximise natural and certified accuracy jointly (Pareto front, ParEGO scalarisations).
+    Pareto,
+}
+
+/// Weights of the three accuracies in the weighted objective.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveWeights {
+    /// Weight of natural accuracy.
+    #[serde(default = "one")]
+    pub natural: f64,
+    /// Weight of adversarial (PGD) accuracy.
+    #[serde(default = "one")]
+    pub adversarial: f64,
+    /// Weight of certified accuracy.
+    #[serde(default = "one")]
+    pub certified: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for ObjectiveWeights {
+    fn default() -> Self {
+        ObjectiveWeights {
+            natural: 1.0,
+            adversarial: 1.0,
+            certified: 1.0,
+        }
+    }
+}
+
+impl ObjectiveWeights {
+    /// Parses `nat=1,adv=1,cert=2` (also `natural=`, `adversarial=`, `certified=`).
+    pub fn parse(text: &str) -> Result<ObjectiveWeights, StudyError> {
+        let mut weights = ObjectiveWeights {
+            natural: 0.0,
+            adversarial: 0.0,
+            certified: 0.0,
+        };
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                StudyError::invalid("--weights", format!("`{part}` is not key=value"))
+            })?;
+            let value: f64 = value.trim().parse().map_err(|_| {
+                StudyError::invalid("--weights", format!("`{value}` is not a number"))
+            })?;
+            if !value.is_finite() || value < 0.0 {
+                return Err(StudyError::invalid(
+                    "--weights",
+                    format!("weight {value} must be finite and ≥ 0"),
+                ));
+            }
+            match key.trim() {
+                "nat" | "natural" => weights.natural = value,
+                "adv" | "adversarial" => weights.adversarial = value,
+                "cert" | "certified" => weights.certified = value,
+                other => {
+                    return Err(StudyError::invalid(
+                        "--weights",
+                        format!("unknown key `{other}` (use nat, adv, cert)"),
+                    ));
+                }
+            }
+        }
+        if weights.natural + weights.adversarial + weights.certified <= 0.0 {
+            return Err(StudyError::invalid(
+                "--weights",
+                "all weights are zero".into(),
+            ));
+        }
+        Ok(weights)
+    }
+}
+
+/// Which surrogate model guides the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SurrogateKind {
+    /// SMAC-style random forest.
+    #[default]
+    Rf,
+    /// Gaussian process (egobox).
+    Gp,
+}
+
+/// A study file: every field optional so the command line can fill or override it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyFile {
+    /// Study name (default derived from method, dataset, architecture and ε).
+    pub name: Option<String>,
+    /// Certified-training method to tune.
+    pub method: Option<String>,
+    /// Dataset name: mnist, fashion-mnist or cifar10.
+    pub dataset: Option<String>,
+    /// Directory with the dataset files.
+    pub data_dir: Option<PathBuf>,
+    /// Builtin architecture.
+    pub arch: Option<String>,
+    /// ℓ∞ radius to certify.
+    pub eps: Option<f64>,
+    /// Epochs per trial.
+    pub epochs: Option<usize>,
+    /// Training images per trial (default: all of the training split).
+    pub train_samples: Option<usize>,
+    /// Validation images scored per trial.
+    pub val_samples: Option<usize>,
+    /// Number of trials.
+    pub trials: Option<usize>,
+    /// Wall-clock budget of the whole study, e.g. `2h`, `45m`.
+    pub time_budget: Option<String>,
+    /// Wall-clock limit of one trial, e.g. `20m`.
+    pub trial_timeout: Option<String>,
+    /// Surrogate model.
+    pub surrogate: Option<SurrogateKind>,
+    /// Objective kind.
+    pub objective: Option<ObjectiveKind>,
+    /// Weights of the weighted objective.
+    pub weights: Option<ObjectiveWeights>,
+    /// A YAML configuration to evaluate first (the user's default).
+    pub default_config: Option<PathBuf>,
+    /// Skip the space's default configuration in the initial design.
+    pub no_default: Option<bool>,
+    /// Seed for data split, design, initialisation and batch order.
+    pub seed: Option<u64>,
+}
+
+impl StudyFile {
+    /// Reads a study file, naming the file and the problem on failure.
+    pub fn load(path: &Path) -> Result<StudyFile, StudyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| StudyError::File {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+        serde_saphyr::from_str(&text).map_err(|e| StudyError::File {
+            path: path.to_path_buf(),
+            problem: e.to_string(),
+        })
+    }
+
+    /// Fields set here replace those of `base` (command line over study file).
+    pub fn over(self, base: StudyFile) -> StudyFile {
+        StudyFile {
+            name: self.name.or(base.name),
+            method: self.method.or(base.method),
+            dataset: self.dataset.or(base.dataset),
+            data_dir: self.data_dir.or(base.data_dir),
+            arch: self.arch.or(base.arch),
+            eps: self.eps.or(base.eps),
+            epochs: self.epochs.or(base.epochs),
+            train_samples: self.train_samples.or(base.train_samples),
+            val_samples: self.val_samples.or(base.val_samples),
+            trials: self.trials.or(base.trials),
+            time_budget: self.time_budget.or(base.time_budget),
+            trial_timeout: self.trial_timeout.or(base.trial_timeout),
+            surrogate: self.surrogate.or(base.surrogate),
+            objective: self.objective.or(base.objective),
+            weights: self.weights.or(base.weights),
+            default_config: self.default_config.or(base.default_config),
+            no_default: self.no_default.or(base.no_default),
+            seed: self.seed.or(base.seed),
+        }
+    }
+}
+
+/// A fully resolved study: what `cthpo run` executes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StudySpec {
+    /// Study name, the key of its record in the store.
+    pub name: String,
+    /// Certified-training method tuned.
+    pub method: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// Directory with the dataset files, if not the default source.
+    pub data_dir: Option<PathBuf>,
+    /// Builtin architecture.
+    pub arch: String,
+    /// ℓ∞ radius certified.
+    pub eps: f64,
+    /// Epochs per trial.
+    pub epochs: usize,
+    /// Training images per trial (None: the whole training split).
+    pub train_samples: Option<usize>,
+    /// Validation images scored per trial.
+    pub val_samples: usize,
+    /// Trial budget.
+    pub trials: usize,
+    /// Study wall-clock budget.
+    pub time_budget: Option<Duration>,
+    /// Per-trial wall-clock limit.
+    pub trial_timeout: Option<Duration>,
+    /// Surrogate model.
+    pub surrogate: SurrogateKind,
+    /// Objective kind.
+    pub objective: ObjectiveKind,
+    /// Weights of the weighted objective.
+    pub weights: ObjectiveWeights,
+    /// The user's configuration evaluated first, if any.
+    pub default_config: Option<PathBuf>,
+    /// Whether the space's default configuration is left out of the initial design.
+    pub no_default: bool,
+    /// Seed of everything random in the study.
+    pub seed: u64,
+}
+
+impl StudySpec {
+    /// Fills defaults and validates; `method` must be given by the file or the command line.
+    pub fn resolve(file: StudyFile) -> Result<StudySpec, StudyError> {
+        let method = file.method.ok_or_else(|| {
+            StudyError::invalid(
+                "method",
+                "no method given: pass --method or set `method:` in the study file".into(),
+            )
+        })?;
+        let dataset = file.dataset.unwrap_or_else(|| "mnist".into());
+        let arch = file.arch.unwrap_or_else(|| "cnn-small".into());
+        let eps = file.eps.unwrap_or(0.1);
+        if !(eps > 0.0 && eps <= 1.0) {
+            return Err(StudyError::invalid(
+                "eps",
+                format!("ε = {eps} must be in (0, 1]"),
+            ));
+        }
+        let epochs = file.epochs.unwrap_or(5);
+        if epochs == 0 {
+            return Err(StudyError::invalid("epochs", "must be at least 1".into()));
+        }
+        let trials = file.trials.unwrap_or(20);
+        if trials == 0 {
+            return Err(StudyError::invalid("trials", "must be at least 1".into()));
+        }
+        let val_samples = file.val_samples.unwrap_or(1000);
+        if val_samples == 0 {
+            return Err(StudyError::invalid(
+                "val_samples",
+                "must be at least 1".into(),
+            ));
+        }
+        let time_budget = file
+            .time_budget
+            .as_deref()
+            .map(|t| parse_duration(t).map_err(|p| StudyError::invalid("time_budget", p)))
+            .transpose()?;
+        let trial_timeout = file
+            .trial_timeout
+            .as_deref()
+            .map(|t| parse_duration(t).map_err(|p| StudyError::invalid("trial_timeout", p)))
+            .transpose()?;
+        let name = match file.name {
+            Some(name) => {
+                if name.trim().is_empty() || name.contains(['/', '\\']) {
+                    return Err(StudyError::invalid(
+                        "name",
+                        format!("`{name}` must be non-empty and contain no path separators"),
+                    ));
+                }
+                name
+            }
+            None => default_study_name(&method, &dataset, &arch, eps),
+        };
+        Ok(StudySpec {
+            name,
+            method,
+            dataset,
+            data_dir: file.data_dir,
+            arch,
+            eps,
+            epochs,
+            train_samples: file.train_samples,
+            val_samples,
+            trials,
+            time_budget,
+            trial_timeout,
+            surrogate: file.surrogate.unwrap_or_default(),
+            objective: file.objective.unwrap_or_default(),
+            weights: file.weights.unwrap_or_default(),
+            default_config: file.default_config,
+            no_default: file.no_default.unwrap_or(false),
+            seed: file.seed.unwrap_or(0),
+        })
+    }
+}
+
+/// The name a study gets when none is given: running the same command twice continues it.
+pub fn default_study_name(method: &str, dataset: &str, arch: &str, eps: f64) -> String {
+    format!("{method}-{dataset}-{arch}-eps{eps}")
+}
+
+/// Parses `90s`, `45m`, `2h`, `1h30m`, `1d` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return if seconds.is_finite() && seconds > 0.0 {
+            Ok(Duration::from_secs_f64(seconds))
+        } else {
+            Err(format!("`{text}` must be a positive duration"))
+        };
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() || ch == '.' {
+            number.push(ch);
+            continue;
+        }
+        let unit = match ch {
+            's' => 1.0,
+            'm' => 60.0,
+            'h' => 3600.0,
+            'd' => 86400.0,
+            _ => return Err(format!("`{text}`: unknown unit `{ch}` (use s, m, h, d)")),
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("`{text}` is not a duration like 90s, 45m, 2h or 1h30m"))?;
+        total += value * unit;
+        number.clear();
+    }
+    if !number.is_empty() || total <= 0.0 {
+        return Err(format!(
+            "`{text}` is not a duration like 90s, 45m, 2h or 1h30m"
+        ));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
