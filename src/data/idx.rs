@@ -151,7 +151,11 @@ fn decode_set(images: Raw<'_>, labels: Raw<'_>) -> Result<Dataset, DataError> {
                     problem: format!("image size {height}x{width} has a zero side"),
                 });
             }
-            Ok((bytes_to_unit_f32(&bytes[header..]), count, [1, height, width]))
+            Ok((
+                bytes_to_unit_f32(&bytes[header..]),
+                count,
+                [1, height, width],
+            ))
         },
         || -> Result<Vec<u8>, DataError> {
             let bytes = gunzip_if_needed(label_path, labels.1)?;
@@ -196,7 +200,10 @@ pub(super) fn check_labels(path: &Path, labels: &[u8]) -> Result<(), DataError> 
 /// Decompress gzip data (recognised by its magic bytes); pass anything else through.
 ///
 /// A file whose name ends in `.gz` but that is not gzip is an error rather than read raw.
-pub(super) fn gunzip_if_needed<'a>(path: &Path, raw: Cow<'a, [u8]>) -> Result<Cow<'a, [u8]>, DataError> {
+pub(super) fn gunzip_if_needed<'a>(
+    path: &Path,
+    raw: Cow<'a, [u8]>,
+) -> Result<Cow<'a, [u8]>, DataError> {
     let is_gz_name = path.extension().is_some_and(|ext| ext == "gz");
     if !raw.starts_with(&GZIP_MAGIC) {
         if is_gz_name {
@@ -297,19 +304,33 @@ mod tests {
     fn header_accepts_exact_sizes_only() {
         let p = Path::new("x");
         let ok = idx(IMAGE_MAGIC, &[2, 2, 3], &[0; 12]);
-        assert_eq!(parse_header(p, &ok, IMAGE_MAGIC).unwrap(), (vec![2, 2, 3], 16));
+        assert_eq!(
+            parse_header(p, &ok, IMAGE_MAGIC).unwrap(),
+            (vec![2, 2, 3], 16)
+        );
         let short = idx(IMAGE_MAGIC, &[2, 2, 3], &[0; 11]);
         assert!(matches!(
             parse_header(p, &short, IMAGE_MAGIC),
-            Err(DataError::Truncated { expected: 28, actual: 27, .. })
+            Err(DataError::Truncated {
+                expected: 28,
+                actual: 27,
+                ..
+            })
         ));
         let long = idx(IMAGE_MAGIC, &[2, 2, 3], &[0; 13]);
-        assert!(matches!(parse_header(p, &long, IMAGE_MAGIC), Err(DataError::Format { .. })));
+        assert!(matches!(
+            parse_header(p, &long, IMAGE_MAGIC),
+            Err(DataError::Format { .. })
+        ));
         let huge = idx(IMAGE_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], &[]);
         assert!(parse_header(p, &huge, IMAGE_MAGIC).is_err());
         assert!(matches!(
             parse_header(p, &ok, LABEL_MAGIC),
-            Err(DataError::BadMagic { found: IMAGE_MAGIC, expected: LABEL_MAGIC, .. })
+            Err(DataError::BadMagic {
+                found: IMAGE_MAGIC,
+                expected: LABEL_MAGIC,
+                ..
+            })
         ));
     }
 

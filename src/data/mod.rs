@@ -9,7 +9,9 @@ mod cifar;
 mod dataset;
 mod idx;
 
-pub use cifar::{CIFAR_RECORD_LEN, CIFAR_TEST_FILE, CIFAR_TRAIN_FILES, CIFAR_SUBDIR, load_cifar10_dir};
+pub use cifar::{
+    CIFAR_RECORD_LEN, CIFAR_SUBDIR, CIFAR_TEST_FILE, CIFAR_TRAIN_FILES, load_cifar10_dir,
+};
 pub use dataset::{Dataset, permutation, shuffled_batches};
 pub use idx::{MNIST_FILES, embedded_mnist, load_mnist_dir};
 
@@ -202,10 +204,9 @@ impl DatasetName {
     pub fn normalization(&self) -> Option<(Vec<f32>, Vec<f32>)> {
         match self {
             DatasetName::Mnist | DatasetName::FashionMnist => None,
-            DatasetName::Cifar10 => Some((
-                vec![0.4914, 0.4822, 0.4465],
-                vec![0.2470, 0.2435, 0.2616],
-            )),
+            DatasetName::Cifar10 => {
+                Some((vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]))
+            }
         }
     }
 }
@@ -341,11 +342,23 @@ mod tests {
         for name in DatasetName::ALL {
             assert_eq!(name.to_string().parse::<DatasetName>().unwrap(), name);
         }
-        assert_eq!("FMNIST".parse::<DatasetName>().unwrap(), DatasetName::FashionMnist);
-        assert_eq!("fashion_mnist".parse::<DatasetName>().unwrap(), DatasetName::FashionMnist);
-        assert_eq!("cifar-10".parse::<DatasetName>().unwrap(), DatasetName::Cifar10);
+        assert_eq!(
+            "FMNIST".parse::<DatasetName>().unwrap(),
+            DatasetName::FashionMnist
+        );
+        assert_eq!(
+            "fashion_mnist".parse::<DatasetName>().unwrap(),
+            DatasetName::FashionMnist
+        );
+        assert_eq!(
+            "cifar-10".parse::<DatasetName>().unwrap(),
+            DatasetName::Cifar10
+        );
         let err = "imagenet".parse::<DatasetName>().unwrap_err().to_string();
-        assert!(err.contains("imagenet") && err.contains("fashion-mnist") && err.contains("cifar10"), "{err}");
+        assert!(
+            err.contains("imagenet") && err.contains("fashion-mnist") && err.contains("cifar10"),
+            "{err}"
+        );
     }
 
     #[test]
