@@ -141,16 +141,22 @@ fn idx_mixed_and_dotted_names() {
     check_mnist_like(&load_mnist_dir(dir.path()).unwrap());
 }
 
-#[test]
-fn idx_other_image_size_is_refused_for_mnist() {
-    let dir = TempDir::new("idx-size");
+/// A directory with 2 training images of size `train` (H, W) and 1 test image of size `test`.
+fn sized_dir(name: &str, train: (usize, usize), test: (usize, usize)) -> TempDir {
+    let dir = TempDir::new(name);
     let files = [
-        idx_images(2, 4, 3),
+        idx_images(2, train.0, train.1),
         idx_labels(&[1, 2]),
-        idx_images(1, 4, 3),
+        idx_images(1, test.0, test.1),
         idx_labels(&[3]),
     ];
     write_mnist_dir(dir.path(), &files, [false; 4]);
+    dir
+}
+
+#[test]
+fn idx_other_image_size_is_refused_for_mnist() {
+    let dir = sized_dir("idx-size", (4, 3), (4, 3));
     // The generic IDX loader reads any size ...
     let splits = load_mnist_dir(dir.path()).unwrap();
     assert_eq!(splits.train.shape(), [1, 4, 3]);
@@ -171,14 +177,7 @@ fn idx_other_image_size_is_refused_for_mnist() {
 
 #[test]
 fn idx_train_and_test_sizes_must_agree() {
-    let dir = TempDir::new("idx-size-mismatch");
-    let files = [
-        idx_images(2, 28, 28),
-        idx_labels(&[1, 2]),
-        idx_images(1, 27, 28),
-        idx_labels(&[3]),
-    ];
-    write_mnist_dir(dir.path(), &files, [false; 4]);
+    let dir = sized_dir("idx-size-mismatch", (28, 28), (27, 28));
     let err = load_mnist_dir(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::WrongShape { .. }), "{err}");
 }
@@ -196,6 +195,14 @@ fn load_corrupted(
     (load_mnist_dir(dir.path()).unwrap_err(), dir)
 }
 
+/// Assert that an error's message mentions every given part (file names, the problem).
+fn assert_mentions(err: &DataError, parts: &[&str]) {
+    let msg = err.to_string();
+    for part in parts {
+        assert!(msg.contains(part), "`{msg}` does not mention `{part}`");
+    }
+}
+
 #[test]
 fn idx_wrong_magic_names_the_file() {
     // A label file where the images should be.
@@ -211,11 +218,7 @@ fn idx_wrong_magic_names_the_file() {
         ),
         "{err}"
     );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("train-images-idx3-ubyte") && msg.contains("magic"),
-        "{msg}"
-    );
+    assert_mentions(&err, &["train-images-idx3-ubyte", "magic"]);
 }
 
 #[test]
@@ -225,11 +228,7 @@ fn idx_truncated_file_names_the_file() {
         b
     });
     assert!(matches!(err, DataError::Truncated { .. }), "{err}");
-    let msg = err.to_string();
-    assert!(
-        msg.contains("t10k-images-idx3-ubyte") && msg.contains("truncated"),
-        "{msg}"
-    );
+    assert_mentions(&err, &["t10k-images-idx3-ubyte", "truncated"]);
 
     let (err, _dir) = load_corrupted("truncated-header", 1, |mut b| {
         b.truncate(6);
@@ -246,7 +245,7 @@ fn idx_truncated_file_names_the_file() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("train-labels-idx1-ubyte"));
+    assert_mentions(&err, &["train-labels-idx1-ubyte"]);
 }
 
 #[test]
@@ -256,7 +255,7 @@ fn idx_trailing_bytes_are_an_error() {
         b
     });
     assert!(matches!(err, DataError::Format { .. }), "{err}");
-    assert!(err.to_string().contains("t10k-labels-idx1-ubyte"));
+    assert_mentions(&err, &["t10k-labels-idx1-ubyte"]);
 }
 
 #[test]
@@ -273,10 +272,9 @@ fn idx_count_mismatch_names_both_files() {
         ),
         "{err}"
     );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("train-images-idx3-ubyte") && msg.contains("train-labels-idx1-ubyte"),
-        "{msg}"
+    assert_mentions(
+        &err,
+        &["train-images-idx3-ubyte", "train-labels-idx1-ubyte"],
     );
 }
 
@@ -295,7 +293,7 @@ fn idx_label_out_of_range() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("t10k-labels-idx1-ubyte"));
+    assert_mentions(&err, &["t10k-labels-idx1-ubyte"]);
 }
 
 #[test]
@@ -317,7 +315,7 @@ fn idx_missing_file_lists_the_names_looked_for() {
 
     let err = load_mnist_dir(&dir.path().join("nope")).unwrap_err();
     assert!(matches!(err, DataError::Io { .. }), "{err}");
-    assert!(err.to_string().contains("nope"));
+    assert_mentions(&err, &["nope"]);
 }
 
 #[test]
@@ -329,7 +327,7 @@ fn idx_bad_gzip_names_the_file() {
     std::fs::write(dir.path().join("train-labels-idx1-ubyte.gz"), &files[1]).unwrap();
     let err = load_mnist_dir(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::Gzip { .. }), "{err}");
-    assert!(err.to_string().contains("train-labels-idx1-ubyte.gz"));
+    assert_mentions(&err, &["train-labels-idx1-ubyte.gz"]);
 
     // A gzip stream cut short.
     let gz = gzip(&files[1]);
@@ -340,7 +338,7 @@ fn idx_bad_gzip_names_the_file() {
     .unwrap();
     let err = load_mnist_dir(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::Gzip { .. }), "{err}");
-    assert!(err.to_string().contains("train-labels-idx1-ubyte.gz"));
+    assert_mentions(&err, &["train-labels-idx1-ubyte.gz"]);
 
     // A damaged gzip stream (CRC no longer matches).
     std::fs::write(dir.path().join("train-labels-idx1-ubyte.gz"), &gz).unwrap();
@@ -350,7 +348,7 @@ fn idx_bad_gzip_names_the_file() {
     std::fs::write(dir.path().join("t10k-images-idx3-ubyte.gz"), &gz).unwrap();
     let err = load_mnist_dir(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::Gzip { .. }), "{err}");
-    assert!(err.to_string().contains("t10k-images-idx3-ubyte.gz"));
+    assert_mentions(&err, &["t10k-images-idx3-ubyte.gz"]);
 }
 
 /// A CIFAR-10 record: label then 3072 pixel bytes derived from (batch, item).
@@ -428,7 +426,7 @@ fn cifar_wrong_record_size_names_the_file() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("data_batch_3.bin"));
+    assert_mentions(&err, &["data_batch_3.bin"]);
 
     // A truncated last record is the same error.
     let mut bytes = cifar_record(1, 0, 0);
@@ -440,7 +438,7 @@ fn cifar_wrong_record_size_names_the_file() {
     std::fs::write(dir.path().join("data_batch_3.bin"), []).unwrap();
     let err = load_cifar10_dir(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::Format { .. }), "{err}");
-    assert!(err.to_string().contains("data_batch_3.bin"));
+    assert_mentions(&err, &["data_batch_3.bin"]);
 }
 
 #[test]
@@ -462,15 +460,14 @@ fn cifar_label_out_of_range_and_missing_file() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("test_batch.bin"));
+    assert_mentions(&err, &["test_batch.bin"]);
 
     std::fs::remove_file(dir.path().join("test_batch.bin")).unwrap();
     let err = load_cifar10_dir(dir.path()).unwrap_err();
     assert!(matches!(err, DataError::MissingFile { .. }), "{err}");
-    let msg = err.to_string();
-    assert!(
-        msg.contains("test_batch.bin") && msg.contains("cifar-10-batches-bin/test_batch.bin"),
-        "{msg}"
+    assert_mentions(
+        &err,
+        &["test_batch.bin", "cifar-10-batches-bin/test_batch.bin"],
     );
 }
 
