@@ -86,7 +86,7 @@ fn check_records(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
             problem: "holds no records".to_string(),
         });
     }
-    if bytes.len() % CIFAR_RECORD_LEN != 0 {
+    if !bytes.len().is_multiple_of(CIFAR_RECORD_LEN) {
         return Err(DataError::RecordSize {
             path: path.to_path_buf(),
             len: bytes.len() as u64,
