@@ -93,7 +93,7 @@ fn pgd_is_exact_on_a_linear_classifier() {
         }
     }
     assert!(
-        breakable >= 5 && breakable <= 59,
+        (5..=59).contains(&breakable),
         "ε should split the samples; {breakable} breakable"
     );
     // Adversarial examples stay in the clipped ball.
@@ -178,7 +178,7 @@ fn pgd_beats_random_sampling() {
     .unwrap();
     let pgd_broken = outcome.robust.iter().filter(|r| !**r).count();
     // Random points of the ball, 20 per sample.
-    let mut random_broken = vec![false; 64];
+    let mut random_broken = [false; 64];
     for _ in 0..20 {
         let noise = random_images(&mut rng, 64, [1, 8, 8]);
         let offset = (((noise * 2.0).unwrap() - 1.0).unwrap() * eps).unwrap();

@@ -132,7 +132,7 @@ pub fn pgd_attack_in_box(
     normalization: Normalization<'_>,
     rng: &mut StdRng,
 ) -> Result<AttackOutcome, AttackError> {
-    if !(eps >= 0.0) || !eps.is_finite() {
+    if !eps.is_finite() || eps < 0.0 {
         return Err(AttackError::InvalidEpsilon(eps));
     }
     let net = net.detached();

@@ -35,7 +35,7 @@ impl Interval {
         min: f64,
         max: f64,
     ) -> Result<Interval, BoundsError> {
-        if !(eps >= 0.0) || !eps.is_finite() {
+        if !eps.is_finite() || eps < 0.0 {
             return Err(BoundsError::InvalidEpsilon(eps));
         }
         Ok(Interval {

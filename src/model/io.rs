@@ -56,14 +56,14 @@ impl Net {
         }
         let mut batch_norm_steps = Vec::new();
         for (index, layer) in spec.layers.iter().enumerate() {
-            if matches!(layer, LayerSpec::BatchNorm {}) {
-                if let Some(steps) = tensors.remove(&format!("{index}.num_batches_tracked")) {
-                    let steps = steps
-                        .to_dtype(DType::I64)?
-                        .flatten_all()?
-                        .to_vec1::<i64>()?;
-                    batch_norm_steps.push((index, steps.first().copied().unwrap_or(0).max(0)));
-                }
+            if matches!(layer, LayerSpec::BatchNorm {})
+                && let Some(steps) = tensors.remove(&format!("{index}.num_batches_tracked"))
+            {
+                let steps = steps
+                    .to_dtype(DType::I64)?
+                    .flatten_all()?
+                    .to_vec1::<i64>()?;
+                batch_norm_steps.push((index, steps.first().copied().unwrap_or(0).max(0)));
             }
         }
         let mut unexpected: Vec<_> = tensors.keys().cloned().collect();

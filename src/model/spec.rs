@@ -243,7 +243,7 @@ impl NetSpec {
                             std.len()
                         )));
                     }
-                    if std.iter().any(|s| !(*s > 0.0) || !s.is_finite()) {
+                    if std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
                         return Err(invalid("normalize std must be finite and > 0".into()));
                     }
                     shape
