@@ -344,6 +344,71 @@ fn concurrent_writers_get_distinct_numbers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Helper run in a child process by `concurrent_processes_get_distinct_numbers`; does nothing
+/// when run as a normal test.
+#[test]
+fn child_writer_process() {
+    let Some(dir) = std::env::var_os("CTHPO_STORE_CHILD_DIR") else {
+        return;
+    };
+    let store = Store::open(&dir).unwrap();
+    let study = store
+        .create_or_load_study("procs", &[Direction::Minimize], &BTreeMap::new())
+        .unwrap();
+    for i in 0..20 {
+        let t = store
+            .start_trial(study, &params("sgd", 1e-3, 8 + i))
+            .unwrap();
+        store.report_intermediate(&t, 0, i as f64).unwrap();
+        store
+            .finish_trial(
+                &t,
+                &TrialOutcome::Complete {
+                    values: vec![i as f64],
+                },
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn concurrent_processes_get_distinct_numbers() {
+    let dir = temp_dir("processes");
+    let exe = std::env::current_exe().unwrap();
+    let spawned: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--exact", "child_writer_process", "--test-threads", "1"])
+                .env("CTHPO_STORE_CHILD_DIR", &dir)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in spawned {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "child writer failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let store = Store::open_existing(&dir).unwrap();
+    let study = store.require_study("procs").unwrap();
+    let mut numbers: Vec<i64> = store
+        .trials(study.id)
+        .unwrap()
+        .iter()
+        .map(|t| t.number)
+        .collect();
+    numbers.sort();
+    assert_eq!(numbers, (0..40).collect::<Vec<i64>>());
+    store.integrity_check().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn foreign_and_garbage_files_are_refused() {
     // Missing database: open_existing does not create one.
