@@ -203,3 +203,55 @@ fn unusable_output_folder_is_a_clear_error() {
     let err = plot::plot_studies(&store, &["nope".to_string()], &dir).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
 }
+
+#[test]
+fn plot_command_writes_the_charts() {
+    let dir = out_dir("plot-cli");
+    {
+        let store = Store::open(&dir).unwrap();
+        fill_study(&store, "a", 5, 0.0, 12);
+        fill_study(&store, "b", 9, 0.02, 12);
+    }
+    let out = dir.join("charts");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args([
+            "plot",
+            "a",
+            "b",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: Vec<PathBuf> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(listed.len(), 10);
+    assert!(listed.contains(&out.join("comparison-pareto.png")));
+    for file in &listed {
+        assert!(
+            std::fs::metadata(file).unwrap().len() > 0,
+            "{}",
+            file.display()
+        );
+    }
+    // Default output folder is <dir>/plots.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(["plot", "a", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        png_size(&dir.join("plots").join("a-pareto.png")),
+        CHART_SIZE
+    );
+}

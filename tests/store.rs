@@ -714,3 +714,164 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&optuna_dir);
 }
+
+// ------------------------------------------------------------------ inspection commands
+
+fn cthpo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(args)
+        .output()
+        .expect("run cthpo")
+}
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = cthpo(args);
+    assert!(
+        out.status.success(),
+        "cthpo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn inspection_commands_report_and_export_the_best_trial() {
+    let dir = temp_dir("cli");
+    let d = dir.to_str().unwrap();
+    {
+        let store = Store::open(&dir).unwrap();
+        let study = store
+            .create_or_load_study("cli-study", &[Direction::Minimize], &BTreeMap::new())
+            .unwrap();
+        for (i, (opt, lr, width, value)) in [
+            ("sgd", 0.01, 16, 0.4),
+            ("adam", 2.5e-4, 128, 0.2),
+            ("sgd", 0.05, 32, 0.3),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let t = store.start_trial(study, &params(opt, lr, width)).unwrap();
+            let rel = Store::checkpoint_rel_path("cli-study", t.number);
+            let ckpt = store.checkpoint_dir("cli-study", t.number);
+            std::fs::create_dir_all(ckpt.join("sub")).unwrap();
+            std::fs::write(ckpt.join("model.safetensors"), format!("weights {i}")).unwrap();
+            std::fs::write(ckpt.join("sub/log.txt"), "epoch 1").unwrap();
+            store
+                .set_trial_user_attr(
+                    &t,
+                    store::attrs::CHECKPOINT_PATH,
+                    &json!(rel.to_str().unwrap()),
+                )
+                .unwrap();
+            for (key, v) in [
+                (store::attrs::NATURAL_ACCURACY, 0.9 - value / 10.0),
+                (store::attrs::ADVERSARIAL_ACCURACY, 0.8 - value / 10.0),
+                (store::attrs::CERTIFIED_ACCURACY, 0.7 - value / 10.0),
+            ] {
+                store.set_trial_user_attr(&t, key, &json!(v)).unwrap();
+            }
+            store
+                .finish_trial(
+                    &t,
+                    &TrialOutcome::Complete {
+                        values: vec![value],
+                    },
+                )
+                .unwrap();
+        }
+        let failed = store.start_trial(study, &params("sgd", 0.1, 8)).unwrap();
+        store
+            .finish_trial(
+                &failed,
+                &TrialOutcome::Fail {
+                    reason: "out, of \"time\"".into(),
+                },
+            )
+            .unwrap();
+    }
+
+    let overview = stdout_of(&["status", "--dir", d]);
+    assert!(overview.contains("cli-study"), "{overview}");
+    assert!(overview.contains("#1"), "{overview}");
+    let detail = stdout_of(&["status", "cli-study", "--dir", d]);
+    assert!(detail.contains("best trial  #1"), "{detail}");
+    assert!(
+        detail.contains("68.0%"),
+        "certified accuracy of the best: {detail}"
+    );
+    let status: Value =
+        serde_json::from_str(&stdout_of(&["status", "cli-study", "--dir", d, "--json"])).unwrap();
+    assert_eq!(status["states"]["COMPLETE"], json!(3));
+    assert_eq!(status["states"]["FAIL"], json!(1));
+    assert_eq!(status["best"]["number"], json!(1));
+
+    let list: Value =
+        serde_json::from_str(&stdout_of(&["trials", "cli-study", "--dir", d, "--json"])).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(
+        list[1]["params"],
+        json!({"optimizer": "adam", "lr": 2.5e-4, "width": 128})
+    );
+    assert_eq!(list[3]["state"], json!("FAIL"));
+    let csv = stdout_of(&["trials", "cli-study", "--dir", d, "--csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(lines[0].starts_with("number,state,"), "{csv}");
+    assert!(
+        lines[0].contains("params_optimizer") && lines[0].contains("user_attrs_failure_reason")
+    );
+    assert!(
+        lines[4].contains("\"out, of \"\"time\"\"\""),
+        "CSV quoting: {csv}"
+    );
+    let table = stdout_of(&["trials", "cli-study", "--dir", d]);
+    assert!(table.contains("failed: out, of \"time\""), "{table}");
+
+    let yaml_path = dir.join("best.yaml");
+    let copy = dir.join("best-checkpoint");
+    let y = yaml_path.to_str().unwrap();
+    let c = copy.to_str().unwrap();
+    stdout_of(&[
+        "best",
+        "cli-study",
+        "--dir",
+        d,
+        "--export",
+        y,
+        "--checkpoint",
+        c,
+    ]);
+    let exported: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(&yaml_path).unwrap()).unwrap();
+    assert_eq!(
+        exported,
+        json!({"optimizer": "adam", "lr": 2.5e-4, "width": 128})
+    );
+    assert_eq!(
+        std::fs::read_to_string(copy.join("model.safetensors")).unwrap(),
+        "weights 1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(copy.join("sub/log.txt")).unwrap(),
+        "epoch 1"
+    );
+    // A non-empty destination is never overwritten.
+    let again = cthpo(&["best", "cli-study", "--dir", d, "--checkpoint", c]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("best-checkpoint"));
+    // Printing to stdout gives the same YAML.
+    let printed: Value =
+        serde_saphyr::from_str(&stdout_of(&["best", "cli-study", "--dir", d])).unwrap();
+    assert_eq!(printed, exported);
+
+    // Clear errors for a wrong directory or study name.
+    let missing = cthpo(&["status", "--dir", dir.join("nope").to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cthpo.db"));
+    let unknown = cthpo(&["trials", "no-such-study", "--dir", d]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("cli-study"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

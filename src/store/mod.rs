@@ -20,7 +20,7 @@ pub use summary::{best_trial, pareto_front_indices, pareto_optimal, state_counts
 pub use time::now_utc;
 pub use types::{
     Direction, ParamDistribution, ParamValue, StoredParam, StoredTrial, StudyId, StudyInfo,
-    TrialHandle, TrialOutcome, TrialState,
+    TrialHandle, TrialOutcome, TrialState, json_number,
 };
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
@@ -29,6 +29,9 @@ use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Default study directory of the CLI (`--dir`).
+pub const DEFAULT_STUDY_DIR: &str = "studies-out";
 
 /// File name of the database inside a study directory.
 pub const DB_FILE_NAME: &str = "cthpo.db";

@@ -157,13 +157,18 @@ pub enum ParamValue {
     Choice(Value),
 }
 
+/// A float as JSON; JSON has no inf/NaN, so those become the strings "inf", "-inf", "NaN".
+pub fn json_number(x: f64) -> Value {
+    serde_json::Number::from_f64(x)
+        .map(Value::Number)
+        .unwrap_or_else(|| Value::String(x.to_string()))
+}
+
 impl ParamValue {
-    /// The value as JSON (floats that are not finite become strings, which JSON cannot hold).
+    /// The value as JSON (floats that are not finite become strings, see [`json_number`]).
     pub fn to_json(&self) -> Value {
         match self {
-            ParamValue::Float(x) => serde_json::Number::from_f64(*x)
-                .map(Value::Number)
-                .unwrap_or_else(|| Value::String(x.to_string())),
+            ParamValue::Float(x) => json_number(*x),
             ParamValue::Int(i) => Value::from(*i),
             ParamValue::Choice(value) => value.clone(),
         }
@@ -625,6 +630,20 @@ impl StoredTrial {
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         }
+    }
+
+    /// External param values as JSON, in stored order (a value that does not fit its
+    /// distribution is shown as its raw internal number).
+    pub fn param_values(&self) -> Vec<(String, Value)> {
+        self.params
+            .iter()
+            .map(|p| {
+                let value = p
+                    .value()
+                    .map_or_else(|| json_number(p.internal), |v| v.to_json());
+                (p.name.clone(), value)
+            })
+            .collect()
     }
 
     /// A user attribute read as a string.
