@@ -2,13 +2,32 @@
 
 use cthpo::store::{
     self, Direction, ParamDistribution, ParamValue, Store, StoreError, StoredParam, StoredTrial,
-    TrialOutcome, TrialState,
+    TrialHandle, TrialOutcome, TrialState,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+/// Ends a trial as COMPLETE with these values.
+fn complete(store: &Store, trial: &TrialHandle, values: Vec<f64>) {
+    store
+        .finish_trial(trial, &TrialOutcome::Complete { values })
+        .unwrap();
+}
+
+/// Ends a trial as FAIL with this reason.
+fn fail(store: &Store, trial: &TrialHandle, reason: &str) {
+    store
+        .finish_trial(
+            trial,
+            &TrialOutcome::Fail {
+                reason: reason.into(),
+            },
+        )
+        .unwrap();
+}
 
 /// A fresh, empty directory for one test.
 fn temp_dir(name: &str) -> PathBuf {
@@ -72,35 +91,19 @@ fn round_trip_complete_failed_running() {
                 &json!(ckpt.to_str().unwrap()),
             )
             .unwrap();
-        store
-            .finish_trial(&a, &TrialOutcome::Complete { values: vec![0.19] })
-            .unwrap();
+        complete(&store, &a, vec![0.19]);
 
         let b = store.start_trial(study, &params("sgd", 0.05, 8)).unwrap();
         assert_eq!(b.number, 1);
         store.report_intermediate(&b, 0, f64::NAN).unwrap();
-        store
-            .finish_trial(
-                &b,
-                &TrialOutcome::Fail {
-                    reason: "loss diverged (NaN) at epoch 1".into(),
-                },
-            )
-            .unwrap();
+        fail(&store, &b, "loss diverged (NaN) at epoch 1");
 
         let c = store
             .start_trial(study, &params("adam", 1e-5, 256))
             .unwrap();
         assert_eq!(c.number, 2);
         let d = store.start_trial(study, &params("sgd", 0.1, 9)).unwrap();
-        store
-            .finish_trial(
-                &d,
-                &TrialOutcome::Complete {
-                    values: vec![f64::INFINITY],
-                },
-            )
-            .unwrap();
+        complete(&store, &d, vec![f64::INFINITY]);
 
         // A finished trial cannot change any more.
         let err = store
@@ -263,9 +266,7 @@ fn stale_running_trials_become_failed() {
         .create_or_load_study("resume-me", &[Direction::Minimize], &BTreeMap::new())
         .unwrap();
     let done = store.start_trial(study, &params("sgd", 1e-3, 16)).unwrap();
-    store
-        .finish_trial(&done, &TrialOutcome::Complete { values: vec![0.3] })
-        .unwrap();
+    complete(&store, &done, vec![0.3]);
     let killed = store.start_trial(study, &params("adam", 1e-2, 32)).unwrap();
     drop(store);
 
@@ -314,14 +315,7 @@ fn concurrent_writers_get_distinct_numbers() {
                         .unwrap();
                     store.report_intermediate(&t, 0, i as f64).unwrap();
                     store.set_trial_user_attr(&t, "worker", &json!(w)).unwrap();
-                    store
-                        .finish_trial(
-                            &t,
-                            &TrialOutcome::Complete {
-                                values: vec![i as f64],
-                            },
-                        )
-                        .unwrap();
+                    complete(&store, &t, vec![i as f64]);
                     numbers.push(t.number);
                 }
                 numbers
@@ -360,14 +354,7 @@ fn child_writer_process() {
             .start_trial(study, &params("sgd", 1e-3, 8 + i))
             .unwrap();
         store.report_intermediate(&t, 0, i as f64).unwrap();
-        store
-            .finish_trial(
-                &t,
-                &TrialOutcome::Complete {
-                    values: vec![i as f64],
-                },
-            )
-            .unwrap();
+        complete(&store, &t, vec![i as f64]);
     }
 }
 
@@ -555,24 +542,13 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
         store
             .set_trial_user_attr(&t0, "certified_accuracy", &json!(0.7))
             .unwrap();
-        store
-            .finish_trial(&t0, &TrialOutcome::Complete { values: vec![0.3] })
-            .unwrap();
+        complete(&store, &t0, vec![0.3]);
         let t1 = store.start_trial(single, &params("sgd", 0.01, 8)).unwrap();
-        store
-            .finish_trial(
-                &t1,
-                &TrialOutcome::Fail {
-                    reason: "diverged".into(),
-                },
-            )
-            .unwrap();
+        fail(&store, &t1, "diverged");
         let t2 = store
             .start_trial(single, &params("sgd", 2e-5, 200))
             .unwrap();
-        store
-            .finish_trial(&t2, &TrialOutcome::Complete { values: vec![0.1] })
-            .unwrap();
+        complete(&store, &t2, vec![0.1]);
         let t3 = store.start_trial(single, &params("adam", 0.1, 9)).unwrap();
         store.finish_trial(&t3, &TrialOutcome::Pruned).unwrap();
 
@@ -590,14 +566,7 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
             ("sgd", 1e-4, 16, [0.5, 0.7]),
         ] {
             let t = store.start_trial(multi, &params(opt, lr, w)).unwrap();
-            store
-                .finish_trial(
-                    &t,
-                    &TrialOutcome::Complete {
-                        values: values.to_vec(),
-                    },
-                )
-                .unwrap();
+            complete(&store, &t, values.to_vec());
         }
         let running = store
             .start_trial(multi, &params("adam", 0.05, 128))
@@ -771,24 +740,10 @@ fn inspection_commands_report_and_export_the_best_trial() {
             ] {
                 store.set_trial_user_attr(&t, key, &json!(v)).unwrap();
             }
-            store
-                .finish_trial(
-                    &t,
-                    &TrialOutcome::Complete {
-                        values: vec![value],
-                    },
-                )
-                .unwrap();
+            complete(&store, &t, vec![value]);
         }
         let failed = store.start_trial(study, &params("sgd", 0.1, 8)).unwrap();
-        store
-            .finish_trial(
-                &failed,
-                &TrialOutcome::Fail {
-                    reason: "out, of \"time\"".into(),
-                },
-            )
-            .unwrap();
+        fail(&store, &failed, "out, of \"time\"");
     }
 
     let overview = stdout_of(&["status", "--dir", d]);

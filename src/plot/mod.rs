@@ -4,8 +4,11 @@
 //! Text is drawn with DejaVu Sans, embedded in the binary (see `assets/fonts/`), so plotting
 //! needs neither fontconfig nor system fonts.
 
+#![warn(missing_docs)]
+
 use crate::store::{self, Direction, Store, StoreError, StoredTrial, StudyInfo, TrialState, attrs};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -392,6 +395,28 @@ struct FrontChart {
 /// Light grid: at most this many minor lines between labelled ones.
 const LIGHT_LINES: usize = 1;
 
+/// Draws axes, tick labels and grid in the common style; `desc` is [x label, y label].
+fn draw_mesh<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    desc: [&str; 2],
+    fx: &dyn Fn(&f64) -> String,
+    fy: &dyn Fn(&f64) -> String,
+) -> Result<(), String> {
+    chart
+        .configure_mesh()
+        .x_desc(desc[0])
+        .y_desc(desc[1])
+        .x_label_formatter(fx)
+        .y_label_formatter(fy)
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 19))
+        .max_light_lines(LIGHT_LINES)
+        .light_line_style(GRID_LIGHT)
+        .bold_line_style(GRID_BOLD)
+        .draw()
+        .map_err(to_msg)
+}
+
 impl Chart for FrontChart {
     fn title(&self) -> String {
         self.title.clone()
@@ -432,19 +457,7 @@ impl Chart for FrontChart {
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(to_msg)?;
         let (fx, fy) = (percent_formatter(x1 - x0), percent_formatter(y1 - y0));
-        chart
-            .configure_mesh()
-            .x_desc(NATURAL_LABEL)
-            .y_desc(CERTIFIED_LABEL)
-            .x_label_formatter(&fx)
-            .y_label_formatter(&fy)
-            .label_style((FONT, 16))
-            .axis_desc_style((FONT, 19))
-            .max_light_lines(LIGHT_LINES)
-            .light_line_style(GRID_LIGHT)
-            .bold_line_style(GRID_BOLD)
-            .draw()
-            .map_err(to_msg)?;
+        draw_mesh(&mut chart, [NATURAL_LABEL, CERTIFIED_LABEL], &fx, &fy)?;
 
         for s in &self.series {
             let faded = if self.single { GREY } else { s.color }.mix(0.35);
@@ -595,25 +608,14 @@ impl Chart for HistoryChart {
             .y_label_area_size(96)
             .build_cartesian_2d(-0.5..x1, y0..y1)
             .map_err(to_msg)?;
-        chart
-            .configure_mesh()
-            .x_desc(TRIAL_LABEL)
-            .y_desc(&s.label)
-            .x_label_formatter(&|v| {
-                if (v - v.round()).abs() < 1e-9 {
-                    format!("{}", v.round() as i64)
-                } else {
-                    String::new()
-                }
-            })
-            .y_label_formatter(&value_formatter)
-            .label_style((FONT, 16))
-            .axis_desc_style((FONT, 19))
-            .max_light_lines(LIGHT_LINES)
-            .light_line_style(GRID_LIGHT)
-            .bold_line_style(GRID_BOLD)
-            .draw()
-            .map_err(to_msg)?;
+        let fx = |v: &f64| {
+            if (v - v.round()).abs() < 1e-9 {
+                format!("{}", v.round() as i64)
+            } else {
+                String::new()
+            }
+        };
+        draw_mesh(&mut chart, [TRIAL_LABEL, &s.label], &fx, &value_formatter)?;
 
         let color = PALETTE[0].mix(0.7);
         chart

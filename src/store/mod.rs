@@ -11,6 +11,8 @@
 //! [`BUSY_TIMEOUT`] for a lock, so several processes can run trials of one study in the same
 //! directory: trial numbers are assigned inside the transaction, as Optuna does.
 
+#![warn(missing_docs)]
+
 pub mod schema;
 mod summary;
 mod time;
@@ -388,16 +390,27 @@ impl Store {
             .map_err(|e| self.sql_err(e))
     }
 
-    fn table_names(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-            .map_err(|e| self.sql_err(e))?;
-        let names = stmt
-            .query_map([], |row| row.get::<_, String>(0))
+    /// Runs a query and maps every row.
+    fn query_rows<T>(
+        &self,
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params,
+        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut stmt = conn.prepare(sql).map_err(|e| self.sql_err(e))?;
+        stmt.query_map(params, map)
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(names)
+            .map_err(|e| self.sql_err(e))
+    }
+
+    fn table_names(&self) -> Result<Vec<String>, StoreError> {
+        self.query_rows(
+            &self.conn,
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            [],
+            |row| row.get(0),
+        )
     }
 
     /// Creates Optuna's schema in an empty database, or checks an existing one.
@@ -457,15 +470,12 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.sql_err(e))?;
-        let alembic: Vec<String> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT version_num FROM alembic_version")
-                .map_err(|e| self.sql_err(e))?;
-            stmt.query_map([], |r| r.get(0))
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.sql_err(e))?
-        };
+        let alembic: Vec<String> = self.query_rows(
+            &self.conn,
+            "SELECT version_num FROM alembic_version",
+            [],
+            |r| r.get(0),
+        )?;
         let version_ok = version == Some(Some(schema::SCHEMA_VERSION));
         let alembic_ok = alembic.len() == 1 && alembic[0] == schema::ALEMBIC_VERSION;
         if !(version_ok && alembic_ok) {
@@ -612,15 +622,12 @@ impl Store {
         conn: &Connection,
         study: StudyId,
     ) -> Result<Vec<Direction>, StoreError> {
-        let mut stmt = conn
-            .prepare(
-                "SELECT direction FROM study_directions WHERE study_id = ?1 ORDER BY objective",
-            )
-            .map_err(|e| self.sql_err(e))?;
-        let texts: Vec<String> = stmt
-            .query_map([study.0], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.sql_err(e))?;
+        let texts: Vec<String> = self.query_rows(
+            conn,
+            "SELECT direction FROM study_directions WHERE study_id = ?1 ORDER BY objective",
+            [study.0],
+            |r| r.get(0),
+        )?;
         texts
             .iter()
             .map(|t| {
@@ -635,13 +642,12 @@ impl Store {
         conn: &Connection,
         study: StudyId,
     ) -> Result<BTreeMap<String, Value>, StoreError> {
-        let mut stmt = conn
-            .prepare("SELECT key, value_json FROM study_user_attributes WHERE study_id = ?1")
-            .map_err(|e| self.sql_err(e))?;
-        let rows: Vec<(Option<String>, Option<String>)> = stmt
-            .query_map([study.0], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.sql_err(e))?;
+        let rows: Vec<(Option<String>, Option<String>)> = self.query_rows(
+            conn,
+            "SELECT key, value_json FROM study_user_attributes WHERE study_id = ?1",
+            [study.0],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         Ok(rows
             .into_iter()
             .map(|(k, v)| (k.unwrap_or_default(), decode_json(v)))
@@ -651,14 +657,12 @@ impl Store {
     /// All studies, by id.
     pub fn studies(&self) -> Result<Vec<StudyInfo>, StoreError> {
         let tx = self.read_tx()?;
-        let rows: Vec<(i64, String)> = {
-            let mut stmt = tx
-                .prepare("SELECT study_id, study_name FROM studies ORDER BY study_id")
-                .map_err(|e| self.sql_err(e))?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| self.sql_err(e))?
-        };
+        let rows: Vec<(i64, String)> = self.query_rows(
+            &tx,
+            "SELECT study_id, study_name FROM studies ORDER BY study_id",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let mut studies = Vec::with_capacity(rows.len());
         for (id, name) in rows {
             studies.push(StudyInfo {
@@ -986,23 +990,17 @@ impl Store {
         let tx = self.write_tx()?;
         let e = |err| self.sql_err(err);
         let now = now_utc();
-        let ids: Vec<i64> = {
-            let mut stmt = tx
-                .prepare(
-                    "SELECT t.trial_id FROM trials t \
-                     LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id \
-                     WHERE t.study_id = ?1 AND t.state = 'RUNNING' \
-                     AND (julianday(COALESCE(h.heartbeat, t.datetime_start)) IS NULL \
-                          OR julianday(COALESCE(h.heartbeat, t.datetime_start)) \
-                             <= julianday(?2) - ?3 / 86400.0)",
-                )
-                .map_err(e)?;
-            stmt.query_map(params![study.0, now, older_than.as_secs_f64()], |r| {
-                r.get(0)
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(e)?
-        };
+        let ids: Vec<i64> = self.query_rows(
+            &tx,
+            "SELECT t.trial_id FROM trials t \
+             LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id \
+             WHERE t.study_id = ?1 AND t.state = 'RUNNING' \
+             AND (julianday(COALESCE(h.heartbeat, t.datetime_start)) IS NULL \
+                  OR julianday(COALESCE(h.heartbeat, t.datetime_start)) \
+                     <= julianday(?2) - ?3 / 86400.0)",
+            params![study.0, now, older_than.as_secs_f64()],
+            |r| r.get(0),
+        )?;
         for id in &ids {
             self.set_attr_in(&tx, *id, attrs::FAILURE_REASON, &Value::from(reason))?;
             tx.execute(
@@ -1027,51 +1025,83 @@ impl Store {
         Ok(trials)
     }
 
+    /// Rows `(trial_id, key, value)` of a float table (`trial_values` or
+    /// `trial_intermediate_values`) for a study's trials, decoded from Optuna's value types.
+    fn float_rows(
+        &self,
+        conn: &Connection,
+        table: &str,
+        key: &str,
+        value: &str,
+        study: StudyId,
+    ) -> Result<Vec<(i64, i64, f64)>, StoreError> {
+        let sql = format!(
+            "SELECT v.trial_id, v.{key}, v.{value}, v.{value}_type FROM {table} v \
+             JOIN trials t ON t.trial_id = v.trial_id WHERE t.study_id = ?1"
+        );
+        let rows: Vec<(i64, i64, Option<f64>, String)> =
+            self.query_rows(conn, &sql, [study.0], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+        rows.into_iter()
+            .map(|(trial_id, k, v, value_type)| {
+                decode_value(v, &value_type)
+                    .map(|v| (trial_id, k, v))
+                    .ok_or_else(|| {
+                        self.corrupt(format!("{table}: trial {trial_id} type {value_type:?}"))
+                    })
+            })
+            .collect()
+    }
+
     fn trials_in(&self, conn: &Connection, study: StudyId) -> Result<Vec<StoredTrial>, StoreError> {
-        let e = |err| self.sql_err(err);
-        let mut trials: Vec<StoredTrial> = Vec::new();
-        {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete, \
-                     (julianday(t.datetime_complete) - julianday(t.datetime_start)) * 86400.0, \
-                     h.heartbeat \
-                     FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id \
-                     WHERE t.study_id = ?1 ORDER BY t.number, t.trial_id",
-                )
-                .map_err(e)?;
-            let rows = stmt
-                .query_map([study.0], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Option<i64>>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<f64>>(5)?,
-                        r.get::<_, Option<String>>(6)?,
-                    ))
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(e)?;
-            for (trial_id, number, state, start, complete, duration, heartbeat) in rows {
-                let state = TrialState::from_optuna_str(&state)
-                    .ok_or_else(|| self.corrupt(format!("trial {trial_id} state {state:?}")))?;
-                trials.push(StoredTrial {
-                    trial_id,
-                    number: number.unwrap_or(-1),
-                    state,
-                    params: Vec::new(),
-                    values: None,
-                    user_attrs: BTreeMap::new(),
-                    system_attrs: BTreeMap::new(),
-                    intermediate_values: BTreeMap::new(),
-                    datetime_start: start,
-                    datetime_complete: complete,
-                    duration_seconds: duration,
-                    heartbeat,
-                });
-            }
+        type TrialRow = (
+            i64,
+            Option<i64>,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+            Option<String>,
+        );
+        let rows: Vec<TrialRow> = self.query_rows(
+            conn,
+            "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete, \
+             (julianday(t.datetime_complete) - julianday(t.datetime_start)) * 86400.0, \
+             h.heartbeat \
+             FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id \
+             WHERE t.study_id = ?1 ORDER BY t.number, t.trial_id",
+            [study.0],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
+        )?;
+        let mut trials: Vec<StoredTrial> = Vec::with_capacity(rows.len());
+        for (trial_id, number, state, start, complete, duration, heartbeat) in rows {
+            let state = TrialState::from_optuna_str(&state)
+                .ok_or_else(|| self.corrupt(format!("trial {trial_id} state {state:?}")))?;
+            trials.push(StoredTrial {
+                trial_id,
+                number: number.unwrap_or(-1),
+                state,
+                params: Vec::new(),
+                values: None,
+                user_attrs: BTreeMap::new(),
+                system_attrs: BTreeMap::new(),
+                intermediate_values: BTreeMap::new(),
+                datetime_start: start,
+                datetime_complete: complete,
+                duration_seconds: duration,
+                heartbeat,
+            });
         }
         let index: HashMap<i64, usize> = trials
             .iter()
@@ -1079,26 +1109,15 @@ impl Store {
             .map(|(i, t)| (t.trial_id, i))
             .collect();
 
-        // Params.
-        let mut stmt = conn
-            .prepare(
-                "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json \
-                 FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id \
-                 WHERE t.study_id = ?1 ORDER BY p.param_id",
-            )
-            .map_err(e)?;
-        let rows = stmt
-            .query_map([study.0], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<f64>>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(e)?;
-        for (trial_id, name, value, dist) in rows {
+        let params: Vec<(i64, Option<String>, Option<f64>, Option<String>)> = self.query_rows(
+            conn,
+            "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json \
+             FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id \
+             WHERE t.study_id = ?1 ORDER BY p.param_id",
+            [study.0],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        for (trial_id, name, value, dist) in params {
             let name = name.unwrap_or_default();
             let dist_text = dist.unwrap_or_default();
             let distribution =
@@ -1116,88 +1135,41 @@ impl Store {
             }
         }
 
-        // Values.
-        let mut stmt = conn
-            .prepare(
-                "SELECT v.trial_id, v.objective, v.value, v.value_type \
-                 FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id \
-                 WHERE t.study_id = ?1 ORDER BY v.trial_id, v.objective",
-            )
-            .map_err(e)?;
-        let rows = stmt
-            .query_map([study.0], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<f64>>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(e)?;
-        for (trial_id, objective, value, value_type) in rows {
-            let value = decode_value(value, &value_type).ok_or_else(|| {
-                self.corrupt(format!("trial {trial_id} value type {value_type:?}"))
-            })?;
-            if let Some(&i) = index.get(&trial_id) {
+        for (trial_id, objective, value) in
+            self.float_rows(conn, "trial_values", "objective", "value", study)?
+        {
+            if let (Some(&i), Ok(objective)) = (index.get(&trial_id), usize::try_from(objective)) {
                 let values = trials[i].values.get_or_insert_with(Vec::new);
-                let objective = usize::try_from(objective).unwrap_or(0);
                 if values.len() <= objective {
                     values.resize(objective + 1, f64::NAN);
                 }
                 values[objective] = value;
             }
         }
-
-        // Intermediate values.
-        let mut stmt = conn
-            .prepare(
-                "SELECT v.trial_id, v.step, v.intermediate_value, v.intermediate_value_type \
-                 FROM trial_intermediate_values v JOIN trials t ON t.trial_id = v.trial_id \
-                 WHERE t.study_id = ?1",
-            )
-            .map_err(e)?;
-        let rows = stmt
-            .query_map([study.0], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<f64>>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(e)?;
-        for (trial_id, step, value, value_type) in rows {
-            let value = decode_value(value, &value_type).ok_or_else(|| {
-                self.corrupt(format!("trial {trial_id} intermediate type {value_type:?}"))
-            })?;
+        for (trial_id, step, value) in self.float_rows(
+            conn,
+            "trial_intermediate_values",
+            "step",
+            "intermediate_value",
+            study,
+        )? {
             if let Some(&i) = index.get(&trial_id) {
                 trials[i].intermediate_values.insert(step, value);
             }
         }
 
-        // User and system attributes.
         for (table, system) in [
             ("trial_user_attributes", false),
             ("trial_system_attributes", true),
         ] {
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT a.trial_id, a.key, a.value_json FROM {table} a \
-                     JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = ?1"
-                ))
-                .map_err(e)?;
-            let rows = stmt
-                .query_map([study.0], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                })
-                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-                .map_err(e)?;
+            let sql = format!(
+                "SELECT a.trial_id, a.key, a.value_json FROM {table} a \
+                 JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = ?1"
+            );
+            let rows: Vec<(i64, Option<String>, Option<String>)> =
+                self.query_rows(conn, &sql, [study.0], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
             for (trial_id, key, value) in rows {
                 if let Some(&i) = index.get(&trial_id) {
                     let map = if system {
