@@ -1109,7 +1109,8 @@ impl Store {
             .map(|(i, t)| (t.trial_id, i))
             .collect();
 
-        let params: Vec<(i64, Option<String>, Option<f64>, Option<String>)> = self.query_rows(
+        type ParamRow = (i64, Option<String>, Option<f64>, Option<String>);
+        let params: Vec<ParamRow> = self.query_rows(
             conn,
             "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json \
              FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id \
