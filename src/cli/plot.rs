@@ -1,12 +1,38 @@
 //! `cthpo plot`: draws Pareto fronts and optimisation history.
 
+use crate::plot;
+use crate::store::{self, Store};
+use anyhow::{Context, bail};
 use clap::Args;
+use std::path::PathBuf;
 
 /// Arguments of `cthpo plot`.
 #[derive(Debug, Args)]
-pub struct PlotArgs {}
+pub struct PlotArgs {
+    /// Studies to draw; with two or more, their fronts are also compared on one chart.
+    #[arg(required = true, num_args = 1..)]
+    pub names: Vec<String>,
+    /// Study directory holding cthpo.db.
+    #[arg(long, default_value = store::DEFAULT_STUDY_DIR)]
+    pub dir: PathBuf,
+    /// Output folder for the PNG and SVG files [default: <dir>/plots].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
 
 /// Runs `cthpo plot`.
-pub fn run(_args: PlotArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`cthpo plot` is not built yet (issue #5)")
+pub fn run(args: PlotArgs) -> anyhow::Result<()> {
+    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let out = args.out.unwrap_or_else(|| args.dir.join("plots"));
+    let summary = plot::plot_studies(&store, &args.names, &out).context("plotting failed")?;
+    for note in &summary.skipped {
+        eprintln!("note: skipped a chart: {note}");
+    }
+    if summary.files.is_empty() {
+        bail!("nothing to plot yet");
+    }
+    for file in &summary.files {
+        println!("{}", file.display());
+    }
+    Ok(())
 }

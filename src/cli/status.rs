@@ -1,12 +1,194 @@
-//! `cthpo status`: summarises stored studies.
+//! `cthpo status`: summarises stored studies (trials by state, best configuration).
 
+use super::trials::{
+    cell, format_table, percent, short_cell, short_number, trial_json, values_text,
+};
+use crate::store::{self, Store, StoredTrial, StudyInfo, TrialState, attrs};
+use anyhow::Context;
 use clap::Args;
+use serde_json::{Value, json};
+use std::path::PathBuf;
 
 /// Arguments of `cthpo status`.
 #[derive(Debug, Args)]
-pub struct StatusArgs {}
+pub struct StatusArgs {
+    /// Study to describe; without it, one line per study in the database.
+    pub name: Option<String>,
+    /// Study directory holding cthpo.db.
+    #[arg(long, default_value = store::DEFAULT_STUDY_DIR)]
+    pub dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs `cthpo status`.
-pub fn run(_args: StatusArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`cthpo status` is not built yet (issue #5)")
+pub fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let studies = match &args.name {
+        Some(name) => vec![store.require_study(name)?],
+        None => store.studies()?,
+    };
+    let mut loaded = Vec::with_capacity(studies.len());
+    for info in studies {
+        let trials = store
+            .trials(info.id)
+            .with_context(|| format!("cannot read the trials of study {:?}", info.name))?;
+        loaded.push((info, trials));
+    }
+    if args.json {
+        let list: Vec<Value> = loaded
+            .iter()
+            .map(|(info, trials)| summary_json(info, trials))
+            .collect();
+        let out = if args.name.is_some() {
+            list.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(list)
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    match &args.name {
+        Some(_) => {
+            if let Some((info, trials)) = loaded.first() {
+                print!("{}", describe(&store, info, trials));
+            }
+        }
+        None if loaded.is_empty() => {
+            println!("no studies in {}", store.db_path().display());
+        }
+        None => print!("{}", overview(&loaded)),
+    }
+    Ok(())
+}
+
+fn count(trials: &[StoredTrial], state: TrialState) -> usize {
+    trials.iter().filter(|t| t.state == state).count()
+}
+
+fn directions_text(info: &StudyInfo) -> String {
+    info.directions
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn summary_json(info: &StudyInfo, trials: &[StoredTrial]) -> Value {
+    let counts: serde_json::Map<String, Value> = store::state_counts(trials)
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), json!(n)))
+        .collect();
+    json!({
+        "study": info.name,
+        "directions": info.directions,
+        "user_attrs": info.user_attrs,
+        "trials": trials.len(),
+        "states": counts,
+        "best": store::best_trial(trials, &info.directions).map(trial_json),
+    })
+}
+
+fn overview(studies: &[(StudyInfo, Vec<StoredTrial>)]) -> String {
+    let rows: Vec<Vec<String>> = studies
+        .iter()
+        .map(|(info, trials)| {
+            let best = store::best_trial(trials, &info.directions);
+            vec![
+                info.name.clone(),
+                directions_text(info),
+                trials.len().to_string(),
+                count(trials, TrialState::Complete).to_string(),
+                count(trials, TrialState::Running).to_string(),
+                count(trials, TrialState::Fail).to_string(),
+                count(trials, TrialState::Pruned).to_string(),
+                best.map_or_else(|| "-".to_string(), |b| format!("#{}", b.number)),
+                percent(best.and_then(|b| b.user_attr_f64(attrs::NATURAL_ACCURACY))),
+                percent(best.and_then(|b| b.user_attr_f64(attrs::CERTIFIED_ACCURACY))),
+            ]
+        })
+        .collect();
+    format_table(
+        &[
+            "study",
+            "directions",
+            "trials",
+            "complete",
+            "running",
+            "failed",
+            "pruned",
+            "best",
+            "natural",
+            "certified",
+        ],
+        &rows,
+    )
+}
+
+fn describe(store: &Store, info: &StudyInfo, trials: &[StoredTrial]) -> String {
+    let mut out = format!("study       {}\n", info.name);
+    out += &format!("database    {}\n", store.db_path().display());
+    out += &format!("directions  {}\n", directions_text(info));
+    for (key, value) in &info.user_attrs {
+        out += &format!("  {key}: {}\n", cell(value));
+    }
+    out += "\n";
+    let rows: Vec<Vec<String>> = store::state_counts(trials)
+        .into_iter()
+        .filter(|(s, n)| *n > 0 || *s != TrialState::Waiting)
+        .map(|(s, n)| vec![s.to_string(), n.to_string()])
+        .chain([vec!["total".to_string(), trials.len().to_string()]])
+        .collect();
+    out += &format_table(&["state", "trials"], &rows);
+    out += "\n";
+    let Some(best) = store::best_trial(trials, &info.directions) else {
+        out += "no completed trial yet\n";
+        return out;
+    };
+    out += &format!("best trial  #{}\n", best.number);
+    out += &format!("values      {}\n", values_text(best.values.as_ref()));
+    if let Some(objective) = best.user_attr_f64(attrs::OBJECTIVE) {
+        out += &format!("objective   {} (weighted)\n", short_number(objective));
+    }
+    let accuracies = [
+        ("natural", attrs::NATURAL_ACCURACY),
+        ("adversarial", attrs::ADVERSARIAL_ACCURACY),
+        ("certified", attrs::CERTIFIED_ACCURACY),
+    ];
+    let rows: Vec<Vec<String>> = accuracies
+        .iter()
+        .map(|(label, key)| vec![label.to_string(), percent(best.user_attr_f64(key))])
+        .collect();
+    out += &format_table(&["accuracy", "value"], &rows);
+    let rows: Vec<Vec<String>> = best
+        .param_values()
+        .iter()
+        .map(|(name, value)| vec![name.clone(), short_cell(value)])
+        .collect();
+    if !rows.is_empty() {
+        out += "\n";
+        out += &format_table(&["param", "value"], &rows);
+    }
+    if let Some(path) = best.user_attr_str(attrs::CHECKPOINT_PATH) {
+        out += &format!(
+            "\ncheckpoint  {}\n",
+            store.resolve_checkpoint_path(path).display()
+        );
+    }
+    let running: Vec<String> = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Running)
+        .map(|t| {
+            format!(
+                "#{} (heartbeat {} UTC)",
+                t.number,
+                t.heartbeat.as_deref().unwrap_or("-")
+            )
+        })
+        .collect();
+    if !running.is_empty() {
+        out += &format!("\nrunning     {}\n", running.join(", "));
+    }
+    out
 }

@@ -1,0 +1,257 @@
+//! Plot tests: charts of stored studies are written as decodable PNG and labelled SVG.
+
+use cthpo::plot::{self, CERTIFIED_LABEL, CHART_SIZE, NATURAL_LABEL, TRIAL_LABEL};
+use cthpo::store::{Direction, Store, StoredParam, TrialOutcome, attrs};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Output folder kept under `target/tmp` so the charts can be looked at after the run.
+fn out_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Deterministic pseudo-random numbers in [0, 1).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A multi-objective study whose trials trade natural against certified accuracy.
+fn fill_study(store: &Store, name: &str, seed: u64, shift: f64, n: i64) {
+    let study = store
+        .create_or_load_study(
+            name,
+            &[Direction::Maximize, Direction::Maximize],
+            &BTreeMap::new(),
+        )
+        .unwrap();
+    let mut rng = Lcg(seed);
+    for i in 0..n {
+        let lr = 10f64.powf(-4.0 + 3.0 * rng.next());
+        let params = vec![
+            StoredParam::float("lr", 1e-4, 0.1, true, lr).unwrap(),
+            StoredParam::int("epochs", 1, 50, false, 1 + (rng.next() * 49.0) as i64).unwrap(),
+            StoredParam::categorical(
+                "optimizer",
+                &["sgd", "adam"],
+                ["sgd", "adam"][i as usize % 2],
+            )
+            .unwrap(),
+        ];
+        let t = store.start_trial(study, &params).unwrap();
+        if i % 7 == 5 {
+            store
+                .finish_trial(
+                    &t,
+                    &TrialOutcome::Fail {
+                        reason: "diverged".into(),
+                    },
+                )
+                .unwrap();
+            continue;
+        }
+        let trade = rng.next();
+        let quality = 0.75 + 0.2 * rng.next();
+        let natural = (0.80 + 0.18 * trade) * quality + shift;
+        let certified = (0.75 - 0.45 * trade) * quality + shift;
+        let adversarial = (natural + certified) / 2.0;
+        for (key, value) in [
+            (attrs::NATURAL_ACCURACY, natural),
+            (attrs::CERTIFIED_ACCURACY, certified),
+            (attrs::ADVERSARIAL_ACCURACY, adversarial),
+            (attrs::OBJECTIVE, 0.3 * natural + 0.7 * certified),
+        ] {
+            store.set_trial_user_attr(&t, key, &json!(value)).unwrap();
+        }
+        store
+            .finish_trial(
+                &t,
+                &TrialOutcome::Complete {
+                    values: vec![certified, natural],
+                },
+            )
+            .unwrap();
+    }
+}
+
+/// Width and height from a PNG's IHDR chunk, after checking the signature.
+fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap();
+    assert!(bytes.len() > 1000, "{} is too small", path.display());
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is not a PNG",
+        path.display()
+    );
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&bytes[16..20]), be(&bytes[20..24]))
+}
+
+/// Counts pixels that are neither white nor near-white (i.e. something was drawn).
+fn png_has_ink(path: &Path) -> bool {
+    // A mostly blank 1024x768 PNG compresses to a few kB; charts with text and points do not.
+    std::fs::metadata(path).unwrap().len() > 20_000
+}
+
+#[test]
+fn charts_are_written_for_one_and_several_studies() {
+    let dir = out_dir("plot-studies");
+    let store = Store::open(&dir).unwrap();
+    fill_study(&store, "mnist-sabr", 7, 0.0, 40);
+    fill_study(&store, "mnist-ibp", 11, -0.06, 30);
+    let empty = store
+        .create_or_load_study("empty", &[Direction::Minimize], &BTreeMap::new())
+        .unwrap();
+    let _ = empty;
+
+    let plots = dir.join("plots");
+    let names: Vec<String> = ["mnist-sabr", "mnist-ibp", "empty"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let summary = plot::plot_studies(&store, &names, &plots).unwrap();
+    let expected: Vec<PathBuf> = [
+        "mnist-sabr-pareto",
+        "mnist-sabr-history",
+        "mnist-ibp-pareto",
+        "mnist-ibp-history",
+        "comparison-pareto",
+    ]
+    .iter()
+    .flat_map(|s| {
+        [
+            plots.join(format!("{s}.png")),
+            plots.join(format!("{s}.svg")),
+        ]
+    })
+    .collect();
+    assert_eq!(summary.files, expected);
+    // The empty study has nothing to draw; it is reported, not an error.
+    assert_eq!(summary.skipped.len(), 2, "{:?}", summary.skipped);
+    assert!(summary.skipped.iter().all(|s| s.contains("empty")));
+
+    for file in &summary.files {
+        if file.extension().unwrap() == "png" {
+            assert_eq!(png_size(file), CHART_SIZE, "{}", file.display());
+            assert!(png_has_ink(file), "{} looks blank", file.display());
+        } else {
+            let svg = std::fs::read_to_string(file).unwrap();
+            assert!(svg.starts_with("<svg"), "{}", file.display());
+            let name = file.file_name().unwrap().to_str().unwrap();
+            if name.contains("pareto") {
+                assert!(svg.contains(NATURAL_LABEL), "{name} lacks the x label");
+                assert!(svg.contains(CERTIFIED_LABEL), "{name} lacks the y label");
+            } else {
+                assert!(svg.contains(TRIAL_LABEL), "{name} lacks the x label");
+                assert!(
+                    svg.contains("weighted objective"),
+                    "{name} lacks the y label"
+                );
+                assert!(svg.contains("failed trial"), "{name} lacks the legend");
+            }
+        }
+    }
+    let comparison = std::fs::read_to_string(plots.join("comparison-pareto.svg")).unwrap();
+    assert!(comparison.contains("mnist-sabr") && comparison.contains("mnist-ibp"));
+    let single = std::fs::read_to_string(plots.join("mnist-sabr-pareto.svg")).unwrap();
+    assert!(single.contains("Pareto front") && single.contains("best (trial #"));
+}
+
+#[test]
+fn front_is_the_non_dominated_staircase() {
+    let points = [
+        (0, 0.90, 0.50),
+        (1, 0.80, 0.60),
+        (2, 0.85, 0.55),
+        (3, 0.70, 0.55), // dominated by 1
+        (4, 0.95, 0.20),
+        (5, 0.80, 0.40), // dominated by 1
+    ]
+    .map(|(number, natural, certified)| plot::AccuracyPoint {
+        number,
+        natural,
+        certified,
+    });
+    let front: Vec<i64> = plot::accuracy_front(&points)
+        .iter()
+        .map(|p| p.number)
+        .collect();
+    assert_eq!(front, vec![1, 2, 0, 4]);
+}
+
+#[test]
+fn unusable_output_folder_is_a_clear_error() {
+    let dir = out_dir("plot-bad-out");
+    let store = Store::open(&dir).unwrap();
+    fill_study(&store, "s", 3, 0.0, 5);
+    let blocker = dir.join("not-a-folder");
+    std::fs::write(&blocker, b"file").unwrap();
+    let err = plot::plot_studies(&store, &["s".to_string()], &blocker.join("plots")).unwrap_err();
+    assert!(err.to_string().contains("not-a-folder"), "{err}");
+    let err = plot::plot_studies(&store, &["nope".to_string()], &dir).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
+}
+
+#[test]
+fn plot_command_writes_the_charts() {
+    let dir = out_dir("plot-cli");
+    {
+        let store = Store::open(&dir).unwrap();
+        fill_study(&store, "a", 5, 0.0, 12);
+        fill_study(&store, "b", 9, 0.02, 12);
+    }
+    let out = dir.join("charts");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args([
+            "plot",
+            "a",
+            "b",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: Vec<PathBuf> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(listed.len(), 10);
+    assert!(listed.contains(&out.join("comparison-pareto.png")));
+    for file in &listed {
+        assert!(
+            std::fs::metadata(file).unwrap().len() > 0,
+            "{}",
+            file.display()
+        );
+    }
+    // Default output folder is <dir>/plots.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(["plot", "a", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        png_size(&dir.join("plots").join("a-pareto.png")),
+        CHART_SIZE
+    );
+}
