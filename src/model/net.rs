@@ -63,6 +63,18 @@ pub struct BatchStatistics {
 }
 
 impl BatchStatistics {
+    /// The same statistics cut from the gradient graph (for attacks, which must not
+    /// backpropagate into the training step).
+    pub fn detached(&self) -> BatchStatistics {
+        BatchStatistics {
+            per_layer: self
+                .per_layer
+                .iter()
+                .map(|entry| entry.as_ref().map(|(m, v)| (m.detach(), v.detach())))
+                .collect(),
+        }
+    }
+
     /// Statistics of the BatchNorm layer at `layer_index`, if it is one.
     pub fn get(&self, layer_index: usize) -> Option<&(Tensor, Tensor)> {
         self.per_layer.get(layer_index).and_then(Option::as_ref)
@@ -361,8 +373,20 @@ impl Net {
         input: &Tensor,
         normalization: Normalization<'_>,
     ) -> Result<Tensor, ModelError> {
+        self.forward_range(input, 0, self.layers.len(), normalization)
+    }
+
+    /// Applies layers `start..end` to `input` (the activation at index `start`); TAPS runs the
+    /// extractor and the classifier halves of a network separately with it.
+    pub fn forward_range(
+        &self,
+        input: &Tensor,
+        start: usize,
+        end: usize,
+        normalization: Normalization<'_>,
+    ) -> Result<Tensor, ModelError> {
         let mut x = input.clone();
-        for (index, layer) in self.layers.iter().enumerate() {
+        for (index, layer) in self.layers.iter().enumerate().take(end).skip(start) {
             x = match layer {
                 Layer::BatchNorm { .. } => {
                     let (scale, shift) = self.batch_norm_affine(index, normalization)?;

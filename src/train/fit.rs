@@ -1,0 +1,239 @@
+//! The epoch loop: batches in a seeded order, schedules per batch, the method's loss mixed with
+//! the natural loss, regularisers, clipping, the update, and divergence detection.
+
+use super::TrainError;
+use super::config::{Method, TrainConfig};
+use super::methods::{StepContext, implementation};
+use super::optim::Optimizer;
+use super::regularizer::{l1_penalty, shi_regularizer};
+use super::schedule::Schedule;
+use crate::model::Net;
+use candle_core::{DType, Tensor};
+use rand::{SeedableRng, rngs::StdRng};
+use std::time::Instant;
+
+/// Run-level settings that are not hyperparameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    /// Epoch budget.
+    pub epochs: usize,
+    /// Certified radius ε the run aims at (training ε = `train_eps_factor·ε`).
+    pub eps: f64,
+    /// Seed of the batch order and of the attacks' random starts.
+    pub seed: u64,
+}
+
+/// Progress inside an epoch, after each batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchProgress {
+    /// Epoch (from 1).
+    pub epoch: usize,
+    /// Batches done in this epoch.
+    pub batch: usize,
+    /// Batches per epoch.
+    pub batches: usize,
+    /// Loss of this batch.
+    pub loss: f64,
+    /// Training ε used for this batch.
+    pub eps: f64,
+}
+
+/// Summary of one finished epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// Epoch (from 1).
+    pub epoch: usize,
+    /// Epoch budget.
+    pub epochs: usize,
+    /// Mean training loss over the epoch's batches.
+    pub loss: f64,
+    /// Training ε at the end of the epoch.
+    pub eps: f64,
+    /// Learning rate at the end of the epoch.
+    pub learning_rate: f64,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+    /// Training throughput.
+    pub samples_per_second: f64,
+}
+
+/// What an observer wants after a batch or an epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Go on training.
+    Continue,
+    /// Stop now with this reason (reported as [`TrainError::Stopped`]).
+    Stop(String),
+}
+
+/// Receives progress; the study driver uses it for progress bars, learning curves, time limits.
+pub trait TrainObserver {
+    /// Called after every batch.
+    fn on_batch(&mut self, _progress: &BatchProgress) -> Control {
+        Control::Continue
+    }
+    /// Called after every epoch with the network as it is.
+    fn on_epoch(&mut self, _report: &EpochReport, _net: &Net) -> Control {
+        Control::Continue
+    }
+}
+
+/// An observer that watches nothing.
+pub struct NoObserver;
+
+impl TrainObserver for NoObserver {}
+
+/// Result of a completed run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// Every epoch's report, in order.
+    pub epochs: Vec<EpochReport>,
+    /// Total wall time.
+    pub seconds: f64,
+}
+
+/// Trains `net` in place with `method` on `images` (`[N, C, H, W]`) and `labels` (`[N]`).
+pub fn fit(
+    net: &mut Net,
+    method: Method,
+    config: &TrainConfig,
+    options: &TrainOptions,
+    images: &Tensor,
+    labels: &Tensor,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary, TrainError> {
+    config.validate()?;
+    if !options.eps.is_finite() || options.eps < 0.0 {
+        return Err(TrainError::Config {
+            key: "eps".into(),
+            problem: format!("ε = {} must be finite and ≥ 0", options.eps),
+        });
+    }
+    let count = images.dim(0)?;
+    if count == 0 || labels.dim(0)? != count {
+        return Err(TrainError::Data(format!(
+            "{count} training images and {} labels",
+            labels.dim(0)?
+        )));
+    }
+    let labels = labels.to_dtype(DType::U32)?;
+    let start = Instant::now();
+    let batch_size = config.batch_size.min(count);
+    let steps_per_epoch = count.div_ceil(batch_size);
+    let schedule = Schedule::new(
+        config,
+        method != Method::Standard,
+        options.eps,
+        options.epochs,
+        steps_per_epoch,
+    );
+    let robust = implementation(method);
+    let mut optimizer =
+        Optimizer::new(config.optimizer, config.weight_decay, net.trainable_vars())?;
+    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed_a77a_c4ed);
+    let mut reports = Vec::with_capacity(options.epochs);
+    for epoch in 0..options.epochs {
+        let epoch_start = Instant::now();
+        let batches = crate::data::shuffled_batches(
+            count,
+            batch_size,
+            options.seed.wrapping_add(epoch as u64),
+        );
+        let mut loss_sum = 0.0;
+        let mut values = schedule.at(epoch * steps_per_epoch);
+        for (batch_index, indices) in batches.iter().enumerate() {
+            values = schedule.at(epoch * steps_per_epoch + batch_index);
+            let index = Tensor::from_vec(
+                indices.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                indices.len(),
+                &candle_core::Device::Cpu,
+            )?;
+            let batch_images = images.index_select(&index, 0)?;
+            let batch_labels = labels.index_select(&index, 0)?;
+            let (clean_logits, statistics) = net.forward_train(&batch_images)?;
+            let natural = candle_nn::loss::cross_entropy(&clean_logits, &batch_labels)?;
+            let mut loss = if method == Method::Standard || values.eps <= 0.0 {
+                natural
+            } else {
+                let mut context = StepContext {
+                    net,
+                    images: &batch_images,
+                    labels: &batch_labels,
+                    statistics: &statistics,
+                    schedule: values,
+                    config,
+                    rng: &mut rng,
+                };
+                let robust_loss = robust.robust_loss(&mut context)?;
+                let mut loss = if method.is_certified() {
+                    ((natural * values.kappa)? + (robust_loss.loss * (1.0 - values.kappa))?)?
+                } else {
+                    robust_loss.loss
+                };
+                let train_eps = schedule.train_eps();
+                if config.shi_reg_weight > 0.0
+                    && values.eps < train_eps
+                    && let Some((trace, input)) = &robust_loss.trace
+                    && let Some(shi) = shi_regularizer(net, trace, input)?
+                {
+                    let intensity = config.shi_reg_weight * (1.0 - values.eps / train_eps);
+                    loss = (loss + (shi * intensity)?)?;
+                }
+                loss
+            };
+            if config.l1_reg_weight > 0.0 {
+                loss = (loss + (l1_penalty(net)? * config.l1_reg_weight)?)?;
+            }
+            let loss_value = loss.to_scalar::<f32>()? as f64;
+            if !loss_value.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: batch_index + 1,
+                });
+            }
+            let grads = loss.backward()?;
+            let norm = optimizer.gradient_norm(&grads)?;
+            if !norm.is_finite() {
+                return Err(TrainError::Diverged {
+                    epoch: epoch + 1,
+                    batch: batch_index + 1,
+                });
+            }
+            let scale = if config.grad_clip_norm > 0.0 && norm > config.grad_clip_norm {
+                config.grad_clip_norm / norm
+            } else {
+                1.0
+            };
+            optimizer.step(&grads, values.learning_rate, scale)?;
+            loss_sum += loss_value;
+            let progress = BatchProgress {
+                epoch: epoch + 1,
+                batch: batch_index + 1,
+                batches: batches.len(),
+                loss: loss_value,
+                eps: values.eps,
+            };
+            if let Control::Stop(reason) = observer.on_batch(&progress) {
+                return Err(TrainError::Stopped(reason));
+            }
+        }
+        let seconds = epoch_start.elapsed().as_secs_f64();
+        let report = EpochReport {
+            epoch: epoch + 1,
+            epochs: options.epochs,
+            loss: loss_sum / batches.len().max(1) as f64,
+            eps: values.eps,
+            learning_rate: values.learning_rate,
+            seconds,
+            samples_per_second: count as f64 / seconds.max(1e-9),
+        };
+        if let Control::Stop(reason) = observer.on_epoch(&report, net) {
+            return Err(TrainError::Stopped(reason));
+        }
+        reports.push(report);
+    }
+    Ok(TrainSummary {
+        epochs: reports,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

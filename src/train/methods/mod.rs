@@ -1,0 +1,133 @@
+//! The training methods, one file each, behind one trait.
+//!
+//! A method turns a clean batch into its robust loss; the epoch loop mixes it with the natural
+//! loss by κ, adds regularisers and steps the optimiser.
+
+mod crown_ibp;
+mod ibp;
+mod mtl_ibp;
+mod pgd;
+mod sabr;
+mod standard;
+mod taps;
+
+use super::TrainError;
+use super::config::{Method, TrainConfig};
+use super::schedule::ScheduleValues;
+use crate::attack::{PgdConfig, pgd_attack_in_box};
+use crate::bounds::{
+    Interval, IntervalTrace, interval_spec_bounds, interval_trace, margin_spec, robust_logits,
+};
+use crate::model::{BatchStatistics, Net, Normalization};
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+
+/// Everything a method may read while computing the loss of one batch.
+pub(crate) struct StepContext<'a> {
+    /// The network being trained (parameters tracked for gradients).
+    pub net: &'a Net,
+    /// Clean images `[B, C, H, W]`.
+    pub images: &'a Tensor,
+    /// Labels `[B]` (u32).
+    pub labels: &'a Tensor,
+    /// BatchNorm statistics of the clean batch, reused by bound passes and attacks.
+    pub statistics: &'a BatchStatistics,
+    /// Schedule values at this step (ε, κ, β, …).
+    pub schedule: ScheduleValues,
+    /// The run's hyperparameters.
+    pub config: &'a TrainConfig,
+    /// Seeded randomness (attack starts).
+    pub rng: &'a mut StdRng,
+}
+
+/// What a method contributes for one batch.
+pub(crate) struct RobustLoss {
+    /// The loss (scalar) that replaces or mixes with the natural loss.
+    pub loss: Tensor,
+    /// The interval trace of the propagated box and that box, for Shi's regulariser.
+    pub trace: Option<(IntervalTrace, Interval)>,
+}
+
+/// One training method.
+pub(crate) trait TrainingMethod {
+    /// The robust loss of the batch at the current ε (never called while ε = 0).
+    fn robust_loss(&self, context: &mut StepContext<'_>) -> Result<RobustLoss, TrainError>;
+}
+
+/// The implementation of `method`.
+pub(crate) fn implementation(method: Method) -> Box<dyn TrainingMethod> {
+    match method {
+        Method::Standard => Box::new(standard::Standard),
+        Method::Pgd => Box::new(pgd::Pgd),
+        Method::Ibp => Box::new(ibp::Ibp),
+        Method::CrownIbp => Box::new(crown_ibp::CrownIbp),
+        Method::Sabr => Box::new(sabr::Sabr),
+        Method::Taps => Box::new(taps::Taps { small_box: false }),
+        Method::Staps => Box::new(taps::Taps { small_box: true }),
+        Method::MtlIbp => Box::new(mtl_ibp::MtlIbp),
+    }
+}
+
+/// Cross-entropy of the worst-case logits built from margin lower bounds `[B, K−1]`.
+pub(crate) fn robust_cross_entropy(
+    margins: &Tensor,
+    labels: &Tensor,
+) -> Result<Tensor, TrainError> {
+    let logits = robust_logits(margins, labels)?;
+    Ok(candle_nn::loss::cross_entropy(&logits, labels)?)
+}
+
+/// IBP margin lower bounds over `input` and the trace that produced them.
+pub(crate) fn ibp_margins(
+    context: &StepContext<'_>,
+    input: &Interval,
+) -> Result<(Tensor, IntervalTrace), TrainError> {
+    let normalization = Normalization::Batch(context.statistics);
+    let trace = interval_trace(context.net, input, normalization)?;
+    let spec = margin_spec(context.labels, context.net.num_classes())?;
+    let margins = interval_spec_bounds(context.net, &trace, &spec)?.lower;
+    Ok((margins, trace))
+}
+
+/// A training PGD point inside `B(x, radius) ∩ [0,1]` (cross-entropy ascent, no early stop).
+pub(crate) fn attack_point(
+    context: &mut StepContext<'_>,
+    radius: f64,
+    steps: usize,
+    step_size: f64,
+) -> Result<Tensor, TrainError> {
+    let statistics = context.statistics.detached();
+    let config = PgdConfig::training(steps.max(1), step_size);
+    let outcome = pgd_attack_in_box(
+        context.net,
+        context.images,
+        context.labels,
+        radius,
+        &config,
+        Normalization::Batch(&statistics),
+        context.rng,
+    )?;
+    Ok(outcome.adversarial)
+}
+
+/// SABR's small box: radius `λ·ε` around the attack point, its centre pulled inside the
+/// clipped ε-box so the small box never leaves it.
+pub(crate) fn small_box(
+    context: &mut StepContext<'_>,
+    ratio: f64,
+    steps: usize,
+    step_size: f64,
+    eps_factor: f64,
+) -> Result<Interval, TrainError> {
+    let eps = context.schedule.eps;
+    let full = Interval::linf_ball(context.images, eps)?;
+    let point = attack_point(context, eps * eps_factor, steps, step_size)?;
+    let small = eps * ratio;
+    let centre = point
+        .maximum(&(&full.lower + small)?)?
+        .minimum(&(&full.upper - small)?)?;
+    Ok(Interval {
+        lower: (&centre - small)?.maximum(&full.lower)?,
+        upper: (&centre + small)?.minimum(&full.upper)?,
+    })
+}
