@@ -35,16 +35,17 @@ pub struct VerifyArgs {
     /// A YAML network description instead of a builtin architecture.
     #[arg(long)]
     net: Option<PathBuf>,
-    /// Dataset to evaluate on: mnist, fashion-mnist or cifar10.
-    #[arg(long, default_value = "mnist")]
-    dataset: String,
+    /// Dataset to evaluate on: mnist, fashion-mnist or cifar10 (default: the checkpoint's, else
+    /// mnist).
+    #[arg(long)]
+    dataset: Option<String>,
     /// Directory with the dataset files (default: the embedded MNIST subset; Fashion-MNIST from
     /// /usr/share/datasets/fashion-mnist).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// ℓ∞ radius in [0,1] pixel units.
-    #[arg(long, default_value_t = 0.1)]
-    eps: f64,
+    /// ℓ∞ radius in [0,1] pixel units (default: the checkpoint's, else 0.1).
+    #[arg(long)]
+    eps: Option<f64>,
     /// Certification method.
     #[arg(long, value_enum, default_value_t = VerifyMethod::Cascade)]
     method: VerifyMethod,
@@ -70,12 +71,26 @@ pub struct VerifyArgs {
 
 /// Runs `cthpo verify`.
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    let dataset: DatasetName = args.dataset.parse()?;
+    let sidecar = if args.arch.is_none() && args.net.is_none() {
+        let (_, sidecar) = crate::train::checkpoint_files(&args.model);
+        match sidecar {
+            Some(path) => Some(crate::train::read_sidecar(&path)?),
+            None => None,
+        }
+    } else {
+        None
+    };
+    let dataset: DatasetName = match (&args.dataset, &sidecar) {
+        (Some(name), _) => name.parse()?,
+        (None, Some(sidecar)) => sidecar.dataset.parse()?,
+        (None, None) => DatasetName::Mnist,
+    };
+    let eps = args.eps.or(sidecar.as_ref().map(|s| s.eps)).unwrap_or(0.1);
     let source = match &args.data_dir {
         Some(dir) => DataSource::Dir(dir.clone()),
         None => DataSource::Default,
     };
-    let (net, weights) = load_network(&args, dataset)?;
+    let (net, weights) = load_network(&args, dataset, sidecar.as_ref())?;
     let splits = crate::data::load(dataset, &source)
         .with_context(|| format!("loading the {dataset} dataset"))?;
     let test = splits.test.take(args.samples);
@@ -90,7 +105,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     let (images, labels) = test.tensors()?;
-    let mut config = EvalConfig::cascade(args.eps);
+    let mut config = EvalConfig::cascade(eps);
     config.methods = match args.method {
         VerifyMethod::Ibp => vec![BoundMethod::Ibp],
         VerifyMethod::CrownIbp => vec![BoundMethod::CrownIbp],
@@ -120,8 +135,12 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_network(args: &VerifyArgs, dataset: DatasetName) -> anyhow::Result<(Net, PathBuf)> {
-    let weights = args.model.clone();
+fn load_network(
+    args: &VerifyArgs,
+    dataset: DatasetName,
+    sidecar: Option<&crate::train::Sidecar>,
+) -> anyhow::Result<(Net, PathBuf)> {
+    let (weights, _) = crate::train::checkpoint_files(&args.model);
     let spec = if let Some(path) = &args.net {
         NetSpec::from_yaml_file(path)?
     } else if let Some(arch) = &args.arch {
@@ -131,10 +150,12 @@ fn load_network(args: &VerifyArgs, dataset: DatasetName) -> anyhow::Result<(Net,
             dataset.num_classes(),
             dataset.normalization(),
         )?
+    } else if let Some(sidecar) = sidecar {
+        sidecar.net.clone()
     } else {
         bail!(
-            "{} has no sidecar describing its architecture: pass --arch (fc, cnn-small, cnn-medium, cnn7) or --net FILE.yaml",
-            weights.display()
+            "{} has no sidecar (model.json) describing its architecture: pass --arch (fc, cnn-small, cnn-medium, cnn7) or --net FILE.yaml",
+            args.model.display()
         );
     };
     let net = Net::load(&spec, &weights)?;

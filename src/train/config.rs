@@ -294,24 +294,25 @@ impl TrainConfig {
                 });
             }
         }
-        let mut merged = serde_json::to_value(TrainConfig::default())
+        let defaults = serde_json::to_value(TrainConfig::default())
             .map_err(|e| TrainError::internal(e.to_string()))?;
-        if let serde_json::Value::Object(map) = &mut merged {
-            for (key, value) in values {
-                map.insert(key.clone(), value.clone());
+        let with = |entries: &mut dyn Iterator<Item = (&String, &serde_json::Value)>| {
+            let mut merged = defaults.clone();
+            if let serde_json::Value::Object(map) = &mut merged {
+                for (key, value) in entries {
+                    map.insert(key.clone(), value.clone());
+                }
             }
-        }
-        let config: TrainConfig = serde_json::from_value(merged).map_err(|e| {
-            let key = values
-                .keys()
-                .find(|k| e.to_string().contains(k.as_str()))
-                .cloned()
-                .unwrap_or_else(|| "?".into());
-            TrainError::Config {
-                key,
+            serde_json::from_value::<TrainConfig>(merged)
+        };
+        // Check keys one at a time so a type error names its key (serde's message does not).
+        for (key, value) in values {
+            with(&mut std::iter::once((key, value))).map_err(|e| TrainError::Config {
+                key: key.clone(),
                 problem: e.to_string(),
-            }
-        })?;
+            })?;
+        }
+        let config = with(&mut values.iter()).map_err(|e| TrainError::internal(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

@@ -29,7 +29,7 @@ pub fn l1_penalty(net: &Net) -> Result<Tensor, TrainError> {
 /// For each ReLU with pre-activation box `[l, u]` (centre `c`, radius `r`): a tightness term
 /// `relu(τ − r̄₀/r̄)/τ` (r̄₀ the mean input radius) and a balance term comparing the mean and
 /// variance of stably active and stably inactive centres. Averaged over layers; terms that are
-/// not finite (no active or no inactive neuron) are skipped, as in the original.
+/// undefined (no stably active or no stably inactive neuron) are skipped, as in the original.
 pub fn shi_regularizer(
     net: &Net,
     trace: &IntervalTrace,
@@ -48,13 +48,22 @@ pub fn shi_regularizer(
 
         let active = bounds.lower.gt(0.0)?.to_dtype(DType::F32)?;
         let inactive = bounds.upper.lt(0.0)?.to_dtype(DType::F32)?;
+        // The balance term needs both stably active and stably inactive neurons (the original
+        // skips it otherwise); denominators are clamped so no gradient is 0·∞.
+        let counts = (
+            active.sum_all()?.to_scalar::<f32>()?,
+            inactive.sum_all()?.to_scalar::<f32>()?,
+        );
+        if counts.0 == 0.0 || counts.1 == 0.0 {
+            continue;
+        }
         let mean_active = (&centre * &active)?.mean_all()?;
         let mean_inactive = (&centre * &inactive)?.mean_all()?;
         let deviation = centre.broadcast_sub(&centre.mean_all()?)?.sqr()?;
         let var_active = (&deviation * &active)?.sum_all()?;
         let var_inactive = (&deviation * &inactive)?.sum_all()?;
-        let mean_ratio = mean_active.div(&mean_inactive.neg()?)?;
-        let var_ratio = var_active.div(&var_inactive)?;
+        let mean_ratio = mean_active.div(&mean_inactive.neg()?.maximum(1e-12)?)?;
+        let var_ratio = var_active.div(&var_inactive.maximum(1e-12)?)?;
         let symmetric = |ratio: &Tensor| -> Result<Tensor, TrainError> {
             Ok(ratio.minimum(&ratio.maximum(1e-12)?.recip()?)?)
         };
