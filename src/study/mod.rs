@@ -1,13 +1,19 @@
 //! The study driver: ask → train → score → store → tell, with budgets, failure isolation and resume.
 
 mod spec;
+mod trial;
 
 pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, default_study_name,
     parse_duration,
 };
 
+pub use trial::{
+    INTERRUPTED_BY_USER, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial,
+};
+
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// What can go wrong when setting up or running a study.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +26,9 @@ pub enum StudyError {
         /// What is wrong.
         problem: String,
     },
+    /// The dataset could not be loaded.
+    #[error("data: {0}")]
+    Data(String),
     /// A study setting is invalid.
     #[error("invalid study setting `{field}`: {problem}")]
     Invalid {
@@ -36,5 +45,20 @@ impl StudyError {
             field: field.to_string(),
             problem,
         }
+    }
+}
+
+/// `1h02m`, `3m05s` or `12.3s`: durations as people read them in progress lines and errors.
+pub fn format_duration(duration: Duration) -> String {
+    let seconds = duration.as_secs_f64();
+    if seconds < 60.0 {
+        return format!("{seconds:.1}s");
+    }
+    let total = seconds.round() as u64;
+    let (hours, minutes, rest) = (total / 3600, (total % 3600) / 60, total % 60);
+    if hours > 0 {
+        format!("{hours}h{minutes:02}m")
+    } else {
+        format!("{minutes}m{rest:02}s")
     }
 }

@@ -1,0 +1,292 @@
+//! One trial: a configuration trained from scratch and scored on the validation subset, with
+//! time limits, cancellation and panics turned into failures instead of crashes.
+
+use super::StudyError;
+use super::spec::{ObjectiveKind, StudySpec};
+use crate::data::{DataSource, DatasetName};
+use crate::eval::{EvalConfig, evaluate};
+use crate::model::{Net, NetSpec};
+use crate::train::{
+    BatchProgress, CheckpointMetrics, Control, EpochReport, Method, Sidecar, TrainConfig,
+    TrainError, TrainObserver, TrainOptions, fit, save_checkpoint,
+};
+use candle_core::Tensor;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The tensors every trial of a study trains and scores on (loaded once per study).
+pub struct StudyData {
+    /// Training images `[N, C, H, W]`.
+    pub train_images: Tensor,
+    /// Training labels `[N]`.
+    pub train_labels: Tensor,
+    /// Validation images (held out of the training split by the study seed).
+    pub validation_images: Tensor,
+    /// Validation labels.
+    pub validation_labels: Tensor,
+    /// The network every trial starts from (fresh weights per trial).
+    pub net: NetSpec,
+}
+
+impl StudyData {
+    /// Loads the dataset, splits off `val_samples` validation images by the study seed and
+    /// takes `train_samples` training images.
+    pub fn load(spec: &StudySpec) -> Result<StudyData, StudyError> {
+        let dataset: DatasetName = spec
+            .dataset
+            .parse()
+            .map_err(|e: crate::data::DataError| StudyError::invalid("dataset", e.to_string()))?;
+        let splits = crate::data::load(dataset, &DataSource::from(spec.data_dir.clone()))
+            .map_err(|e| StudyError::Data(e.to_string()))?;
+        if spec.val_samples >= splits.train.len() {
+            return Err(StudyError::invalid(
+                "val_samples",
+                format!(
+                    "{} leaves no training images (the training split has {})",
+                    spec.val_samples,
+                    splits.train.len()
+                ),
+            ));
+        }
+        let (train, validation) = splits.train.split(spec.val_samples, spec.seed);
+        let train = match spec.train_samples {
+            Some(count) => train.take(count),
+            None => train,
+        };
+        let net = NetSpec::builtin(
+            &spec.arch,
+            dataset.input_shape(),
+            dataset.num_classes(),
+            dataset.normalization(),
+        )
+        .map_err(|e| StudyError::invalid("arch", e.to_string()))?;
+        let (train_images, train_labels) = train.tensors().map_err(|e| StudyError::Data(e.to_string()))?;
+        let (validation_images, validation_labels) = validation
+            .tensors()
+            .map_err(|e| StudyError::Data(e.to_string()))?;
+        Ok(StudyData {
+            train_images,
+            train_labels,
+            validation_images,
+            validation_labels,
+            net,
+        })
+    }
+}
+
+/// Scores of a completed trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialScores {
+    /// Natural accuracy on the validation subset.
+    pub natural_accuracy: f64,
+    /// PGD accuracy.
+    pub adversarial_accuracy: f64,
+    /// Certified accuracy (IBP → CROWN-IBP → CROWN cascade).
+    pub certified_accuracy: f64,
+    /// Weighted objective (higher is better).
+    pub objective: f64,
+    /// Values stored for the study's directions: `[objective]`, or `[natural, certified]`.
+    pub values: Vec<f64>,
+    /// Training wall time.
+    pub train_seconds: f64,
+    /// Evaluation wall time.
+    pub eval_seconds: f64,
+}
+
+/// Hooks the driver gives a running trial.
+pub trait TrialHooks {
+    /// After every epoch: the validation natural accuracy as a learning-curve point.
+    fn on_epoch(&mut self, epoch: usize, validation_accuracy: f64);
+    /// After every batch (progress display, heartbeats).
+    fn on_batch(&mut self, progress: &BatchProgress);
+}
+
+/// Why a trial stopped without scores; recorded as a FAIL with this text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialFailure {
+    /// Human-readable reason.
+    pub reason: String,
+    /// The user asked to stop the study (Ctrl-C) rather than the trial failing on its own.
+    pub interrupted: bool,
+}
+
+/// Trains and scores one configuration; every way it can go wrong becomes a [`TrialFailure`].
+pub fn run_trial(
+    spec: &StudySpec,
+    data: &StudyData,
+    values: &BTreeMap<String, serde_json::Value>,
+    checkpoint_dir: &Path,
+    hooks: &mut dyn TrialHooks,
+    cancel: &AtomicBool,
+) -> Result<TrialScores, TrialFailure> {
+    let fail = |reason: String| TrialFailure {
+        reason,
+        interrupted: false,
+    };
+    let method: Method = spec.method.parse().map_err(|e: TrainError| fail(e.to_string()))?;
+    let config = TrainConfig::from_map(method, values).map_err(|e| fail(e.to_string()))?;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        train_and_score(spec, data, method, &config, checkpoint_dir, hooks, cancel)
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(fail(format!("trial panicked: {message}")))
+        }
+    }
+}
+
+struct Observer<'a> {
+    hooks: &'a mut dyn TrialHooks,
+    cancel: &'a AtomicBool,
+    deadline: Option<(Instant, Duration)>,
+    validation: (&'a Tensor, &'a Tensor),
+}
+
+/// Reason text of a trial stopped by Ctrl-C.
+pub const INTERRUPTED_BY_USER: &str = "interrupted by the user";
+
+impl TrainObserver for Observer<'_> {
+    fn on_batch(&mut self, progress: &BatchProgress) -> Control {
+        self.hooks.on_batch(progress);
+        if self.cancel.load(Ordering::SeqCst) {
+            return Control::Stop(INTERRUPTED_BY_USER.into());
+        }
+        if let Some((deadline, limit)) = self.deadline
+            && Instant::now() > deadline
+        {
+            return Control::Stop(format!(
+                "exceeded the trial time limit of {}",
+                super::format_duration(limit)
+            ));
+        }
+        Control::Continue
+    }
+
+    fn on_epoch(&mut self, report: &EpochReport, net: &Net) -> Control {
+        if let Ok(accuracy) = natural_accuracy(net, self.validation.0, self.validation.1) {
+            self.hooks.on_epoch(report.epoch, accuracy);
+        }
+        Control::Continue
+    }
+}
+
+fn natural_accuracy(net: &Net, images: &Tensor, labels: &Tensor) -> Result<f64, StudyError> {
+    let detached = net.detached();
+    let total = images.dim(0).map_err(|e| StudyError::Data(e.to_string()))?;
+    let mut correct = 0usize;
+    let labels = labels
+        .to_vec1::<u32>()
+        .map_err(|e| StudyError::Data(e.to_string()))?;
+    for offset in (0..total).step_by(512) {
+        let count = 512.min(total - offset);
+        let batch = images
+            .narrow(0, offset, count)
+            .map_err(|e| StudyError::Data(e.to_string()))?;
+        let predicted = detached
+            .forward(&batch)
+            .and_then(|l| Ok(l.argmax(1)?.to_vec1::<u32>()?))
+            .map_err(|e| StudyError::Data(e.to_string()))?;
+        correct += predicted
+            .iter()
+            .zip(&labels[offset..offset + count])
+            .filter(|(p, l)| p == l)
+            .count();
+    }
+    Ok(correct as f64 / total.max(1) as f64)
+}
+
+fn train_and_score(
+    spec: &StudySpec,
+    data: &StudyData,
+    method: Method,
+    config: &TrainConfig,
+    checkpoint_dir: &Path,
+    hooks: &mut dyn TrialHooks,
+    cancel: &AtomicBool,
+) -> Result<TrialScores, TrialFailure> {
+    let fail = |reason: String| TrialFailure {
+        reason,
+        interrupted: false,
+    };
+    let mut net = Net::new(&data.net, method.initialization(), spec.seed)
+        .map_err(|e| fail(e.to_string()))?;
+    let options = TrainOptions {
+        epochs: spec.epochs,
+        eps: spec.eps,
+        seed: spec.seed,
+    };
+    let start = Instant::now();
+    let mut observer = Observer {
+        hooks,
+        cancel,
+        deadline: spec.trial_timeout.map(|limit| (start + limit, limit)),
+        validation: (&data.validation_images, &data.validation_labels),
+    };
+    let summary = fit(
+        &mut net,
+        method,
+        config,
+        &options,
+        &data.train_images,
+        &data.train_labels,
+        &mut observer,
+    )
+    .map_err(|e| TrialFailure {
+        interrupted: matches!(&e, TrainError::Stopped(r) if r == INTERRUPTED_BY_USER),
+        reason: e.to_string(),
+    })?;
+    let eval_start = Instant::now();
+    let mut eval = EvalConfig::cascade(spec.eps);
+    eval.seed = spec.seed;
+    let report = evaluate(
+        &net,
+        &data.validation_images,
+        &data.validation_labels,
+        &eval,
+        |_, _| {},
+    )
+    .map_err(|e| fail(format!("evaluation failed: {e}")))?;
+    let weights = spec.weights;
+    let objective = weights.natural * report.natural_accuracy
+        + weights.adversarial * report.adversarial_accuracy
+        + weights.certified * report.certified_accuracy;
+    let values = match spec.objective {
+        ObjectiveKind::Weighted => vec![objective],
+        ObjectiveKind::Pareto => vec![report.natural_accuracy, report.certified_accuracy],
+    };
+    let mut sidecar = Sidecar::new(
+        &net,
+        Some(spec.arch.clone()),
+        &spec.dataset,
+        method,
+        config,
+        spec.eps,
+        spec.epochs,
+        spec.seed,
+        summary.seconds,
+    );
+    sidecar.metrics = Some(CheckpointMetrics {
+        samples: report.samples,
+        natural_accuracy: report.natural_accuracy,
+        adversarial_accuracy: report.adversarial_accuracy,
+        certified_accuracy: report.certified_accuracy,
+    });
+    save_checkpoint(checkpoint_dir, &net, &sidecar).map_err(|e| fail(e.to_string()))?;
+    Ok(TrialScores {
+        natural_accuracy: report.natural_accuracy,
+        adversarial_accuracy: report.adversarial_accuracy,
+        certified_accuracy: report.certified_accuracy,
+        objective,
+        values,
+        train_seconds: summary.seconds,
+        eval_seconds: eval_start.elapsed().as_secs_f64(),
+    })
+}
