@@ -8,9 +8,7 @@ pub use spec::{
     parse_duration,
 };
 
-pub use trial::{
-    INTERRUPTED_BY_USER, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial,
-};
+pub use trial::{INTERRUPTED_BY_USER, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -62,7 +62,9 @@ impl StudyData {
             dataset.normalization(),
         )
         .map_err(|e| StudyError::invalid("arch", e.to_string()))?;
-        let (train_images, train_labels) = train.tensors().map_err(|e| StudyError::Data(e.to_string()))?;
+        let (train_images, train_labels) = train
+            .tensors()
+            .map_err(|e| StudyError::Data(e.to_string()))?;
         let (validation_images, validation_labels) = validation
             .tensors()
             .map_err(|e| StudyError::Data(e.to_string()))?;
@@ -125,7 +127,10 @@ pub fn run_trial(
         reason,
         interrupted: false,
     };
-    let method: Method = spec.method.parse().map_err(|e: TrainError| fail(e.to_string()))?;
+    let method: Method = spec
+        .method
+        .parse()
+        .map_err(|e: TrainError| fail(e.to_string()))?;
     let config = TrainConfig::from_map(method, values).map_err(|e| fail(e.to_string()))?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         train_and_score(spec, data, method, &config, checkpoint_dir, hooks, cancel)
@@ -216,8 +221,8 @@ fn train_and_score(
         reason,
         interrupted: false,
     };
-    let mut net = Net::new(&data.net, method.initialization(), spec.seed)
-        .map_err(|e| fail(e.to_string()))?;
+    let mut net =
+        Net::new(&data.net, method.initialization(), spec.seed).map_err(|e| fail(e.to_string()))?;
     let options = TrainOptions {
         epochs: spec.epochs,
         eps: spec.eps,
