@@ -1,0 +1,45 @@
+//! Log expected improvement, computed stably even where the improvement is astronomically small.
+//!
+//! For minimisation with incumbent `f*`, predictive mean `μ` and deviation `σ`:
+//! `EI = σ·h(z)`, `z = (f* − μ)/σ`, `h(z) = φ(z) + zΦ(z)`. For `z < −8` the direct sum cancels
+//! catastrophically and then underflows, so `log h` uses the asymptotic series
+//! `log h(z) = −z²/2 − ½log 2π + log(z⁻² − 3z⁻⁴ + 15z⁻⁶ − 105z⁻⁸ + 945z⁻¹⁰)`
+//! (the approach of Ament et al., 2023, "Unexpected improvements to expected improvement").
+
+/// Complementary error function (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7).
+pub fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let value = t * poly.exp();
+    if x >= 0.0 { value } else { 2.0 - value }
+}
+
+/// `log h(z)` with `h(z) = φ(z) + zΦ(z)`.
+pub fn log_h(z: f64) -> f64 {
+    const HALF_LOG_TWO_PI: f64 = 0.918_938_533_204_672_8;
+    if z > -8.0 {
+        let pdf = (-0.5 * z * z - HALF_LOG_TWO_PI).exp();
+        let cdf = 0.5 * erfc(-z / std::f64::consts::SQRT_2);
+        (pdf + z * cdf).max(f64::MIN_POSITIVE).ln()
+    } else {
+        let inv = 1.0 / (z * z);
+        let series = inv
+            * (1.0 - 3.0 * inv + 15.0 * inv.powi(2) - 105.0 * inv.powi(3) + 945.0 * inv.powi(4));
+        -0.5 * z * z - HALF_LOG_TWO_PI + series.ln()
+    }
+}
+
+/// `log EI` at predictive mean `mean` and variance `variance` against incumbent `best` (minimise).
+pub fn log_expected_improvement(mean: f64, variance: f64, best: f64) -> f64 {
+    let sigma = variance.max(1e-18).sqrt();
+    let z = (best - mean) / sigma;
+    sigma.ln() + log_h(z)
+}
