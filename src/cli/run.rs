@@ -1,12 +1,285 @@
 //! `cthpo run`: runs or continues a study.
 
-use clap::Args;
+use crate::space::Config;
+use crate::store::DEFAULT_STUDY_DIR;
+use crate::study::{
+    ObjectiveKind, ObjectiveWeights, StudyDisplay, StudyFile, StudySpec, SurrogateKind,
+    TrialFailure, TrialScores, format_duration, run_study,
+};
+use crate::train::BatchProgress;
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `--surrogate` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SurrogateArg {
+    /// SMAC-style random forest.
+    Rf,
+    /// Gaussian process (not built yet: falls back to the random forest with a warning).
+    Gp,
+}
+
+/// `--objective` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ObjectiveArg {
+    /// Maximise the weighted sum of natural, adversarial and certified accuracy.
+    Weighted,
+    /// Maximise natural and certified accuracy jointly (Pareto front).
+    Pareto,
+}
 
 /// Arguments of `cthpo run`.
 #[derive(Debug, Args)]
-pub struct RunArgs {}
+pub struct RunArgs {
+    /// Method to tune: standard, pgd, ibp, crown_ibp, sabr, taps, staps, mtl_ibp.
+    #[arg(long)]
+    method: Option<String>,
+    /// A study file (YAML, see studies/); flags override its fields.
+    #[arg(long)]
+    study_file: Option<PathBuf>,
+    /// Study name (default: <method>-<dataset>-<arch>-eps<ε>, so rerunning continues it).
+    #[arg(long)]
+    name: Option<String>,
+    /// Study directory holding cthpo.db and the trials' checkpoints.
+    #[arg(long, default_value = DEFAULT_STUDY_DIR)]
+    dir: PathBuf,
+    /// Trial budget (trials already stored count).
+    #[arg(long)]
+    trials: Option<usize>,
+    /// Wall-clock budget of the study, e.g. 2h, 45m (time already spent counts).
+    #[arg(long)]
+    time_budget: Option<String>,
+    /// Wall-clock limit of one trial, e.g. 20m; a trial over it is recorded as failed.
+    #[arg(long)]
+    trial_timeout: Option<String>,
+    /// Epochs per trial (default 5).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// ℓ∞ radius to certify (default 0.1).
+    #[arg(long)]
+    eps: Option<f64>,
+    /// Dataset: mnist (default, embedded subset), fashion-mnist, cifar10.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Directory with the dataset files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Builtin architecture (default cnn-small).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Training images per trial (default: the whole training split).
+    #[arg(long)]
+    train_samples: Option<usize>,
+    /// Surrogate model of the optimiser.
+    #[arg(long, value_enum)]
+    surrogate: Option<SurrogateArg>,
+    /// Objective.
+    #[arg(long, value_enum)]
+    objective: Option<ObjectiveArg>,
+    /// Weights of the weighted objective, e.g. nat=1,adv=1,cert=2.
+    #[arg(long)]
+    weights: Option<String>,
+    /// A YAML configuration to evaluate first.
+    #[arg(long, conflicts_with = "no_default")]
+    default: Option<PathBuf>,
+    /// Do not evaluate the space's default configuration first.
+    #[arg(long)]
+    no_default: bool,
+    /// Validation images scored per trial (default 1000).
+    #[arg(long)]
+    val_samples: Option<usize>,
+    /// Seed of split, design, initialisation and batch order (default 0).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Set by Ctrl-C: the running trial stops, is recorded as failed, and the study ends.
+static CANCEL: AtomicBool = AtomicBool::new(false);
 
 /// Runs `cthpo run`.
-pub fn run(_args: RunArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`cthpo run` is not built yet (issue #5)")
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let base = match &args.study_file {
+        Some(path) => StudyFile::load(path)?,
+        None => StudyFile::default(),
+    };
+    let weights = args
+        .weights
+        .as_deref()
+        .map(ObjectiveWeights::parse)
+        .transpose()?;
+    let overrides = StudyFile {
+        name: args.name.clone(),
+        method: args.method.clone(),
+        dataset: args.dataset.clone(),
+        data_dir: args.data_dir.clone(),
+        arch: args.arch.clone(),
+        eps: args.eps,
+        epochs: args.epochs,
+        train_samples: args.train_samples,
+        val_samples: args.val_samples,
+        trials: args.trials,
+        time_budget: args.time_budget.clone(),
+        trial_timeout: args.trial_timeout.clone(),
+        surrogate: args.surrogate.map(|s| match s {
+            SurrogateArg::Rf => SurrogateKind::Rf,
+            SurrogateArg::Gp => SurrogateKind::Gp,
+        }),
+        objective: args.objective.map(|o| match o {
+            ObjectiveArg::Weighted => ObjectiveKind::Weighted,
+            ObjectiveArg::Pareto => ObjectiveKind::Pareto,
+        }),
+        weights,
+        default_config: args.default.clone(),
+        no_default: args.no_default.then_some(true),
+        seed: args.seed,
+    };
+    let spec = StudySpec::resolve(overrides.over(base))?;
+    execute(&spec, &args.dir)
+}
+
+/// Runs a resolved study with progress display and Ctrl-C handling (shared with `resume`).
+pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
+    // A failure to install the handler only loses graceful Ctrl-C; the study still runs.
+    let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::SeqCst));
+    if spec.surrogate == SurrogateKind::Gp {
+        eprintln!("note: the Gaussian-process surrogate is not built yet; using the random forest");
+    }
+    eprintln!(
+        "study `{}`: {} on {} ({}, ε = {}), {} trials of {} epochs, results in {}",
+        spec.name,
+        spec.method,
+        spec.dataset,
+        spec.arch,
+        spec.eps,
+        spec.trials,
+        spec.epochs,
+        dir.display()
+    );
+    let mut display = BarDisplay::new();
+    let outcome = run_study(spec, dir, &mut display, &CANCEL)
+        .with_context(|| format!("running study `{}`", spec.name))?;
+    display.clear();
+    println!(
+        "study `{}`: {} completed, {} failed; best objective {}",
+        spec.name,
+        outcome.completed,
+        outcome.failed,
+        outcome
+            .best_objective
+            .map(|b| format!("{b:.4}"))
+            .unwrap_or_else(|| "none yet".into())
+    );
+    if outcome.interrupted {
+        println!(
+            "stopped by the user; run the same command (or `cthpo resume {}`) to continue",
+            spec.name
+        );
+    }
+    Ok(())
+}
+
+/// Two bars: trials of the study and batches of the running trial.
+struct BarDisplay {
+    _multi: MultiProgress,
+    trials: ProgressBar,
+    batches: ProgressBar,
+}
+
+impl BarDisplay {
+    fn new() -> BarDisplay {
+        let multi = MultiProgress::new();
+        let trials = multi.add(
+            ProgressBar::new(0).with_style(
+                ProgressStyle::with_template(
+                    "trials {bar:25} {pos}/{len} {msg} [{elapsed_precise}]",
+                )
+                .expect("static template"),
+            ),
+        );
+        let batches = multi.add(
+            ProgressBar::new(0).with_style(
+                ProgressStyle::with_template("  {prefix} {bar:25} {pos}/{len} {msg}")
+                    .expect("static template"),
+            ),
+        );
+        BarDisplay {
+            _multi: multi,
+            trials,
+            batches,
+        }
+    }
+
+    fn clear(&self) {
+        self.batches.finish_and_clear();
+        self.trials.finish_and_clear();
+    }
+}
+
+fn short(config: &Config) -> String {
+    config
+        .iter()
+        .map(|(k, v)| match v {
+            crate::space::Value::Float(x) => format!("{k}={x:.3e}"),
+            other => format!("{k}={other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl BarDisplay {
+    /// Prints a line above the bars, or to stderr when the bars are hidden (not a terminal).
+    fn line(&self, text: String) {
+        if self.trials.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.trials.println(text);
+        }
+    }
+}
+
+impl StudyDisplay for BarDisplay {
+    fn trial_started(&mut self, number: i64, done: usize, budget: usize, config: &Config) {
+        self.trials.set_length(budget as u64);
+        self.trials.set_position(done as u64);
+        self.line(format!("trial {number}: {}", short(config)));
+    }
+
+    fn batch(&mut self, progress: &BatchProgress) {
+        self.batches.set_length(progress.batches as u64);
+        self.batches.set_position(progress.batch as u64);
+        self.batches.set_prefix(format!("epoch {}", progress.epoch));
+        self.batches
+            .set_message(format!("loss {:.4} ε {:.4}", progress.loss, progress.eps));
+    }
+
+    fn trial_finished(
+        &mut self,
+        number: i64,
+        result: &Result<TrialScores, TrialFailure>,
+        best: Option<f64>,
+    ) {
+        let line = match result {
+            Ok(s) => format!(
+                "trial {number}: natural {:.2} %, adversarial {:.2} %, certified {:.2} %, objective {:.4} ({} training)",
+                100.0 * s.natural_accuracy,
+                100.0 * s.adversarial_accuracy,
+                100.0 * s.certified_accuracy,
+                s.objective,
+                format_duration(std::time::Duration::from_secs_f64(s.train_seconds))
+            ),
+            Err(f) => format!("trial {number}: FAILED: {}", f.reason),
+        };
+        self.line(line);
+        self.trials.inc(1);
+        if let Some(best) = best {
+            self.trials.set_message(format!("best {best:.4}"));
+        }
+    }
+
+    fn note(&mut self, message: &str) {
+        self.line(format!("note: {message}"));
+    }
 }

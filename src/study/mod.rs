@@ -1,7 +1,10 @@
 //! The study driver: ask → train → score → store → tell, with budgets, failure isolation and resume.
 
+mod driver;
 mod spec;
 mod trial;
+
+pub use driver::{INTERRUPTED, SPEC_ATTRIBUTE, StudyDisplay, StudyOutcome, run_study};
 
 pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, default_study_name,
@@ -24,6 +27,9 @@ pub enum StudyError {
         /// What is wrong.
         problem: String,
     },
+    /// The study database failed.
+    #[error("store: {0}")]
+    Store(String),
     /// The dataset could not be loaded.
     #[error("data: {0}")]
     Data(String),

@@ -1,0 +1,268 @@
+//! Studies end to end: `cthpo run` on the embedded data, continuing a study, failures recorded
+//! while the study goes on, and a SIGKILL mid-trial followed by a resume that loses nothing.
+
+use cthpo::store::{Store, TrialState, attrs};
+use cthpo::study::{ObjectiveWeights, StudyFile, StudySpec, parse_duration};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cthpo-study-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn cthpo(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn trials(dir: &Path, name: &str) -> Vec<cthpo::store::StoredTrial> {
+    let store = Store::open_existing(dir).unwrap();
+    let study = store.require_study(name).unwrap();
+    store.trials(study.id).unwrap()
+}
+
+const TINY: &[&str] = &[
+    "--method",
+    "standard",
+    "--epochs",
+    "1",
+    "--train-samples",
+    "400",
+    "--val-samples",
+    "40",
+];
+
+#[test]
+fn run_records_trials_and_a_rerun_continues_the_same_study() {
+    let dir = temp_dir("continue");
+    let d = dir.to_str().unwrap();
+    let first = cthpo(&[&["run", "--trials", "2", "--dir", d], TINY].concat());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let name = "standard-mnist-cnn-small-eps0.1";
+    let stored = trials(&dir, name);
+    assert_eq!(stored.len(), 2);
+    for trial in &stored {
+        assert_eq!(trial.state, TrialState::Complete);
+        let natural = trial.user_attr_f64(attrs::NATURAL_ACCURACY).unwrap();
+        let certified = trial.user_attr_f64(attrs::CERTIFIED_ACCURACY).unwrap();
+        assert!((0.0..=1.0).contains(&natural) && certified <= natural);
+        let checkpoint = trial.user_attr_str(attrs::CHECKPOINT_PATH).unwrap();
+        assert!(dir.join(checkpoint).join("model.safetensors").is_file());
+        assert!(
+            !trial.intermediate_values.is_empty(),
+            "learning curve recorded"
+        );
+    }
+    let second = cthpo(&[&["run", "--trials", "3", "--dir", d], TINY].concat());
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let stored = trials(&dir, name);
+    assert_eq!(stored.len(), 3, "the budget counts the trials already done");
+    let params: Vec<_> = stored.iter().map(|t| format!("{:?}", t.params)).collect();
+    assert!(
+        params[2] != params[0] && params[2] != params[1],
+        "no configuration is repeated"
+    );
+    // A different ε under the same name is refused rather than mixed in.
+    let clash = cthpo(
+        &[
+            &[
+                "run", "--trials", "4", "--dir", d, "--name", name, "--eps", "0.3",
+            ],
+            TINY,
+        ]
+        .concat(),
+    );
+    assert!(!clash.status.success());
+    assert!(String::from_utf8_lossy(&clash.stderr).contains("already exists"));
+}
+
+#[test]
+fn failing_trials_are_recorded_and_the_study_goes_on() {
+    let dir = temp_dir("failures");
+    let d = dir.to_str().unwrap();
+    let output = cthpo(
+        &[
+            &[
+                "run",
+                "--trials",
+                "2",
+                "--dir",
+                d,
+                "--trial-timeout",
+                "0.001",
+            ],
+            TINY,
+        ]
+        .concat(),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stored = trials(&dir, "standard-mnist-cnn-small-eps0.1");
+    assert_eq!(stored.len(), 2, "the study went on after the first failure");
+    for trial in stored {
+        assert_eq!(trial.state, TrialState::Fail);
+        let reason = trial.user_attr_str(attrs::FAILURE_REASON).unwrap();
+        assert!(reason.contains("time limit"), "{reason}");
+    }
+}
+
+#[test]
+fn a_killed_study_resumes_without_losing_completed_trials() {
+    let dir = temp_dir("kill");
+    let d = dir.to_str().unwrap();
+    let args = [
+        "run",
+        "--method",
+        "ibp",
+        "--epochs",
+        "3",
+        "--train-samples",
+        "2000",
+        "--val-samples",
+        "40",
+        "--trials",
+        "3",
+        "--dir",
+        d,
+    ];
+    let name = "ibp-mnist-cnn-small-eps0.1";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until one trial is complete and the next is running, then SIGKILL.
+    let start = Instant::now();
+    let killed_number = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "study never reached trial 1"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        if !dir.join("cthpo.db").exists() {
+            continue;
+        }
+        let Ok(store) = Store::open_existing(&dir) else {
+            continue;
+        };
+        let Ok(Some(study)) = store.study_by_name(name) else {
+            continue;
+        };
+        let stored = store.trials(study.id).unwrap();
+        if let Some(running) = stored
+            .iter()
+            .find(|t| t.state == TrialState::Running && t.number >= 1)
+        {
+            break running.number;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = trials(&dir, name);
+    let killed = before.iter().find(|t| t.number == killed_number).unwrap();
+    assert_eq!(killed.state, TrialState::Running, "the kill left evidence");
+    let completed_before: Vec<_> = before
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .cloned()
+        .collect();
+    assert!(!completed_before.is_empty());
+
+    let resumed = cthpo(&["resume", name, "--dir", d]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let after = trials(&dir, name);
+    for trial in &completed_before {
+        let same = after.iter().find(|t| t.number == trial.number).unwrap();
+        assert_eq!(
+            same.values, trial.values,
+            "completed trial {} kept",
+            trial.number
+        );
+    }
+    let killed = after.iter().find(|t| t.number == killed_number).unwrap();
+    assert_eq!(killed.state, TrialState::Fail);
+    assert_eq!(
+        killed.user_attr_str(attrs::FAILURE_REASON),
+        Some("interrupted")
+    );
+    let rerun = after
+        .iter()
+        .find(|t| t.number > killed_number && t.params == killed.params)
+        .expect("the interrupted configuration ran again");
+    assert_eq!(rerun.state, TrialState::Complete);
+    assert_eq!(
+        after
+            .iter()
+            .filter(|t| t.state == TrialState::Complete)
+            .count(),
+        3
+    );
+    Store::open_existing(&dir)
+        .unwrap()
+        .integrity_check()
+        .unwrap();
+}
+
+#[test]
+fn study_settings_parse_with_clear_errors() {
+    assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+    assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+    assert!(
+        parse_duration("2 weeks")
+            .unwrap_err()
+            .contains("unknown unit")
+    );
+    let weights = ObjectiveWeights::parse("nat=1,cert=2").unwrap();
+    assert_eq!(
+        (weights.natural, weights.adversarial, weights.certified),
+        (1.0, 0.0, 2.0)
+    );
+    assert!(
+        ObjectiveWeights::parse("speed=1")
+            .unwrap_err()
+            .to_string()
+            .contains("speed")
+    );
+    let missing = StudySpec::resolve(StudyFile::default())
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("--method"), "{missing}");
+    let spec = StudySpec::resolve(StudyFile {
+        method: Some("sabr".into()),
+        ..StudyFile::default()
+    })
+    .unwrap();
+    assert_eq!(spec.name, "sabr-mnist-cnn-small-eps0.1");
+    for file in ["quick", "mnist-0.1", "mnist-0.3", "fashion-mnist-0.1"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("studies/{file}.yaml"));
+        StudySpec::resolve(StudyFile::load(&path).unwrap()).unwrap();
+    }
+    let bad = std::env::temp_dir().join(format!("cthpo-bad-study-{}.yaml", std::process::id()));
+    std::fs::write(&bad, "method: ibp\nepochz: 3\n").unwrap();
+    let error = StudyFile::load(&bad).unwrap_err().to_string();
+    assert!(
+        error.contains("cthpo-bad-study") && error.contains("epochz"),
+        "{error}"
+    );
+}
