@@ -62,6 +62,20 @@ fn run_records_trials_and_a_rerun_continues_the_same_study() {
             "learning curve recorded"
         );
     }
+    let plotted = cthpo(&["plot", name, "--dir", d]);
+    assert!(
+        plotted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plotted.stderr)
+    );
+    for chart in ["pareto", "history"] {
+        for extension in ["png", "svg"] {
+            let file = dir
+                .join("plots")
+                .join(format!("{name}-{chart}.{extension}"));
+            assert!(file.is_file(), "{} missing", file.display());
+        }
+    }
     let second = cthpo(&[&["run", "--trials", "3", "--dir", d], TINY].concat());
     assert!(
         second.status.success(),

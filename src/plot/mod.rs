@@ -170,8 +170,14 @@ fn render(chart: &impl Chart, stem: &Path) -> Result<Vec<PathBuf>, PlotError> {
             source,
         })?;
     }
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
+    // Appended, not `with_extension`: study names like `…-eps0.1` contain dots.
+    let with_suffix = |suffix: &str| {
+        let mut path = stem.as_os_str().to_owned();
+        path.push(suffix);
+        PathBuf::from(path)
+    };
+    let png = with_suffix(".png");
+    let svg = with_suffix(".svg");
     let draw_err = |path: &Path, message: String| PlotError::Draw {
         path: path.to_path_buf(),
         message,
