@@ -1,0 +1,122 @@
+//! Our IBP, CROWN-IBP and CROWN against auto_LiRPA on the same weights and inputs.
+//!
+//! The fixtures in `fixtures/bounds/` are produced by `fixtures/make_bounds_fixtures.py`
+//! (PyTorch + auto_LiRPA; see `fixtures/README.md`), so these tests check against a peer.
+
+use candle_core::{Device, Tensor};
+use cthpo::bounds::{BoundMethod, Interval, margin_spec, spec_bounds};
+use cthpo::model::{LayerSpec, Net, NetSpec, Normalization};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Deserialize)]
+struct MethodBounds {
+    margin_lower: Vec<Vec<f32>>,
+    margin_upper: Vec<Vec<f32>>,
+}
+
+#[derive(Deserialize)]
+struct Fixture {
+    case: String,
+    input_shape: [usize; 3],
+    layers: Vec<LayerSpec>,
+    eps: f64,
+    inputs: Vec<Vec<f32>>,
+    labels: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    bounds: BTreeMap<String, MethodBounds>,
+}
+
+fn fixtures() -> Vec<(Fixture, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/bounds");
+    let mut found: Vec<_> = std::fs::read_dir(&dir)
+        .expect("fixtures/bounds exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    found.sort();
+    found
+        .into_iter()
+        .map(|json| {
+            let fixture: Fixture =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            (fixture, json.with_extension("safetensors"))
+        })
+        .collect()
+}
+
+/// Agreement within float error: absolute for small values, relative for large ones.
+fn close(ours: f32, theirs: f32) -> bool {
+    (ours - theirs).abs() <= 2e-4 + 2e-4 * theirs.abs()
+}
+
+#[test]
+fn bounds_match_auto_lirpa() {
+    let cases = fixtures();
+    assert!(
+        cases.len() >= 3,
+        "expected the committed fixtures, found {}",
+        cases.len()
+    );
+    let mut compared = 0;
+    let mut crown_tighter = 0;
+    for (fixture, weights) in cases {
+        let spec = NetSpec {
+            input_shape: fixture.input_shape,
+            layers: fixture.layers.clone(),
+        };
+        let net = Net::load(&spec, &weights).unwrap();
+        let batch = fixture.inputs.len();
+        let [c, h, w] = fixture.input_shape;
+        let images =
+            Tensor::from_vec(fixture.inputs.concat(), (batch, c, h, w), &Device::Cpu).unwrap();
+        let logits = net.forward(&images).unwrap().to_vec2::<f32>().unwrap();
+        for (ours, theirs) in logits.iter().flatten().zip(fixture.logits.iter().flatten()) {
+            assert!(
+                close(*ours, *theirs),
+                "{}: logits {ours} vs PyTorch {theirs}",
+                fixture.case
+            );
+        }
+        let labels = Tensor::new(fixture.labels.as_slice(), &Device::Cpu).unwrap();
+        let margin = margin_spec(&labels, net.num_classes()).unwrap();
+        let input = Interval::linf_ball(&images, fixture.eps).unwrap();
+        for method in BoundMethod::ALL {
+            let key = method.name().replace('-', "_");
+            let reference = &fixture.bounds[&key];
+            let ours =
+                spec_bounds(&net, &input, &margin, method, Normalization::Population).unwrap();
+            let lower = ours.lower.to_vec2::<f32>().unwrap();
+            let upper = ours.upper.to_vec2::<f32>().unwrap();
+            for b in 0..batch {
+                for j in 0..lower[b].len() {
+                    let (l, u) = (lower[b][j], upper[b][j]);
+                    let (rl, ru) = (reference.margin_lower[b][j], reference.margin_upper[b][j]);
+                    compared += 1;
+                    if method == BoundMethod::Crown {
+                        // We intersect intermediate CROWN bounds with interval bounds, which can
+                        // only tighten: ours must be inside auto_LiRPA's, and usually equal.
+                        assert!(
+                            l >= rl - 2e-4 - 2e-4 * rl.abs() && u <= ru + 2e-4 + 2e-4 * ru.abs(),
+                            "{} {method} sample {b} margin {j}: ours [{l}, {u}] vs auto_LiRPA [{rl}, {ru}]",
+                            fixture.case
+                        );
+                        if !close(l, rl) || !close(u, ru) {
+                            crown_tighter += 1;
+                        }
+                    } else {
+                        assert!(
+                            close(l, rl) && close(u, ru),
+                            "{} {method} sample {b} margin {j}: ours [{l}, {u}] vs auto_LiRPA [{rl}, {ru}]",
+                            fixture.case
+                        );
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "compared {compared} margin bounds; CROWN strictly tighter than auto_LiRPA on {crown_tighter}"
+    );
+}
