@@ -216,7 +216,7 @@ impl TrainObserver for BarObserver {
     }
 
     fn on_epoch(&mut self, report: &EpochReport, _net: &Net) -> Control {
-        self.bar.println(format!(
+        let line = format!(
             "epoch {}/{}: loss {:.4}, ε {:.4}, lr {:.2e}, {:.0} samples/s",
             report.epoch,
             report.epochs,
@@ -224,7 +224,13 @@ impl TrainObserver for BarObserver {
             report.eps,
             report.learning_rate,
             report.samples_per_second
-        ));
+        );
+        // Hidden bars (output not a terminal, e.g. a log file) drop println: say it anyway.
+        if self.bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            self.bar.println(line);
+        }
         Control::Continue
     }
 }
