@@ -159,19 +159,10 @@ pub fn spec_bounds(
     method: BoundMethod,
     normalization: Normalization<'_>,
 ) -> Result<Interval, BoundsError> {
-    let end = net.layers().len();
-    match method {
-        BoundMethod::Ibp => {
-            let trace = interval_trace(net, input, normalization)?;
-            interval_spec_bounds(net, &trace, spec)
-        }
-        BoundMethod::CrownIbp => {
-            let trace = interval_trace(net, input, normalization)?;
-            let relu_bounds = relu_bounds_from_trace(net, &trace);
-            linear::backward_bounds(net, end, spec, input, &relu_bounds, normalization)
-        }
-        BoundMethod::Crown => {
-            let relu_bounds = linear::crown_relu_bounds(net, input, normalization, end)?;
+    match relu_bounds_for(net, input, method, normalization)? {
+        Err(trace) => interval_spec_bounds(net, &trace, spec),
+        Ok(relu_bounds) => {
+            let end = net.layers().len();
             linear::backward_bounds(net, end, spec, input, &relu_bounds, normalization)
         }
     }
@@ -185,19 +176,34 @@ pub fn spec_lower_bounds(
     method: BoundMethod,
     normalization: Normalization<'_>,
 ) -> Result<Tensor, BoundsError> {
-    let end = net.layers().len();
-    match method {
-        BoundMethod::Ibp => Ok(spec_bounds(net, input, spec, method, normalization)?.lower),
-        BoundMethod::CrownIbp => {
-            let trace = interval_trace(net, input, normalization)?;
-            let relu_bounds = relu_bounds_from_trace(net, &trace);
-            linear::backward_lower_bound(net, end, spec.clone(), input, &relu_bounds, normalization)
-        }
-        BoundMethod::Crown => {
-            let relu_bounds = linear::crown_relu_bounds(net, input, normalization, end)?;
+    match relu_bounds_for(net, input, method, normalization)? {
+        Err(trace) => Ok(interval_spec_bounds(net, &trace, spec)?.lower),
+        Ok(relu_bounds) => {
+            let end = net.layers().len();
             linear::backward_lower_bound(net, end, spec.clone(), input, &relu_bounds, normalization)
         }
     }
+}
+
+/// The intermediate ReLU bounds a linear method back-substitutes through (`Ok`), or for IBP the
+/// interval trace that already answers (`Err`).
+fn relu_bounds_for(
+    net: &Net,
+    input: &Interval,
+    method: BoundMethod,
+    normalization: Normalization<'_>,
+) -> Result<Result<linear::ReluBounds, IntervalTrace>, BoundsError> {
+    Ok(match method {
+        BoundMethod::Ibp => Err(interval_trace(net, input, normalization)?),
+        BoundMethod::CrownIbp => {
+            let trace = interval_trace(net, input, normalization)?;
+            Ok(relu_bounds_from_trace(net, &trace))
+        }
+        BoundMethod::Crown => {
+            let end = net.layers().len();
+            Ok(linear::crown_relu_bounds(net, input, normalization, end)?)
+        }
+    })
 }
 
 /// CROWN-IBP lower bounds of `spec · logits` reusing an IBP trace already computed (training
