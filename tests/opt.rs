@@ -1,52 +1,17 @@
 //! The optimiser: beats random search on Branin, never repeats, rebuilds from history, and the
 //! acquisition and Pareto helpers compute what they should.
 
+use cthpo::opt::benchmark::{Strategy, branin, mixed, mixed_minimum, problems, regret_curve};
 use cthpo::opt::{
-    Optimizer, OptimizerOptions, Outcome, hypervolume_2d, latin_hypercube, log_h, non_dominated,
+    Forest, Gp, Kernel, Optimizer, OptimizerOptions, Outcome, Proposal, SurrogateKind, halton,
+    hypervolume_2d, latin_hypercube, log_h, non_dominated,
 };
-use cthpo::space::{Config, Space, Value};
-use rand::{SeedableRng, rngs::StdRng};
+use cthpo::space::{Space, Value};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::HashSet;
 
-const BRANIN_MIN: f64 = 0.397_887;
-
 fn branin_space() -> Space {
-    Space::from_yaml(
-        "hyperparameters:\n  - {name: x1, type: float, lower: -5, upper: 10, default: 2.5}\n  - {name: x2, type: float, lower: 0, upper: 15, default: 7.5}\n",
-        "branin",
-    )
-    .unwrap()
-}
-
-fn branin(config: &Config) -> f64 {
-    let get = |k: &str| match config[k] {
-        Value::Float(x) => x,
-        _ => unreachable!(),
-    };
-    let (x1, x2) = (get("x1"), get("x2"));
-    let pi = std::f64::consts::PI;
-    let (b, c, r, s, t) = (5.1 / (4.0 * pi * pi), 5.0 / pi, 6.0, 10.0, 1.0 / (8.0 * pi));
-    (x2 - b * x1 * x1 + c * x1 - r).powi(2) + s * (1.0 - t) * x1.cos() + s
-}
-
-fn best_regret(seed: u64, evaluations: usize, random_only: bool) -> f64 {
-    let space = branin_space();
-    let options = OptimizerOptions {
-        seed,
-        trial_budget: evaluations,
-        random_interleave: if random_only { 1.0 } else { 0.2 },
-        candidates: 500,
-        ..OptimizerOptions::default()
-    };
-    let mut optimizer = Optimizer::new(space, options);
-    let mut best = f64::INFINITY;
-    for _ in 0..evaluations {
-        let config = optimizer.ask();
-        let cost = branin(&config);
-        best = best.min(cost);
-        optimizer.tell(&config, Outcome::Cost(cost));
-    }
-    best - BRANIN_MIN
+    problems().remove(0).space
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -54,23 +19,251 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+fn median_regret(strategy: Strategy, seeds: u64, evaluations: usize) -> f64 {
+    let problem = problems().remove(0);
+    median(
+        (0..seeds)
+            .map(|seed| regret_curve(&problem, strategy, seed, evaluations)[evaluations - 1])
+            .collect(),
+    )
+}
+
 #[test]
-fn random_forest_bo_beats_random_search_on_branin() {
-    let bo: Vec<f64> = (0..9).map(|s| best_regret(s, 30, false)).collect();
-    let random: Vec<f64> = (0..9).map(|s| best_regret(s, 30, true)).collect();
-    let (bo, random) = (median(bo), median(random));
-    println!("median simple regret after 30 evaluations: RF-BO {bo:.4}, random {random:.4}");
-    assert!(bo < random * 0.7, "RF-BO {bo} vs random {random}");
+fn both_surrogates_beat_random_search_on_branin() {
+    let random = median_regret(Strategy::Random, 9, 30);
+    let forest = median_regret(Strategy::Forest, 9, 30);
+    let gp = median_regret(Strategy::Gp, 9, 30);
+    println!(
+        "median simple regret after 30 evaluations: random {random:.4}, RF-BO {forest:.4}, GP-BO {gp:.4}"
+    );
+    assert!(forest < random * 0.7, "RF-BO {forest} vs random {random}");
+    assert!(gp < random * 0.2, "GP-BO {gp} vs random {random}");
+}
+
+/// A smooth function of two inputs and 60 space-filling training points; errors are measured
+/// on 300 random held-out points against the spread of the function there.
+fn held_out_error(predict: impl Fn(&[f64]) -> f64) -> f64 {
+    let truth = |p: &[f64]| (3.0 * p[0]).sin() + 2.0 * (p[1] - 0.4).powi(2);
+    let mut rng = StdRng::seed_from_u64(11);
+    let test: Vec<Vec<f64>> = (0..300)
+        .map(|_| vec![rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)])
+        .collect();
+    let values: Vec<f64> = test.iter().map(|p| truth(p)).collect();
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let spread = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 300.0).sqrt();
+    let error = (test
+        .iter()
+        .zip(&values)
+        .map(|(p, v)| (predict(p) - v).powi(2))
+        .sum::<f64>()
+        / 300.0)
+        .sqrt();
+    error / spread
+}
+
+fn smooth_training_set() -> (Vec<Vec<f64>>, Vec<f64>) {
+    let x = latin_hypercube(60, 2, &mut StdRng::seed_from_u64(5));
+    let y = x
+        .iter()
+        .map(|p| (3.0 * p[0]).sin() + 2.0 * (p[1] - 0.4).powi(2))
+        .collect();
+    (x, y)
+}
+
+#[test]
+fn forest_and_gp_fit_a_smooth_function() {
+    let (x, y) = smooth_training_set();
+    let forest = Forest::fit(&x, &y, &mut StdRng::seed_from_u64(1));
+    let forest_error = held_out_error(|p| forest.predict(p).0);
+    let matern = Gp::fit(&x, &y, Kernel::Matern52).unwrap();
+    let matern_error = held_out_error(|p| matern.predict(p).unwrap().0);
+    let squared = Gp::fit(&x, &y, Kernel::SquaredExponential).unwrap();
+    let squared_error = held_out_error(|p| squared.predict(p).unwrap().0);
+    println!(
+        "held-out RMSE / spread: forest {forest_error:.4}, GP Matérn 5/2 {matern_error:.5}, GP squared exponential {squared_error:.5}"
+    );
+    assert!(forest_error < 0.4, "forest {forest_error}");
+    assert!(matern_error < 0.02, "Matérn GP {matern_error}");
+    assert!(
+        squared_error < 0.02,
+        "squared-exponential GP {squared_error}"
+    );
+    // The GP is nearly exact at its training points, and unsure away from them.
+    let (mean, variance) = matern.predict(&x[3]).unwrap();
+    assert!((mean - y[3]).abs() < 1e-3 && variance < 1e-3);
+    let far = matern.predict(&[2.0, -1.0]).unwrap().1;
+    assert!(far > 100.0 * variance.max(1e-9), "far variance {far}");
+    // The forest's variance across trees is larger between sparse points than its minimum.
+    let (_, spread) = forest.predict(&[0.5, 0.5]);
+    assert!(spread.is_finite() && spread >= 0.0);
+}
+
+#[test]
+fn gp_rejects_inconsistent_data_instead_of_panicking() {
+    assert!(Gp::fit(&[], &[], Kernel::Matern52).is_err());
+    assert!(Gp::fit(&[vec![0.1, 0.2], vec![0.3]], &[1.0, 2.0], Kernel::Matern52).is_err());
+    assert!(Gp::fit(&[vec![0.1, 0.2]], &[1.0, 2.0], Kernel::Matern52).is_err());
+}
+
+#[test]
+fn initial_design_is_the_default_then_a_latin_hypercube() {
+    let space = Space::builtin("sabr").unwrap();
+    let dimension = space.dimension();
+    let mut optimizer = Optimizer::new(
+        space.clone(),
+        OptimizerOptions {
+            trial_budget: 100,
+            ..OptimizerOptions::default()
+        },
+    );
+    assert_eq!(optimizer.ask(), space.default_config());
+    let design: Vec<Vec<Option<f64>>> = (0..dimension)
+        .map(|_| {
+            let config = optimizer.ask();
+            assert_eq!(optimizer.last_proposal(), Some(Proposal::Design));
+            space.encode(&config)
+        })
+        .collect();
+    optimizer.tell(&space.default_config(), Outcome::Cost(1.0));
+    // Covering the space: on every always-active numeric axis each of the `dimension` strata
+    // holds exactly one design point.
+    for (axis, param) in space.searched().iter().enumerate() {
+        let values: Vec<f64> = design.iter().filter_map(|p| p[axis]).collect();
+        if values.len() < dimension
+            || matches!(
+                param.kind,
+                cthpo::space::ParamKind::Categorical { .. } | cthpo::space::ParamKind::Int { .. }
+            )
+        {
+            continue;
+        }
+        let mut strata: Vec<usize> = values
+            .iter()
+            .map(|u| ((u * dimension as f64) as usize).min(dimension - 1))
+            .collect();
+        strata.sort();
+        assert_eq!(
+            strata,
+            (0..dimension).collect::<Vec<_>>(),
+            "axis {}",
+            param.name
+        );
+    }
+    // The design is capped at a quarter of a small budget.
+    let mut small = Optimizer::new(
+        space.clone(),
+        OptimizerOptions {
+            trial_budget: 8,
+            skip_default: true,
+            ..OptimizerOptions::default()
+        },
+    );
+    small.ask();
+    small.ask();
+    assert_eq!(small.last_proposal(), Some(Proposal::Design));
+    let config = small.ask();
+    assert_ne!(small.last_proposal(), Some(Proposal::Design));
+    small.tell(&config, Outcome::Cost(0.0));
+}
+
+#[test]
+fn gp_handles_categoricals_and_conditions_without_falling_back() {
+    let problem = problems().remove(2);
+    let mut optimizer = Optimizer::new(
+        problem.space.clone(),
+        OptimizerOptions {
+            seed: 3,
+            trial_budget: 30,
+            skip_default: true,
+            random_interleave: 0.0,
+            surrogate: SurrogateKind::Gp,
+            ..OptimizerOptions::default()
+        },
+    );
+    let mut seen = HashSet::new();
+    let mut best = f64::INFINITY;
+    for i in 0..30 {
+        let config = optimizer.ask();
+        if i >= 5 {
+            assert_eq!(optimizer.last_proposal(), Some(Proposal::Model), "ask {i}");
+        }
+        assert!(
+            seen.insert(Space::config_hash(&config)),
+            "repeated at ask {i}"
+        );
+        let value = mixed(&config);
+        best = best.min(value);
+        optimizer.tell(&config, Outcome::Cost(value));
+    }
+    println!("mixed: best {best:.4}, minimum {:.4}", mixed_minimum());
+    assert!(
+        best - mixed_minimum() < 1.0,
+        "regret {}",
+        best - mixed_minimum()
+    );
+}
+
+#[test]
+fn a_study_rebuilding_the_optimiser_per_ask_still_interleaves_random_configurations() {
+    // The study driver rebuilds the optimiser from its trials before every ask; each round must
+    // still draw afresh (a fixed generator would make every ask random, or none).
+    let space = branin_space();
+    let options = OptimizerOptions {
+        seed: 9,
+        trial_budget: 60,
+        candidates: 200,
+        ..OptimizerOptions::default()
+    };
+    let mut history = Vec::new();
+    let mut kinds = Vec::new();
+    for _ in 0..60 {
+        let mut optimizer = Optimizer::new(space.clone(), options.clone());
+        for (config, cost) in &history {
+            optimizer.tell(config, Outcome::Cost(*cost));
+        }
+        let config = optimizer.ask();
+        kinds.push(optimizer.last_proposal().unwrap());
+        history.push((config.clone(), branin(&config)));
+    }
+    let random = kinds.iter().filter(|k| **k == Proposal::Random).count();
+    let model = kinds.iter().filter(|k| **k == Proposal::Model).count();
+    println!("60 asks: {random} random, {model} model");
+    assert!((4..=22).contains(&random), "{random} random asks");
+    assert!(model >= 30, "{model} model asks");
+}
+
+#[test]
+fn halton_points_are_even() {
+    let points = halton(256, 3, &mut StdRng::seed_from_u64(2));
+    for axis in 0..3 {
+        let mut counts = [0usize; 8];
+        for p in &points {
+            assert!((0.0..1.0).contains(&p[axis]));
+            counts[(p[axis] * 8.0) as usize] += 1;
+        }
+        // A random set would stray by ±6 or so; a low-discrepancy one by one or two.
+        assert!(
+            counts.iter().all(|c| c.abs_diff(32) <= 2),
+            "axis {axis}: {counts:?}"
+        );
+    }
 }
 
 #[test]
 fn ask_never_repeats_and_starts_with_the_default() {
+    for surrogate in [SurrogateKind::Rf, SurrogateKind::Gp] {
+        never_repeats(surrogate);
+    }
+}
+
+fn never_repeats(surrogate: SurrogateKind) {
     let space = Space::builtin("sabr").unwrap();
     let default = space.default_config();
     let mut optimizer = Optimizer::new(
         space,
         OptimizerOptions {
             trial_budget: 40,
+            surrogate,
             ..OptimizerOptions::default()
         },
     );
@@ -99,9 +292,16 @@ fn ask_never_repeats_and_starts_with_the_default() {
 
 #[test]
 fn rebuilding_from_history_gives_the_same_next_ask() {
+    for surrogate in [SurrogateKind::Rf, SurrogateKind::Gp] {
+        rebuilds(surrogate);
+    }
+}
+
+fn rebuilds(surrogate: SurrogateKind) {
     let options = OptimizerOptions {
         seed: 4,
         trial_budget: 20,
+        surrogate,
         ..OptimizerOptions::default()
     };
     let mut live = Optimizer::new(branin_space(), options.clone());

@@ -134,6 +134,17 @@ fn malformed_spaces_name_the_problem() {
 }
 
 #[test]
+fn spaces_round_trip_through_yaml() {
+    for method in BUILTIN_METHODS {
+        let space = Space::builtin(method).unwrap();
+        let text = space.to_yaml();
+        let again = Space::from_yaml(&text, "round-trip.yaml")
+            .unwrap_or_else(|e| panic!("{method}: {e}\n{text}"));
+        assert_eq!(again, space, "{method}:\n{text}");
+    }
+}
+
+#[test]
 fn config_hash_is_stable() {
     let space = Space::builtin("ibp").unwrap();
     let config = space.default_config();

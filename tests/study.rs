@@ -104,6 +104,36 @@ fn run_records_trials_and_a_rerun_continues_the_same_study() {
 }
 
 #[test]
+fn a_gp_guided_study_records_how_each_configuration_was_chosen() {
+    let dir = temp_dir("gp");
+    let d = dir.to_str().unwrap();
+    let output = cthpo(
+        &[
+            &["run", "--trials", "4", "--surrogate", "gp", "--dir", d],
+            TINY,
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("not built"), "{stderr}");
+    let stored = trials(&dir, "standard-mnist-cnn-small-eps0.1");
+    assert_eq!(stored.len(), 4);
+    let proposals: Vec<&str> = stored
+        .iter()
+        .map(|t| t.user_attr_str(attrs::PROPOSAL).unwrap())
+        .collect();
+    assert_eq!(proposals[0], "initial design", "{proposals:?}");
+    assert!(
+        proposals[2..]
+            .iter()
+            .all(|p| ["surrogate model", "random"].contains(p)),
+        "{proposals:?}"
+    );
+    assert!(stored.iter().all(|t| t.state == TrialState::Complete));
+}
+
+#[test]
 fn failing_trials_are_recorded_and_the_study_goes_on() {
     let dir = temp_dir("failures");
     let d = dir.to_str().unwrap();

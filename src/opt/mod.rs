@@ -1,20 +1,30 @@
 //! The Bayesian optimiser behind an ask/tell API: initial design, surrogate, acquisition.
 //!
-//! `ask` proposes the user's (or the space's) default first, then a Latin hypercube of size
-//! equal to the number of searched hyperparameters (CTRAIN's choice, capped at a quarter of the
-//! trial budget), then maximises log expected improvement of a SMAC-style random forest over
-//! random candidates refined by a local search, with a 20 % chance of a random configuration.
-//! Costs are minimised; several objectives are scalarised by ParEGO's random augmented
-//! Chebyshev weights. A history of told trials rebuilds the same optimiser (resume).
+//! `ask` proposes the user's (or the space's) default first, then an optimised Latin hypercube
+//! of size equal to the number of searched hyperparameters (CTRAIN's choice, capped at a quarter
+//! of the trial budget), then maximises log expected improvement of a surrogate (a SMAC-style
+//! random forest or a Gaussian process) over random and quasi-random candidates refined by a
+//! local search, with a 20 % chance of a random configuration. Costs are minimised; several
+//! objectives are scalarised by ParEGO's random augmented Chebyshev weights. A history of told
+//! trials rebuilds the same optimiser (resume), and asks the same next configuration.
 
 mod acquisition;
+pub mod benchmark;
+mod design;
 mod forest;
+mod gp;
+mod pareto;
+mod search;
+mod surrogate;
 
 pub use acquisition::{erfc, log_expected_improvement, log_h};
+pub use design::{halton, latin_hypercube};
 pub use forest::Forest;
+pub use gp::{Gp, Kernel};
+pub use pareto::{hypervolume_2d, non_dominated};
+pub use surrogate::{Axes, Surrogate, SurrogateKind};
 
 use crate::space::{Config, Space};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::{HashSet, VecDeque};
 
@@ -42,8 +52,12 @@ pub struct OptimizerOptions {
     pub skip_default: bool,
     /// Probability of proposing a random configuration after the initial design (SMAC: 0.2).
     pub random_interleave: f64,
-    /// Random candidates scored by the acquisition per ask.
+    /// Random plus quasi-random candidates scored by the acquisition per ask.
     pub candidates: usize,
+    /// The surrogate model.
+    pub surrogate: SurrogateKind,
+    /// The GP's correlation function (when `surrogate` is `Gp`).
+    pub kernel: Kernel,
 }
 
 impl Default for OptimizerOptions {
@@ -55,6 +69,33 @@ impl Default for OptimizerOptions {
             skip_default: false,
             random_interleave: 0.2,
             candidates: 1000,
+            surrogate: SurrogateKind::Rf,
+            kernel: Kernel::Matern52,
+        }
+    }
+}
+
+/// How an ask arrived at its proposal (for diagnostics and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proposal {
+    /// From the initial design (default configuration or Latin hypercube).
+    Design,
+    /// Maximising the acquisition of the configured surrogate.
+    Model,
+    /// Maximising the acquisition of the random forest because the GP could not be fitted.
+    FallbackForest,
+    /// Random (interleaved, or too little data for a model).
+    Random,
+}
+
+impl Proposal {
+    /// A phrase for logs and stored trials.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Proposal::Design => "initial design",
+            Proposal::Model => "surrogate model",
+            Proposal::FallbackForest => "random forest (the GP could not be fitted)",
+            Proposal::Random => "random",
         }
     }
 }
@@ -62,11 +103,12 @@ impl Default for OptimizerOptions {
 /// The ask/tell optimiser.
 pub struct Optimizer {
     space: Space,
+    axes: Axes,
     options: OptimizerOptions,
-    rng: StdRng,
     design: VecDeque<Config>,
     history: Vec<(Config, Outcome)>,
     seen: HashSet<u64>,
+    last_proposal: Option<Proposal>,
 }
 
 impl Optimizer {
@@ -87,12 +129,13 @@ impl Optimizer {
             design.push_back(space.decode(&point));
         }
         Optimizer {
+            axes: Axes::of(&space),
             space,
             options,
-            rng,
             design,
             history: Vec::new(),
             seen: HashSet::new(),
+            last_proposal: None,
         }
     }
 
@@ -112,40 +155,68 @@ impl Optimizer {
         self.seen.insert(Space::config_hash(config));
     }
 
+    /// How the last `ask` chose its configuration.
+    pub fn last_proposal(&self) -> Option<Proposal> {
+        self.last_proposal
+    }
+
     /// Proposes the next configuration to evaluate (never one already told or pending).
     pub fn ask(&mut self) -> Config {
         while let Some(config) = self.design.pop_front() {
             if self.seen.insert(Space::config_hash(&config)) {
+                self.last_proposal = Some(Proposal::Design);
                 return config;
             }
         }
-        let proposal =
-            if self.costs().len() < 2 || self.rng.random_bool(self.options.random_interleave) {
-                None
-            } else {
-                self.maximise_acquisition()
-            };
+        // Each round draws from its own generator, seeded by the seed and how many
+        // configurations are known: an optimiser rebuilt from the history of a study asks what
+        // the original would have, and successive asks still differ.
+        let mut rng = StdRng::seed_from_u64(mix(self.options.seed, self.seen.len() as u64));
+        let modelled = self.history.len() >= 2
+            && !rng.random_bool(self.options.random_interleave.clamp(0.0, 1.0));
+        let proposal = if modelled {
+            self.maximise_acquisition(&mut rng)
+        } else {
+            None
+        };
         let config = match proposal {
-            Some(config) => config,
-            None => self.fresh_random(),
+            Some((config, how)) => {
+                self.last_proposal = Some(how);
+                config
+            }
+            None => {
+                self.last_proposal = Some(Proposal::Random);
+                self.fresh_random(&mut rng)
+            }
         };
         self.seen.insert(Space::config_hash(&config));
         config
     }
 
-    fn fresh_random(&mut self) -> Config {
+    /// A uniformly random configuration not proposed before (plain random search, the
+    /// baseline the model is measured against).
+    pub fn ask_random(&mut self) -> Config {
+        let mut rng = StdRng::seed_from_u64(mix(self.options.seed, self.seen.len() as u64));
+        let config = self.fresh_random(&mut rng);
+        self.seen.insert(Space::config_hash(&config));
+        self.last_proposal = Some(Proposal::Random);
+        config
+    }
+
+    fn fresh_random(&self, rng: &mut StdRng) -> Config {
         for _ in 0..1000 {
-            let config = self.space.sample(&mut self.rng);
+            let config = self.space.sample(rng);
             if !self.seen.contains(&Space::config_hash(&config)) {
                 return config;
             }
         }
-        self.space.sample(&mut self.rng)
+        // A space this small is exhausted; repeating is all that is left.
+        self.space.sample(rng)
     }
 
-    /// Scalar costs of the history (failures at the worst; Pareto costs scalarised), transformed
-    /// as SMAC does: scaled to [0,1], then log.
-    fn costs(&mut self) -> Vec<(Vec<f64>, f64)> {
+    /// Scalar costs of the history (failures at the worst; several objectives scalarised by
+    /// ParEGO with weights from `rng`), scaled to [0, 1].
+    fn scaled_costs(&self, rng: &mut StdRng) -> Vec<f64> {
         let objectives = self
             .history
             .iter()
@@ -155,30 +226,26 @@ impl Optimizer {
                 Outcome::Failed => None,
             })
             .unwrap_or(1);
-        let finite: Vec<Vec<f64>> = self
-            .history
-            .iter()
-            .filter_map(|(_, o)| match o {
+        let finite = |o: &Outcome| -> Option<Vec<f64>> {
+            match o {
                 Outcome::Cost(c) if c.is_finite() => Some(vec![*c]),
-                Outcome::Costs(c) if c.iter().all(|v| v.is_finite()) => Some(c.clone()),
+                Outcome::Costs(c) if c.len() == objectives && c.iter().all(|v| v.is_finite()) => {
+                    Some(c.clone())
+                }
                 _ => None,
-            })
-            .collect();
-        if finite.is_empty() {
-            return Vec::new();
+            }
+        };
+        let values: Vec<Option<Vec<f64>>> = self.history.iter().map(|(_, o)| finite(o)).collect();
+        let mut lows = vec![f64::INFINITY; objectives];
+        let mut highs = vec![f64::NEG_INFINITY; objectives];
+        for c in values.iter().flatten() {
+            for i in 0..objectives {
+                lows[i] = lows[i].min(c[i]);
+                highs[i] = highs[i].max(c[i]);
+            }
         }
-        let (lows, highs): (Vec<f64>, Vec<f64>) = (0..objectives)
-            .map(|i| {
-                finite
-                    .iter()
-                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), c| {
-                        (lo.min(c[i]), hi.max(c[i]))
-                    })
-            })
-            .unzip();
-        // ParEGO: one random weight vector per ask.
         let mut weights: Vec<f64> = (0..objectives)
-            .map(|_| self.rng.random_range(0.0..1.0))
+            .map(|_| rng.random_range(0.0..1.0))
             .collect();
         let total: f64 = weights.iter().sum::<f64>().max(1e-12);
         weights.iter_mut().for_each(|w| *w /= total);
@@ -186,167 +253,79 @@ impl Optimizer {
             if objectives == 1 {
                 return c[0];
             }
-            let normalised: Vec<f64> = c
+            let weighted: Vec<f64> = c
                 .iter()
                 .enumerate()
-                .map(|(i, v)| (v - lows[i]) / (highs[i] - lows[i]).max(1e-12))
+                .map(|(i, v)| weights[i] * (v - lows[i]) / (highs[i] - lows[i]).max(1e-12))
                 .collect();
-            let chebyshev = normalised
-                .iter()
-                .zip(&weights)
-                .map(|(v, w)| v * w)
-                .fold(f64::MIN, f64::max);
-            chebyshev
-                + 0.05
-                    * normalised
-                        .iter()
-                        .zip(&weights)
-                        .map(|(v, w)| v * w)
-                        .sum::<f64>()
+            weighted.iter().copied().fold(f64::MIN, f64::max) + 0.05 * weighted.iter().sum::<f64>()
         };
-        let raw: Vec<Option<f64>> = self
-            .history
-            .iter()
-            .map(|(_, o)| match o {
-                Outcome::Cost(c) if c.is_finite() => Some(scalarise(&[*c])),
-                Outcome::Costs(c) if c.iter().all(|v| v.is_finite()) => Some(scalarise(c)),
-                _ => None,
-            })
-            .collect();
+        let raw: Vec<Option<f64>> = values.iter().map(|c| c.as_deref().map(scalarise)).collect();
         let worst = raw
             .iter()
             .flatten()
             .fold(f64::NEG_INFINITY, |a, &b| a.max(b));
         let best = raw.iter().flatten().fold(f64::INFINITY, |a, &b| a.min(b));
+        if !worst.is_finite() {
+            // Nothing but failures: every trial is equally bad.
+            return vec![0.0; raw.len()];
+        }
         let span = (worst - best).max(1e-12);
-        self.history
-            .iter()
-            .zip(raw)
-            .map(|((config, _), cost)| {
-                let scaled = (cost.unwrap_or(worst) - best) / span;
-                let point = impute(&self.space.encode(config));
-                (point, (scaled + 1e-3).ln())
-            })
+        raw.into_iter()
+            .map(|cost| (cost.unwrap_or(worst) - best) / span)
             .collect()
     }
 
-    fn maximise_acquisition(&mut self) -> Option<Config> {
-        let data = self.costs();
-        let (x, y): (Vec<Vec<f64>>, Vec<f64>) = data.into_iter().unzip();
-        let forest = Forest::fit(&x, &y, &mut self.rng);
-        let incumbent = y.iter().copied().fold(f64::INFINITY, f64::min);
-        let score = |config: &Config| {
-            let (mean, variance) = forest.predict(&impute(&self.space.encode(config)));
-            log_expected_improvement(mean, variance, incumbent)
-        };
-        let dimension = self.space.dimension();
-        let mut scored: Vec<(f64, Config)> = Vec::new();
-        let mut candidates: Vec<Config> = (0..self.options.candidates)
-            .map(|_| self.space.sample(&mut self.rng))
+    fn maximise_acquisition(&self, rng: &mut StdRng) -> Option<(Config, Proposal)> {
+        let scaled = self.scaled_costs(rng);
+        // The forest models log costs, as SMAC does: it sharpens the region near the best. A GP
+        // is fitted to the costs themselves: the log transform would make a smooth response
+        // rough (measured: on Hartmann-6 the median regret after 50 evaluations drops from 0.39
+        // to 0.12 without it).
+        let logged: Vec<f64> = scaled.iter().map(|s| (s + 1e-3).ln()).collect();
+        let points: Vec<Vec<Option<f64>>> = self
+            .history
+            .iter()
+            .map(|(config, _)| self.space.encode(config))
             .collect();
-        // Neighbours of the best observed configurations too (SMAC's local-search seeds).
-        let mut order: Vec<usize> = (0..y.len()).collect();
-        order.sort_by(|&a, &b| y[a].total_cmp(&y[b]));
-        for &i in order.iter().take(5) {
-            candidates.push(self.history[i].0.clone());
-        }
-        for config in candidates {
-            let s = score(&config);
-            scored.push((s, config));
-        }
-        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-        scored.truncate(10);
-        let mut best: Option<(f64, Config)> = None;
-        for (mut value, mut config) in scored {
-            // Local search: move one coordinate at a time while the acquisition improves.
-            for _ in 0..50 {
-                let mut point = impute(&self.space.encode(&config))
-                    .into_iter()
-                    .map(|v| {
-                        if v < 0.0 {
-                            self.rng.random_range(0.0..1.0)
-                        } else {
-                            v
-                        }
-                    })
-                    .collect::<Vec<f64>>();
-                let mut axes: Vec<usize> = (0..dimension).collect();
-                axes.shuffle(&mut self.rng);
-                let mut improved = false;
-                for &axis in axes.iter().take(4) {
-                    let old = point[axis];
-                    point[axis] = (old + self.rng.random_range(-0.2..0.2)).clamp(0.0, 1.0);
-                    let neighbour = self.space.decode(&point);
-                    let s = score(&neighbour);
-                    if s > value && !self.seen.contains(&Space::config_hash(&neighbour)) {
-                        value = s;
-                        config = neighbour;
-                        improved = true;
-                        break;
-                    }
-                    point[axis] = old;
+        let targets = |kind| match kind {
+            SurrogateKind::Rf => &logged,
+            SurrogateKind::Gp => &scaled,
+        };
+        let kind = self.options.surrogate;
+        let kernel = self.options.kernel;
+        let (model, how, costs) =
+            match surrogate::fit(kind, kernel, &self.axes, &points, targets(kind), rng) {
+                Ok(model) => (model, Proposal::Model, targets(kind)),
+                Err(_) => {
+                    let forest = SurrogateKind::Rf;
+                    let model =
+                        surrogate::fit(forest, kernel, &self.axes, &points, &logged, rng).ok()?;
+                    (model, Proposal::FallbackForest, targets(forest))
                 }
-                if !improved {
-                    break;
-                }
-            }
-            if self.seen.contains(&Space::config_hash(&config)) {
-                continue;
-            }
-            if best.as_ref().is_none_or(|(b, _)| value > *b) {
-                best = Some((value, config));
-            }
-        }
-        best.map(|(_, config)| config)
+            };
+        let mut order: Vec<usize> = (0..costs.len()).collect();
+        order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));
+        let input = search::SearchInput {
+            space: &self.space,
+            axes: &self.axes,
+            seen: &self.seen,
+            incumbent: costs.iter().copied().fold(f64::INFINITY, f64::min),
+            starts: order
+                .iter()
+                .take(10)
+                .map(|&i| self.history[i].0.clone())
+                .collect(),
+            candidates: self.options.candidates,
+        };
+        search::maximise(&input, model.as_ref(), rng).map(|config| (config, how))
     }
 }
 
-/// Inactive coordinates become −1, outside the cube, so trees can split them off.
-fn impute(encoded: &[Option<f64>]) -> Vec<f64> {
-    encoded.iter().map(|v| v.unwrap_or(-1.0)).collect()
-}
-
-/// `count` points of `[0,1]^dimension`, one per stratum of every axis (Latin hypercube).
-pub fn latin_hypercube(count: usize, dimension: usize, rng: &mut StdRng) -> Vec<Vec<f64>> {
-    let mut points = vec![vec![0.0; dimension]; count];
-    for axis in 0..dimension {
-        let mut strata: Vec<usize> = (0..count).collect();
-        strata.shuffle(rng);
-        for (point, stratum) in points.iter_mut().zip(strata) {
-            point[axis] = (stratum as f64 + rng.random_range(0.0..1.0)) / count as f64;
-        }
-    }
-    points
-}
-
-/// Indices of the non-dominated points (every objective minimised).
-pub fn non_dominated(points: &[Vec<f64>]) -> Vec<usize> {
-    (0..points.len())
-        .filter(|&i| {
-            !points.iter().enumerate().any(|(j, q)| {
-                j != i
-                    && q.iter().zip(&points[i]).all(|(a, b)| a <= b)
-                    && q.iter().zip(&points[i]).any(|(a, b)| a < b)
-            })
-        })
-        .collect()
-}
-
-/// Area dominated by 2-D points (both minimised) up to `reference`.
-pub fn hypervolume_2d(points: &[Vec<f64>], reference: [f64; 2]) -> f64 {
-    let mut front: Vec<(f64, f64)> = non_dominated(points)
-        .into_iter()
-        .map(|i| (points[i][0], points[i][1]))
-        .filter(|(a, b)| *a < reference[0] && *b < reference[1])
-        .collect();
-    front.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut area = 0.0;
-    let mut previous_y = reference[1];
-    for (x, y) in front {
-        if y < previous_y {
-            area += (reference[0] - x) * (previous_y - y);
-            previous_y = y;
-        }
-    }
-    area
+/// SplitMix64 of the seed and a counter: independent-looking seeds for consecutive rounds.
+fn mix(seed: u64, round: u64) -> u64 {
+    let mut z = seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }

@@ -135,26 +135,31 @@ pub enum SpaceError {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawParam {
     name: String,
     #[serde(rename = "type")]
     kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     lower: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     upper: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     log: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     default: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     choices: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     value: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSpace {
     hyperparameters: Vec<RawParam>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     conditions: Vec<Condition>,
 }
 
@@ -336,6 +341,51 @@ impl Space {
             params,
             conditions: raw.conditions,
         })
+    }
+
+    /// The space in its YAML format (what `from_yaml` reads back as the same space).
+    pub fn to_yaml(&self) -> String {
+        let raw = RawSpace {
+            hyperparameters: self
+                .params
+                .iter()
+                .map(|p| {
+                    let bounds = |lower: f64, upper: f64, log: bool, kind: &str| RawParam {
+                        name: p.name.clone(),
+                        kind: kind.into(),
+                        lower: Some(lower),
+                        upper: Some(upper),
+                        log,
+                        default: Some(p.default.clone()),
+                        choices: None,
+                        value: None,
+                    };
+                    match &p.kind {
+                        ParamKind::Float { lower, upper, log } => {
+                            bounds(*lower, *upper, *log, "float")
+                        }
+                        ParamKind::Int { lower, upper, log } => {
+                            bounds(*lower as f64, *upper as f64, *log, "int")
+                        }
+                        ParamKind::Categorical { choices } => RawParam {
+                            choices: Some(choices.clone()),
+                            lower: None,
+                            upper: None,
+                            ..bounds(0.0, 0.0, false, "categorical")
+                        },
+                        ParamKind::Constant => RawParam {
+                            value: Some(p.default.clone()),
+                            default: None,
+                            lower: None,
+                            upper: None,
+                            ..bounds(0.0, 0.0, false, "constant")
+                        },
+                    }
+                })
+                .collect(),
+            conditions: self.conditions.clone(),
+        };
+        serde_saphyr::to_string(&raw).expect("a space always serialises")
     }
 
     /// Every parameter, in file order.

@@ -57,6 +57,8 @@ pub mod attrs {
     pub const FAILURE_REASON: &str = "failure_reason";
     /// Wall-clock seconds the trial took (training and evaluation).
     pub const DURATION_SECONDS: &str = "duration_seconds";
+    /// How the optimiser chose the trial's configuration (initial design, surrogate, random).
+    pub const PROPOSAL: &str = "proposal";
 }
 
 /// Errors of the store; each names the database file it concerns.

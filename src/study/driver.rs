@@ -138,14 +138,22 @@ pub fn run_study(
             interrupted = true;
             break;
         }
-        let config = match rerun.pop_front() {
-            Some(config) => config,
-            None => rebuild_optimizer(&space, spec, first.clone(), &trials).ask(),
+        let (config, proposal) = match rerun.pop_front() {
+            Some(config) => (config, "rerun of an interrupted trial"),
+            None => {
+                let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
+                let config = optimizer.ask();
+                let how = optimizer.last_proposal().map_or("design", |p| p.describe());
+                (config, how)
+            }
         };
         let params = stored_params(&space, &config)?;
         let handle = store.start_trial(study, &params).map_err(store_error)?;
         store
             .set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())
+            .map_err(store_error)?;
+        store
+            .set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())
             .map_err(store_error)?;
         display.trial_started(handle.number, counted, spec.trials, &config);
         let checkpoint = store.checkpoint_dir(&spec.name, handle.number);
@@ -298,6 +306,7 @@ fn rebuild_optimizer(
         trial_budget: spec.trials,
         first,
         skip_default: spec.no_default,
+        surrogate: spec.surrogate,
         ..OptimizerOptions::default()
     };
     let mut optimizer = Optimizer::new(space.clone(), options);

@@ -88,16 +88,7 @@ impl ObjectiveWeights {
     }
 }
 
-/// Which surrogate model guides the search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SurrogateKind {
-    /// SMAC-style random forest.
-    #[default]
-    Rf,
-    /// Gaussian process (egobox).
-    Gp,
-}
+pub use crate::opt::SurrogateKind;
 
 /// A study file: every field optional so the command line can fill or override it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

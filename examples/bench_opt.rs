@@ -1,0 +1,157 @@
+//! Sample efficiency and ask() latency of the optimiser.
+//!
+//! `cargo run --release --example bench_opt -- [--functions branin,hartmann6,mixed]
+//! [--strategies random,rf_bo,gp_bo] [--seeds 20] [--evals 50] [--json FILE]` runs every strategy
+//! on every function for each seed and prints the median and quartiles of simple regret after 20
+//! evaluations and at the end (the same functions and summary as `benches/opt_reference.py`
+//! computes for SMAC3 and Optuna).
+//!
+//! `cargo run --release --example bench_opt -- --latency [--surrogate rf|gp]` times ask() on a
+//! 12-parameter space with 50, 200 and 500 trials in the history.
+
+use cthpo::opt::benchmark::{Strategy, problems, regret_curve};
+use cthpo::opt::{Optimizer, OptimizerOptions, Outcome, Proposal, SurrogateKind};
+use cthpo::space::Space;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::time::Instant;
+
+fn quartiles(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    // Linear interpolation between order statistics, as numpy.percentile does.
+    let at = |q: f64| {
+        let position = q * (sorted.len() - 1) as f64;
+        let (low, high) = (position.floor() as usize, position.ceil() as usize);
+        sorted[low] + (sorted[high] - sorted[low]) * (position - low as f64)
+    };
+    (at(0.25), at(0.5), at(0.75))
+}
+
+fn latency(surrogate: SurrogateKind) {
+    let mut yaml = String::from("hyperparameters:\n");
+    for i in 0..4 {
+        yaml += &format!(
+            "  - {{name: log{i}, type: float, lower: 1.0e-5, upper: 1, log: true, default: 0.001}}\n"
+        );
+        yaml += &format!("  - {{name: lin{i}, type: float, lower: 0, upper: 1, default: 0.5}}\n");
+    }
+    yaml += "  - {name: steps, type: int, lower: 1, upper: 50, default: 10}\n";
+    yaml += "  - {name: width, type: int, lower: 8, upper: 512, log: true, default: 64}\n";
+    yaml += "  - {name: opt, type: categorical, choices: [adam, adamw, radam], default: adam}\n";
+    yaml += "  - {name: sched, type: categorical, choices: [step, cosine], default: step}\n";
+    let space = Space::from_yaml(&yaml, "latency").expect("a valid space");
+    println!(
+        "ask() latency, {} parameters, surrogate {surrogate:?}:",
+        space.dimension()
+    );
+    println!("| trials in history | median ms per ask |");
+    println!("|---|---|");
+    for history in [50, 200, 500] {
+        let mut rng = StdRng::seed_from_u64(history as u64);
+        let mut times = Vec::new();
+        for repeat in 0..5 {
+            let mut optimizer = Optimizer::new(
+                space.clone(),
+                OptimizerOptions {
+                    seed: repeat,
+                    trial_budget: history + 10,
+                    surrogate,
+                    random_interleave: 0.0,
+                    ..OptimizerOptions::default()
+                },
+            );
+            for _ in 0..history {
+                let config = space.sample(&mut rng);
+                optimizer.tell(&config, Outcome::Cost(rng.random_range(0.0..1.0)));
+            }
+            // Past the initial design, so that the ask fits the surrogate and searches.
+            loop {
+                let start = Instant::now();
+                optimizer.ask();
+                if optimizer.last_proposal() != Some(Proposal::Design) {
+                    times.push(start.elapsed().as_secs_f64() * 1e3);
+                    break;
+                }
+            }
+        }
+        println!("| {history} | {:.1} |", quartiles(&times).1);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |flag: &str, default: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_string())
+    };
+    if args.iter().any(|a| a == "--latency") {
+        let surrogate = match value("--surrogate", "rf").as_str() {
+            "gp" => SurrogateKind::Gp,
+            _ => SurrogateKind::Rf,
+        };
+        latency(surrogate);
+        return;
+    }
+    let functions = value("--functions", "branin,hartmann6,mixed");
+    let strategies: Vec<Strategy> = value("--strategies", "random,rf_bo,gp_bo")
+        .split(',')
+        .map(|s| match s {
+            "random" => Strategy::Random,
+            "rf_bo" => Strategy::Forest,
+            "gp_bo" => Strategy::Gp,
+            other => panic!("unknown strategy `{other}` (random, rf_bo, gp_bo)"),
+        })
+        .collect();
+    let seeds: u64 = value("--seeds", "20")
+        .parse()
+        .expect("--seeds takes a number");
+    let evals: usize = value("--evals", "50")
+        .parse()
+        .expect("--evals takes a number");
+    let mut report = serde_json::Map::new();
+    println!(
+        "| function | strategy | regret@20 median [q25, q75] | regret@{evals} median [q25, q75] | s per run |"
+    );
+    println!("|---|---|---|---|---|");
+    for problem in problems()
+        .into_iter()
+        .filter(|p| functions.split(',').any(|f| f == p.name))
+    {
+        let mut per_function = serde_json::Map::new();
+        per_function.insert("minimum".into(), problem.minimum.into());
+        for &strategy in &strategies {
+            let start = Instant::now();
+            let curves: Vec<Vec<f64>> = (0..seeds)
+                .map(|seed| regret_curve(&problem, strategy, seed, evals))
+                .collect();
+            let seconds = start.elapsed().as_secs_f64() / seeds as f64;
+            let at =
+                |n: usize| -> Vec<f64> { curves.iter().map(|c| c[n.min(evals) - 1]).collect() };
+            let (q25, median, q75) = quartiles(&at(evals));
+            let (e25, early, e75) = quartiles(&at(20));
+            println!(
+                "| {} | {} | {early:.4} [{e25:.4}, {e75:.4}] | {median:.4} [{q25:.4}, {q75:.4}] | {seconds:.2} |",
+                problem.name,
+                strategy.name()
+            );
+            per_function.insert(
+                strategy.name().into(),
+                serde_json::json!({
+                    "curves": curves,
+                    "seconds_per_run": seconds,
+                    "final": {"median": median, "q25": q25, "q75": q75},
+                    "at_20": {"median": early, "q25": e25, "q75": e75},
+                }),
+            );
+        }
+        report.insert(problem.name.into(), per_function.into());
+    }
+    if let Some(i) = args.iter().position(|a| a == "--json") {
+        let path = args.get(i + 1).expect("--json takes a file name");
+        std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
+            .expect("writing the report");
+        println!("wrote {path}");
+    }
+}

@@ -1,0 +1,111 @@
+//! A Gaussian-process surrogate on egobox-gp: constant mean, Matérn 5/2 or squared-exponential
+//! correlation with one length scale per input, fitted by maximum likelihood.
+
+use egobox_gp::correlation_models::{Matern52Corr, SquaredExponentialCorr};
+use egobox_gp::mean_models::ConstantMean;
+use egobox_gp::{GaussianProcess, GpError};
+use linfa::prelude::{Dataset, Fit};
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+/// The GP's correlation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernel {
+    /// Matérn 5/2 (the usual choice for hyperparameter responses: twice differentiable, not smoother).
+    #[default]
+    Matern52,
+    /// Squared exponential (infinitely smooth).
+    SquaredExponential,
+}
+
+/// Likelihood restarts: egobox's default is 10, but beyond a few the fitted length scales barely
+/// change while each restart costs a full optimisation; past `MANY_POINTS` points two suffice.
+const LIKELIHOOD_STARTS: usize = 4;
+const MANY_POINTS: usize = 100;
+/// Diagonal jitter relative to the (normalised) signal variance, so near-duplicate points do not
+/// make the correlation matrix singular.
+const NUGGET: f64 = 1e-6;
+
+enum Fitted {
+    Matern(GaussianProcess<f64, ConstantMean, Matern52Corr>),
+    Squared(GaussianProcess<f64, ConstantMean, SquaredExponentialCorr>),
+}
+
+/// A fitted Gaussian process over feature vectors of equal length.
+pub struct Gp {
+    fitted: Fitted,
+    dimension: usize,
+}
+
+impl Gp {
+    /// Fits the GP to `(x, y)`; fails on empty or inconsistent data or a failed factorisation.
+    pub fn fit(x: &[Vec<f64>], y: &[f64], kernel: Kernel) -> Result<Gp, GpError> {
+        let dimension = x.first().map_or(0, Vec::len);
+        if x.is_empty() || dimension == 0 || x.len() != y.len() {
+            return Err(GpError::InvalidValueError(format!(
+                "{} points of dimension {dimension} for {} values",
+                x.len(),
+                y.len()
+            )));
+        }
+        let records = to_matrix(x, dimension)?;
+        let starts = if x.len() > MANY_POINTS {
+            2
+        } else {
+            LIKELIHOOD_STARTS
+        };
+        let dataset = Dataset::new(records, Array1::from_vec(y.to_vec()));
+        let fitted = match kernel {
+            Kernel::Matern52 => Fitted::Matern(
+                GaussianProcess::<f64, ConstantMean, Matern52Corr>::params(
+                    ConstantMean(),
+                    Matern52Corr(),
+                )
+                .n_start(starts)
+                .nugget(NUGGET)
+                .fit(&dataset)?,
+            ),
+            Kernel::SquaredExponential => Fitted::Squared(
+                GaussianProcess::<f64, ConstantMean, SquaredExponentialCorr>::params(
+                    ConstantMean(),
+                    SquaredExponentialCorr(),
+                )
+                .n_start(starts)
+                .nugget(NUGGET)
+                .fit(&dataset)?,
+            ),
+        };
+        Ok(Gp { fitted, dimension })
+    }
+
+    /// Predictive means and variances at many points at once.
+    pub fn predict_many(&self, points: &[Vec<f64>]) -> Result<Vec<(f64, f64)>, GpError> {
+        if points.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = to_matrix(points, self.dimension)?;
+        let (mean, variance) = match &self.fitted {
+            Fitted::Matern(gp) => gp.predict_valvar(&x)?,
+            Fitted::Squared(gp) => gp.predict_valvar(&x)?,
+        };
+        Ok(mean.iter().copied().zip(variance.iter().copied()).collect())
+    }
+
+    /// Predictive mean and variance at one point.
+    pub fn predict(&self, point: &[f64]) -> Result<(f64, f64), GpError> {
+        Ok(self.predict_many(&[point.to_vec()])?[0])
+    }
+}
+
+fn to_matrix(rows: &[Vec<f64>], dimension: usize) -> Result<Array2<f64>, GpError> {
+    if let Some(bad) = rows.iter().find(|r| r.len() != dimension) {
+        return Err(GpError::InvalidValueError(format!(
+            "a point of dimension {} where {dimension} was expected",
+            bad.len()
+        )));
+    }
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    Array2::from_shape_vec((rows.len(), dimension), flat)
+        .map_err(|e| GpError::InvalidValueError(e.to_string()))
+}

@@ -1,0 +1,213 @@
+//! Maximising the acquisition over a space: score many random and quasi-random configurations,
+//! then climb from the best of them (and from the best observed ones) by one-parameter moves,
+//! as SMAC's local search does. Configurations already evaluated or pending are never returned.
+
+use super::acquisition::log_expected_improvement;
+use super::design::halton;
+use super::surrogate::{Axes, Surrogate};
+use crate::space::{Config, ParamKind, Space};
+use rand::rngs::StdRng;
+use rand::{Rng, seq::SliceRandom};
+use rand_distr::{Distribution, Normal};
+use std::collections::HashSet;
+
+/// Local searches started per ask (SMAC3: 10).
+const LOCAL_STARTS: usize = 10;
+/// Steps a local search may take before it stops (each step moves to the best neighbour).
+const MAX_STEPS: usize = 40;
+/// Gaussian moves per numeric parameter in a neighbourhood (SMAC3: 4), and their spreads on the
+/// unit axis, coarse (SMAC3's 0.2) to fine.
+const NUMERIC_MOVES: usize = 4;
+const SPREADS: [f64; 4] = [0.2, 0.05, 0.0125, 0.003];
+
+/// One local search in progress: its acquisition value, where it is, and its spread index.
+struct Climb {
+    value: f64,
+    at: Located,
+    spread: usize,
+}
+
+/// What the maximiser needs to know besides the surrogate.
+pub struct SearchInput<'a> {
+    /// The space searched.
+    pub space: &'a Space,
+    /// Its unit-cube axes.
+    pub axes: &'a Axes,
+    /// Hashes of configurations that must not be proposed.
+    pub seen: &'a HashSet<u64>,
+    /// The best transformed cost observed (EI's incumbent).
+    pub incumbent: f64,
+    /// Observed configurations worth climbing from (best first).
+    pub starts: Vec<Config>,
+    /// Random plus quasi-random candidates scored before the local search.
+    pub candidates: usize,
+}
+
+/// A configuration with the full unit-cube point it came from (inactive coordinates included,
+/// so a parent switched on finds its child a value).
+#[derive(Clone)]
+struct Located {
+    point: Vec<f64>,
+    config: Config,
+    hash: u64,
+}
+
+/// The unseen configuration of highest log expected improvement found, if any.
+pub fn maximise(
+    input: &SearchInput<'_>,
+    surrogate: &dyn Surrogate,
+    rng: &mut StdRng,
+) -> Option<Config> {
+    let space = input.space;
+    let dimension = space.dimension();
+    let locate = |point: Vec<f64>| {
+        let config = space.decode(&point);
+        let hash = Space::config_hash(&config);
+        Located {
+            point,
+            config,
+            hash,
+        }
+    };
+    let score = |batch: &[Located]| -> Vec<f64> {
+        let encoded: Vec<Vec<Option<f64>>> =
+            batch.iter().map(|c| space.encode(&c.config)).collect();
+        surrogate
+            .predict(&encoded)
+            .into_iter()
+            .map(|(mean, variance)| {
+                let value = log_expected_improvement(mean, variance, input.incumbent);
+                if value.is_nan() {
+                    f64::NEG_INFINITY
+                } else {
+                    value
+                }
+            })
+            .collect()
+    };
+
+    let half = input.candidates / 2;
+    let mut pool: Vec<Located> = (0..input.candidates - half)
+        .map(|_| locate((0..dimension).map(|_| rng.random_range(0.0..1.0)).collect()))
+        .collect();
+    pool.extend(halton(half, dimension, rng).into_iter().map(locate));
+    let scores = score(&pool);
+    let mut best: Option<(f64, Located)> = None;
+    let consider = |value: f64, candidate: &Located, best: &mut Option<(f64, Located)>| {
+        if !input.seen.contains(&candidate.hash) && best.as_ref().is_none_or(|(b, _)| value > *b) {
+            *best = Some((value, candidate.clone()));
+        }
+    };
+    let mut ranked: Vec<(f64, Located)> = scores.into_iter().zip(pool).collect();
+    for (value, candidate) in &ranked {
+        consider(*value, candidate, &mut best);
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranked.truncate(LOCAL_STARTS);
+    let observed: Vec<Located> = input
+        .starts
+        .iter()
+        .take(LOCAL_STARTS)
+        .map(|config| {
+            let point = space
+                .encode(config)
+                .into_iter()
+                .map(|v| v.unwrap_or_else(|| rng.random_range(0.0..1.0)))
+                .collect();
+            locate(point)
+        })
+        .collect();
+    let observed_scores = score(&observed);
+    ranked.extend(observed_scores.into_iter().zip(observed));
+
+    // All climbs advance in lockstep so that each step scores every neighbourhood in one
+    // surrogate call (a GP predicts a batch far faster than its points one by one). A climb
+    // that finds no better neighbour at one spread tries a finer one before it stops, so a
+    // smooth optimum is refined to well below SMAC's fixed 0.2 steps.
+    let mut climbs: Vec<Climb> = ranked
+        .into_iter()
+        .map(|(value, at)| Climb {
+            value,
+            at,
+            spread: 0,
+        })
+        .collect();
+    for _ in 0..MAX_STEPS {
+        if climbs.is_empty() {
+            break;
+        }
+        let neighbourhoods: Vec<Vec<Located>> = climbs
+            .iter()
+            .map(|c| {
+                let spread = Normal::new(0.0, SPREADS[c.spread]).expect("a positive spread");
+                neighbourhood(space, input.axes, &c.at, &locate, &spread, rng)
+            })
+            .collect();
+        let batch: Vec<Located> = neighbourhoods.iter().flatten().cloned().collect();
+        let mut values = score(&batch).into_iter();
+        let mut next = Vec::with_capacity(climbs.len());
+        for (climb, neighbours) in climbs.into_iter().zip(neighbourhoods) {
+            let mut top: Option<(f64, Located)> = None;
+            for neighbour in neighbours {
+                let v = values.next().unwrap_or(f64::NEG_INFINITY);
+                consider(v, &neighbour, &mut best);
+                if top.as_ref().is_none_or(|(t, _)| v > *t) {
+                    top = Some((v, neighbour));
+                }
+            }
+            match top {
+                Some((value, at)) if value > climb.value => next.push(Climb { value, at, ..climb }),
+                _ if climb.spread + 1 < SPREADS.len() => next.push(Climb {
+                    spread: climb.spread + 1,
+                    ..climb
+                }),
+                // No better neighbour even at the finest spread: a local optimum.
+                _ => {}
+            }
+        }
+        climbs = next;
+    }
+    best.map(|(_, located)| located.config)
+}
+
+/// Every one-parameter move from `current`: each other choice of an active categorical, and a
+/// few Gaussian steps of each active number (ints that round back to the same value dropped).
+fn neighbourhood(
+    space: &Space,
+    axes: &Axes,
+    current: &Located,
+    locate: &impl Fn(Vec<f64>) -> Located,
+    spread: &Normal<f64>,
+    rng: &mut StdRng,
+) -> Vec<Located> {
+    let mut moves = Vec::new();
+    for (axis, param) in space.searched().iter().enumerate() {
+        if !current.config.contains_key(&param.name) {
+            continue;
+        }
+        let mut push = |value: f64| {
+            let mut point = current.point.clone();
+            point[axis] = value;
+            let moved = locate(point);
+            if moved.hash != current.hash {
+                moves.push(moved);
+            }
+        };
+        match (&param.kind, axes.choices(axis)) {
+            (ParamKind::Categorical { .. }, Some(choices)) => {
+                let here = ((current.point[axis] * choices as f64) as usize).min(choices - 1);
+                for k in (0..choices).filter(|&k| k != here) {
+                    push((k as f64 + 0.5) / choices as f64);
+                }
+            }
+            _ => {
+                for _ in 0..NUMERIC_MOVES {
+                    let step = spread.sample(rng);
+                    push((current.point[axis] + step).clamp(0.0, 1.0));
+                }
+            }
+        }
+    }
+    moves.shuffle(rng);
+    moves
+}
