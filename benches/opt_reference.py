@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -235,6 +236,52 @@ def run_smac(problem, rec, seed, evals):
         smac.optimize()
 
 
+def latency(histories=(50, 200, 500), repeats=3):
+    """Optuna GPSampler's ask() time with a history of random trials on the 12-parameter space
+    `examples/bench_opt.rs --latency` uses (4 log floats, 4 floats, 2 ints, 2 categoricals)."""
+    import optuna
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    dists = {}
+    for i in range(4):
+        dists[f"log{i}"] = FloatDistribution(1e-5, 1.0, log=True)
+        dists[f"lin{i}"] = FloatDistribution(0.0, 1.0)
+    dists["steps"] = IntDistribution(1, 50)
+    dists["width"] = IntDistribution(8, 512, log=True)
+    dists["opt"] = CategoricalDistribution(["adam", "adamw", "radam"])
+    dists["sched"] = CategoricalDistribution(["step", "cosine"])
+    rows = []
+    for n in histories:
+        times = []
+        for r in range(repeats):
+            rng = np.random.default_rng(1000 * n + r)
+            study = optuna.create_study(direction="minimize",
+                                        sampler=optuna.samplers.GPSampler(seed=r))
+            for _ in range(n):
+                params = {}
+                for k, d in dists.items():
+                    if isinstance(d, CategoricalDistribution):
+                        params[k] = d.choices[rng.integers(len(d.choices))]
+                    elif isinstance(d, IntDistribution):
+                        params[k] = int(rng.integers(d.low, d.high + 1))
+                    elif d.log:
+                        params[k] = float(np.exp(rng.uniform(np.log(d.low), np.log(d.high))))
+                    else:
+                        params[k] = float(rng.uniform(d.low, d.high))
+                study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
+                                                          value=float(rng.uniform())))
+            start = time.perf_counter()
+            # The GP is fitted and the acquisition optimised inside ask() when the search space
+            # is given up front.
+            study.ask(fixed_distributions=dists)
+            times.append(time.perf_counter() - start)
+        rows.append((n, 1e3 * statistics.median(times)))
+    print("| trials in history | Optuna GPSampler median ms per ask |\n|---|---|")
+    for n, ms in rows:
+        print(f"| {n} | {ms:.1f} |")
+
+
 METHODS = {
     "smac_hpo": run_smac,
     "optuna_gp": lambda pr, rec, seed, ev: run_optuna(pr, rec, seed, ev, "gp"),
@@ -301,7 +348,12 @@ def main():
                     help="JSON path (default benches/results/opt_reference.json, or a temp file "
                          "with --quick)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 seeds x 12 evaluations")
+    ap.add_argument("--latency", action="store_true",
+                    help="time Optuna GPSampler's ask() with 50, 200, 500 trials of history")
     args = ap.parse_args()
+    if args.latency:
+        latency()
+        return
     if args.quick:
         args.seeds, args.evals = 2, 12
     out = args.out or (os.path.join(tempfile.gettempdir(), "opt_reference_quick.json")

@@ -56,7 +56,7 @@ fn latency(surrogate: SurrogateKind) {
                     seed: repeat,
                     trial_budget: history + 10,
                     surrogate,
-                    random_interleave: 0.0,
+                    random_interleave: Some(0.0),
                     ..OptimizerOptions::default()
                 },
             );

@@ -175,8 +175,9 @@ fn gp_handles_categoricals_and_conditions_without_falling_back() {
             seed: 3,
             trial_budget: 30,
             skip_default: true,
-            random_interleave: 0.0,
+            random_interleave: Some(0.0),
             surrogate: SurrogateKind::Gp,
+            candidates: 300,
             ..OptimizerOptions::default()
         },
     );
@@ -264,6 +265,7 @@ fn never_repeats(surrogate: SurrogateKind) {
         OptimizerOptions {
             trial_budget: 40,
             surrogate,
+            candidates: 300,
             ..OptimizerOptions::default()
         },
     );

@@ -51,11 +51,7 @@ pub fn regret_curve(
         trial_budget: evaluations,
         // Benchmarks compare search strategies, not literature defaults.
         skip_default: true,
-        random_interleave: if strategy == Strategy::Random {
-            1.0
-        } else {
-            0.2
-        },
+        random_interleave: (strategy == Strategy::Random).then_some(1.0),
         surrogate: if strategy == Strategy::Gp {
             SurrogateKind::Gp
         } else {

@@ -50,8 +50,9 @@ pub struct OptimizerOptions {
     pub first: Option<Config>,
     /// Leave the default configuration out of the initial design.
     pub skip_default: bool,
-    /// Probability of proposing a random configuration after the initial design (SMAC: 0.2).
-    pub random_interleave: f64,
+    /// Probability of proposing a random configuration after the initial design; `None` is the
+    /// surrogate's own default (see [`SurrogateKind::random_interleave`]).
+    pub random_interleave: Option<f64>,
     /// Random plus quasi-random candidates scored by the acquisition per ask.
     pub candidates: usize,
     /// The surrogate model.
@@ -67,7 +68,7 @@ impl Default for OptimizerOptions {
             trial_budget: 50,
             first: None,
             skip_default: false,
-            random_interleave: 0.2,
+            random_interleave: None,
             candidates: 1000,
             surrogate: SurrogateKind::Rf,
             kernel: Kernel::Matern52,
@@ -172,8 +173,11 @@ impl Optimizer {
         // configurations are known: an optimiser rebuilt from the history of a study asks what
         // the original would have, and successive asks still differ.
         let mut rng = StdRng::seed_from_u64(mix(self.options.seed, self.seen.len() as u64));
-        let modelled = self.history.len() >= 2
-            && !rng.random_bool(self.options.random_interleave.clamp(0.0, 1.0));
+        let interleave = self
+            .options
+            .random_interleave
+            .unwrap_or_else(|| self.options.surrogate.random_interleave());
+        let modelled = self.history.len() >= 2 && !rng.random_bool(interleave.clamp(0.0, 1.0));
         let proposal = if modelled {
             self.maximise_acquisition(&mut rng)
         } else {
