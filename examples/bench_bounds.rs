@@ -3,6 +3,8 @@
 //! `cargo run --release --example bench_bounds -- --arch cnn-small --batch 256 --threads 2 [--json]`
 //! Random IBP-initialised weights and random images; ε defaults to 0.1 (MNIST) or 2/255 (CIFAR).
 //! Full CROWN needs one backward pass per unstable neuron, so it runs on `--crown-batch` samples.
+//! `--weights FILE.safetensors` bounds a trained network instead (the same file
+//! `benches/lirpa_certify_reference.py --weights` reads); `--methods ibp,crown-ibp` picks methods.
 
 use candle_core::{Device, Tensor};
 use cthpo::bounds::{BoundMethod, Interval, margin_lower_bounds};
@@ -18,6 +20,8 @@ struct Options {
     eps: Option<f64>,
     json: bool,
     min_seconds: f64,
+    weights: Option<std::path::PathBuf>,
+    methods: Option<String>,
 }
 
 fn parse() -> Options {
@@ -30,6 +34,8 @@ fn parse() -> Options {
         eps: None,
         json: false,
         min_seconds: 3.0,
+        weights: None,
+        methods: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -46,6 +52,8 @@ fn parse() -> Options {
             "--min-seconds" => {
                 options.min_seconds = value().parse().expect("--min-seconds takes a number")
             }
+            "--weights" => options.weights = Some(value().into()),
+            "--methods" => options.methods = Some(value()),
             "--cifar" => {
                 options.cifar = true;
                 i -= 1;
@@ -73,11 +81,19 @@ fn main() {
     };
     let eps = options.eps.unwrap_or(default_eps);
     let spec = NetSpec::builtin(&options.arch, shape, 10, normalization).expect("architecture");
-    let net = Net::new(&spec, Initialization::Ibp, 0)
-        .expect("network")
-        .detached();
+    let net = match &options.weights {
+        Some(path) => Net::load(&spec, path).expect("weights"),
+        None => Net::new(&spec, Initialization::Ibp, 0).expect("network"),
+    }
+    .detached();
     let mut results = Vec::new();
-    for method in BoundMethod::ALL {
+    let chosen = |method: &BoundMethod| {
+        options
+            .methods
+            .as_deref()
+            .is_none_or(|list| list.split(',').any(|m| m == method.to_string()))
+    };
+    for method in BoundMethod::ALL.into_iter().filter(chosen) {
         let batch = if method == BoundMethod::Crown {
             options.crown_batch
         } else {
