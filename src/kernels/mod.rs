@@ -2,10 +2,12 @@
 
 mod channel;
 mod conv;
+mod memory;
 mod specs;
 
 pub use channel::channel_affine;
 pub use conv::{conv_transpose2d, conv2d};
+pub use memory::retain_freed_memory;
 pub use specs::spec_mul;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
