@@ -15,7 +15,9 @@ pub fn retain_freed_memory() {
     // SAFETY: mallopt only changes allocator parameters; glibc serialises it with malloc.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        // −1 disables trimming (mallopt(3)); any positive int caps it at 2 GiB, below the
+        // peak of a cnn7 IBP step, which would then be unmapped and re-faulted every step.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }

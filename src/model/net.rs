@@ -3,7 +3,7 @@
 use super::ModelError;
 use super::init::{Initialization, ParameterRng};
 use super::spec::{ActivationShape, LayerSpec, NetSpec};
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 /// BatchNorm's numerical epsilon and running-statistics momentum (PyTorch defaults).
 pub const BATCH_NORM_EPS: f64 = 1e-5;
@@ -503,12 +503,9 @@ fn apply_parameter_free_or_affine(layer: &Layer, x: &Tensor) -> Result<Tensor, M
             bias,
             stride,
             padding,
-        } => {
-            let out = crate::kernels::conv2d(x, weight, *stride, *padding)?;
-            crate::kernels::channel_affine(&out, &bias.ones_like()?, bias)?
-        }
+        } => crate::kernels::conv2d_bias(x, weight, bias, *stride, *padding)?,
         Layer::Linear { weight, bias } => x.matmul(&weight.t()?)?.broadcast_add(bias)?,
-        Layer::Relu => x.relu()?,
+        Layer::Relu => crate::kernels::relu(x)?,
         Layer::Flatten => x.flatten_from(1)?,
         Layer::BatchNorm { .. } => unreachable!("BatchNorm is applied by the caller"),
     })
@@ -528,15 +525,6 @@ pub fn channel_view_dims(rank: usize, channels: usize) -> Vec<usize> {
 
 /// Per-channel mean and biased variance of a `[B, C]` or `[B, C, H, W]` batch.
 fn batch_moments(x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-    let channels = x.dim(1)?;
-    // Move channels first and flatten the rest so one reduction covers batch and space.
-    let per_channel = if x.rank() == 4 {
-        x.transpose(0, 1)?.flatten_from(1)?
-    } else {
-        x.t()?
-    };
-    let mean = per_channel.mean_keepdim(D::Minus1)?;
-    let centred = per_channel.broadcast_sub(&mean)?;
-    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok((mean.reshape(channels)?, variance.reshape(channels)?))
+    let moments = crate::kernels::channel_moments(x)?;
+    Ok((moments.get(0)?, moments.get(1)?))
 }
