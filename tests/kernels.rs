@@ -436,3 +436,64 @@ fn channel_moments_match_candle_and_finite_differences() {
         check_finite_differences(x.as_tensor(), ours, 1, loss);
     }
 }
+
+#[test]
+fn channel_affine_relu_matches_affine_then_relu_and_finite_differences() {
+    use cthpo::kernels::{channel_affine, channel_affine_relu};
+    let mut rng = StdRng::seed_from_u64(10);
+    for dims in [vec![4, 3], vec![2, 3, 4, 5], vec![1, 2, 1, 1]] {
+        let channels = dims[1];
+        let plane: usize = dims[2..].iter().product();
+        let scales: Vec<f32> = (0..channels)
+            .map(|_| rng.random_range(0.5..1.5) * if rng.random_bool(0.5) { 1.0 } else { -1.0 })
+            .collect();
+        let shifts: Vec<f32> = (0..channels).map(|_| rng.random_range(-1.0..1.0)).collect();
+        // Inputs whose pre-activations are at least 0.5 from the kink, so finite differences
+        // never cross it.
+        let n: usize = dims.iter().product();
+        let xs: Vec<f32> = (0..n)
+            .map(|i| {
+                let c = (i / plane.max(1)) % channels;
+                let target =
+                    rng.random_range(0.5..1.0) * if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                (target - shifts[c]) / scales[c]
+            })
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(xs, dims.as_slice(), &Device::Cpu).unwrap())
+            .unwrap();
+        let scale =
+            Var::from_tensor(&Tensor::new(scales.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let shift =
+            Var::from_tensor(&Tensor::new(shifts.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let ours = channel_affine_relu(&x, &scale, &shift).unwrap();
+        let mut view = vec![1; dims.len()];
+        view[1] = channels;
+        let theirs = x
+            .broadcast_mul(&scale.reshape(view.clone()).unwrap())
+            .unwrap()
+            .broadcast_add(&shift.reshape(view).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-6);
+        let unfused = cthpo::kernels::relu(&channel_affine(&x, &scale, &shift).unwrap()).unwrap();
+        assert!(max_difference(&ours, &unfused) < 1e-6);
+        let weights = random(&mut rng, &dims);
+        let g1 = weighted_sum(&ours, &weights).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &weights).backward().unwrap();
+        for var in [&x, &scale, &shift] {
+            let a = g1.get(var.as_tensor()).unwrap();
+            let b = g2.get(var.as_tensor()).unwrap();
+            assert!(max_difference(a, b) < 1e-5, "gradient of {:?}", var.dims());
+        }
+        let loss = |x: &Tensor, s: &Tensor, b: &Tensor| {
+            weighted_sum(&channel_affine_relu(x, s, b).unwrap(), &weights)
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let (xt, st, bt) = (x.as_tensor(), scale.as_tensor(), shift.as_tensor());
+        check_finite_differences(xt, g1.get(xt).unwrap(), 1, |t| loss(t, st, bt));
+        check_finite_differences(st, g1.get(st).unwrap(), 1, |t| loss(xt, t, bt));
+        check_finite_differences(bt, g1.get(bt).unwrap(), 1, |t| loss(xt, st, t));
+    }
+}

@@ -7,7 +7,7 @@ mod moments;
 mod relu;
 mod specs;
 
-pub use channel::channel_affine;
+pub use channel::{channel_affine, channel_affine_relu};
 pub use conv::{conv_transpose2d, conv2d, conv2d_bias};
 pub use memory::retain_freed_memory;
 pub use moments::channel_moments;

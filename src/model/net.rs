@@ -386,14 +386,21 @@ impl Net {
         normalization: Normalization<'_>,
     ) -> Result<Tensor, ModelError> {
         let mut x = input.clone();
-        for (index, layer) in self.layers.iter().enumerate().take(end).skip(start) {
-            x = match layer {
+        let mut index = start;
+        while index < end {
+            x = match &self.layers[index] {
                 Layer::BatchNorm { .. } => {
                     let (scale, shift) = self.batch_norm_affine(index, normalization)?;
-                    channel_affine(&x, &scale, &shift)?
+                    if self.relu_follows(index, end) {
+                        index += 1;
+                        crate::kernels::channel_affine_relu(&x, &scale, &shift)?
+                    } else {
+                        channel_affine(&x, &scale, &shift)?
+                    }
                 }
-                _ => apply_parameter_free_or_affine(layer, &x)?,
+                layer => apply_parameter_free_or_affine(layer, &x)?,
             };
+            index += 1;
         }
         Ok(x)
     }
@@ -408,7 +415,9 @@ impl Net {
             per_layer: vec![None; self.layers.len()],
         };
         let mut x = input.clone();
-        for index in 0..self.layers.len() {
+        let end = self.layers.len();
+        let mut index = 0;
+        while index < end {
             x = match &self.layers[index] {
                 Layer::BatchNorm { .. } => {
                     let (mean, variance) = batch_moments(&x)?;
@@ -416,12 +425,23 @@ impl Net {
                     statistics.per_layer[index] = Some((mean, variance));
                     let (scale, shift) =
                         self.batch_norm_affine(index, Normalization::Batch(&statistics))?;
-                    channel_affine(&x, &scale, &shift)?
+                    if self.relu_follows(index, end) {
+                        index += 1;
+                        crate::kernels::channel_affine_relu(&x, &scale, &shift)?
+                    } else {
+                        channel_affine(&x, &scale, &shift)?
+                    }
                 }
                 layer => apply_parameter_free_or_affine(layer, &x)?,
             };
+            index += 1;
         }
         Ok((x, statistics))
+    }
+
+    /// Whether layer `index + 1` is a ReLU inside `..end`, so BatchNorm and it run as one op.
+    fn relu_follows(&self, index: usize, end: usize) -> bool {
+        index + 1 < end && matches!(self.layers[index + 1], Layer::Relu)
     }
 
     /// BatchNorm at `layer_index` as a per-channel affine map `x ↦ scale·x + shift` (each `[C]`).
