@@ -73,6 +73,7 @@ fn main() {
     let options = parse();
     // candle and rayon read the thread count from this variable when their pools start.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", options.threads.to_string()) };
+    cthpo::kernels::retain_freed_memory();
     let (shape, normalization, default_eps) = if options.cifar {
         let stats = (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]);
         ([3, 32, 32], Some(stats), 2.0 / 255.0)

@@ -51,6 +51,7 @@ fn main() {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0");
         }
     }
+    cthpo::kernels::retain_freed_memory();
     let (shape, normalization, eps) = if cifar {
         let stats = (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]);
         ([3, 32, 32], Some(stats), 2.0 / 255.0)

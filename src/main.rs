@@ -8,5 +8,6 @@ fn main() -> std::process::ExitCode {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") };
     }
+    cthpo::kernels::retain_freed_memory();
     cthpo::cli::main()
 }

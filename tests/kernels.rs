@@ -272,3 +272,228 @@ fn spec_mul_matches_broadcast_mul_in_value_and_gradients() {
         }
     }
 }
+
+/// Central-difference check of the gradient of `loss` at `base` against `analytic`, on every
+/// `step`-th coordinate.
+fn check_finite_differences(
+    base: &Tensor,
+    analytic: &Tensor,
+    step: usize,
+    loss: impl Fn(&Tensor) -> f32,
+) {
+    let analytic = analytic.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let flat = base.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for index in (0..flat.len()).step_by(step) {
+        let shifted = |delta: f32| {
+            let mut values = flat.clone();
+            values[index] += delta;
+            loss(&Tensor::from_vec(values, base.dims(), &Device::Cpu).unwrap())
+        };
+        let numeric = (shifted(1e-2) - shifted(-1e-2)) / 2e-2;
+        assert!(
+            (numeric - analytic[index]).abs() < 5e-3 * (1.0 + numeric.abs()),
+            "index {index}: {numeric} vs {}",
+            analytic[index]
+        );
+    }
+}
+
+fn weighted_sum(t: &Tensor, weights: &Tensor) -> Tensor {
+    (t * weights).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn conv2d_bias_matches_conv_plus_broadcast_bias_and_finite_differences() {
+    use cthpo::kernels::conv2d_bias;
+    let mut rng = StdRng::seed_from_u64(6);
+    for [batch, ci, h, w, co, k, stride, padding] in geometries(&mut rng) {
+        let x = Var::from_tensor(&random(&mut rng, &[batch, ci, h, w])).unwrap();
+        let kernel = Var::from_tensor(&random(&mut rng, &[co, ci, k, k])).unwrap();
+        let bias = Var::from_tensor(&random(&mut rng, &[co])).unwrap();
+        let ours = conv2d_bias(&x, &kernel, &bias, stride, padding).unwrap();
+        let theirs = conv2d(&x, &kernel, stride, padding)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, co, 1, 1)).unwrap())
+            .unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-5);
+        let weights = random(&mut rng, ours.dims());
+        let g1 = weighted_sum(&ours, &weights).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &weights).backward().unwrap();
+        for var in [&x, &kernel, &bias] {
+            let a = g1.get(var.as_tensor()).unwrap();
+            let b = g2.get(var.as_tensor()).unwrap();
+            assert!(max_difference(a, b) < 1e-4, "gradient of {:?}", var.dims());
+        }
+        let loss = |b: &Tensor| {
+            let y = conv2d_bias(x.as_tensor(), kernel.as_tensor(), b, stride, padding).unwrap();
+            weighted_sum(&y, &weights).to_scalar::<f32>().unwrap()
+        };
+        check_finite_differences(bias.as_tensor(), g1.get(bias.as_tensor()).unwrap(), 1, loss);
+    }
+}
+
+#[test]
+fn relu_matches_candle_in_value_and_gradient() {
+    use cthpo::kernels::relu;
+    let mut rng = StdRng::seed_from_u64(7);
+    for dims in [vec![3, 5], vec![2, 3, 4, 5], vec![70_000]] {
+        let mut x = random(&mut rng, &dims);
+        // Exact zeros take the subgradient candle uses (1), as they do in real activations.
+        x = x
+            .broadcast_mul(
+                &x.abs()
+                    .unwrap()
+                    .ge(0.1)
+                    .unwrap()
+                    .to_dtype(x.dtype())
+                    .unwrap(),
+            )
+            .unwrap();
+        let x = Var::from_tensor(&x).unwrap();
+        let ours = relu(&x).unwrap();
+        let theirs = x.relu().unwrap();
+        assert_eq!(max_difference(&ours, &theirs), 0.0);
+        let weights = random(&mut rng, &dims);
+        let g1 = weighted_sum(&ours, &weights).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &weights).backward().unwrap();
+        let (a, b) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert_eq!(max_difference(a, b), 0.0);
+    }
+}
+
+#[test]
+fn relu_gradient_agrees_with_finite_differences_away_from_zero() {
+    use cthpo::kernels::relu;
+    let mut rng = StdRng::seed_from_u64(8);
+    // Entries at least 0.5 from the kink, so a ±0.01 step never crosses it.
+    let values: Vec<f32> = (0..2 * 3 * 4 * 4)
+        .map(|i| {
+            let v: f32 = rng.random_range(0.5..1.0);
+            if i % 2 == 0 { v } else { -v }
+        })
+        .collect();
+    let x = Tensor::from_vec(values, (2, 3, 4, 4), &Device::Cpu).unwrap();
+    let weights = random(&mut rng, x.dims());
+    let var = Var::from_tensor(&x).unwrap();
+    let grads = weighted_sum(&relu(&var).unwrap(), &weights)
+        .backward()
+        .unwrap();
+    let loss = |t: &Tensor| {
+        weighted_sum(&relu(t).unwrap(), &weights)
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    check_finite_differences(&x, grads.get(var.as_tensor()).unwrap(), 1, loss);
+}
+
+/// candle's own per-channel mean and biased variance, for comparison.
+fn candle_moments(x: &Tensor) -> (Tensor, Tensor) {
+    let per_channel = if x.rank() == 4 {
+        x.transpose(0, 1).unwrap().flatten_from(1).unwrap()
+    } else {
+        x.t().unwrap()
+    };
+    let mean = per_channel.mean_keepdim(1).unwrap();
+    let variance = per_channel
+        .broadcast_sub(&mean)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_keepdim(1)
+        .unwrap();
+    (mean.flatten_all().unwrap(), variance.flatten_all().unwrap())
+}
+
+#[test]
+fn channel_moments_match_candle_and_finite_differences() {
+    use cthpo::kernels::channel_moments;
+    let mut rng = StdRng::seed_from_u64(9);
+    for dims in [vec![5, 3], vec![3, 4, 5, 2], vec![1, 2, 1, 1]] {
+        let channels = dims[1];
+        let x = Var::from_tensor(&random(&mut rng, &dims)).unwrap();
+        let moments = channel_moments(&x).unwrap();
+        assert_eq!(moments.dims(), &[2, channels]);
+        let (mean, variance) = candle_moments(&x);
+        let (our_mean, our_variance) = (moments.get(0).unwrap(), moments.get(1).unwrap());
+        assert!(max_difference(&our_mean, &mean) < 1e-6);
+        assert!(max_difference(&our_variance, &variance) < 1e-6);
+        let (w_mean, w_var) = (random(&mut rng, &[channels]), random(&mut rng, &[channels]));
+        let loss_of =
+            |m: &Tensor, v: &Tensor| (weighted_sum(m, &w_mean) + weighted_sum(v, &w_var)).unwrap();
+        let g1 = loss_of(&our_mean, &our_variance).backward().unwrap();
+        let g2 = loss_of(&mean, &variance).backward().unwrap();
+        let ours = g1.get(x.as_tensor()).unwrap();
+        assert!(max_difference(ours, g2.get(x.as_tensor()).unwrap()) < 1e-5);
+        let loss = |t: &Tensor| {
+            let m = channel_moments(t).unwrap();
+            loss_of(&m.get(0).unwrap(), &m.get(1).unwrap())
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        check_finite_differences(x.as_tensor(), ours, 1, loss);
+    }
+}
+
+#[test]
+fn channel_affine_relu_matches_affine_then_relu_and_finite_differences() {
+    use cthpo::kernels::{channel_affine, channel_affine_relu};
+    let mut rng = StdRng::seed_from_u64(10);
+    for dims in [vec![4, 3], vec![2, 3, 4, 5], vec![1, 2, 1, 1]] {
+        let channels = dims[1];
+        let plane: usize = dims[2..].iter().product();
+        let scales: Vec<f32> = (0..channels)
+            .map(|_| rng.random_range(0.5..1.5) * if rng.random_bool(0.5) { 1.0 } else { -1.0 })
+            .collect();
+        let shifts: Vec<f32> = (0..channels).map(|_| rng.random_range(-1.0..1.0)).collect();
+        // Inputs whose pre-activations are at least 0.5 from the kink, so finite differences
+        // never cross it.
+        let n: usize = dims.iter().product();
+        let xs: Vec<f32> = (0..n)
+            .map(|i| {
+                let c = (i / plane.max(1)) % channels;
+                let target =
+                    rng.random_range(0.5..1.0) * if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+                (target - shifts[c]) / scales[c]
+            })
+            .collect();
+        let x = Var::from_tensor(&Tensor::from_vec(xs, dims.as_slice(), &Device::Cpu).unwrap())
+            .unwrap();
+        let scale =
+            Var::from_tensor(&Tensor::new(scales.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let shift =
+            Var::from_tensor(&Tensor::new(shifts.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let ours = channel_affine_relu(&x, &scale, &shift).unwrap();
+        let mut view = vec![1; dims.len()];
+        view[1] = channels;
+        let theirs = x
+            .broadcast_mul(&scale.reshape(view.clone()).unwrap())
+            .unwrap()
+            .broadcast_add(&shift.reshape(view).unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        assert!(max_difference(&ours, &theirs) < 1e-6);
+        let unfused = cthpo::kernels::relu(&channel_affine(&x, &scale, &shift).unwrap()).unwrap();
+        assert!(max_difference(&ours, &unfused) < 1e-6);
+        let weights = random(&mut rng, &dims);
+        let g1 = weighted_sum(&ours, &weights).backward().unwrap();
+        let g2 = weighted_sum(&theirs, &weights).backward().unwrap();
+        for var in [&x, &scale, &shift] {
+            let a = g1.get(var.as_tensor()).unwrap();
+            let b = g2.get(var.as_tensor()).unwrap();
+            assert!(max_difference(a, b) < 1e-5, "gradient of {:?}", var.dims());
+        }
+        let loss = |x: &Tensor, s: &Tensor, b: &Tensor| {
+            weighted_sum(&channel_affine_relu(x, s, b).unwrap(), &weights)
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let (xt, st, bt) = (x.as_tensor(), scale.as_tensor(), shift.as_tensor());
+        check_finite_differences(xt, g1.get(xt).unwrap(), 1, |t| loss(t, st, bt));
+        check_finite_differences(st, g1.get(st).unwrap(), 1, |t| loss(xt, t, bt));
+        check_finite_differences(bt, g1.get(bt).unwrap(), 1, |t| loss(xt, st, t));
+    }
+}

@@ -1,7 +1,7 @@
 //! Interval bound propagation (IBP): boxes pushed through every layer of a network.
 
 use super::{BoundsError, Interval};
-use crate::kernels::conv2d;
+use crate::kernels::{conv2d, conv2d_bias, relu};
 use crate::model::{Layer, Net, Normalization, channel_affine};
 use candle_core::Tensor;
 
@@ -65,8 +65,8 @@ pub fn propagate_layer(
     let layer = &net.layers()[index];
     if let Layer::Relu = layer {
         return Ok(Interval {
-            lower: interval.lower.relu()?,
-            upper: interval.upper.relu()?,
+            lower: relu(&interval.lower)?,
+            upper: relu(&interval.upper)?,
         });
     }
     if let Layer::Flatten = layer {
@@ -102,8 +102,7 @@ pub fn propagate_layer(
             stride,
             padding,
         } => {
-            let centre = conv2d(&centre, weight, *stride, *padding)?;
-            let centre = channel_affine(&centre, &bias.ones_like()?, bias)?;
+            let centre = conv2d_bias(&centre, weight, bias, *stride, *padding)?;
             let radius = conv2d(&radius, &weight.abs()?, *stride, *padding)?;
             (centre, radius)
         }

@@ -2,7 +2,7 @@
 
 use super::interval::propagate_layer;
 use super::{BoundsError, Interval};
-use crate::kernels::{channel_affine, conv_transpose2d, spec_mul};
+use crate::kernels::{channel_affine, conv_transpose2d, relu, spec_mul};
 use crate::model::{Layer, Net, Normalization};
 use candle_core::{DType, Device, Tensor};
 
@@ -133,7 +133,7 @@ fn backward_through_layer(
                 .as_ref()
                 .ok_or(BoundsError::MissingReluBounds { layer: index })?;
             let relaxation = ReluRelaxation::new(bounds)?;
-            let positive = coefficients.relu()?;
+            let positive = relu(&coefficients)?;
             let negative = (&coefficients - &positive)?;
             // Σ_d A⁻[b, s, d] · intercept[b, d] as a batched matrix-vector product.
             let intercept = relaxation.upper_intercept.flatten_from(1)?.unsqueeze(2)?;

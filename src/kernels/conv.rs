@@ -8,10 +8,12 @@
 //! - transposed forward: `Z_n = col2im(Kᵀ · A_n)` (the input gradient, and CROWN's backward step)
 //! - weight gradient:    `dK = Σ_n dY_n · im2col(X_n)ᵀ`
 
+use super::channel::channel_sum;
 use super::contiguous_f32;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Sizes of one convolution (square kernel, equal stride and padding in both directions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,34 +45,49 @@ impl Geometry {
         self.out_channels * self.out_positions()
     }
 
-    /// Input coordinate read by output position `out` at kernel offset `offset`, if inside.
+    /// Output positions `lo..hi` (along one axis of `out` positions) whose input coordinate at
+    /// kernel offset `offset` lies inside `0..size`.
     #[inline]
-    fn source(&self, out: usize, offset: usize, size: usize) -> Option<usize> {
-        let position = (out * self.stride + offset) as isize - self.padding as isize;
-        (position >= 0 && (position as usize) < size).then_some(position as usize)
+    fn valid_outputs(&self, offset: usize, size: usize, out: usize) -> (usize, usize) {
+        // position(o) = o·s + offset − p must satisfy 0 ≤ position < size.
+        let lo = self.padding.saturating_sub(offset).div_ceil(self.stride);
+        let hi = match (size + self.padding).checked_sub(offset + 1) {
+            Some(last) => (last / self.stride + 1).min(out),
+            None => 0,
+        };
+        (lo.min(hi), hi)
     }
 
     /// `cols[(c, ki, kj), (oh, ow)] = x[c, oh·s − p + ki, ow·s − p + kj]` (zero outside).
     fn im2col(&self, image: &[f32], cols: &mut [f32]) {
         let positions = self.out_positions();
+        let (s, p) = (self.stride, self.padding);
         for c in 0..self.in_channels {
             let plane = &image[c * self.in_height * self.in_width..];
             for ki in 0..self.kernel {
+                let (oh_lo, oh_hi) = self.valid_outputs(ki, self.in_height, self.out_height);
                 for kj in 0..self.kernel {
                     let row = (c * self.kernel + ki) * self.kernel + kj;
                     let out_row = &mut cols[row * positions..(row + 1) * positions];
-                    for oh in 0..self.out_height {
+                    out_row[..oh_lo * self.out_width].fill(0.0);
+                    out_row[oh_hi * self.out_width..].fill(0.0);
+                    let (ow_lo, ow_hi) = self.valid_outputs(kj, self.in_width, self.out_width);
+                    for oh in oh_lo..oh_hi {
                         let target = &mut out_row[oh * self.out_width..(oh + 1) * self.out_width];
-                        match self.source(oh, ki, self.in_height) {
-                            None => target.fill(0.0),
-                            Some(ih) => {
-                                let line = &plane[ih * self.in_width..(ih + 1) * self.in_width];
-                                for (ow, slot) in target.iter_mut().enumerate() {
-                                    *slot = match self.source(ow, kj, self.in_width) {
-                                        Some(iw) => line[iw],
-                                        None => 0.0,
-                                    };
-                                }
+                        target[..ow_lo].fill(0.0);
+                        target[ow_hi..].fill(0.0);
+                        let ih = oh * s + ki - p;
+                        let line = &plane[ih * self.in_width..(ih + 1) * self.in_width];
+                        let first = ow_lo * s + kj - p;
+                        if s == 1 {
+                            target[ow_lo..ow_hi]
+                                .copy_from_slice(&line[first..first + (ow_hi - ow_lo)]);
+                        } else {
+                            for (slot, value) in target[ow_lo..ow_hi]
+                                .iter_mut()
+                                .zip(line[first..].iter().step_by(s))
+                            {
+                                *slot = *value;
                             }
                         }
                     }
@@ -82,21 +99,30 @@ impl Geometry {
     /// Adjoint of [`Geometry::im2col`]: accumulates `cols` back into an (already zeroed) image.
     fn col2im(&self, cols: &[f32], image: &mut [f32]) {
         let positions = self.out_positions();
+        let (s, p) = (self.stride, self.padding);
         for c in 0..self.in_channels {
             let plane = &mut image[c * self.in_height * self.in_width..];
             for ki in 0..self.kernel {
+                let (oh_lo, oh_hi) = self.valid_outputs(ki, self.in_height, self.out_height);
                 for kj in 0..self.kernel {
                     let row = (c * self.kernel + ki) * self.kernel + kj;
                     let in_row = &cols[row * positions..(row + 1) * positions];
-                    for oh in 0..self.out_height {
-                        let Some(ih) = self.source(oh, ki, self.in_height) else {
-                            continue;
-                        };
+                    let (ow_lo, ow_hi) = self.valid_outputs(kj, self.in_width, self.out_width);
+                    for oh in oh_lo..oh_hi {
+                        let ih = oh * s + ki - p;
                         let line = &mut plane[ih * self.in_width..(ih + 1) * self.in_width];
-                        let source = &in_row[oh * self.out_width..(oh + 1) * self.out_width];
-                        for (ow, value) in source.iter().enumerate() {
-                            if let Some(iw) = self.source(ow, kj, self.in_width) {
-                                line[iw] += value;
+                        let source =
+                            &in_row[oh * self.out_width + ow_lo..oh * self.out_width + ow_hi];
+                        let first = ow_lo * s + kj - p;
+                        if s == 1 {
+                            for (slot, value) in
+                                line[first..first + source.len()].iter_mut().zip(source)
+                            {
+                                *slot += value;
+                            }
+                        } else {
+                            for (slot, value) in line[first..].iter_mut().step_by(s).zip(source) {
+                                *slot += value;
                             }
                         }
                     }
@@ -179,6 +205,44 @@ fn forward_geometry(
     })
 }
 
+/// `Y_n = K · im2col(X_n) [+ bias]` for every sample, spread over samples.
+fn convolve(g: &Geometry, x: &[f32], kernel: &[f32], bias: Option<&[f32]>) -> (CpuStorage, Shape) {
+    // Each sample's output is initialised in the worker, while it is in cache; a zeroed
+    // `vec!` would cost a separate pass over the whole (large) output.
+    let mut out = Vec::with_capacity(g.batch * g.out_plane());
+    let (patch, positions) = (g.patch_len(), g.out_positions());
+    out.spare_capacity_mut()[..g.batch * g.out_plane()]
+        .par_chunks_mut(g.out_plane())
+        .zip(x.par_chunks(g.in_plane()))
+        .for_each_init(
+            || vec![0f32; patch * positions],
+            |cols, (y, image)| {
+                g.im2col(image, cols);
+                // The bias seeds the product, so it costs no separate pass either.
+                let zeros = [0f32];
+                let seeds = bias.unwrap_or(&zeros);
+                for (c, row) in y.chunks_mut(positions).enumerate() {
+                    row.fill(MaybeUninit::new(seeds[c.min(seeds.len() - 1)]));
+                }
+                // SAFETY: every element was initialised just above.
+                let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                matmul(
+                    y,
+                    bias.is_some(),
+                    (g.out_channels, positions, patch),
+                    kernel,
+                    (patch, 1),
+                    cols,
+                    (positions, 1),
+                );
+            },
+        );
+    // SAFETY: every sample's chunk was initialised by its worker.
+    unsafe { out.set_len(g.batch * g.out_plane()) };
+    let shape = Shape::from((g.batch, g.out_channels, g.out_height, g.out_width));
+    (CpuStorage::F32(out), shape)
+}
+
 /// Forward convolution (no bias) as a differentiable custom op.
 struct Conv2dOp {
     stride: usize,
@@ -200,27 +264,7 @@ impl CustomOp2 for Conv2dOp {
         let g = forward_geometry(x_layout, k_layout, self.stride, self.padding)?;
         let x = contiguous_f32(x_storage, x_layout, "conv2d input")?;
         let kernel = contiguous_f32(k_storage, k_layout, "conv2d kernel")?;
-        let mut out = vec![0f32; g.batch * g.out_plane()];
-        let (patch, positions) = (g.patch_len(), g.out_positions());
-        out.par_chunks_mut(g.out_plane())
-            .zip(x.par_chunks(g.in_plane()))
-            .for_each_init(
-                || vec![0f32; patch * positions],
-                |cols, (y, image)| {
-                    g.im2col(image, cols);
-                    matmul(
-                        y,
-                        false,
-                        (g.out_channels, positions, patch),
-                        kernel,
-                        (patch, 1),
-                        cols,
-                        (positions, 1),
-                    );
-                },
-            );
-        let shape = Shape::from((g.batch, g.out_channels, g.out_height, g.out_width));
-        Ok((CpuStorage::F32(out), shape))
+        Ok(convolve(&g, x, kernel, None))
     }
 
     fn bwd(
@@ -257,6 +301,62 @@ impl CustomOp2 for Conv2dOp {
             None
         };
         Ok((grad_x, grad_kernel))
+    }
+}
+
+/// Forward convolution plus a per-output-channel bias, as one differentiable custom op.
+struct Conv2dBiasOp {
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp3 for Conv2dBiasOp {
+    fn name(&self) -> &'static str {
+        "cthpo-conv2d-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+        b_storage: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = forward_geometry(x_layout, k_layout, self.stride, self.padding)?;
+        let x = contiguous_f32(x_storage, x_layout, "conv2d input")?;
+        let kernel = contiguous_f32(k_storage, k_layout, "conv2d kernel")?;
+        let bias = contiguous_f32(b_storage, b_layout, "conv2d bias")?;
+        if bias.len() != g.out_channels {
+            bail!(
+                "conv2d: {} biases for {} output channels",
+                bias.len(),
+                g.out_channels
+            )
+        }
+        Ok(convolve(&g, x, kernel, Some(bias)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        kernel: &Tensor,
+        bias: &Tensor,
+        result: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let unbiased = Conv2dOp {
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let (grad_x, grad_kernel) = unbiased.bwd(x, kernel, result, grad)?;
+        let grad_bias = if bias.track_op() {
+            Some(channel_sum(&grad.contiguous()?)?)
+        } else {
+            None
+        };
+        Ok((grad_x, grad_kernel, grad_bias))
     }
 }
 
@@ -445,6 +545,22 @@ impl CustomOp2 for WeightGradientOp {
 pub fn conv2d(x: &Tensor, kernel: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     x.contiguous()?
         .apply_op2(&kernel.contiguous()?, Conv2dOp { stride, padding })
+}
+
+/// Convolution of `x` `[B, Ci, H, W]` with `kernel` `[Co, Ci, k, k]` plus `bias` `[Co]`,
+/// differentiable in all three.
+pub fn conv2d_bias(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(
+        &kernel.contiguous()?,
+        &bias.contiguous()?,
+        Conv2dBiasOp { stride, padding },
+    )
 }
 
 /// Adjoint of [`conv2d`]: maps `[N, Co, Ho, Wo]` back to `[N, Ci, out_height, out_width]` with

@@ -2,13 +2,21 @@
 
 mod channel;
 mod conv;
+mod memory;
+mod moments;
+mod relu;
 mod specs;
 
-pub use channel::channel_affine;
-pub use conv::{conv_transpose2d, conv2d};
+pub use channel::{channel_affine, channel_affine_relu};
+pub use conv::{conv_transpose2d, conv2d, conv2d_bias};
+pub use memory::retain_freed_memory;
+pub use moments::channel_moments;
+pub use relu::relu;
 pub use specs::spec_mul;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The f32 values of a contiguous CPU operand of a custom op, or an error naming it.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -19,4 +27,26 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
         Some((start, end)) => Ok(&values[start..end]),
         None => bail!("{what}: operand must be contiguous"),
     }
+}
+
+/// `len` values written chunk by chunk in parallel by `fill(chunk index, chunk)`.
+///
+/// Skips the zeroing of `vec![0.0; len]`, a whole extra pass over memory for the large outputs
+/// of element-wise ops.
+///
+/// # Safety
+/// `fill` must write every element of every chunk it is given.
+unsafe fn par_filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(index, values)| fill(index, values));
+    // SAFETY: the caller's `fill` initialised all `len` elements.
+    unsafe { out.set_len(len) };
+    out
 }

@@ -3,7 +3,7 @@
 use super::ModelError;
 use super::init::{Initialization, ParameterRng};
 use super::spec::{ActivationShape, LayerSpec, NetSpec};
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 /// BatchNorm's numerical epsilon and running-statistics momentum (PyTorch defaults).
 pub const BATCH_NORM_EPS: f64 = 1e-5;
@@ -386,14 +386,21 @@ impl Net {
         normalization: Normalization<'_>,
     ) -> Result<Tensor, ModelError> {
         let mut x = input.clone();
-        for (index, layer) in self.layers.iter().enumerate().take(end).skip(start) {
-            x = match layer {
+        let mut index = start;
+        while index < end {
+            x = match &self.layers[index] {
                 Layer::BatchNorm { .. } => {
                     let (scale, shift) = self.batch_norm_affine(index, normalization)?;
-                    channel_affine(&x, &scale, &shift)?
+                    if self.relu_follows(index, end) {
+                        index += 1;
+                        crate::kernels::channel_affine_relu(&x, &scale, &shift)?
+                    } else {
+                        channel_affine(&x, &scale, &shift)?
+                    }
                 }
-                _ => apply_parameter_free_or_affine(layer, &x)?,
+                layer => apply_parameter_free_or_affine(layer, &x)?,
             };
+            index += 1;
         }
         Ok(x)
     }
@@ -408,7 +415,9 @@ impl Net {
             per_layer: vec![None; self.layers.len()],
         };
         let mut x = input.clone();
-        for index in 0..self.layers.len() {
+        let end = self.layers.len();
+        let mut index = 0;
+        while index < end {
             x = match &self.layers[index] {
                 Layer::BatchNorm { .. } => {
                     let (mean, variance) = batch_moments(&x)?;
@@ -416,12 +425,23 @@ impl Net {
                     statistics.per_layer[index] = Some((mean, variance));
                     let (scale, shift) =
                         self.batch_norm_affine(index, Normalization::Batch(&statistics))?;
-                    channel_affine(&x, &scale, &shift)?
+                    if self.relu_follows(index, end) {
+                        index += 1;
+                        crate::kernels::channel_affine_relu(&x, &scale, &shift)?
+                    } else {
+                        channel_affine(&x, &scale, &shift)?
+                    }
                 }
                 layer => apply_parameter_free_or_affine(layer, &x)?,
             };
+            index += 1;
         }
         Ok((x, statistics))
+    }
+
+    /// Whether layer `index + 1` is a ReLU inside `..end`, so BatchNorm and it run as one op.
+    fn relu_follows(&self, index: usize, end: usize) -> bool {
+        index + 1 < end && matches!(self.layers[index + 1], Layer::Relu)
     }
 
     /// BatchNorm at `layer_index` as a per-channel affine map `x ↦ scale·x + shift` (each `[C]`).
@@ -503,12 +523,9 @@ fn apply_parameter_free_or_affine(layer: &Layer, x: &Tensor) -> Result<Tensor, M
             bias,
             stride,
             padding,
-        } => {
-            let out = crate::kernels::conv2d(x, weight, *stride, *padding)?;
-            crate::kernels::channel_affine(&out, &bias.ones_like()?, bias)?
-        }
+        } => crate::kernels::conv2d_bias(x, weight, bias, *stride, *padding)?,
         Layer::Linear { weight, bias } => x.matmul(&weight.t()?)?.broadcast_add(bias)?,
-        Layer::Relu => x.relu()?,
+        Layer::Relu => crate::kernels::relu(x)?,
         Layer::Flatten => x.flatten_from(1)?,
         Layer::BatchNorm { .. } => unreachable!("BatchNorm is applied by the caller"),
     })
@@ -528,15 +545,6 @@ pub fn channel_view_dims(rank: usize, channels: usize) -> Vec<usize> {
 
 /// Per-channel mean and biased variance of a `[B, C]` or `[B, C, H, W]` batch.
 fn batch_moments(x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-    let channels = x.dim(1)?;
-    // Move channels first and flatten the rest so one reduction covers batch and space.
-    let per_channel = if x.rank() == 4 {
-        x.transpose(0, 1)?.flatten_from(1)?
-    } else {
-        x.t()?
-    };
-    let mean = per_channel.mean_keepdim(D::Minus1)?;
-    let centred = per_channel.broadcast_sub(&mean)?;
-    let variance = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok((mean.reshape(channels)?, variance.reshape(channels)?))
+    let moments = crate::kernels::channel_moments(x)?;
+    Ok((moments.get(0)?, moments.get(1)?))
 }

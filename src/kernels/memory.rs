@@ -1,0 +1,23 @@
+//! Allocator settings for the large, short-lived buffers of training and bound passes.
+//!
+//! Every candle op allocates its output afresh. glibc serves buffers above its mmap threshold
+//! (at most 32 MiB, below a single cnn7 activation) with `mmap` and unmaps them on free, so
+//! each op re-faults and zeroes its output pages in the kernel: a quarter of a cnn7 training
+//! step was spent in page faults. Serving everything from the heap and never trimming it lets
+//! freed buffers be reused in place.
+
+/// Makes the process allocator keep and reuse freed memory instead of returning it to the OS.
+///
+/// Call once, early; later calls are harmless. The cost is that the process keeps its peak
+/// memory until it exits. Does nothing off glibc.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; glibc serialises it with malloc.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        // −1 disables trimming (mallopt(3)); any positive int caps it at 2 GiB, below the
+        // peak of a cnn7 IBP step, which would then be unmapped and re-faulted every step.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
