@@ -110,10 +110,15 @@ pub fn hartmann6(config: &Config) -> f64 {
         [4047.0, 8828.0, 8732.0, 5743.0, 1091.0, 381.0],
     ];
     let x: Vec<f64> = (1..=6).map(|i| number(config, &format!("x{i}"))).collect();
+    hartmann(&x, &A, &P)
+}
+
+/// `−Σᵢ αᵢ exp(−Σⱼ Aᵢⱼ (xⱼ − Pᵢⱼ/10⁴)²)`, the shape shared by the Hartmann functions.
+fn hartmann<const N: usize>(x: &[f64], a: &[[f64; N]; 4], p: &[[f64; N]; 4]) -> f64 {
     -(0..4)
         .map(|i| {
-            let inner: f64 = (0..6)
-                .map(|j| A[i][j] * (x[j] - 1e-4 * P[i][j]).powi(2))
+            let inner: f64 = (0..N)
+                .map(|j| a[i][j] * (x[j] - 1e-4 * p[i][j]).powi(2))
                 .sum();
             HARTMANN_ALPHA[i] * (-inner).exp()
         })
@@ -134,14 +139,7 @@ pub fn hartmann3(x: [f64; 3]) -> f64 {
         [1091.0, 8732.0, 5547.0],
         [381.0, 5743.0, 8828.0],
     ];
-    -(0..4)
-        .map(|i| {
-            let inner: f64 = (0..3)
-                .map(|j| A[i][j] * (x[j] - 1e-4 * P[i][j]).powi(2))
-                .sum();
-            HARTMANN_ALPHA[i] * (-inner).exp()
-        })
-        .sum::<f64>()
+    hartmann(&x, &A, &P)
 }
 
 /// A mixed space built on Hartmann-3: `lr` (log float) and `n` (int) and `x` (float) are its
