@@ -391,12 +391,9 @@ impl Net {
             x = match &self.layers[index] {
                 Layer::BatchNorm { .. } => {
                     let (scale, shift) = self.batch_norm_affine(index, normalization)?;
-                    if self.relu_follows(index, end) {
-                        index += 1;
-                        crate::kernels::channel_affine_relu(&x, &scale, &shift)?
-                    } else {
-                        channel_affine(&x, &scale, &shift)?
-                    }
+                    let (y, fused_relu) = self.apply_batch_norm(&x, &scale, &shift, index, end)?;
+                    index += usize::from(fused_relu);
+                    y
                 }
                 layer => apply_parameter_free_or_affine(layer, &x)?,
             };
@@ -425,12 +422,9 @@ impl Net {
                     statistics.per_layer[index] = Some((mean, variance));
                     let (scale, shift) =
                         self.batch_norm_affine(index, Normalization::Batch(&statistics))?;
-                    if self.relu_follows(index, end) {
-                        index += 1;
-                        crate::kernels::channel_affine_relu(&x, &scale, &shift)?
-                    } else {
-                        channel_affine(&x, &scale, &shift)?
-                    }
+                    let (y, fused_relu) = self.apply_batch_norm(&x, &scale, &shift, index, end)?;
+                    index += usize::from(fused_relu);
+                    y
                 }
                 layer => apply_parameter_free_or_affine(layer, &x)?,
             };
@@ -442,6 +436,23 @@ impl Net {
     /// Whether layer `index + 1` is a ReLU inside `..end`, so BatchNorm and it run as one op.
     fn relu_follows(&self, index: usize, end: usize) -> bool {
         index + 1 < end && matches!(self.layers[index + 1], Layer::Relu)
+    }
+
+    /// The BatchNorm at `index` as its affine map, fused with the ReLU after it when one follows
+    /// before `end` (one pass instead of two); says whether that ReLU was consumed.
+    fn apply_batch_norm(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        index: usize,
+        end: usize,
+    ) -> Result<(Tensor, bool), ModelError> {
+        if self.relu_follows(index, end) {
+            Ok((crate::kernels::channel_affine_relu(x, scale, shift)?, true))
+        } else {
+            Ok((channel_affine(x, scale, shift)?, false))
+        }
     }
 
     /// BatchNorm at `layer_index` as a per-channel affine map `x ↦ scale·x + shift` (each `[C]`).
