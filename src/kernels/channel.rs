@@ -4,7 +4,7 @@
 //! parameter needs) with a generic strided loop, ~30× slower than summing contiguous rows; conv
 //! biases, BatchNorm and input normalisation all hit it. This op sums rows instead.
 
-use super::{contiguous_f32, par_filled};
+use super::{contiguous_f32, masked, par_filled};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -126,10 +126,10 @@ impl CustomOp3 for ChannelAffineReluOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let parameters = Tensor::stack(&[scale.detach(), shift.detach()], 0)?;
-        let masked = x
-            .detach()
-            .apply_op3_no_bwd(&parameters, &grad.contiguous()?, &ReluMaskOp)?;
-        ChannelAffineOp.bwd(x, scale, shift, result, &masked)
+        let masked_grad =
+            x.detach()
+                .apply_op3_no_bwd(&parameters, &grad.contiguous()?, &ReluMaskOp)?;
+        ChannelAffineOp.bwd(x, scale, shift, result, &masked_grad)
     }
 }
 
@@ -168,7 +168,7 @@ impl CustomOp3 for ReluMaskOp {
                 let (a, b) = (scale[c], shift[c]);
                 let start = row * plane;
                 for ((d, x), g) in d.iter_mut().zip(&x[start..]).zip(&grad[start..]) {
-                    d.write(if a * x + b >= 0.0 { *g } else { 0.0 });
+                    d.write(masked(*g, a * x + b >= 0.0));
                 }
             })
         };

@@ -1,5 +1,6 @@
 //! Fast CPU kernels for the hot paths of training and verification, as candle custom ops.
 
+mod adam;
 mod channel;
 mod conv;
 mod memory;
@@ -7,6 +8,7 @@ mod moments;
 mod relu;
 mod specs;
 
+pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
 pub use channel::{channel_affine, channel_affine_relu};
 pub use conv::{conv_transpose2d, conv2d, conv2d_bias};
 pub use memory::retain_freed_memory;
@@ -49,4 +51,13 @@ unsafe fn par_filled(
     // SAFETY: the caller's `fill` initialised all `len` elements.
     unsafe { out.set_len(len) };
     out
+}
+
+/// `value` where `keep`, else `+0.0`, as a bit mask rather than a branch.
+///
+/// ReLU masks branch on activation signs, a coin toss for the branch predictor (a scalar,
+/// mispredicted loop ran 5× slower); the masked form vectorises.
+#[inline(always)]
+fn masked(value: f32, keep: bool) -> f32 {
+    f32::from_bits(value.to_bits() & u32::from(keep).wrapping_neg())
 }

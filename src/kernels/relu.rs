@@ -4,7 +4,7 @@
 //! temporaries per ReLU; training steps and IBP bound passes apply ReLUs to every hidden
 //! activation, so this op masks the gradient in one pass instead.
 
-use super::{contiguous_f32, par_filled};
+use super::{contiguous_f32, masked, par_filled};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 /// Elements per rayon task: large enough that scheduling costs nothing next to the memory traffic.
@@ -62,7 +62,7 @@ impl CustomOp2 for ReluGradientOp {
             par_filled(x.len(), CHUNK, |index, d| {
                 let start = index * CHUNK;
                 for ((d, x), g) in d.iter_mut().zip(&x[start..]).zip(&g[start..]) {
-                    d.write(if *x >= 0.0 { *g } else { 0.0 });
+                    d.write(masked(*g, *x >= 0.0));
                 }
             })
         };

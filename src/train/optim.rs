@@ -2,8 +2,9 @@
 
 use super::TrainError;
 use super::config::OptimizerKind;
+use crate::kernels::{AdamMoments, AdamStep, adam_update, sum_of_squares};
+use candle_core::Var;
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -14,8 +15,7 @@ pub struct Optimizer {
     kind: OptimizerKind,
     weight_decay: f64,
     vars: Vec<Var>,
-    first_moments: Vec<Tensor>,
-    second_moments: Vec<Tensor>,
+    moments: Vec<AdamMoments>,
     steps: i32,
 }
 
@@ -26,15 +26,14 @@ impl Optimizer {
         weight_decay: f64,
         vars: Vec<Var>,
     ) -> Result<Optimizer, TrainError> {
-        let zeros = vars
+        let moments = vars
             .iter()
-            .map(|v| v.as_tensor().zeros_like())
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|v| AdamMoments::zeros(v.as_tensor().elem_count()))
+            .collect();
         Ok(Optimizer {
             kind,
             weight_decay,
-            first_moments: zeros.clone(),
-            second_moments: zeros,
+            moments,
             vars,
             steps: 0,
         })
@@ -45,7 +44,7 @@ impl Optimizer {
         let mut total = 0.0f64;
         for var in &self.vars {
             if let Some(g) = grads.get(var.as_tensor()) {
-                total += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+                total += sum_of_squares(g)?;
             }
         }
         Ok(total.sqrt())
@@ -55,46 +54,147 @@ impl Optimizer {
     pub fn step(&mut self, grads: &GradStore, lr: f64, scale: f64) -> Result<(), TrainError> {
         self.steps += 1;
         let t = self.steps;
-        let bias1 = 1.0 - BETA1.powi(t);
-        let bias2 = 1.0 - BETA2.powi(t);
-        for (i, var) in self.vars.iter().enumerate() {
+        let first_correction = 1.0 - BETA1.powi(t);
+        let second_correction = 1.0 - BETA2.powi(t);
+        let rectification = match self.kind {
+            OptimizerKind::Adam | OptimizerKind::Adamw => Some(1.0),
+            OptimizerKind::Radam => {
+                let rho_inf = 2.0 / (1.0 - BETA2) - 1.0;
+                let rho = rho_inf - 2.0 * t as f64 * BETA2.powi(t) / second_correction;
+                // RAdam takes plain momentum steps until the variance estimate is tractable.
+                (rho > 5.0).then(|| {
+                    ((rho - 4.0) * (rho - 2.0) * rho_inf
+                        / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
+                        .sqrt()
+                })
+            }
+        };
+        let parameter_decay = if self.kind == OptimizerKind::Adamw {
+            1.0 - lr * self.weight_decay
+        } else {
+            1.0
+        };
+        let step = AdamStep {
+            learning_rate: lr as f32,
+            beta1: BETA1 as f32,
+            beta2: BETA2 as f32,
+            epsilon: EPSILON as f32,
+            first_correction: first_correction as f32,
+            second_correction: second_correction as f32,
+            gradient_scale: scale as f32,
+            parameter_decay: parameter_decay as f32,
+            rectification: rectification.map(|r| r as f32),
+        };
+        for (var, moments) in self.vars.iter().zip(&mut self.moments) {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            // Gradients may still reference the graph they came from; updates must not.
-            let grad = grad.detach();
-            let grad = if scale != 1.0 { (grad * scale)? } else { grad };
-            let m = ((&self.first_moments[i] * BETA1)? + (&grad * (1.0 - BETA1))?)?;
-            let v = ((&self.second_moments[i] * BETA2)? + (grad.sqr()? * (1.0 - BETA2))?)?;
-            let m_hat = (&m / bias1)?;
-            let adaptive = || -> Result<Tensor, TrainError> {
-                Ok(m_hat.div(&((&v / bias2)?.sqrt()? + EPSILON)?)?)
-            };
-            let update = match self.kind {
-                OptimizerKind::Adam | OptimizerKind::Adamw => adaptive()?,
-                OptimizerKind::Radam => {
-                    let rho_inf = 2.0 / (1.0 - BETA2) - 1.0;
-                    let rho = rho_inf - 2.0 * t as f64 * BETA2.powi(t) / bias2;
-                    if rho > 5.0 {
-                        let r = ((rho - 4.0) * (rho - 2.0) * rho_inf
-                            / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
-                            .sqrt();
-                        (adaptive()? * r)?
-                    } else {
-                        m_hat.clone()
-                    }
-                }
-            };
-            let current = var.as_tensor().detach();
-            let decayed = if self.kind == OptimizerKind::Adamw && self.weight_decay > 0.0 {
-                (&current * (1.0 - lr * self.weight_decay))?
-            } else {
-                current
-            };
-            var.set(&(decayed - (update * lr)?)?)?;
-            self.first_moments[i] = m;
-            self.second_moments[i] = v;
+            adam_update(var.as_tensor(), grad, moments, step)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Adam, AdamW and RAdam as written in their papers, one scalar at a time in f64.
+    fn reference(kind: OptimizerKind, weight_decay: f64, grads: &[Vec<f64>], lr: f64) -> Vec<f64> {
+        let n = grads[0].len();
+        let (mut p, mut m, mut v) = (vec![0.5; n], vec![0.0; n], vec![0.0; n]);
+        let rho_inf = 2.0 / (1.0 - BETA2) - 1.0;
+        for (step, g) in grads.iter().enumerate() {
+            let t = (step + 1) as f64;
+            for i in 0..n {
+                m[i] = BETA1 * m[i] + (1.0 - BETA1) * g[i];
+                v[i] = BETA2 * v[i] + (1.0 - BETA2) * g[i] * g[i];
+                let m_hat = m[i] / (1.0 - BETA1.powf(t));
+                let v_hat = v[i] / (1.0 - BETA2.powf(t));
+                let adaptive = m_hat / (v_hat.sqrt() + EPSILON);
+                let update = match kind {
+                    OptimizerKind::Adam | OptimizerKind::Adamw => adaptive,
+                    OptimizerKind::Radam => {
+                        let rho = rho_inf - 2.0 * t * BETA2.powf(t) / (1.0 - BETA2.powf(t));
+                        if rho > 5.0 {
+                            adaptive
+                                * ((rho - 4.0) * (rho - 2.0) * rho_inf
+                                    / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho))
+                                    .sqrt()
+                        } else {
+                            m_hat
+                        }
+                    }
+                };
+                if kind == OptimizerKind::Adamw {
+                    p[i] *= 1.0 - lr * weight_decay;
+                }
+                p[i] -= lr * update;
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn fused_steps_follow_the_published_update_rules() {
+        let n = 5000;
+        let grads: Vec<Vec<f64>> = (0..12)
+            .map(|s| {
+                (0..n)
+                    .map(|i| ((i * 7 + s * 13) % 23) as f64 / 11.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        for kind in [
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+            OptimizerKind::Radam,
+        ] {
+            let var = Var::from_tensor(&Tensor::full(0.5f32, n, &Device::Cpu).unwrap()).unwrap();
+            let mut optimizer = Optimizer::new(kind, 0.01, vec![var.clone()]).unwrap();
+            for g in &grads {
+                let loss = (var.as_tensor()
+                    * Tensor::new(
+                        g.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                        &Device::Cpu,
+                    )
+                    .unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap();
+                let store = loss.backward().unwrap();
+                optimizer.step(&store, 0.01, 1.0).unwrap();
+            }
+            let expected = reference(kind, 0.01, &grads, 0.01);
+            let actual = var.as_tensor().to_vec1::<f32>().unwrap();
+            let worst = actual
+                .iter()
+                .zip(&expected)
+                .map(|(a, e)| (*a as f64 - e).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-5, "{kind:?}: parameters differ by up to {worst}");
+            assert!(
+                actual
+                    .iter()
+                    .zip(&expected)
+                    .any(|(a, _)| (*a - 0.5).abs() > 0.01),
+                "{kind:?}: parameters did not move"
+            );
+        }
+    }
+
+    #[test]
+    fn gradient_norm_is_the_global_l2_norm_over_all_variables() {
+        let a = Var::from_tensor(&Tensor::new(&[3f32, 0.0], &Device::Cpu).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::new(&[0f32, 0.0], &Device::Cpu).unwrap()).unwrap();
+        let loss = ((a.as_tensor().sum_all().unwrap() * 3.0).unwrap()
+            + (b.as_tensor().sum_all().unwrap() * 2.0).unwrap())
+        .unwrap();
+        let store = loss.backward().unwrap();
+        let optimizer = Optimizer::new(OptimizerKind::Adam, 0.0, vec![a, b]).unwrap();
+        // Gradients (3, 3) and (2, 2): norm √26.
+        let norm = optimizer.gradient_norm(&store).unwrap();
+        assert!((norm - 26f64.sqrt()).abs() < 1e-6, "{norm}");
     }
 }
