@@ -187,7 +187,8 @@ fn check_soundness(net: &Net, rng: &mut StdRng, batch: usize, eps: f64, per_samp
     let index_of = |t: &Tensor| t.index_select(&owner_index, 0).unwrap();
     let mut activation = points.clone();
     let detached = net.detached();
-    for (layer_index, bounds) in trace.activations.iter().enumerate() {
+    for layer_index in 0..trace.len() {
+        let bounds = trace.activation(layer_index).unwrap();
         let lo = index_of(&bounds.lower);
         let hi = index_of(&bounds.upper);
         let below = (lo - &activation)

@@ -497,3 +497,88 @@ fn channel_affine_relu_matches_affine_then_relu_and_finite_differences() {
         check_finite_differences(bt, g1.get(bt).unwrap(), 1, |t| loss(xt, st, t));
     }
 }
+
+/// `(relu(c + r) ± relu(c − r)) / 2` written with candle's ops, the composition the fused
+/// box-ReLU ops replace.
+fn candle_relu_box(centre: &Tensor, radius: &Tensor) -> (Tensor, Tensor) {
+    let upper = (centre + radius).unwrap().relu().unwrap();
+    let lower = (centre - radius).unwrap().relu().unwrap();
+    (
+        ((&upper + &lower).unwrap() * 0.5).unwrap(),
+        ((&upper - &lower).unwrap() * 0.5).unwrap(),
+    )
+}
+
+#[test]
+fn relu_box_ops_match_the_candle_composition_bit_for_bit() {
+    use cthpo::kernels::{relu_box_centre, relu_box_radius};
+    let mut rng = StdRng::seed_from_u64(21);
+    for dims in [vec![3, 7], vec![2, 3, 4, 5], vec![50_000]] {
+        let centre = Var::from_tensor(&random(&mut rng, &dims)).unwrap();
+        // Radii ≥ 0, as in boxes, with some boxes straddling zero and some not.
+        let radius =
+            Var::from_tensor(&(random(&mut rng, &dims).abs().unwrap() * 0.5).unwrap()).unwrap();
+        let (c, r) = (centre.as_tensor(), radius.as_tensor());
+        let ours = (
+            relu_box_centre(c, r).unwrap(),
+            relu_box_radius(c, r).unwrap(),
+        );
+        let theirs = candle_relu_box(c, r);
+        assert_eq!(max_difference(&ours.0, &theirs.0), 0.0);
+        assert_eq!(max_difference(&ours.1, &theirs.1), 0.0);
+        let (wc, wr) = (random(&mut rng, &dims), random(&mut rng, &dims));
+        let loss = |pair: &(Tensor, Tensor)| {
+            (weighted_sum(&pair.0, &wc) + weighted_sum(&pair.1, &wr)).unwrap()
+        };
+        let g_ours = loss(&ours).backward().unwrap();
+        let g_theirs = loss(&theirs).backward().unwrap();
+        for var in [&centre, &radius] {
+            let (a, b) = (
+                g_ours.get(var.as_tensor()).unwrap(),
+                g_theirs.get(var.as_tensor()).unwrap(),
+            );
+            assert!(max_difference(a, b) < 1e-6, "{dims:?}: gradients differ");
+        }
+    }
+}
+
+#[test]
+fn relu_box_gradients_agree_with_finite_differences_away_from_the_kinks() {
+    use cthpo::kernels::{relu_box_centre, relu_box_radius};
+    let mut rng = StdRng::seed_from_u64(22);
+    // Centres ±(1..2) and radii in 0.1..0.5 (stable boxes) or 2..3 (straddling boxes): c ± r
+    // is then at least 0.5 from zero, so a ±0.01 step never crosses a kink.
+    let n = 2 * 3 * 4 * 4;
+    let centres: Vec<f32> = (0..n)
+        .map(|i| {
+            let v: f32 = rng.random_range(1.0..2.0);
+            if i % 2 == 0 { v } else { -v }
+        })
+        .collect();
+    let radii: Vec<f32> = (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                rng.random_range(3.0..4.0)
+            } else {
+                rng.random_range(0.1..0.5)
+            }
+        })
+        .collect();
+    let dims = (2, 3, 4, 4);
+    let c = Tensor::from_vec(centres, dims, &Device::Cpu).unwrap();
+    let r = Tensor::from_vec(radii, dims, &Device::Cpu).unwrap();
+    let (wc, wr) = (random(&mut rng, c.dims()), random(&mut rng, c.dims()));
+    let total = |c: &Tensor, r: &Tensor| {
+        (weighted_sum(&relu_box_centre(c, r).unwrap(), &wc)
+            + weighted_sum(&relu_box_radius(c, r).unwrap(), &wr))
+        .unwrap()
+    };
+    let (cv, rv) = (Var::from_tensor(&c).unwrap(), Var::from_tensor(&r).unwrap());
+    let grads = total(cv.as_tensor(), rv.as_tensor()).backward().unwrap();
+    check_finite_differences(&c, grads.get(cv.as_tensor()).unwrap(), 1, |t| {
+        total(t, &r).to_scalar::<f32>().unwrap()
+    });
+    check_finite_differences(&r, grads.get(rv.as_tensor()).unwrap(), 1, |t| {
+        total(&c, t).to_scalar::<f32>().unwrap()
+    });
+}

@@ -112,6 +112,20 @@ pub enum BoundsError {
         /// The ReLU's layer index.
         layer: usize,
     },
+    /// Internal: an interval trace was asked for an activation it does not hold.
+    #[error("internal error: interval trace has {len} activations, asked for activation {index}")]
+    TraceIndex {
+        /// The activation asked for.
+        index: usize,
+        /// Activations held.
+        len: usize,
+    },
+    /// Internal: an affine step was asked of a layer that is not affine.
+    #[error("internal error: layer {layer} is not affine")]
+    NotAffine {
+        /// The layer's index.
+        layer: usize,
+    },
     /// The network itself failed (shape mismatch and the like).
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -197,7 +211,7 @@ fn relu_bounds_for(
         BoundMethod::Ibp => Err(interval_trace(net, input, normalization)?),
         BoundMethod::CrownIbp => {
             let trace = interval_trace(net, input, normalization)?;
-            Ok(relu_bounds_from_trace(net, &trace))
+            Ok(relu_bounds_from_trace(net, &trace)?)
         }
         BoundMethod::Crown => {
             let end = net.layers().len();
@@ -214,8 +228,8 @@ pub fn crown_ibp_lower_bounds_from_trace(
     spec: &Tensor,
     normalization: Normalization<'_>,
 ) -> Result<Tensor, BoundsError> {
-    let relu_bounds = relu_bounds_from_trace(net, trace);
-    let input = &trace.activations[0];
+    let relu_bounds = relu_bounds_from_trace(net, trace)?;
+    let input = trace.activation(0)?;
     linear::backward_lower_bound(
         net,
         net.layers().len(),
@@ -261,10 +275,13 @@ pub fn robust_logits(margin_lower: &Tensor, labels: &Tensor) -> Result<Tensor, B
         .squeeze(1)?)
 }
 
-fn relu_bounds_from_trace(net: &Net, trace: &IntervalTrace) -> linear::ReluBounds {
+fn relu_bounds_from_trace(
+    net: &Net,
+    trace: &IntervalTrace,
+) -> Result<linear::ReluBounds, BoundsError> {
     let mut bounds = vec![None; net.layers().len()];
-    for (index, interval) in trace.relu_inputs(net) {
+    for (index, interval) in trace.relu_inputs(net)? {
         bounds[index] = Some(interval.clone());
     }
-    bounds
+    Ok(bounds)
 }

@@ -3,6 +3,7 @@
 mod adam;
 mod channel;
 mod conv;
+mod interval;
 mod memory;
 mod moments;
 mod relu;
@@ -11,6 +12,7 @@ mod specs;
 pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
 pub use channel::{channel_affine, channel_affine_relu};
 pub use conv::{conv_transpose2d, conv2d, conv2d_bias};
+pub use interval::{relu_box_centre, relu_box_radius};
 pub use memory::retain_freed_memory;
 pub use moments::channel_moments;
 pub use relu::relu;

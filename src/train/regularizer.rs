@@ -39,9 +39,8 @@ pub fn shi_regularizer(
     let input_radius = ((&input.upper - &input.lower)? * 0.5)?.mean_all()?.detach();
     let mut tightness_terms = Vec::new();
     let mut balance_terms = Vec::new();
-    for (_, bounds) in trace.relu_inputs(net) {
-        let centre = ((&bounds.upper + &bounds.lower)? * 0.5)?;
-        let radius = ((&bounds.upper - &bounds.lower)? * 0.5)?;
+    for (index, bounds) in trace.relu_inputs(net)? {
+        let (centre, radius) = trace.centre_radius(index)?;
         let mean_radius = radius.mean_all()?.maximum(1e-12)?;
         let tightness = ((input_radius.div(&mean_radius)?.neg()? + tau)?.relu()? / tau)?;
         tightness_terms.push(tightness);
@@ -57,8 +56,8 @@ pub fn shi_regularizer(
         if counts.0 == 0.0 || counts.1 == 0.0 {
             continue;
         }
-        let mean_active = (&centre * &active)?.mean_all()?;
-        let mean_inactive = (&centre * &inactive)?.mean_all()?;
+        let mean_active = (centre * &active)?.mean_all()?;
+        let mean_inactive = (centre * &inactive)?.mean_all()?;
         let deviation = centre.broadcast_sub(&centre.mean_all()?)?.sqr()?;
         let var_active = (&deviation * &active)?.sum_all()?;
         let var_inactive = (&deviation * &inactive)?.sum_all()?;

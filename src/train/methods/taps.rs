@@ -75,7 +75,7 @@ impl TrainingMethod for Taps {
             .flat_map(|b| std::iter::repeat_n(b, rows))
             .collect();
         let repeat = Tensor::from_vec(repeat, batch * rows, &Device::Cpu)?;
-        let latent = &trace.activations[split];
+        let latent = trace.activation(split)?;
         let lower = latent.lower.index_select(&repeat, 0)?;
         let upper = latent.upper.index_select(&repeat, 0)?;
         let row_spec = spec.reshape((batch * rows, classes))?;
