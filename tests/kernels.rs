@@ -582,3 +582,92 @@ fn relu_box_gradients_agree_with_finite_differences_away_from_the_kinks() {
         total(&c, t).to_scalar::<f32>().unwrap()
     });
 }
+
+#[test]
+fn linear_ops_match_candle_in_value_and_all_gradients() {
+    use cthpo::kernels::{abs_linear, linear};
+    let mut rng = StdRng::seed_from_u64(31);
+    for (input_dims, outputs) in [(vec![5, 7], 3), (vec![4, 2, 3, 3], 6), (vec![64, 300], 40)] {
+        let inputs: usize = input_dims[1..].iter().product();
+        let x = Var::from_tensor(&random(&mut rng, &input_dims)).unwrap();
+        // Some exact zeros in W, where |W|'s subgradient convention matters.
+        let w = random(&mut rng, &[outputs, inputs]);
+        let w = (&w
+            * w.abs()
+                .unwrap()
+                .ge(0.1)
+                .unwrap()
+                .to_dtype(w.dtype())
+                .unwrap())
+        .unwrap();
+        let w = Var::from_tensor(&w).unwrap();
+        let b = Var::from_tensor(&random(&mut rng, &[outputs])).unwrap();
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+        let flat = xt.flatten_from(1).unwrap();
+        let ours = (linear(xt, wt, bt).unwrap(), abs_linear(xt, wt).unwrap());
+        let theirs = (
+            flat.matmul(&wt.t().unwrap())
+                .unwrap()
+                .broadcast_add(bt)
+                .unwrap(),
+            flat.matmul(&wt.abs().unwrap().t().unwrap()).unwrap(),
+        );
+        assert!(max_difference(&ours.0, &theirs.0) < 1e-4);
+        assert!(max_difference(&ours.1, &theirs.1) < 1e-4);
+        let (w0, w1) = (
+            random(&mut rng, &[input_dims[0], outputs]),
+            random(&mut rng, &[input_dims[0], outputs]),
+        );
+        let loss = |pair: &(Tensor, Tensor)| {
+            (weighted_sum(&pair.0, &w0) + weighted_sum(&pair.1, &w1)).unwrap()
+        };
+        let g_ours = loss(&ours).backward().unwrap();
+        let g_theirs = loss(&theirs).backward().unwrap();
+        for (name, var) in [("x", &x), ("W", &w), ("b", &b)] {
+            let (a, e) = (
+                g_ours.get(var.as_tensor()).unwrap(),
+                g_theirs.get(var.as_tensor()).unwrap(),
+            );
+            assert!(
+                max_difference(a, e) < 1e-4,
+                "{input_dims:?}: gradient of {name} differs by {}",
+                max_difference(a, e)
+            );
+        }
+    }
+}
+
+#[test]
+fn linear_gradients_agree_with_finite_differences() {
+    use cthpo::kernels::{abs_linear, linear};
+    let mut rng = StdRng::seed_from_u64(32);
+    let x = random(&mut rng, &[3, 2, 2, 2]);
+    // Weights at least 0.2 from zero, so |W| is smooth under a ±0.01 step.
+    let w = random(&mut rng, &[4, 8]);
+    let w = (w.sign().unwrap() * w.abs().unwrap().affine(0.8, 0.2).unwrap()).unwrap();
+    let b = random(&mut rng, &[4]);
+    let weights = random(&mut rng, &[3, 4]);
+    let total = |x: &Tensor, w: &Tensor, b: &Tensor| {
+        (weighted_sum(&linear(x, w, b).unwrap(), &weights)
+            + weighted_sum(&abs_linear(x, w).unwrap(), &weights.sqr().unwrap()))
+        .unwrap()
+    };
+    let (xv, wv, bv) = (
+        Var::from_tensor(&x).unwrap(),
+        Var::from_tensor(&w).unwrap(),
+        Var::from_tensor(&b).unwrap(),
+    );
+    let grads = total(xv.as_tensor(), wv.as_tensor(), bv.as_tensor())
+        .backward()
+        .unwrap();
+    let value = |t: Tensor| t.to_scalar::<f32>().unwrap();
+    check_finite_differences(&x, grads.get(xv.as_tensor()).unwrap(), 1, |t| {
+        value(total(t, &w, &b))
+    });
+    check_finite_differences(&w, grads.get(wv.as_tensor()).unwrap(), 1, |t| {
+        value(total(&x, t, &b))
+    });
+    check_finite_differences(&b, grads.get(bv.as_tensor()).unwrap(), 1, |t| {
+        value(total(&x, &w, t))
+    });
+}

@@ -1,7 +1,9 @@
 //! Interval bound propagation (IBP): boxes pushed through every layer of a network.
 
 use super::{BoundsError, Interval};
-use crate::kernels::{conv2d, conv2d_bias, relu, relu_box_centre, relu_box_radius};
+use crate::kernels::{
+    abs_linear, conv2d, conv2d_bias, linear, relu, relu_box_centre, relu_box_radius,
+};
 use crate::model::{Layer, Net, Normalization, channel_affine};
 use candle_core::Tensor;
 use std::cell::OnceCell;
@@ -151,8 +153,13 @@ pub fn interval_trace_until(
     });
     for index in 0..end {
         let layer = &net.layers()[index];
-        // Boxes that only pass between layers stay as centre and radius.
-        let (centre, radius) = trace.centre_radius(index)?;
+        // Boxes that only pass between layers stay as centre and radius. A linear layer reads
+        // its input as [B, features], so it takes the box from before a flatten directly.
+        let source = match trace.entries[index].origin {
+            Origin::FlattenOf(before) if matches!(layer, Layer::Linear { .. }) => before,
+            _ => index,
+        };
+        let (centre, radius) = trace.centre_radius(source)?;
         let (next, origin) = match layer {
             Layer::Relu => (
                 (
@@ -243,10 +250,9 @@ fn affine_centre_radius(
             conv2d_bias(centre, weight, bias, *stride, *padding)?,
             conv2d(radius, &weight.abs()?, *stride, *padding)?,
         ),
-        Layer::Linear { weight, bias } => (
-            centre.matmul(&weight.t()?)?.broadcast_add(bias)?,
-            radius.matmul(&weight.abs()?.t()?)?,
-        ),
+        Layer::Linear { weight, bias } => {
+            (linear(centre, weight, bias)?, abs_linear(radius, weight)?)
+        }
         Layer::Relu | Layer::Flatten => {
             return Err(BoundsError::NotAffine { layer: index });
         }

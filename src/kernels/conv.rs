@@ -9,9 +9,8 @@
 //! - weight gradient:    `dK = Σ_n dY_n · im2col(X_n)ᵀ`
 
 use super::channel::channel_sum;
-use super::contiguous_f32;
+use super::{contiguous_f32, matmul};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -132,45 +131,6 @@ impl Geometry {
     }
 }
 
-/// Row-major matrix product `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with explicit strides
-/// (row stride, column stride) for the operands, single-threaded (callers parallelise).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    dst: &mut [f32],
-    accumulate: bool,
-    (m, n, k): (usize, usize, usize),
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    debug_assert!(dst.len() >= m * n);
-    // SAFETY: the slices cover every element addressed by the given sizes and strides.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
 /// Geometry of a forward convolution of `x` `[B, Ci, H, W]` with `kernel` `[Co, Ci, k, k]`.
 fn forward_geometry(
     x: &Layout,
@@ -234,6 +194,7 @@ fn convolve(g: &Geometry, x: &[f32], kernel: &[f32], bias: Option<&[f32]>) -> (C
                     (patch, 1),
                     cols,
                     (positions, 1),
+                    false,
                 );
             },
         );
@@ -436,6 +397,7 @@ impl CustomOp2 for ConvTranspose2dOp {
                         (1, patch),
                         coefficients,
                         (positions, 1),
+                        false,
                     );
                     g.col2im(cols, image);
                 },
@@ -524,6 +486,7 @@ impl CustomOp2 for WeightGradientOp {
                         (positions, 1),
                         &cols,
                         (1, positions),
+                        false,
                     );
                 }
                 sum

@@ -4,6 +4,7 @@ mod adam;
 mod channel;
 mod conv;
 mod interval;
+mod linear;
 mod memory;
 mod moments;
 mod relu;
@@ -13,6 +14,7 @@ pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
 pub use channel::{channel_affine, channel_affine_relu};
 pub use conv::{conv_transpose2d, conv2d, conv2d_bias};
 pub use interval::{relu_box_centre, relu_box_radius};
+pub use linear::{abs_linear, linear};
 pub use memory::retain_freed_memory;
 pub use moments::channel_moments;
 pub use relu::relu;
@@ -62,4 +64,49 @@ unsafe fn par_filled(
 #[inline(always)]
 fn masked(value: f32, keep: bool) -> f32 {
     f32::from_bits(value.to_bits() & u32::from(keep).wrapping_neg())
+}
+
+/// Row-major matrix product `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with explicit strides
+/// (row stride, column stride) for the operands, on the rayon pool when `parallel` (callers that
+/// already parallelise over samples pass `false`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn matmul(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: the slices cover every element addressed by the given sizes and strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            if parallel {
+                gemm::Parallelism::Rayon(rayon::current_num_threads())
+            } else {
+                gemm::Parallelism::None
+            },
+        )
+    }
 }

@@ -395,6 +395,7 @@ impl Net {
                     index += usize::from(fused_relu);
                     y
                 }
+                _ if self.flatten_is_implicit(index, end) => x,
                 layer => apply_parameter_free_or_affine(layer, &x)?,
             };
             index += 1;
@@ -426,11 +427,20 @@ impl Net {
                     index += usize::from(fused_relu);
                     y
                 }
+                _ if self.flatten_is_implicit(index, end) => x,
                 layer => apply_parameter_free_or_affine(layer, &x)?,
             };
             index += 1;
         }
         Ok((x, statistics))
+    }
+
+    /// Whether layer `index` is a Flatten feeding a linear layer inside `..end`, which reads its
+    /// input as `[B, features]` anyway (the reshape would only add a graph node).
+    pub(crate) fn flatten_is_implicit(&self, index: usize, end: usize) -> bool {
+        matches!(self.layers[index], Layer::Flatten)
+            && index + 1 < end
+            && matches!(self.layers[index + 1], Layer::Linear { .. })
     }
 
     /// Whether layer `index + 1` is a ReLU inside `..end`, so BatchNorm and it run as one op.
@@ -535,7 +545,7 @@ fn apply_parameter_free_or_affine(layer: &Layer, x: &Tensor) -> Result<Tensor, M
             stride,
             padding,
         } => crate::kernels::conv2d_bias(x, weight, bias, *stride, *padding)?,
-        Layer::Linear { weight, bias } => x.matmul(&weight.t()?)?.broadcast_add(bias)?,
+        Layer::Linear { weight, bias } => crate::kernels::linear(x, weight, bias)?,
         Layer::Relu => crate::kernels::relu(x)?,
         Layer::Flatten => x.flatten_from(1)?,
         Layer::BatchNorm { .. } => unreachable!("BatchNorm is applied by the caller"),
