@@ -96,19 +96,36 @@ impl InplaceOp2 for AdamOp<'_> {
             .zip(second.par_chunks_mut(CHUNK))
             .zip(grad.par_chunks(CHUNK))
             .for_each(|(((param, first), second), grad)| {
-                for (((p, m), v), g) in param.iter_mut().zip(first).zip(second).zip(grad) {
-                    let g = g * s.gradient_scale;
-                    *m = s.beta1 * *m + (1.0 - s.beta1) * g;
-                    *v = s.beta2 * *v + (1.0 - s.beta2) * g * g;
-                    let m_hat = *m / s.first_correction;
-                    let update = match s.rectification {
-                        Some(r) => m_hat / ((*v / s.second_correction).sqrt() + s.epsilon) * r,
-                        None => m_hat,
-                    };
-                    *p = *p * s.parameter_decay - s.learning_rate * update;
+                // The branch stays outside the element loop so that loop vectorises.
+                match s.rectification {
+                    Some(r) => update_chunk(&s, param, first, second, grad, |m_hat, v_hat| {
+                        m_hat / (v_hat.sqrt() + s.epsilon) * r
+                    }),
+                    None => update_chunk(&s, param, first, second, grad, |m_hat, _| m_hat),
                 }
             });
         Ok(())
+    }
+}
+
+/// Updates one chunk: moments from the scaled gradient, then the parameter by `direction`
+/// of the bias-corrected moments.
+#[inline(always)]
+fn update_chunk(
+    s: &AdamStep,
+    param: &mut [f32],
+    first: &mut [f32],
+    second: &mut [f32],
+    grad: &[f32],
+    direction: impl Fn(f32, f32) -> f32,
+) {
+    let (first_scale, second_scale) = (1.0 / s.first_correction, 1.0 / s.second_correction);
+    for (((p, m), v), g) in param.iter_mut().zip(first).zip(second).zip(grad) {
+        let g = g * s.gradient_scale;
+        *m = s.beta1 * *m + (1.0 - s.beta1) * g;
+        *v = s.beta2 * *v + (1.0 - s.beta2) * g * g;
+        let update = direction(*m * first_scale, *v * second_scale);
+        *p = *p * s.parameter_decay - s.learning_rate * update;
     }
 }
 
