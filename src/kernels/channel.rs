@@ -60,23 +60,7 @@ impl CustomOp3 for ChannelAffineOp {
         _result: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let grad_x = if x.track_op() {
-            Some(channel_affine(&grad, scale, &shift.zeros_like()?)?)
-        } else {
-            None
-        };
-        let grad_scale = if scale.track_op() {
-            Some(channel_sum(&(&grad * x)?)?)
-        } else {
-            None
-        };
-        let grad_shift = if shift.track_op() {
-            Some(channel_sum(&grad)?)
-        } else {
-            None
-        };
-        Ok((grad_x, grad_scale, grad_shift))
+        affine_backward(x, scale, shift, grad, false)
     }
 }
 
@@ -122,24 +106,56 @@ impl CustomOp3 for ChannelAffineReluOp {
         x: &Tensor,
         scale: &Tensor,
         shift: &Tensor,
-        result: &Tensor,
+        _result: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let parameters = Tensor::stack(&[scale.detach(), shift.detach()], 0)?;
-        let masked_grad =
-            x.detach()
-                .apply_op3_no_bwd(&parameters, &grad.contiguous()?, &ReluMaskOp)?;
-        ChannelAffineOp.bwd(x, scale, shift, result, &masked_grad)
+        affine_backward(x, scale, shift, grad, true)
     }
 }
 
-/// `grad · [scale[c]·x + shift[c] ≥ 0]` from `(x, [scale; shift], grad)`: the gradient at the
-/// pre-activation, with the subgradient candle's `relu` uses at zero.
-struct ReluMaskOp;
+/// Gradients of `y = scale[c]·x + shift[c]` (optionally followed by a ReLU) with respect to
+/// `x`, `scale` and `shift`, from one pass over `x` and the output gradient.
+fn affine_backward(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    grad: &Tensor,
+    relu: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let parameters = Tensor::stack(&[scale.detach(), shift.detach()], 0)?;
+    let packed = x.detach().apply_op3_no_bwd(
+        &parameters,
+        &grad.contiguous()?,
+        &AffineGradientOp { relu },
+    )?;
+    let (len, channels) = (x.elem_count(), scale.elem_count());
+    let grad_x = x
+        .track_op()
+        .then(|| packed.narrow(0, 0, len)?.reshape(x.dims()))
+        .transpose()?;
+    let grad_scale = scale
+        .track_op()
+        .then(|| packed.narrow(0, len, channels))
+        .transpose()?;
+    let grad_shift = shift
+        .track_op()
+        .then(|| packed.narrow(0, len + channels, channels))
+        .transpose()?;
+    Ok((grad_x, grad_scale, grad_shift))
+}
 
-impl CustomOp3 for ReluMaskOp {
+/// From `(x, [scale; shift], grad)`: `[∂x (all of x); ∂scale (C); ∂shift (C)]` in one buffer.
+///
+/// With `relu`, the gradient is first masked by `[scale[c]·x + shift[c] ≥ 0]` (the
+/// subgradient candle's `relu` uses). Written with tensor ops this is a mask, a product and
+/// two strided reductions, each a full pass with its own temporary; here it is one pass.
+struct AffineGradientOp {
+    relu: bool,
+}
+
+impl CustomOp3 for AffineGradientOp {
     fn name(&self) -> &'static str {
-        "cthpo-channel-affine-relu-mask"
+        "cthpo-channel-affine-gradient"
     }
 
     fn cpu_fwd(
@@ -151,28 +167,76 @@ impl CustomOp3 for ReluMaskOp {
         g_storage: &CpuStorage,
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(x_storage, x_layout, "channel affine relu input")?;
-        let parameters = contiguous_f32(p_storage, p_layout, "channel affine relu parameters")?;
-        let grad = contiguous_f32(g_storage, g_layout, "channel affine relu gradient")?;
+        let x = contiguous_f32(x_storage, x_layout, "channel affine input")?;
+        let parameters = contiguous_f32(p_storage, p_layout, "channel affine parameters")?;
+        let grad = contiguous_f32(g_storage, g_layout, "channel affine gradient")?;
         let dims = x_layout.shape().dims();
+        if dims.len() < 2 || dims[1] == 0 {
+            bail!("channel affine gradient: input {dims:?} has no channel axis")
+        }
         let channels = dims[1];
         if parameters.len() != 2 * channels || grad.len() != x.len() {
-            bail!("channel affine relu gradient: operands do not fit input {dims:?}")
+            bail!("channel affine gradient: operands do not fit input {dims:?}")
         }
         let (scale, shift) = parameters.split_at(channels);
-        let plane = dims[2..].iter().product::<usize>().max(1);
-        // SAFETY: each output row is zipped with input and gradient rows of the same length.
-        let out = unsafe {
-            par_filled(x.len(), plane, |row, d| {
-                let c = row % channels;
-                let (a, b) = (scale[c], shift[c]);
-                let start = row * plane;
-                for ((d, x), g) in d.iter_mut().zip(&x[start..]).zip(&grad[start..]) {
-                    d.write(masked(*g, a * x + b >= 0.0));
+        let plane = dims[2..].iter().product::<usize>();
+        let sample = (channels * plane).max(1);
+        let relu = self.relu;
+        let mut out: Vec<f32> = Vec::with_capacity(x.len() + 2 * channels);
+        // Per-sample, per-channel partial sums [Σ g·x, Σ g], reduced in f64 below.
+        let mut sums = vec![[0f32; 2]; x.len() / sample * channels];
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(sample)
+            .zip(x.par_chunks(sample))
+            .zip(grad.par_chunks(sample))
+            .zip(sums.par_chunks_mut(channels))
+            .for_each(|(((dx, x), grad), sums)| {
+                let rows = dx.chunks_mut(plane.max(1)).zip(x.chunks(plane.max(1)));
+                for (c, ((dx, x), sum)) in rows.zip(sums.iter_mut()).enumerate() {
+                    let (a, b) = (scale[c], shift[c]);
+                    let grad = &grad[c * plane..];
+                    // Eight independent accumulators over fixed-size chunks, so the loop
+                    // vectorises; the tail goes into lane 0.
+                    let (mut weighted, mut total) = ([0f32; 8], [0f32; 8]);
+                    let whole = x.len() / 8 * 8;
+                    let (dx_body, dx_tail) = dx.split_at_mut(whole);
+                    let (x_body, x_tail) = x.split_at(whole);
+                    let (g_body, g_tail) = grad[..x.len()].split_at(whole);
+                    let step = |g: f32, x: f32| if relu { masked(g, a * x + b >= 0.0) } else { g };
+                    for ((dx, x), g) in dx_body
+                        .chunks_exact_mut(8)
+                        .zip(x_body.chunks_exact(8))
+                        .zip(g_body.chunks_exact(8))
+                    {
+                        for lane in 0..8 {
+                            let g = step(g[lane], x[lane]);
+                            dx[lane].write(g * a);
+                            weighted[lane] += g * x[lane];
+                            total[lane] += g;
+                        }
+                    }
+                    for ((dx, x), g) in dx_tail.iter_mut().zip(x_tail).zip(g_tail) {
+                        let g = step(*g, *x);
+                        dx.write(g * a);
+                        weighted[0] += g * x;
+                        total[0] += g;
+                    }
+                    *sum = [weighted.iter().sum(), total.iter().sum()];
                 }
-            })
-        };
-        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+            });
+        // SAFETY: every sample's chunk of ∂x was written above.
+        unsafe { out.set_len(x.len()) };
+        let mut grad_scale = vec![0f64; channels];
+        let mut grad_shift = vec![0f64; channels];
+        for row in sums.chunks(channels) {
+            for (c, [weighted, total]) in row.iter().enumerate() {
+                grad_scale[c] += f64::from(*weighted);
+                grad_shift[c] += f64::from(*total);
+            }
+        }
+        out.extend(grad_scale.iter().chain(&grad_shift).map(|&v| v as f32));
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
