@@ -216,13 +216,16 @@ fn weight_gradient(
     dw
 }
 
+/// Rows, input features and output features of a linear layer.
+type LinearSizes = (usize, usize, usize);
+
 /// Checked operands of a weight gradient: inputs and gradients, and the three sizes.
 fn weight_gradient_operands<'a>(
     x_storage: &'a CpuStorage,
     x_layout: &Layout,
     g_storage: &'a CpuStorage,
     g_layout: &Layout,
-) -> Result<(&'a [f32], &'a [f32], (usize, usize, usize))> {
+) -> Result<(&'a [f32], &'a [f32], LinearSizes)> {
     let x = contiguous_f32(x_storage, x_layout, "linear input")?;
     let grad = contiguous_f32(g_storage, g_layout, "linear gradient")?;
     let (batch, outputs) = g_layout.shape().dims2()?;
