@@ -7,6 +7,7 @@
 use super::{contiguous_f32, masked, par_filled};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 struct ChannelAffineOp;
 
@@ -193,35 +194,13 @@ impl CustomOp3 for AffineGradientOp {
             .for_each(|(((dx, x), grad), sums)| {
                 let rows = dx.chunks_mut(plane.max(1)).zip(x.chunks(plane.max(1)));
                 for (c, ((dx, x), sum)) in rows.zip(sums.iter_mut()).enumerate() {
+                    let grad = &grad[c * plane..c * plane + x.len()];
                     let (a, b) = (scale[c], shift[c]);
-                    let grad = &grad[c * plane..];
-                    // Eight independent accumulators over fixed-size chunks, so the loop
-                    // vectorises; the tail goes into lane 0.
-                    let (mut weighted, mut total) = ([0f32; 8], [0f32; 8]);
-                    let whole = x.len() / 8 * 8;
-                    let (dx_body, dx_tail) = dx.split_at_mut(whole);
-                    let (x_body, x_tail) = x.split_at(whole);
-                    let (g_body, g_tail) = grad[..x.len()].split_at(whole);
-                    let step = |g: f32, x: f32| if relu { masked(g, a * x + b >= 0.0) } else { g };
-                    for ((dx, x), g) in dx_body
-                        .chunks_exact_mut(8)
-                        .zip(x_body.chunks_exact(8))
-                        .zip(g_body.chunks_exact(8))
-                    {
-                        for lane in 0..8 {
-                            let g = step(g[lane], x[lane]);
-                            dx[lane].write(g * a);
-                            weighted[lane] += g * x[lane];
-                            total[lane] += g;
-                        }
-                    }
-                    for ((dx, x), g) in dx_tail.iter_mut().zip(x_tail).zip(g_tail) {
-                        let g = step(*g, *x);
-                        dx.write(g * a);
-                        weighted[0] += g * x;
-                        total[0] += g;
-                    }
-                    *sum = [weighted.iter().sum(), total.iter().sum()];
+                    *sum = if relu {
+                        affine_gradient_row::<true>(dx, x, grad, a, b)
+                    } else {
+                        affine_gradient_row::<false>(dx, x, grad, a, b)
+                    };
                 }
             });
         // SAFETY: every sample's chunk of ∂x was written above.
@@ -238,6 +217,46 @@ impl CustomOp3 for AffineGradientOp {
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
     }
+}
+
+/// One channel row of [`AffineGradientOp`]: writes `∂x = a·g'` and returns `[Σ g'·x, Σ g']`,
+/// where `g'` is `g` masked by `[a·x + b ≥ 0]` when `RELU`.
+///
+/// `RELU` is a constant so the element loop has no branch and vectorises; eight independent
+/// accumulators over fixed-size chunks let it, and the tail goes into lane 0.
+#[inline]
+fn affine_gradient_row<const RELU: bool>(
+    dx: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    grad: &[f32],
+    a: f32,
+    b: f32,
+) -> [f32; 2] {
+    let (mut weighted, mut total) = ([0f32; 8], [0f32; 8]);
+    let whole = x.len() / 8 * 8;
+    let (dx_body, dx_tail) = dx.split_at_mut(whole);
+    let (x_body, x_tail) = x.split_at(whole);
+    let (g_body, g_tail) = grad.split_at(whole);
+    let step = |g: f32, x: f32| if RELU { masked(g, a * x + b >= 0.0) } else { g };
+    for ((dx, x), g) in dx_body
+        .chunks_exact_mut(8)
+        .zip(x_body.chunks_exact(8))
+        .zip(g_body.chunks_exact(8))
+    {
+        for lane in 0..8 {
+            let g = step(g[lane], x[lane]);
+            dx[lane].write(g * a);
+            weighted[lane] += g * x[lane];
+            total[lane] += g;
+        }
+    }
+    for ((dx, x), g) in dx_tail.iter_mut().zip(x_tail).zip(g_tail) {
+        let g = step(*g, *x);
+        dx.write(g * a);
+        weighted[0] += g * x;
+        total[0] += g;
+    }
+    [weighted.iter().sum(), total.iter().sum()]
 }
 
 /// Sum over every axis but axis 1 of a `[B, C, …]` tensor, as contiguous row sums.
