@@ -23,6 +23,16 @@ enum Part {
     Radius,
 }
 
+impl Part {
+    /// The sign of the lower bound's ReLU in this part: `+1` for the centre, `−1` for the radius.
+    fn sign(self) -> f32 {
+        match self {
+            Part::Centre => 1.0,
+            Part::Radius => -1.0,
+        }
+    }
+}
+
 /// The operands of a centre/radius op, checked to be equally long.
 fn operands<'a>(
     c_storage: &'a CpuStorage,
@@ -57,7 +67,8 @@ impl CustomOp2 for ReluIntervalOp {
         r_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (centre, radius) = operands(c_storage, c_layout, r_storage, r_layout)?;
-        let part = self.0;
+        // `upper ± lower` as `upper + sign·lower` (exact), so the loop has no branch.
+        let sign = self.0.sign();
         // SAFETY: each output chunk is zipped with input slices at least as long.
         let out = unsafe {
             par_filled(centre.len(), CHUNK, |index, out| {
@@ -65,10 +76,7 @@ impl CustomOp2 for ReluIntervalOp {
                 for ((out, c), r) in out.iter_mut().zip(&centre[start..]).zip(&radius[start..]) {
                     let upper = (c + r).max(0.0);
                     let lower = (c - r).max(0.0);
-                    out.write(match part {
-                        Part::Centre => (upper + lower) * 0.5,
-                        Part::Radius => (upper - lower) * 0.5,
-                    });
+                    out.write((upper + sign * lower) * 0.5);
                 }
             })
         };
@@ -126,7 +134,7 @@ impl CustomOp3 for ReluIntervalGradientOp {
         let n = centre.len();
         let mut out: Vec<f32> = Vec::with_capacity(2 * n);
         let (grad_centre, grad_radius) = out.spare_capacity_mut()[..2 * n].split_at_mut(n);
-        let part = self.0;
+        let sign = self.0.sign();
         grad_centre
             .par_chunks_mut(CHUNK)
             .zip(grad_radius.par_chunks_mut(CHUNK))
@@ -141,14 +149,11 @@ impl CustomOp3 for ReluIntervalGradientOp {
                     let half = g * 0.5;
                     let through_upper = masked(half, c + r >= 0.0);
                     let through_lower = masked(half, c - r >= 0.0);
-                    let (sum, difference) = match part {
-                        Part::Centre => {
-                            (through_upper + through_lower, through_upper - through_lower)
-                        }
-                        Part::Radius => {
-                            (through_upper - through_lower, through_upper + through_lower)
-                        }
-                    };
+                    // Centre: (u + l, u − l); radius: (u − l, u + l).
+                    let (sum, difference) = (
+                        through_upper + sign * through_lower,
+                        through_upper - sign * through_lower,
+                    );
                     dc.write(sum);
                     dr.write(difference);
                 }
