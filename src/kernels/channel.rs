@@ -9,11 +9,31 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-struct ChannelAffineOp;
+/// `scale[c]·x + shift[c]`, followed by a ReLU in the same pass when `relu` (BatchNorm and
+/// the ReLU after it as one op).
+///
+/// Fusing saves the ReLU's pass over the activations and, in the backward pass, the
+/// accumulation candle does for every intermediate gradient (a zeroed buffer plus an add).
+struct ChannelAffineOp {
+    relu: bool,
+}
+
+/// One channel row of [`ChannelAffineOp`]; `RELU` is a constant so the loop has no branch.
+#[inline]
+fn affine_row<const RELU: bool>(y: &mut [MaybeUninit<f32>], x: &[f32], a: f32, b: f32) {
+    for (y, x) in y.iter_mut().zip(x) {
+        let value = a * x + b;
+        y.write(if RELU { value.max(0.0) } else { value });
+    }
+}
 
 impl CustomOp3 for ChannelAffineOp {
     fn name(&self) -> &'static str {
-        "cthpo-channel-affine"
+        if self.relu {
+            "cthpo-channel-affine-relu"
+        } else {
+            "cthpo-channel-affine"
+        }
     }
 
     fn cpu_fwd(
@@ -40,13 +60,16 @@ impl CustomOp3 for ChannelAffineOp {
         let channels = dims[1];
         let plane: usize = dims[2..].iter().product();
         let plane = plane.max(1);
+        let relu = self.relu;
         // SAFETY: each output row is zipped with the input row of the same length.
         let out = unsafe {
             par_filled(x.len(), plane, |row, y| {
                 let c = row % channels;
-                let (a, b) = (scale[c], shift[c]);
-                for (y, x) in y.iter_mut().zip(&x[row * plane..]) {
-                    y.write(a * x + b);
+                let x = &x[row * plane..];
+                if relu {
+                    affine_row::<true>(y, x, scale[c], shift[c]);
+                } else {
+                    affine_row::<false>(y, x, scale[c], shift[c]);
                 }
             })
         };
@@ -61,56 +84,7 @@ impl CustomOp3 for ChannelAffineOp {
         _result: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        affine_backward(x, scale, shift, grad, false)
-    }
-}
-
-/// `max(scale[c]·x + shift[c], 0)`: BatchNorm and the ReLU after it as one op.
-///
-/// Fusing saves the ReLU's pass over the activations and, in the backward pass, the
-/// accumulation candle does for every intermediate gradient (a zeroed buffer plus an add).
-struct ChannelAffineReluOp;
-
-impl CustomOp3 for ChannelAffineReluOp {
-    fn name(&self) -> &'static str {
-        "cthpo-channel-affine-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x_storage: &CpuStorage,
-        x_layout: &Layout,
-        scale_storage: &CpuStorage,
-        scale_layout: &Layout,
-        shift_storage: &CpuStorage,
-        shift_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (out, shape) = ChannelAffineOp.cpu_fwd(
-            x_storage,
-            x_layout,
-            scale_storage,
-            scale_layout,
-            shift_storage,
-            shift_layout,
-        )?;
-        let CpuStorage::F32(mut values) = out else {
-            bail!("channel affine relu: only f32 tensors are supported")
-        };
-        values
-            .par_chunks_mut(1 << 14)
-            .for_each(|chunk| chunk.iter_mut().for_each(|v| *v = v.max(0.0)));
-        Ok((CpuStorage::F32(values), shape))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        scale: &Tensor,
-        shift: &Tensor,
-        _result: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        affine_backward(x, scale, shift, grad, true)
+        affine_backward(x, scale, shift, grad, self.relu)
     }
 }
 
@@ -272,8 +246,11 @@ pub(super) fn channel_sum(t: &Tensor) -> Result<Tensor> {
 /// `scale[c]·x + shift[c]` over axis 1 of `x` (`[B, C]` or `[B, C, H, W]`); `scale` and `shift`
 /// are `[C]`. Differentiable in all three.
 pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op3(&scale.contiguous()?, &shift.contiguous()?, ChannelAffineOp)
+    x.contiguous()?.apply_op3(
+        &scale.contiguous()?,
+        &shift.contiguous()?,
+        ChannelAffineOp { relu: false },
+    )
 }
 
 /// `max(scale[c]·x + shift[c], 0)` over axis 1 of `x`, the same as [`channel_affine`] followed
@@ -282,6 +259,6 @@ pub fn channel_affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result
     x.contiguous()?.apply_op3(
         &scale.contiguous()?,
         &shift.contiguous()?,
-        ChannelAffineReluOp,
+        ChannelAffineOp { relu: true },
     )
 }
