@@ -105,10 +105,11 @@ impl CustomOp3 for LinearOp {
     }
 }
 
-/// `r·|W|ᵀ`, the radius of the image of a box of radius `r` under `x ↦ x·Wᵀ + b`.
+/// `r·|W|ᵀ`, the radius of the image of a box of radius `r` under `x ↦ x·Wᵀ + b`, from
+/// `(r, W, |W|)`: `|W|` is formed once by the caller and read by both passes.
 struct AbsLinearOp;
 
-impl CustomOp2 for AbsLinearOp {
+impl CustomOp3 for AbsLinearOp {
     fn name(&self) -> &'static str {
         "cthpo-abs-linear"
     }
@@ -117,14 +118,15 @@ impl CustomOp2 for AbsLinearOp {
         &self,
         r_storage: &CpuStorage,
         r_layout: &Layout,
-        w_storage: &CpuStorage,
-        w_layout: &Layout,
+        _w_storage: &CpuStorage,
+        _w_layout: &Layout,
+        a_storage: &CpuStorage,
+        a_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let size = sizes(r_layout, w_layout)?;
+        let size = sizes(r_layout, a_layout)?;
         let radius = contiguous_f32(r_storage, r_layout, "abs linear radius")?;
-        let weight = contiguous_f32(w_storage, w_layout, "abs linear weight")?;
-        let absolute: Vec<f32> = weight.par_iter().map(|w| w.abs()).collect();
-        let y = forward(radius, &absolute, size, None);
+        let absolute = contiguous_f32(a_storage, a_layout, "abs linear |weight|")?;
+        let y = forward(radius, absolute, size, None);
         Ok((CpuStorage::F32(y), Shape::from((size.0, size.2))))
     }
 
@@ -132,12 +134,13 @@ impl CustomOp2 for AbsLinearOp {
         &self,
         radius: &Tensor,
         weight: &Tensor,
+        absolute: &Tensor,
         _result: &Tensor,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let grad_radius = if radius.track_op() {
-            Some(input_gradient(&grad, &weight.abs()?, radius.dims())?)
+            Some(input_gradient(&grad, absolute, radius.dims())?)
         } else {
             None
         };
@@ -146,7 +149,8 @@ impl CustomOp2 for AbsLinearOp {
         } else {
             None
         };
-        Ok((grad_radius, grad_weight))
+        // `|W|` is an untracked copy: its gradient reaches `W` through `grad_weight`.
+        Ok((grad_radius, grad_weight, None))
     }
 }
 
@@ -306,7 +310,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// `r·|W|ᵀ` for `r` `[B, …]` (read as `[B, in]`) and `W` `[out, in]`; differentiable in both.
 pub fn abs_linear(radius: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let weight = weight.contiguous()?;
+    let absolute = weight.detach().abs()?;
     radius
         .contiguous()?
-        .apply_op2(&weight.contiguous()?, AbsLinearOp)
+        .apply_op3(&weight, &absolute, AbsLinearOp)
 }
