@@ -128,8 +128,7 @@ pub fn fit(
         steps_per_epoch,
     );
     let robust = implementation(method);
-    let mut optimizer =
-        Optimizer::new(config.optimizer, config.weight_decay, net.trainable_vars())?;
+    let mut optimizer = Optimizer::new(config.optimizer, config.weight_decay, net.trainable_vars());
     let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed_a77a_c4ed);
     let mut reports = Vec::with_capacity(options.epochs);
     for epoch in 0..options.epochs {

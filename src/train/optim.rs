@@ -21,22 +21,18 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// A fresh optimiser over `vars`.
-    pub fn new(
-        kind: OptimizerKind,
-        weight_decay: f64,
-        vars: Vec<Var>,
-    ) -> Result<Optimizer, TrainError> {
+    pub fn new(kind: OptimizerKind, weight_decay: f64, vars: Vec<Var>) -> Optimizer {
         let moments = vars
             .iter()
             .map(|v| AdamMoments::zeros(v.as_tensor().elem_count()))
             .collect();
-        Ok(Optimizer {
+        Optimizer {
             kind,
             weight_decay,
             moments,
             vars,
             steps: 0,
-        })
+        }
     }
 
     /// Global L2 norm of the gradients (vars without a gradient count as zero).
@@ -152,7 +148,7 @@ mod tests {
             OptimizerKind::Radam,
         ] {
             let var = Var::from_tensor(&Tensor::full(0.5f32, n, &Device::Cpu).unwrap()).unwrap();
-            let mut optimizer = Optimizer::new(kind, 0.01, vec![var.clone()]).unwrap();
+            let mut optimizer = Optimizer::new(kind, 0.01, vec![var.clone()]);
             for g in &grads {
                 let loss = (var.as_tensor()
                     * Tensor::new(
@@ -192,7 +188,7 @@ mod tests {
             + (b.as_tensor().sum_all().unwrap() * 2.0).unwrap())
         .unwrap();
         let store = loss.backward().unwrap();
-        let optimizer = Optimizer::new(OptimizerKind::Adam, 0.0, vec![a, b]).unwrap();
+        let optimizer = Optimizer::new(OptimizerKind::Adam, 0.0, vec![a, b]);
         // Gradients (3, 3) and (2, 2): norm √26.
         let norm = optimizer.gradient_norm(&store).unwrap();
         assert!((norm - 26f64.sqrt()).abs() < 1e-6, "{norm}");
