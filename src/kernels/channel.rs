@@ -97,26 +97,12 @@ fn affine_backward(
     grad: &Tensor,
     relu: bool,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-    let parameters = Tensor::stack(&[scale.detach(), shift.detach()], 0)?;
-    let packed = x.detach().apply_op3_no_bwd(
-        &parameters,
-        &grad.contiguous()?,
-        &AffineGradientOp { relu },
-    )?;
-    let (len, channels) = (x.elem_count(), scale.elem_count());
-    let grad_x = x
-        .track_op()
-        .then(|| packed.narrow(0, 0, len)?.reshape(x.dims()))
-        .transpose()?;
-    let grad_scale = scale
-        .track_op()
-        .then(|| packed.narrow(0, len, channels))
-        .transpose()?;
-    let grad_shift = shift
-        .track_op()
-        .then(|| packed.narrow(0, len + channels, channels))
-        .transpose()?;
-    Ok((grad_x, grad_scale, grad_shift))
+    let (grad_x, grad_scale, grad_shift) = channel_affine_gradient(x, scale, shift, grad, relu)?;
+    Ok((
+        x.track_op().then_some(grad_x),
+        scale.track_op().then_some(grad_scale),
+        shift.track_op().then_some(grad_shift),
+    ))
 }
 
 /// From `(x, [scale; shift], grad)`: `[∂x (all of x); ∂scale (C); ∂shift (C)]` in one buffer.
@@ -234,7 +220,7 @@ fn affine_gradient_row<const RELU: bool>(
 }
 
 /// Sum over every axis but axis 1 of a `[B, C, …]` tensor, as contiguous row sums.
-pub(super) fn channel_sum(t: &Tensor) -> Result<Tensor> {
+pub fn channel_sum(t: &Tensor) -> Result<Tensor> {
     let dims = t.dims();
     let plane: usize = dims[2..].iter().product();
     t.contiguous()?
@@ -261,4 +247,27 @@ pub fn channel_affine_relu(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result
         &shift.contiguous()?,
         ChannelAffineOp { relu: true },
     )
+}
+
+/// Input, scale and shift gradients of [`channel_affine`] (or [`channel_affine_relu`] when
+/// `relu`) at input `x`, graph-free: `(∂x, ∂scale, ∂shift)`.
+pub fn channel_affine_gradient(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    grad: &Tensor,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let parameters = Tensor::stack(&[scale.detach(), shift.detach()], 0)?;
+    let packed = x.detach().contiguous()?.apply_op3_no_bwd(
+        &parameters,
+        &grad.contiguous()?,
+        &AffineGradientOp { relu },
+    )?;
+    let (len, channels) = (x.elem_count(), scale.elem_count());
+    Ok((
+        packed.narrow(0, 0, len)?.reshape(x.dims())?,
+        packed.narrow(0, len, channels)?,
+        packed.narrow(0, len + channels, channels)?,
+    ))
 }

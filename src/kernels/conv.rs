@@ -293,7 +293,7 @@ impl CustomOp2 for Conv2dOp {
             None
         };
         let grad_kernel = if kernel.track_op() {
-            Some(weight_gradient(
+            Some(conv2d_weight_gradient(
                 x,
                 &grad,
                 kernel.dim(2)?,
@@ -457,7 +457,7 @@ impl CustomOp2 for ConvTranspose2dOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let grad_a = conv2d(&grad, kernel, self.stride, self.padding)?;
-        let grad_kernel = weight_gradient(
+        let grad_kernel = conv2d_weight_gradient(
             &grad,
             &a.contiguous()?,
             kernel.dim(2)?,
@@ -592,7 +592,9 @@ pub fn conv_transpose2d(
     )
 }
 
-fn weight_gradient(
+/// Kernel gradient `[Co, Ci, k, k]` of a convolution of `x` whose output gradient is `grad`
+/// (not differentiable); public so benchmarks can time the backward pass's parts on their own.
+pub fn conv2d_weight_gradient(
     x: &Tensor,
     grad: &Tensor,
     kernel: usize,

@@ -316,3 +316,28 @@ pub fn abs_linear(radius: &Tensor, weight: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .apply_op3(&weight, &absolute, AbsLinearOp)
 }
+
+/// `g·W` reshaped to `dims`: the input gradient of [`linear`], graph-free (for hand-written
+/// reverse passes; pass `|W|` for the radius gradient of [`abs_linear`]).
+pub fn linear_input_gradient(grad: &Tensor, weight: &Tensor, dims: &[usize]) -> Result<Tensor> {
+    input_gradient(&grad.contiguous()?, weight, dims)
+}
+
+/// `gᵀ·x` `[out, in]`: the weight gradient of [`linear`] for input `x` `[B, …]`, graph-free.
+pub fn linear_weight_gradient(x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &WeightGradientOp)
+}
+
+/// `sign(W) ⊙ gᵀ·r`: the weight gradient of [`abs_linear`] for radius `r`, graph-free.
+pub fn abs_linear_weight_gradient(
+    radius: &Tensor,
+    grad: &Tensor,
+    weight: &Tensor,
+) -> Result<Tensor> {
+    radius.contiguous()?.apply_op3_no_bwd(
+        &grad.contiguous()?,
+        &weight.contiguous()?,
+        &AbsWeightGradientOp,
+    )
+}

@@ -8,16 +8,20 @@ mod linear;
 mod memory;
 mod moments;
 mod relu;
+mod reverse;
 mod specs;
 
 pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
-pub use channel::{channel_affine, channel_affine_relu};
-pub use conv::{conv_transpose2d, conv2d, conv2d_bias};
+pub use channel::{channel_affine, channel_affine_gradient, channel_affine_relu, channel_sum};
+pub use conv::{conv_transpose2d, conv2d, conv2d_bias, conv2d_weight_gradient};
 pub use interval::{relu_box_centre, relu_box_radius};
-pub use linear::{abs_linear, linear};
+pub use linear::{
+    abs_linear, abs_linear_weight_gradient, linear, linear_input_gradient, linear_weight_gradient,
+};
 pub use memory::retain_freed_memory;
 pub use moments::channel_moments;
-pub use relu::relu;
+pub use relu::{relu, relu_gradient};
+pub use reverse::{batch_norm_input_gradient, channel_gradient_sums, relu_box_gradient};
 pub use specs::spec_mul;
 
 use candle_core::{CpuStorage, Layout, Result, bail};

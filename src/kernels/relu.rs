@@ -74,3 +74,9 @@ impl CustomOp2 for ReluGradientOp {
 pub fn relu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(ReluOp)
 }
+
+/// `grad · [x ≥ 0]`: the input gradient of [`relu`] at input `x`, graph-free.
+pub fn relu_gradient(x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&grad.contiguous()?, &ReluGradientOp)
+}

@@ -495,7 +495,8 @@ impl Net {
         Ok((scale, shift))
     }
 
-    fn update_running_statistics(
+    /// Folds one batch's BatchNorm statistics at `layer_index` into the running ones.
+    pub(crate) fn update_running_statistics(
         &mut self,
         layer_index: usize,
         mean: &Tensor,

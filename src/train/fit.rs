@@ -2,11 +2,12 @@
 //! the natural loss, regularisers, clipping, the update, and divergence detection.
 
 use super::TrainError;
+use super::backprop::{Objective, loss_and_gradients};
 use super::config::{Method, TrainConfig};
-use super::methods::{StepContext, implementation};
-use super::optim::Optimizer;
+use super::methods::{StepContext, TrainingMethod, implementation};
+use super::optim::{GradientSource, Optimizer};
 use super::regularizer::{l1_penalty, shi_regularizer};
-use super::schedule::Schedule;
+use super::schedule::{Schedule, ScheduleValues};
 use crate::model::Net;
 use candle_core::{DType, Tensor};
 use rand::{SeedableRng, rngs::StdRng};
@@ -149,61 +150,57 @@ pub fn fit(
             )?;
             let batch_images = images.index_select(&index, 0)?;
             let batch_labels = labels.index_select(&index, 0)?;
-            let (clean_logits, statistics) = net.forward_train(&batch_images)?;
-            let natural = candle_nn::loss::cross_entropy(&clean_logits, &batch_labels)?;
-            let mut loss = if method == Method::Standard || values.eps <= 0.0 {
-                natural
-            } else {
-                let mut context = StepContext {
-                    net,
-                    images: &batch_images,
-                    labels: &batch_labels,
-                    statistics: &statistics,
-                    schedule: values,
-                    config,
-                    rng: &mut rng,
-                };
-                let robust_loss = robust.robust_loss(&mut context)?;
-                let mut loss = if method.is_certified() {
-                    ((natural * values.kappa)? + (robust_loss.loss * (1.0 - values.kappa))?)?
-                } else {
-                    robust_loss.loss
-                };
-                let train_eps = schedule.train_eps();
-                if config.shi_reg_weight > 0.0
-                    && values.eps < train_eps
-                    && let Some((trace, input)) = &robust_loss.trace
-                    && let Some(shi) = shi_regularizer(net, trace, input)?
-                {
-                    let intensity = config.shi_reg_weight * (1.0 - values.eps / train_eps);
-                    loss = (loss + (shi * intensity)?)?;
-                }
-                loss
+            let diverged = || TrainError::Diverged {
+                epoch: epoch + 1,
+                batch: batch_index + 1,
             };
-            if config.l1_reg_weight > 0.0 {
-                loss = (loss + (l1_penalty(net)? * config.l1_reg_weight)?)?;
-            }
-            let loss_value = loss.to_scalar::<f32>()? as f64;
+            let train_eps = schedule.train_eps();
+            let shi_active = config.shi_reg_weight > 0.0 && values.eps < train_eps;
+            let objective = Objective::for_step(net, method, values.eps, values.kappa, shi_active);
+            let (loss_value, grads): (f64, Box<dyn GradientSource>) = match objective {
+                Some(objective) => {
+                    let step = loss_and_gradients(
+                        net,
+                        &batch_images,
+                        &batch_labels,
+                        objective,
+                        config.l1_reg_weight,
+                    )?;
+                    (step.loss, Box::new(step.gradients))
+                }
+                None => {
+                    let loss = autograd_loss(
+                        net,
+                        robust.as_ref(),
+                        method,
+                        config,
+                        values,
+                        train_eps,
+                        &batch_images,
+                        &batch_labels,
+                        &mut rng,
+                    )?;
+                    let value = loss.to_scalar::<f32>()? as f64;
+                    if !value.is_finite() {
+                        return Err(diverged());
+                    }
+                    (value, Box::new(loss.backward()?))
+                }
+            };
             if !loss_value.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch: epoch + 1,
-                    batch: batch_index + 1,
-                });
+                return Err(diverged());
             }
-            let grads = loss.backward()?;
-            let norm = optimizer.gradient_norm(&grads)?;
+            let grads = grads.as_ref();
+            let norm = optimizer.gradient_norm(grads)?;
             if !norm.is_finite() {
-                return Err(TrainError::Diverged {
-                    epoch: epoch + 1,
-                    batch: batch_index + 1,
-                });
+                return Err(diverged());
             }
             let scale = if config.grad_clip_norm > 0.0 && norm > config.grad_clip_norm {
                 config.grad_clip_norm / norm
             } else {
                 1.0
             };
-            optimizer.step(&grads, values.learning_rate, scale)?;
+            optimizer.step(grads, values.learning_rate, scale)?;
             loss_sum += loss_value;
             let progress = BatchProgress {
                 epoch: epoch + 1,
@@ -235,4 +232,53 @@ pub fn fit(
         epochs: reports,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The step's loss as a candle graph, for the steps the hand-written reverse pass does not cover.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn autograd_loss(
+    net: &mut Net,
+    robust: &dyn TrainingMethod,
+    method: Method,
+    config: &TrainConfig,
+    values: ScheduleValues,
+    train_eps: f64,
+    batch_images: &Tensor,
+    batch_labels: &Tensor,
+    rng: &mut StdRng,
+) -> Result<Tensor, TrainError> {
+    let (clean_logits, statistics) = net.forward_train(batch_images)?;
+    let natural = candle_nn::loss::cross_entropy(&clean_logits, batch_labels)?;
+    let mut loss = if method == Method::Standard || values.eps <= 0.0 {
+        natural
+    } else {
+        let mut context = StepContext {
+            net,
+            images: batch_images,
+            labels: batch_labels,
+            statistics: &statistics,
+            schedule: values,
+            config,
+            rng,
+        };
+        let robust_loss = robust.robust_loss(&mut context)?;
+        let mut loss = if method.is_certified() {
+            ((natural * values.kappa)? + (robust_loss.loss * (1.0 - values.kappa))?)?
+        } else {
+            robust_loss.loss
+        };
+        if config.shi_reg_weight > 0.0
+            && values.eps < train_eps
+            && let Some((trace, input)) = &robust_loss.trace
+            && let Some(shi) = shi_regularizer(net, trace, input)?
+        {
+            let intensity = config.shi_reg_weight * (1.0 - values.eps / train_eps);
+            loss = (loss + (shi * intensity)?)?;
+        }
+        loss
+    };
+    if config.l1_reg_weight > 0.0 {
+        loss = (loss + (l1_penalty(net)? * config.l1_reg_weight)?)?;
+    }
+    Ok(loss)
 }

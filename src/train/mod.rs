@@ -3,6 +3,7 @@
 //! `fit` trains a [`Net`](crate::model::Net) in place with one [`Method`] and a [`TrainConfig`]
 //! whose keys match `spaces/*.yaml`; checkpoints pair the weights with a JSON sidecar.
 
+mod backprop;
 mod checkpoint;
 mod config;
 mod fit;

@@ -1,14 +1,34 @@
 //! Adam, AdamW and RAdam over candle `Var`s, with global-norm gradient clipping.
 
 use super::TrainError;
+use super::backprop::Gradients;
 use super::config::OptimizerKind;
 use crate::kernels::{AdamMoments, AdamStep, adam_update, sum_of_squares};
-use candle_core::Var;
 use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPSILON: f64 = 1e-8;
+
+/// Where the optimiser reads each parameter's gradient: candle's autograd or the hand-written
+/// reverse pass.
+pub trait GradientSource {
+    /// The gradient of `parameter`, if the loss depends on it.
+    fn gradient(&self, parameter: &Tensor) -> Option<&Tensor>;
+}
+
+impl GradientSource for GradStore {
+    fn gradient(&self, parameter: &Tensor) -> Option<&Tensor> {
+        self.get(parameter)
+    }
+}
+
+impl GradientSource for Gradients {
+    fn gradient(&self, parameter: &Tensor) -> Option<&Tensor> {
+        self.get(parameter)
+    }
+}
 
 /// Moment estimates and step count of one run's optimiser.
 pub struct Optimizer {
@@ -36,10 +56,10 @@ impl Optimizer {
     }
 
     /// Global L2 norm of the gradients (vars without a gradient count as zero).
-    pub fn gradient_norm(&self, grads: &GradStore) -> Result<f64, TrainError> {
+    pub fn gradient_norm(&self, grads: &dyn GradientSource) -> Result<f64, TrainError> {
         let mut total = 0.0f64;
         for var in &self.vars {
-            if let Some(g) = grads.get(var.as_tensor()) {
+            if let Some(g) = grads.gradient(var.as_tensor()) {
                 total += sum_of_squares(g)?;
             }
         }
@@ -47,7 +67,12 @@ impl Optimizer {
     }
 
     /// One update with learning rate `lr`, gradients first scaled by `scale` (clipping).
-    pub fn step(&mut self, grads: &GradStore, lr: f64, scale: f64) -> Result<(), TrainError> {
+    pub fn step(
+        &mut self,
+        grads: &dyn GradientSource,
+        lr: f64,
+        scale: f64,
+    ) -> Result<(), TrainError> {
         self.steps += 1;
         let t = self.steps;
         let first_correction = 1.0 - BETA1.powi(t);
@@ -82,7 +107,7 @@ impl Optimizer {
             rectification: rectification.map(|r| r as f32),
         };
         for (var, moments) in self.vars.iter().zip(&mut self.moments) {
-            let Some(grad) = grads.get(var.as_tensor()) else {
+            let Some(grad) = grads.gradient(var.as_tensor()) else {
                 continue;
             };
             adam_update(var.as_tensor(), grad, moments, step)?;

@@ -1,0 +1,229 @@
+//! Graph-free backward kernels for hand-written reverse passes (`train::backprop`), where an
+//! op needs more operands than a candle custom op takes or per-channel values as plain numbers.
+
+use super::{contiguous_f32, masked, par_filled};
+use candle_core::{Result, Storage, Tensor, bail};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Elements per rayon task of the element-wise loops.
+const CHUNK: usize = 1 << 14;
+
+/// Runs `f` on the f32 values of `tensors` (made contiguous first), all of the same length.
+fn with_values<R>(
+    tensors: &[&Tensor],
+    what: &str,
+    f: impl FnOnce(&[&[f32]]) -> Result<R>,
+) -> Result<R> {
+    let contiguous = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
+    let values = guards
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cpu(cpu) => contiguous_f32(cpu, layout, what),
+            _ => bail!("{what}: only CPU tensors are supported"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if values.iter().any(|v| v.len() != values[0].len()) {
+        bail!("{what}: operands of different sizes")
+    }
+    f(&values)
+}
+
+/// `(∂c, ∂r)` of the box ReLU `(c, r) ↦ (relu_box_centre, relu_box_radius)` from the gradients
+/// of both outputs, with the subgradient `[c ± r ≥ 0]` of the ops' own backward.
+pub fn relu_box_gradient(
+    centre: &Tensor,
+    radius: &Tensor,
+    grad_centre: &Tensor,
+    grad_radius: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let dims = centre.dims().to_vec();
+    let (dc, dr) = with_values(
+        &[centre, radius, grad_centre, grad_radius],
+        "interval relu gradient",
+        |v| {
+            let (c, r, gc, gr) = (v[0], v[1], v[2], v[3]);
+            let n = c.len();
+            let mut dc: Vec<f32> = Vec::with_capacity(n);
+            let mut dr: Vec<f32> = Vec::with_capacity(n);
+            dc.spare_capacity_mut()[..n]
+                .par_chunks_mut(CHUNK)
+                .zip(dr.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
+                .enumerate()
+                .for_each(|(index, (dc, dr))| {
+                    let start = index * CHUNK;
+                    let inputs = c[start..]
+                        .iter()
+                        .zip(&r[start..])
+                        .zip(gc[start..].iter().zip(&gr[start..]));
+                    for ((dc, dr), ((c, r), (gc, gr))) in
+                        dc.iter_mut().zip(dr.iter_mut()).zip(inputs)
+                    {
+                        // centre = (u⁺ + l⁺)/2 and radius = (u⁺ − l⁺)/2 with u = c + r, l = c − r.
+                        let upper = masked((gc + gr) * 0.5, c + r >= 0.0);
+                        let lower = masked((gc - gr) * 0.5, c - r >= 0.0);
+                        dc.write(upper + lower);
+                        dr.write(upper - lower);
+                    }
+                });
+            // SAFETY: both buffers were written element by element above.
+            unsafe {
+                dc.set_len(n);
+                dr.set_len(n);
+            }
+            Ok((dc, dr))
+        },
+    )?;
+    let device = centre.device();
+    Ok((
+        Tensor::from_vec(dc, dims.as_slice(), device)?,
+        Tensor::from_vec(dr, dims.as_slice(), device)?,
+    ))
+}
+
+/// Channels and elements per channel plane of a `[B, C, …]` tensor.
+fn channel_planes(x: &Tensor, parameters: usize, what: &str) -> Result<(usize, usize)> {
+    let dims = x.dims();
+    if dims.len() < 2 || dims[1] == 0 || dims[1] != parameters {
+        bail!("{what}: {parameters} channel parameters for input {dims:?}")
+    }
+    Ok((dims[1], dims[2..].iter().product::<usize>().max(1)))
+}
+
+/// Per-channel `(Σ g̃·x, Σ g̃)` over a `[B, C, …]` batch, where `g̃` is `grad`, masked by
+/// `[scale·x + shift ≥ 0]` when `relu`: the scale and shift gradients of a channel affine map.
+pub fn channel_gradient_sums(
+    x: &Tensor,
+    scale: &[f32],
+    shift: &[f32],
+    grad: &Tensor,
+    relu: bool,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let what = "channel gradient sums";
+    let (channels, plane) = channel_planes(x, scale.len(), what)?;
+    if shift.len() != channels {
+        bail!("{what}: {} shifts for {channels} channels", shift.len())
+    }
+    with_values(&[x, grad], what, |v| {
+        let (x, grad) = (v[0], v[1]);
+        let sample = channels * plane;
+        let sums = x
+            .par_chunks(sample)
+            .zip(grad.par_chunks(sample))
+            .fold(
+                || vec![[0f64; 2]; channels],
+                |mut sums, (x, grad)| {
+                    for (c, sum) in sums.iter_mut().enumerate() {
+                        let rows = (
+                            &x[c * plane..(c + 1) * plane],
+                            &grad[c * plane..(c + 1) * plane],
+                        );
+                        let [weighted, total] = if relu {
+                            row_sums::<true>(rows.0, rows.1, scale[c], shift[c])
+                        } else {
+                            row_sums::<false>(rows.0, rows.1, scale[c], shift[c])
+                        };
+                        sum[0] += f64::from(weighted);
+                        sum[1] += f64::from(total);
+                    }
+                    sums
+                },
+            )
+            .reduce(
+                || vec![[0f64; 2]; channels],
+                |mut a, b| {
+                    for (a, b) in a.iter_mut().zip(b) {
+                        a[0] += b[0];
+                        a[1] += b[1];
+                    }
+                    a
+                },
+            );
+        Ok((
+            sums.iter().map(|s| s[0] as f32).collect(),
+            sums.iter().map(|s| s[1] as f32).collect(),
+        ))
+    })
+}
+
+/// `[Σ g̃·x, Σ g̃]` over one channel plane, with eight lanes so the loop vectorises.
+#[inline]
+fn row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
+    let (mut weighted, mut total) = ([0f32; 8], [0f32; 8]);
+    let step = |g: f32, x: f32| if RELU { masked(g, a * x + b >= 0.0) } else { g };
+    let whole = x.len() / 8 * 8;
+    for (x, g) in x[..whole]
+        .chunks_exact(8)
+        .zip(grad[..whole].chunks_exact(8))
+    {
+        for lane in 0..8 {
+            let g = step(g[lane], x[lane]);
+            weighted[lane] += g * x[lane];
+            total[lane] += g;
+        }
+    }
+    for (x, g) in x[whole..].iter().zip(&grad[whole..]) {
+        let g = step(*g, *x);
+        weighted[0] += g * x;
+        total[0] += g;
+    }
+    [weighted.iter().sum(), total.iter().sum()]
+}
+
+/// `scale·g̃ + a·x + b` per channel of a `[B, C, …]` batch (`g̃` masked as in
+/// [`channel_gradient_sums`]): BatchNorm's input gradient, where `a·x + b` carries the gradient
+/// that reaches `x` through the batch mean and variance.
+pub fn batch_norm_input_gradient(
+    x: &Tensor,
+    (scale, shift): (&[f32], &[f32]),
+    (a, b): (&[f32], &[f32]),
+    grad: &Tensor,
+    relu: bool,
+) -> Result<Tensor> {
+    let what = "batch norm input gradient";
+    let (channels, plane) = channel_planes(x, scale.len(), what)?;
+    if [shift.len(), a.len(), b.len()]
+        .iter()
+        .any(|&n| n != channels)
+    {
+        bail!("{what}: per-channel parameters of different lengths")
+    }
+    let out = with_values(&[x, grad], what, |v| {
+        let (x, grad) = (v[0], v[1]);
+        // SAFETY: each plane-sized output chunk is written element by element.
+        Ok(unsafe {
+            par_filled(x.len(), plane, |row, dx| {
+                let c = row % channels;
+                let start = row * plane;
+                let rows = (&x[start..start + dx.len()], &grad[start..start + dx.len()]);
+                let parameters = [scale[c], shift[c], a[c], b[c]];
+                if relu {
+                    gradient_row::<true>(dx, rows, parameters);
+                } else {
+                    gradient_row::<false>(dx, rows, parameters);
+                }
+            })
+        })
+    })?;
+    Tensor::from_vec(out, x.dims(), x.device())
+}
+
+#[inline]
+fn gradient_row<const RELU: bool>(
+    dx: &mut [MaybeUninit<f32>],
+    (x, grad): (&[f32], &[f32]),
+    [scale, shift, a, b]: [f32; 4],
+) {
+    for ((dx, &x), &g) in dx.iter_mut().zip(x).zip(grad) {
+        let g = if RELU {
+            masked(g, scale * x + shift >= 0.0)
+        } else {
+            g
+        };
+        dx.write(scale * g + a * x + b);
+    }
+}
