@@ -150,28 +150,66 @@ pub fn channel_gradient_sums(
     })
 }
 
-/// `[Σ g̃·x, Σ g̃]` over one channel plane, with eight lanes so the loop vectorises.
+/// `[Σ g̃·x, Σ g̃]` over one channel plane.
 #[inline]
 fn row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
-    let (mut weighted, mut total) = ([0f32; 8], [0f32; 8]);
-    let step = |g: f32, x: f32| if RELU { masked(g, a * x + b >= 0.0) } else { g };
-    let whole = x.len() / 8 * 8;
-    for (x, g) in x[..whole]
-        .chunks_exact(8)
-        .zip(grad[..whole].chunks_exact(8))
-    {
-        for lane in 0..8 {
-            let g = step(g[lane], x[lane]);
-            weighted[lane] += g * x[lane];
-            total[lane] += g;
-        }
-    }
+    let whole = x.len().min(grad.len()) / 8 * 8;
+    let [mut weighted, mut total] = simd_row_sums::<RELU>(&x[..whole], &grad[..whole], a, b);
     for (x, g) in x[whole..].iter().zip(&grad[whole..]) {
-        let g = step(*g, *x);
-        weighted[0] += g * x;
-        total[0] += g;
+        let g = if RELU { masked(*g, a * x + b >= 0.0) } else { *g };
+        weighted += g * x;
+        total += g;
     }
-    [weighted.iter().sum(), total.iter().sum()]
+    [weighted, total]
+}
+
+/// The body of [`row_sums`] (length a multiple of 8) with explicit SSE: auto-vectorised, the
+/// masked reduction became per-lane scalar code with a branch around each load of `g`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn simd_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
+    use std::arch::x86_64::*;
+    debug_assert!(x.len() == grad.len() && x.len() % 8 == 0);
+    // SAFETY: SSE is part of x86_64; every load reads 4 floats inside the slices (length a
+    // multiple of 8, checked by the caller's slicing).
+    unsafe {
+        let (va, vb, zero) = (_mm_set1_ps(a), _mm_set1_ps(b), _mm_setzero_ps());
+        let mut weighted = [zero; 2];
+        let mut total = [zero; 2];
+        for (x, g) in x.chunks_exact(8).zip(grad.chunks_exact(8)) {
+            for half in 0..2 {
+                let vx = _mm_loadu_ps(x.as_ptr().add(4 * half));
+                let mut vg = _mm_loadu_ps(g.as_ptr().add(4 * half));
+                if RELU {
+                    let keep = _mm_cmpge_ps(_mm_add_ps(_mm_mul_ps(va, vx), vb), zero);
+                    vg = _mm_and_ps(vg, keep);
+                }
+                weighted[half] = _mm_add_ps(weighted[half], _mm_mul_ps(vg, vx));
+                total[half] = _mm_add_ps(total[half], vg);
+            }
+        }
+        let mut lanes = [[0f32; 4]; 4];
+        _mm_storeu_ps(lanes[0].as_mut_ptr(), weighted[0]);
+        _mm_storeu_ps(lanes[1].as_mut_ptr(), weighted[1]);
+        _mm_storeu_ps(lanes[2].as_mut_ptr(), total[0]);
+        _mm_storeu_ps(lanes[3].as_mut_ptr(), total[1]);
+        [
+            lanes[0].iter().chain(&lanes[1]).sum(),
+            lanes[2].iter().chain(&lanes[3]).sum(),
+        ]
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn simd_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
+    let (mut weighted, mut total) = (0f32, 0f32);
+    for (x, g) in x.iter().zip(grad) {
+        let g = if RELU { masked(*g, a * x + b >= 0.0) } else { *g };
+        weighted += g * x;
+        total += g;
+    }
+    [weighted, total]
 }
 
 /// `scale·g̃ + a·x + b` per channel of a `[B, C, …]` batch (`g̃` masked as in
