@@ -671,3 +671,70 @@ fn linear_gradients_agree_with_finite_differences() {
         value(total(&x, &w, t))
     });
 }
+
+#[test]
+fn winograd_convolutions_match_im2col_in_value_and_both_gradients() {
+    use cthpo::kernels::{
+        conv2d_bias, conv2d_weight_gradient, winograd_conv2d, winograd_conv2d_input_gradient,
+        winograd_conv2d_weight_gradient, winograd_supports,
+    };
+    let mut rng = StdRng::seed_from_u64(41);
+    // Batches that fill several groups and leave a partial last one; non-square images.
+    for &(batch, cin, cout, height, width) in
+        &[(3, 16, 20, 6, 8), (9, 24, 16, 14, 14), (2, 16, 16, 2, 4)]
+    {
+        let x = random(&mut rng, &[batch, cin, height, width]);
+        let kernel = random(&mut rng, &[cout, cin, 3, 3]);
+        let bias = random(&mut rng, &[cout]);
+        assert!(winograd_supports(x.dims(), kernel.dims(), 1, 1));
+        let reference = conv2d_bias(&x, &kernel, &bias, 1, 1).unwrap();
+        let ours = winograd_conv2d(&x, &kernel, Some(&bias)).unwrap();
+        let scale = reference
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            max_difference(&ours, &reference) <= 1e-5 * scale.max(1.0),
+            "forward"
+        );
+
+        let grad = random(&mut rng, &[batch, cout, height, width]);
+        let dx = conv_transpose2d(&grad, &kernel, 1, 1, height, width).unwrap();
+        let ours = winograd_conv2d_input_gradient(&grad, &kernel).unwrap();
+        let scale = dx
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            max_difference(&ours, &dx) <= 1e-5 * scale.max(1.0),
+            "input gradient"
+        );
+
+        let dw = conv2d_weight_gradient(&x, &grad, 3, 1, 1).unwrap();
+        let ours = winograd_conv2d_weight_gradient(&x, &grad).unwrap();
+        let scale = dw
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            max_difference(&ours, &dw) <= 1e-5 * scale.max(1.0),
+            "kernel gradient"
+        );
+    }
+    // Shapes outside F(2×2, 3×3) at stride 1 are refused rather than computed wrongly.
+    assert!(!winograd_supports(&[1, 16, 7, 8], &[4, 16, 3, 3], 1, 1));
+    assert!(!winograd_supports(&[1, 16, 8, 8], &[4, 16, 3, 3], 2, 1));
+    assert!(!winograd_supports(&[1, 16, 8, 8], &[4, 16, 4, 4], 1, 1));
+    assert!(!winograd_supports(&[1, 4, 8, 8], &[4, 4, 3, 3], 1, 1));
+    let odd = random(&mut rng, &[1, 16, 7, 8]);
+    assert!(winograd_conv2d(&odd, &random(&mut rng, &[4, 16, 3, 3]), None).is_err());
+}

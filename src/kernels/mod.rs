@@ -10,6 +10,7 @@ mod moments;
 mod relu;
 mod reverse;
 mod specs;
+mod winograd;
 
 pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
 pub use channel::{channel_affine, channel_affine_gradient, channel_affine_relu, channel_sum};
@@ -21,8 +22,14 @@ pub use linear::{
 pub use memory::retain_freed_memory;
 pub use moments::channel_moments;
 pub use relu::{relu, relu_gradient};
-pub use reverse::{batch_norm_input_gradient, channel_gradient_sums, relu_box_gradient};
+pub use reverse::{
+    batch_norm_input_gradient, channel_gradient_sums, l1_penalty_gradient, relu_box_gradient,
+};
 pub use specs::spec_mul;
+pub use winograd::{
+    winograd_conv2d, winograd_conv2d_input_gradient, winograd_conv2d_weight_gradient,
+    winograd_supports,
+};
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 use rayon::prelude::*;

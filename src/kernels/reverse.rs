@@ -156,7 +156,11 @@ fn row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 
     let whole = x.len().min(grad.len()) / 8 * 8;
     let [mut weighted, mut total] = simd_row_sums::<RELU>(&x[..whole], &grad[..whole], a, b);
     for (x, g) in x[whole..].iter().zip(&grad[whole..]) {
-        let g = if RELU { masked(*g, a * x + b >= 0.0) } else { *g };
+        let g = if RELU {
+            masked(*g, a * x + b >= 0.0)
+        } else {
+            *g
+        };
         weighted += g * x;
         total += g;
     }
@@ -169,7 +173,7 @@ fn row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 
 #[inline]
 fn simd_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
     use std::arch::x86_64::*;
-    debug_assert!(x.len() == grad.len() && x.len() % 8 == 0);
+    debug_assert!(x.len() == grad.len() && x.len().is_multiple_of(8));
     // SAFETY: SSE is part of x86_64; every load reads 4 floats inside the slices (length a
     // multiple of 8, checked by the caller's slicing).
     unsafe {
@@ -205,7 +209,11 @@ fn simd_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [
 fn simd_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
     let (mut weighted, mut total) = (0f32, 0f32);
     for (x, g) in x.iter().zip(grad) {
-        let g = if RELU { masked(*g, a * x + b >= 0.0) } else { *g };
+        let g = if RELU {
+            masked(*g, a * x + b >= 0.0)
+        } else {
+            *g
+        };
         weighted += g * x;
         total += g;
     }
@@ -264,4 +272,42 @@ fn gradient_row<const RELU: bool>(
         };
         dx.write(scale * g + a * x + b);
     }
+}
+
+/// `(Σ|W|, grad + λ·sign(W))` in one pass, with candle's `sign(0) = +1`: an L1 penalty's value
+/// and its gradient added to the weight's (`grad` absent: the penalty's gradient alone).
+pub fn l1_penalty_gradient(
+    weight: &Tensor,
+    grad: Option<&Tensor>,
+    lambda: f32,
+) -> Result<(f64, Tensor)> {
+    let zeros;
+    let grad = match grad {
+        Some(grad) => grad,
+        None => {
+            zeros = weight.zeros_like()?;
+            &zeros
+        }
+    };
+    let (sum, out) = with_values(&[weight, grad], "l1 penalty gradient", |v| {
+        let (w, g) = (v[0], v[1]);
+        let sum: f64 = w
+            .par_chunks(CHUNK)
+            .map(|chunk| chunk.iter().map(|w| f64::from(w.abs())).sum::<f64>())
+            .sum();
+        // SAFETY: each output chunk is zipped with input slices at least as long.
+        let out = unsafe {
+            par_filled(w.len(), CHUNK, |index, out| {
+                let start = index * CHUNK;
+                for ((out, w), g) in out.iter_mut().zip(&w[start..]).zip(&g[start..]) {
+                    // Copy the weight's sign bit onto λ (+0 counts as +, -0 as −; candle's
+                    // `w ≥ 0` takes −0 as + too, so clear it for zeros).
+                    let sign_bit = w.to_bits() & 0x8000_0000 & u32::from(*w != 0.0).wrapping_neg();
+                    out.write(g + f32::from_bits(lambda.to_bits() ^ sign_bit));
+                }
+            })
+        };
+        Ok((sum, out))
+    })?;
+    Ok((sum, Tensor::from_vec(out, weight.dims(), weight.device())?))
 }

@@ -16,9 +16,10 @@ use crate::bounds::margin_spec;
 use crate::kernels::{
     abs_linear_weight_gradient, batch_norm_input_gradient, channel_affine, channel_affine_gradient,
     channel_affine_relu, channel_gradient_sums, channel_moments, channel_sum, conv_transpose2d,
-    conv2d, conv2d_bias, conv2d_weight_gradient, linear, linear_input_gradient,
-    linear_weight_gradient, relu, relu_box_centre, relu_box_gradient, relu_box_radius,
-    relu_gradient,
+    conv2d, conv2d_bias, conv2d_weight_gradient, l1_penalty_gradient, linear,
+    linear_input_gradient, linear_weight_gradient, relu, relu_box_centre, relu_box_gradient,
+    relu_box_radius, relu_gradient, winograd_conv2d, winograd_conv2d_input_gradient,
+    winograd_conv2d_weight_gradient, winograd_supports,
 };
 use crate::model::{BATCH_NORM_EPS, Layer, Net};
 use candle_core::{Tensor, TensorId};
@@ -180,7 +181,13 @@ pub fn loss_and_gradients(
                 stride,
                 padding,
             } => {
-                let y = conv2d_bias(&x, &weight.detach(), &bias.detach(), *stride, *padding)?;
+                let y = convolve(
+                    &x,
+                    &weight.detach(),
+                    Some(&bias.detach()),
+                    *stride,
+                    *padding,
+                )?;
                 (y, CleanSaved::Conv { input: x }, 1)
             }
             Layer::Linear { weight, bias } => {
@@ -250,8 +257,8 @@ pub fn loss_and_gradients(
                     let weight = weight.detach();
                     let absolute = weight.abs()?;
                     let next = (
-                        conv2d_bias(&centre, &weight, &bias.detach(), *stride, *padding)?,
-                        conv2d(&radius, &absolute, *stride, *padding)?,
+                        convolve(&centre, &weight, Some(&bias.detach()), *stride, *padding)?,
+                        convolve(&radius, &absolute, None, *stride, *padding)?,
                     );
                     (
                         next,
@@ -344,17 +351,6 @@ pub fn loss_and_gradients(
         gradients.add(bias, d_bias)?;
         box_gradient = Some((d_centre, d_radius));
     }
-    if l1_weight > 0.0 {
-        for layer in &layers {
-            if let Layer::Conv2d { weight, .. } | Layer::Linear { weight, .. } = layer {
-                let values = weight.detach();
-                loss += l1_weight * f64::from(values.abs()?.sum_all()?.to_scalar::<f32>()?);
-                let penalty = through_absolute(&values, &values.ones_like()?)?;
-                gradients.add(weight, (penalty * l1_weight)?)?;
-            }
-        }
-    }
-
     // Backward, from the top, interval layer `i` before the clean layer starting at `i`.
     let first_parameter = layers
         .iter()
@@ -398,6 +394,16 @@ pub fn loss_and_gradients(
             )?;
         }
     }
+    if l1_weight > 0.0 {
+        for layer in &layers {
+            if let Layer::Conv2d { weight, .. } | Layer::Linear { weight, .. } = layer {
+                let (sum, gradient) =
+                    l1_penalty_gradient(&weight.detach(), gradients.get(weight), l1_weight as f32)?;
+                loss += l1_weight * sum;
+                gradients.0.insert(weight.id(), gradient);
+            }
+        }
+    }
     Ok(StepGradients { loss, gradients })
 }
 
@@ -406,6 +412,62 @@ fn scaled(values: &[f32], factor: f64) -> Vec<f32> {
         .iter()
         .map(|v| (f64::from(*v) * factor) as f32)
         .collect()
+}
+
+/// A convolution (`bias` optional): Winograd where it applies, im2col otherwise.
+fn convolve(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor, TrainError> {
+    Ok(
+        if winograd_supports(x.dims(), weight.dims(), stride, padding) {
+            winograd_conv2d(x, weight, bias)?
+        } else {
+            match bias {
+                Some(bias) => conv2d_bias(x, weight, bias, stride, padding)?,
+                None => conv2d(x, weight, stride, padding)?,
+            }
+        },
+    )
+}
+
+/// The input gradient of [`convolve`] (input `height × width`).
+fn input_gradient(
+    g: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    (height, width): (usize, usize),
+) -> Result<Tensor, TrainError> {
+    let input_dims = [g.dim(0)?, weight.dim(1)?, height, width];
+    Ok(
+        if winograd_supports(&input_dims, weight.dims(), stride, padding) {
+            winograd_conv2d_input_gradient(g, weight)?
+        } else {
+            conv_transpose2d(g, weight, stride, padding, height, width)?
+        },
+    )
+}
+
+/// The kernel gradient of [`convolve`] at input `x`.
+fn kernel_gradient(
+    x: &Tensor,
+    g: &Tensor,
+    size: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor, TrainError> {
+    let kernel_dims = [g.dim(1)?, x.dim(1)?, size, size];
+    Ok(
+        if winograd_supports(x.dims(), &kernel_dims, stride, padding) {
+            winograd_conv2d_weight_gradient(x, g)?
+        } else {
+            conv2d_weight_gradient(x, g, size, stride, padding)?
+        },
+    )
 }
 
 /// BatchNorm `index` with this batch's statistics of `x`, which also update the running ones.
@@ -609,12 +671,12 @@ fn clean_backward(
             let size = weight.dim(2)?;
             gradients.add(
                 weight,
-                conv2d_weight_gradient(&input, &g, size, *stride, *padding)?,
+                kernel_gradient(&input, &g, size, *stride, *padding)?,
             )?;
             gradients.add(bias, channel_sum(&g)?)?;
             if needs_input {
                 let (_, _, height, width) = input.dims4()?;
-                conv_transpose2d(&g, &weight.detach(), *stride, *padding, height, width)?
+                input_gradient(&g, &weight.detach(), *stride, *padding, (height, width))?
             } else {
                 g
             }
@@ -723,8 +785,8 @@ fn interval_backward(
             },
         ) => {
             let size = weight.dim(2)?;
-            let through_centre = conv2d_weight_gradient(centre, &gc, size, *stride, *padding)?;
-            let through_radius = conv2d_weight_gradient(radius, &gr, size, *stride, *padding)?;
+            let through_centre = kernel_gradient(centre, &gc, size, *stride, *padding)?;
+            let through_radius = kernel_gradient(radius, &gr, size, *stride, *padding)?;
             gradients.add(
                 weight,
                 (through_centre + through_absolute(weight, &through_radius)?)?,
@@ -735,8 +797,8 @@ fn interval_backward(
             }
             let (_, _, height, width) = centre.dims4()?;
             (
-                conv_transpose2d(&gc, &weight.detach(), *stride, *padding, height, width)?,
-                conv_transpose2d(&gr, absolute, *stride, *padding, height, width)?,
+                input_gradient(&gc, &weight.detach(), *stride, *padding, (height, width))?,
+                input_gradient(&gr, absolute, *stride, *padding, (height, width))?,
             )
         }
         (
@@ -814,7 +876,8 @@ mod tests {
     }
 
     /// Nets covering every layer kind, BatchNorm with and without a ReLU after it, after a
-    /// convolution and after a linear layer, an implicit and an explicit Flatten.
+    /// convolution and after a linear layer, an implicit and an explicit Flatten, im2col and
+    /// Winograd convolutions.
     fn specs() -> Vec<NetSpec> {
         use LayerSpec::{BatchNorm, Flatten, Relu};
         let normalize = LayerSpec::Normalize {
@@ -841,6 +904,22 @@ mod tests {
                     linear(16),
                     BatchNorm {},
                     Relu,
+                    linear(5),
+                ],
+            },
+            // 16 → 16 channels at stride 1: the Winograd convolutions.
+            NetSpec {
+                input_shape: [1, 8, 8],
+                layers: vec![
+                    conv(16, 2),
+                    BatchNorm {},
+                    Relu,
+                    conv(16, 1),
+                    BatchNorm {},
+                    Relu,
+                    conv(16, 1),
+                    Relu,
+                    Flatten,
                     linear(5),
                 ],
             },
