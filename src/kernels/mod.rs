@@ -23,7 +23,8 @@ pub use memory::retain_freed_memory;
 pub use moments::channel_moments;
 pub use relu::{relu, relu_gradient};
 pub use reverse::{
-    batch_norm_input_gradient, channel_gradient_sums, l1_penalty_gradient, relu_box_gradient,
+    BoxGradient, BoxStatistics, batch_norm_input_gradient, box_statistics, channel_gradient_sums,
+    l1_penalty_gradient, relu_box_gradient,
 };
 pub use specs::spec_mul;
 pub use winograd::{

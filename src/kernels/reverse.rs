@@ -35,12 +35,16 @@ fn with_values<R>(
 
 /// `(∂c, ∂r)` of the box ReLU `(c, r) ↦ (relu_box_centre, relu_box_radius)` from the gradients
 /// of both outputs, with the subgradient `[c ± r ≥ 0]` of the ops' own backward.
+///
+/// `extra` adds a regulariser's gradient with respect to the ReLU's input box in the same pass.
 pub fn relu_box_gradient(
     centre: &Tensor,
     radius: &Tensor,
     grad_centre: &Tensor,
     grad_radius: &Tensor,
+    extra: Option<&BoxGradient>,
 ) -> Result<(Tensor, Tensor)> {
+    let extra = extra.copied().unwrap_or_default();
     let dims = centre.dims().to_vec();
     let (dc, dr) = with_values(
         &[centre, radius, grad_centre, grad_radius],
@@ -66,8 +70,9 @@ pub fn relu_box_gradient(
                         // centre = (u⁺ + l⁺)/2 and radius = (u⁺ − l⁺)/2 with u = c + r, l = c − r.
                         let upper = masked((gc + gr) * 0.5, c + r >= 0.0);
                         let lower = masked((gc - gr) * 0.5, c - r >= 0.0);
-                        dc.write(upper + lower);
-                        dr.write(upper - lower);
+                        let (extra_centre, extra_radius) = extra.at(*c, *r);
+                        dc.write(upper + lower + extra_centre);
+                        dr.write(upper - lower + extra_radius);
                     }
                 });
             // SAFETY: both buffers were written element by element above.
@@ -310,4 +315,108 @@ pub fn l1_penalty_gradient(
         Ok((sum, out))
     })?;
     Ok((sum, Tensor::from_vec(out, weight.dims(), weight.device())?))
+}
+
+/// Sums over a box `c ± r` that Shi et al.'s regulariser reads: stably active elements have
+/// `c − r > 0`, stably inactive ones `c + r < 0`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BoxStatistics {
+    /// Elements.
+    pub count: f64,
+    /// `Σ r`.
+    pub radius_sum: f64,
+    /// `Σ c`.
+    pub centre_sum: f64,
+    /// Stably active elements.
+    pub active: f64,
+    /// Stably inactive elements.
+    pub inactive: f64,
+    /// `Σ c` over the stably active ones.
+    pub active_centre_sum: f64,
+    /// `Σ c` over the stably inactive ones.
+    pub inactive_centre_sum: f64,
+    /// `Σ c²` over the stably active ones.
+    pub active_square_sum: f64,
+    /// `Σ c²` over the stably inactive ones.
+    pub inactive_square_sum: f64,
+}
+
+impl BoxStatistics {
+    fn add(mut self, other: BoxStatistics) -> BoxStatistics {
+        self.count += other.count;
+        self.radius_sum += other.radius_sum;
+        self.centre_sum += other.centre_sum;
+        self.active += other.active;
+        self.inactive += other.inactive;
+        self.active_centre_sum += other.active_centre_sum;
+        self.inactive_centre_sum += other.inactive_centre_sum;
+        self.active_square_sum += other.active_square_sum;
+        self.inactive_square_sum += other.inactive_square_sum;
+        self
+    }
+}
+
+/// [`BoxStatistics`] of the box `centre ± radius`, in one pass.
+pub fn box_statistics(centre: &Tensor, radius: &Tensor) -> Result<BoxStatistics> {
+    with_values(&[centre, radius], "box statistics", |v| {
+        Ok(v[0]
+            .par_chunks(CHUNK)
+            .zip(v[1].par_chunks(CHUNK))
+            .map(|(centre, radius)| {
+                let mut sums = BoxStatistics {
+                    count: centre.len() as f64,
+                    ..BoxStatistics::default()
+                };
+                for (&c, &r) in centre.iter().zip(radius) {
+                    let (c64, r64) = (f64::from(c), f64::from(r));
+                    sums.radius_sum += r64;
+                    sums.centre_sum += c64;
+                    if c - r > 0.0 {
+                        sums.active += 1.0;
+                        sums.active_centre_sum += c64;
+                        sums.active_square_sum += c64 * c64;
+                    } else if c + r < 0.0 {
+                        sums.inactive += 1.0;
+                        sums.inactive_centre_sum += c64;
+                        sums.inactive_square_sum += c64 * c64;
+                    }
+                }
+                sums
+            })
+            .reduce(BoxStatistics::default, BoxStatistics::add))
+    })
+}
+
+/// A gradient with respect to a box `c ± r` of the form Shi's regulariser has:
+/// `∂c = a·[active] + i·[inactive] + 2(c − m)(α·[active] + β·[inactive]) + offset`, `∂r = radius`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BoxGradient {
+    /// Coefficient `a` of the stably active indicator.
+    pub active: f32,
+    /// Coefficient `i` of the stably inactive indicator.
+    pub inactive: f32,
+    /// Coefficient `α` of the active centres' deviation from the mean.
+    pub active_deviation: f32,
+    /// Coefficient `β` of the inactive centres' deviation from the mean.
+    pub inactive_deviation: f32,
+    /// The mean centre `m`.
+    pub mean: f32,
+    /// Added to every centre's gradient.
+    pub offset: f32,
+    /// Added to every radius' gradient.
+    pub radius: f32,
+}
+
+impl BoxGradient {
+    #[inline]
+    fn at(&self, c: f32, r: f32) -> (f32, f32) {
+        let active = f32::from(u8::from(c - r > 0.0));
+        let inactive = f32::from(u8::from(c + r < 0.0));
+        let deviation = 2.0 * (c - self.mean);
+        let centre = self.active * active
+            + self.inactive * inactive
+            + deviation * (self.active_deviation * active + self.inactive_deviation * inactive)
+            + self.offset;
+        (centre, self.radius)
+    }
 }

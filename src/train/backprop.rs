@@ -14,12 +14,12 @@ use super::TrainError;
 use super::config::Method;
 use crate::bounds::margin_spec;
 use crate::kernels::{
-    abs_linear_weight_gradient, batch_norm_input_gradient, channel_affine, channel_affine_gradient,
-    channel_affine_relu, channel_gradient_sums, channel_moments, channel_sum, conv_transpose2d,
-    conv2d, conv2d_bias, conv2d_weight_gradient, l1_penalty_gradient, linear,
-    linear_input_gradient, linear_weight_gradient, relu, relu_box_centre, relu_box_gradient,
-    relu_box_radius, relu_gradient, winograd_conv2d, winograd_conv2d_input_gradient,
-    winograd_conv2d_weight_gradient, winograd_supports,
+    BoxGradient, abs_linear_weight_gradient, batch_norm_input_gradient, box_statistics,
+    channel_affine, channel_affine_gradient, channel_affine_relu, channel_gradient_sums,
+    channel_moments, channel_sum, conv_transpose2d, conv2d, conv2d_bias, conv2d_weight_gradient,
+    l1_penalty_gradient, linear, linear_input_gradient, linear_weight_gradient, relu,
+    relu_box_centre, relu_box_gradient, relu_box_radius, relu_gradient, winograd_conv2d,
+    winograd_conv2d_input_gradient, winograd_conv2d_weight_gradient, winograd_supports,
 };
 use crate::model::{BATCH_NORM_EPS, Layer, Net};
 use candle_core::{Tensor, TensorId};
@@ -56,25 +56,31 @@ pub enum Objective {
         eps: f64,
         /// Weight of the natural loss.
         kappa: f64,
+        /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
+        shi_weight: f64,
     },
 }
 
 impl Objective {
-    /// The objective of a step of `method` at radius `eps`, or `None` when autograd must run it
-    /// (a robust loss other than IBP's, Shi's regulariser active, or no final linear layer).
+    /// The objective of a step of `method` at radius `eps` (Shi's regulariser weighted by
+    /// `shi_weight`), or `None` when autograd must run it (a robust loss other than IBP's, or
+    /// no final linear layer).
     pub fn for_step(
         net: &Net,
         method: Method,
         eps: f64,
         kappa: f64,
-        shi_regularizer_active: bool,
+        shi_weight: f64,
     ) -> Option<Objective> {
         if method == Method::Standard || eps <= 0.0 {
             return Some(Objective::Natural);
         }
         let last_is_linear = matches!(net.layers().last(), Some(Layer::Linear { .. }));
-        (method == Method::Ibp && !shi_regularizer_active && last_is_linear)
-            .then_some(Objective::Ibp { eps, kappa })
+        (method == Method::Ibp && last_is_linear).then_some(Objective::Ibp {
+            eps,
+            kappa,
+            shi_weight,
+        })
     }
 }
 
@@ -230,12 +236,19 @@ pub fn loss_and_gradients(
     let mut boxes: Vec<BoxSaved> = Vec::new();
     let mut robust = None;
     let mut kappa = 1.0;
-    if let Objective::Ibp { eps, kappa: mix } = objective {
+    let mut shi = None;
+    if let Objective::Ibp {
+        eps,
+        kappa: mix,
+        shi_weight,
+    } = objective
+    {
         kappa = mix;
         let lower = (images - eps)?.clamp(0.0, 1.0)?;
         let upper = (images + eps)?.clamp(0.0, 1.0)?;
         let mut centre = ((&upper + &lower)? * 0.5)?;
         let mut radius = ((&upper - &lower)? * 0.5)?;
+        let input_radius = f64::from(radius.mean_all()?.to_scalar::<f32>()?);
         for (index, layer) in layers[..count - 1].iter().enumerate() {
             let (next, saved) = match layer {
                 Layer::Normalize { mean, std } => {
@@ -319,6 +332,17 @@ pub fn loss_and_gradients(
                 "the IBP reverse pass needs a final linear layer".into(),
             ));
         };
+        if shi_weight > 0.0 {
+            let relu_boxes: Vec<(usize, &Tensor, &Tensor)> = boxes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, saved)| match saved {
+                    BoxSaved::Relu { centre, radius } => Some((index, centre, radius)),
+                    _ => None,
+                })
+                .collect();
+            shi = shi_regularizer(&relu_boxes, input_radius, shi_weight)?;
+        }
         let spec = margin_spec(labels, classes)?;
         robust = Some(MarginBounds::new(
             &centre,
@@ -338,6 +362,9 @@ pub fn loss_and_gradients(
         let (robust_loss, margin_gradient) =
             robust_cross_entropy_gradient(&margins, &label_values)?;
         loss = kappa * natural_loss + (1.0 - kappa) * robust_loss;
+        if let Some((value, _)) = &shi {
+            loss += value;
+        }
         let margin_gradient = Tensor::from_vec(
             scaled(&margin_gradient, 1.0 - kappa),
             (batch, classes - 1),
@@ -370,11 +397,14 @@ pub fn loss_and_gradients(
             && let Some((d_centre, d_radius)) = box_gradient.take()
         {
             let saved = &boxes[index];
+            let extra = shi
+                .as_ref()
+                .and_then(|(_, gradients)| gradients.get(&index));
             box_gradient = interval_backward(
                 &layers[index],
                 saved,
                 (d_centre, d_radius),
-                batch_norms.get(&index),
+                (batch_norms.get(&index), extra),
                 needs_input,
                 &mut gradients,
                 &mut interval_sums,
@@ -412,6 +442,119 @@ fn scaled(values: &[f32], factor: f64) -> Vec<f32> {
         .iter()
         .map(|v| (f64::from(*v) * factor) as f32)
         .collect()
+}
+
+/// Tolerance τ of Shi et al.'s regulariser (as in `train::regularizer`).
+const SHI_TOLERANCE: f64 = 0.5;
+
+/// Gradient of `max(x, floor)` in `x`, split at a tie as candle's `maximum` splits it.
+fn above(x: f64, floor: f64) -> f64 {
+    if x > floor {
+        1.0
+    } else if x == floor {
+        0.5
+    } else {
+        0.0
+    }
+}
+
+/// `min(x, 1/max(x, ε))` (a ratio folded into (0, 1]) and its derivative.
+fn symmetric(x: f64) -> (f64, f64) {
+    let floored = x.max(1e-12);
+    let inverse = 1.0 / floored;
+    let d_inverse = -above(x, 1e-12) / (floored * floored);
+    let value = x.min(inverse);
+    let derivative = if x < inverse {
+        1.0
+    } else if x > inverse {
+        d_inverse
+    } else {
+        0.5 * (1.0 + d_inverse)
+    };
+    (value, derivative)
+}
+
+/// Shi et al.'s regulariser over the ReLU input boxes `(layer, c, r)` as
+/// `train::regularizer::shi_regularizer` computes it, times `weight`: its value and the
+/// gradient with respect to each box. `None` without ReLUs.
+#[allow(clippy::type_complexity)]
+fn shi_regularizer(
+    relu_boxes: &[(usize, &Tensor, &Tensor)],
+    input_radius: f64,
+    weight: f64,
+) -> Result<Option<(f64, HashMap<usize, BoxGradient>)>, TrainError> {
+    if relu_boxes.is_empty() {
+        return Ok(None);
+    }
+    let tau = SHI_TOLERANCE;
+    let per_layer = weight / relu_boxes.len() as f64;
+    let mut value = 0.0;
+    let mut gradients = HashMap::new();
+    for &(index, centre, radius) in relu_boxes {
+        let s = box_statistics(centre, radius)?;
+        let n = s.count.max(1.0);
+        // Tightness: relu(τ − r̄₀ / max(mean r, ε)) / τ.
+        let mean_radius = s.radius_sum / n;
+        let floored = mean_radius.max(1e-12);
+        let tight = tau - input_radius / floored;
+        value += per_layer * tight.max(0.0) / tau;
+        let d_mean_radius = if tight >= 0.0 {
+            per_layer * input_radius / (floored * floored) / tau * above(mean_radius, 1e-12)
+        } else {
+            0.0
+        };
+        let mut gradient = BoxGradient {
+            radius: (d_mean_radius / n) as f32,
+            ..BoxGradient::default()
+        };
+        // Balance of the stably active and inactive centres' means and spreads.
+        if s.active > 0.0 && s.inactive > 0.0 {
+            let mean = s.centre_sum / n;
+            let (mean_active, mean_inactive) = (s.active_centre_sum / n, s.inactive_centre_sum / n);
+            let spread = |squares: f64, sum: f64, count: f64| {
+                squares - 2.0 * mean * sum + mean * mean * count
+            };
+            let var_active = spread(s.active_square_sum, s.active_centre_sum, s.active);
+            let var_inactive = spread(s.inactive_square_sum, s.inactive_centre_sum, s.inactive);
+            let mean_floor = (-mean_inactive).max(1e-12);
+            let var_floor = var_inactive.max(1e-12);
+            let (mean_ratio, var_ratio) = (mean_active / mean_floor, var_active / var_floor);
+            let (mean_sym, d_mean_sym) = symmetric(mean_ratio);
+            let (var_sym, d_var_sym) = symmetric(var_ratio);
+            let balance = ((tau - mean_sym).max(0.0) + (tau - var_sym).max(0.0)) / tau;
+            if balance.is_finite() {
+                value += per_layer * balance;
+                let d_mean_ratio = if tau - mean_sym >= 0.0 {
+                    -per_layer / tau * d_mean_sym
+                } else {
+                    0.0
+                };
+                let d_var_ratio = if tau - var_sym >= 0.0 {
+                    -per_layer / tau * d_var_sym
+                } else {
+                    0.0
+                };
+                let d_mean_active = d_mean_ratio / mean_floor;
+                let d_mean_inactive = d_mean_ratio * mean_active / (mean_floor * mean_floor)
+                    * above(-mean_inactive, 1e-12);
+                let d_var_active = d_var_ratio / var_floor;
+                let d_var_inactive = -d_var_ratio * var_active / (var_floor * var_floor)
+                    * above(var_inactive, 1e-12);
+                // ∂/∂c_k of Σ (c − m)² [active] includes the path through m = mean(c).
+                let offset = -2.0 / n
+                    * (d_var_active * (s.active_centre_sum - mean * s.active)
+                        + d_var_inactive * (s.inactive_centre_sum - mean * s.inactive));
+                gradient.active = (d_mean_active / n) as f32;
+                gradient.inactive = (d_mean_inactive / n) as f32;
+                gradient.active_deviation = d_var_active as f32;
+                gradient.inactive_deviation = d_var_inactive as f32;
+                gradient.mean = mean as f32;
+                gradient.offset = offset as f32;
+            }
+        }
+        gradients.insert(index, gradient);
+    }
+    Ok(Some((value, gradients)))
 }
 
 /// A convolution (`bias` optional): Winograd where it applies, im2col otherwise.
@@ -751,13 +894,14 @@ fn through_absolute(weight: &Tensor, g: &Tensor) -> Result<Tensor, TrainError> {
 }
 
 /// Backward of one interval layer; returns the gradients of its input box (`None` below the
-/// first parameter). BatchNorm's scale and shift gradients go to `interval_sums`.
+/// first parameter). BatchNorm's scale and shift gradients go to `interval_sums`; `extra` is
+/// a regulariser's gradient with respect to a ReLU's input box.
 #[allow(clippy::too_many_arguments)]
 fn interval_backward(
     layer: &Layer,
     saved: &BoxSaved,
     (gc, gr): (Tensor, Tensor),
-    batch_norm: Option<&BatchNormAffine>,
+    (batch_norm, extra): (Option<&BatchNormAffine>, Option<&BoxGradient>),
     needs_input: bool,
     gradients: &mut Gradients,
     interval_sums: &mut HashMap<usize, (Vec<f32>, Vec<f32>)>,
@@ -839,7 +983,7 @@ fn interval_backward(
             (dc, dr)
         }
         (Layer::Relu, BoxSaved::Relu { centre, radius }) => {
-            relu_box_gradient(centre, radius, &gc, &gr)?
+            relu_box_gradient(centre, radius, &gc, &gr, extra)?
         }
         (Layer::Flatten, BoxSaved::Flatten { dims }) => {
             (gc.reshape(dims.as_slice())?, gr.reshape(dims.as_slice())?)
@@ -981,25 +1125,30 @@ mod tests {
 
     #[test]
     fn reverse_pass_matches_autograd_in_loss_gradients_and_running_statistics() {
+        // (method, ε, κ, L1 weight, Shi weight); Shi's regulariser runs at half its weight
+        // (ε is half the training ε).
         let cases = [
-            (Method::Standard, 0.0, 1.0, 0.0),
-            (Method::Standard, 0.0, 1.0, 1e-2),
-            (Method::Ibp, 0.05, 0.3, 0.0),
-            (Method::Ibp, 0.2, 0.0, 1e-2),
+            (Method::Standard, 0.0, 1.0, 0.0, 0.0),
+            (Method::Standard, 0.0, 1.0, 1e-2, 0.0),
+            (Method::Ibp, 0.05, 0.3, 0.0, 0.0),
+            (Method::Ibp, 0.2, 0.0, 1e-2, 0.0),
+            (Method::Ibp, 0.05, 0.5, 0.0, 0.5),
+            (Method::Ibp, 0.02, 0.0, 1e-3, 1.0),
         ];
         for (spec_index, spec) in specs().iter().enumerate() {
-            for &(method, eps, kappa, l1) in &cases {
-                let label = format!("net {spec_index}, {method} ε={eps} κ={kappa} l1={l1}");
+            for &(method, eps, kappa, l1, shi) in &cases {
+                let label =
+                    format!("net {spec_index}, {method} ε={eps} κ={kappa} l1={l1} shi={shi}");
                 let mut ours = network(spec);
                 let mut reference = network(spec);
                 let (images, labels) = batch(spec, ours.num_classes());
-                let objective =
-                    Objective::for_step(&ours, method, eps, kappa, false).expect("covered step");
+                let objective = Objective::for_step(&ours, method, eps, kappa, 0.5 * shi)
+                    .expect("covered step");
                 let step = loss_and_gradients(&mut ours, &images, &labels, objective, l1).unwrap();
 
                 let config = TrainConfig {
                     l1_reg_weight: l1,
-                    shi_reg_weight: 0.0,
+                    shi_reg_weight: shi,
                     ..TrainConfig::default()
                 };
                 let robust = implementation(method);
@@ -1010,7 +1159,7 @@ mod tests {
                     method,
                     &config,
                     values(eps, kappa),
-                    eps,
+                    2.0 * eps,
                     &images,
                     &labels,
                     &mut rng,
@@ -1067,24 +1216,90 @@ mod tests {
     }
 
     #[test]
+    fn shi_regularizer_gradient_agrees_with_finite_differences_when_every_term_is_active() {
+        use crate::kernels::relu_box_gradient;
+        // Widely spread active centres and tightly packed inactive ones make both balance
+        // ratios small, so the tightness and both balance terms carry gradient.
+        let mut rng = StdRng::seed_from_u64(5);
+        let (centres, radii): (Vec<f32>, Vec<f32>) = (0..48)
+            .map(|k| match k % 3 {
+                0 => (
+                    rng.random_range(1.0f32..6.0),
+                    rng.random_range(0.05f32..0.3),
+                ),
+                1 => (
+                    rng.random_range(-0.6f32..-0.5),
+                    rng.random_range(0.05f32..0.2),
+                ),
+                _ => (
+                    rng.random_range(-0.2f32..0.2),
+                    rng.random_range(0.4f32..0.8),
+                ),
+            })
+            .unzip();
+        let tensor = |values: &[f32]| Tensor::new(values, &Device::Cpu).unwrap();
+        let value_at = |c: &[f32], r: &[f32]| {
+            let (c, r) = (tensor(c), tensor(r));
+            shi_regularizer(&[(3, &c, &r)], 0.4, 0.7).unwrap().unwrap()
+        };
+        let (_, gradients) = value_at(&centres, &radii);
+        let zeros = tensor(&vec![0f32; centres.len()]);
+        let (d_centre, d_radius) = relu_box_gradient(
+            &tensor(&centres),
+            &tensor(&radii),
+            &zeros,
+            &zeros,
+            Some(&gradients[&3]),
+        )
+        .unwrap();
+        let (d_centre, d_radius) = (
+            d_centre.to_vec1::<f32>().unwrap(),
+            d_radius.to_vec1::<f32>().unwrap(),
+        );
+        let h = 1e-3f32;
+        for k in 0..centres.len() {
+            for (values, analytic, what) in [
+                (&centres, d_centre[k], "centre"),
+                (&radii, d_radius[k], "radius"),
+            ] {
+                let shifted = |delta: f32| {
+                    let mut moved = values.clone();
+                    moved[k] += delta;
+                    if what == "centre" {
+                        value_at(&moved, &radii).0
+                    } else {
+                        value_at(&centres, &moved).0
+                    }
+                };
+                let numeric = (shifted(h) - shifted(-h)) / (2.0 * f64::from(h));
+                assert!(
+                    (numeric - f64::from(analytic)).abs() <= 2e-3 * numeric.abs().max(1e-2),
+                    "∂/∂{what}[{k}]: finite difference {numeric} vs {analytic}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn steps_the_reverse_pass_does_not_cover_are_left_to_autograd() {
         let spec = &specs()[0];
         let net = network(spec);
         assert_eq!(
-            Objective::for_step(&net, Method::Sabr, 0.0, 0.5, false),
+            Objective::for_step(&net, Method::Sabr, 0.0, 0.5, 0.0),
             Some(Objective::Natural),
             "warm-up steps of every method are natural"
         );
-        assert_eq!(Objective::for_step(&net, Method::Ibp, 0.1, 0.5, true), None);
         assert_eq!(
-            Objective::for_step(&net, Method::CrownIbp, 0.1, 0.5, false),
+            Objective::for_step(&net, Method::CrownIbp, 0.1, 0.5, 0.0),
             None
         );
+        assert_eq!(Objective::for_step(&net, Method::Sabr, 0.1, 0.5, 0.0), None);
         assert_eq!(
-            Objective::for_step(&net, Method::Ibp, 0.1, 0.5, false),
+            Objective::for_step(&net, Method::Ibp, 0.1, 0.5, 0.2),
             Some(Objective::Ibp {
                 eps: 0.1,
-                kappa: 0.5
+                kappa: 0.5,
+                shi_weight: 0.2
             })
         );
     }

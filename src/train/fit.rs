@@ -155,8 +155,12 @@ pub fn fit(
                 batch: batch_index + 1,
             };
             let train_eps = schedule.train_eps();
-            let shi_active = config.shi_reg_weight > 0.0 && values.eps < train_eps;
-            let objective = Objective::for_step(net, method, values.eps, values.kappa, shi_active);
+            let shi_weight = if config.shi_reg_weight > 0.0 && values.eps < train_eps {
+                config.shi_reg_weight * (1.0 - values.eps / train_eps)
+            } else {
+                0.0
+            };
+            let objective = Objective::for_step(net, method, values.eps, values.kappa, shi_weight);
             let (loss_value, grads): (f64, Box<dyn GradientSource>) = match objective {
                 Some(objective) => {
                     let step = loss_and_gradients(
