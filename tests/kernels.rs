@@ -676,7 +676,8 @@ fn linear_gradients_agree_with_finite_differences() {
 fn winograd_convolutions_match_im2col_in_value_and_both_gradients() {
     use cthpo::kernels::{
         conv2d_bias, conv2d_weight_gradient, winograd_conv2d, winograd_conv2d_input_gradient,
-        winograd_conv2d_weight_gradient, winograd_supports,
+        winograd_conv2d_keeping_input, winograd_conv2d_weight_gradient,
+        winograd_conv2d_weight_gradient_from, winograd_supports,
     };
     let mut rng = StdRng::seed_from_u64(41);
     // Batches that fill several groups and leave a partial last one; non-square images.
@@ -729,6 +730,15 @@ fn winograd_convolutions_match_im2col_in_value_and_both_gradients() {
             max_difference(&ours, &dw) <= 1e-5 * scale.max(1.0),
             "kernel gradient"
         );
+
+        // The transformed input kept by the forward pass gives the same results.
+        let (output, kept) = winograd_conv2d_keeping_input(&x, &kernel, Some(&bias)).unwrap();
+        let direct = winograd_conv2d(&x, &kernel, Some(&bias)).unwrap();
+        assert_eq!(max_difference(&output, &direct), 0.0);
+        let from_kept = winograd_conv2d_weight_gradient_from(&kept, &grad).unwrap();
+        assert_eq!(max_difference(&from_kept, &ours), 0.0);
+        let wrong = random(&mut rng, &[batch + 1, cout, height, width]);
+        assert!(winograd_conv2d_weight_gradient_from(&kept, &wrong).is_err());
     }
     // Shapes outside F(2×2, 3×3) at stride 1 are refused rather than computed wrongly.
     assert!(!winograd_supports(&[1, 16, 7, 8], &[4, 16, 3, 3], 1, 1));
@@ -737,4 +747,37 @@ fn winograd_convolutions_match_im2col_in_value_and_both_gradients() {
     assert!(!winograd_supports(&[1, 4, 8, 8], &[4, 4, 3, 3], 1, 1));
     let odd = random(&mut rng, &[1, 16, 7, 8]);
     assert!(winograd_conv2d(&odd, &random(&mut rng, &[4, 16, 3, 3]), None).is_err());
+}
+
+#[test]
+fn convolutions_from_precomputed_columns_match_the_direct_kernels() {
+    use cthpo::kernels::{
+        conv2d_bias, conv2d_columns, conv2d_from_columns, conv2d_weight_gradient,
+        conv2d_weight_gradient_from_columns,
+    };
+    let mut rng = StdRng::seed_from_u64(43);
+    for [batch, cin, height, width, cout, kernel, stride, padding] in geometries(&mut rng) {
+        let x = random(&mut rng, &[batch, cin, height, width]);
+        let weight = random(&mut rng, &[cout, cin, kernel, kernel]);
+        let bias = random(&mut rng, &[cout]);
+        let direct = conv2d_bias(&x, &weight, &bias, stride, padding).unwrap();
+        let (_, _, out_height, out_width) = direct.dims4().unwrap();
+        let columns = conv2d_columns(&x, kernel, stride, padding).unwrap();
+        let ours = conv2d_from_columns(&columns, &weight, Some(&bias), (out_height, out_width));
+        assert_eq!(
+            max_difference(&ours.unwrap(), &direct),
+            0.0,
+            "same products, same order"
+        );
+        let grad = random(&mut rng, direct.dims());
+        let expected = conv2d_weight_gradient(&x, &grad, kernel, stride, padding).unwrap();
+        let ours = conv2d_weight_gradient_from_columns(&columns, &grad, kernel).unwrap();
+        assert_eq!(max_difference(&ours, &expected), 0.0);
+    }
+    let columns = Tensor::zeros((2, 9, 16), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let weight = Tensor::zeros((3, 1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        conv2d_from_columns(&columns, &weight, None, (5, 5)).is_err(),
+        "16 ≠ 5·5 positions"
+    );
 }

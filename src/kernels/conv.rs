@@ -9,7 +9,7 @@
 //! - weight gradient:    `dK = Σ_n dY_n · im2col(X_n)ᵀ`
 
 use super::channel::channel_sum;
-use super::{contiguous_f32, matmul};
+use super::{contiguous_f32, matmul, with_values};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -206,8 +206,55 @@ fn forward_geometry(
     })
 }
 
+/// Where a convolution's per-sample im2col matrices come from.
+#[derive(Clone, Copy)]
+enum Patches<'a> {
+    /// Built from the images, sample by sample.
+    Images(&'a [f32]),
+    /// Precomputed by [`conv2d_columns`], `[B, patch, positions]`.
+    Columns(&'a [f32]),
+}
+
+impl Patches<'_> {
+    /// Chunk length per sample.
+    fn sample_len(&self, g: &Geometry) -> usize {
+        match self {
+            Patches::Images(_) => g.in_plane(),
+            Patches::Columns(_) => g.patch_len() * g.out_positions(),
+        }
+    }
+    fn values(&self) -> &[f32] {
+        match self {
+            Patches::Images(values) | Patches::Columns(values) => values,
+        }
+    }
+    /// The im2col matrix of one sample's chunk: `chunk` itself, or built into `cols`.
+    fn matrix<'c>(
+        &self,
+        im2col: &Im2col,
+        chunk: &'c [f32],
+        cols: &'c mut Vec<f32>,
+        padded: &mut Vec<f32>,
+    ) -> &'c [f32] {
+        match self {
+            Patches::Columns(_) => chunk,
+            Patches::Images(_) => {
+                let g = &im2col.geometry;
+                cols.resize(g.patch_len() * g.out_positions(), 0.0);
+                im2col.fill(chunk, cols, padded);
+                cols
+            }
+        }
+    }
+}
+
 /// `Y_n = K · im2col(X_n) [+ bias]` for every sample, spread over samples.
-fn convolve(g: &Geometry, x: &[f32], kernel: &[f32], bias: Option<&[f32]>) -> (CpuStorage, Shape) {
+fn convolve(
+    g: &Geometry,
+    patches: Patches<'_>,
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+) -> (CpuStorage, Shape) {
     // Each sample's output is initialised in the worker, while it is in cache; a zeroed
     // `vec!` would cost a separate pass over the whole (large) output.
     let mut out = Vec::with_capacity(g.batch * g.out_plane());
@@ -215,11 +262,11 @@ fn convolve(g: &Geometry, x: &[f32], kernel: &[f32], bias: Option<&[f32]>) -> (C
     let im2col = Im2col::new(g);
     out.spare_capacity_mut()[..g.batch * g.out_plane()]
         .par_chunks_mut(g.out_plane())
-        .zip(x.par_chunks(g.in_plane()))
+        .zip(patches.values().par_chunks(patches.sample_len(g)))
         .for_each_init(
-            || (vec![0f32; patch * positions], Vec::new()),
-            |(cols, padded), (y, image)| {
-                im2col.fill(image, cols, padded);
+            || (Vec::new(), Vec::new()),
+            |(cols, padded), (y, chunk)| {
+                let cols = patches.matrix(&im2col, chunk, cols, padded);
                 // The bias seeds the product, so it costs no separate pass either.
                 let zeros = [0f32];
                 let seeds = bias.unwrap_or(&zeros);
@@ -267,7 +314,7 @@ impl CustomOp2 for Conv2dOp {
         let g = forward_geometry(x_layout, k_layout, self.stride, self.padding)?;
         let x = contiguous_f32(x_storage, x_layout, "conv2d input")?;
         let kernel = contiguous_f32(k_storage, k_layout, "conv2d kernel")?;
-        Ok(convolve(&g, x, kernel, None))
+        Ok(convolve(&g, Patches::Images(x), kernel, None))
     }
 
     fn bwd(
@@ -338,7 +385,7 @@ impl CustomOp3 for Conv2dBiasOp {
                 g.out_channels
             )
         }
-        Ok(convolve(&g, x, kernel, Some(bias)))
+        Ok(convolve(&g, Patches::Images(x), kernel, Some(bias)))
     }
 
     fn bwd(
@@ -506,46 +553,138 @@ impl CustomOp2 for WeightGradientOp {
         };
         let x = contiguous_f32(x_storage, x_layout, "conv2d weight gradient input")?;
         let dy = contiguous_f32(dy_storage, dy_layout, "conv2d weight gradient")?;
-        let (patch, positions) = (g.patch_len(), g.out_positions());
-        let kernel_len = out_channels * patch;
-        let im2col = Im2col::new(&g);
-        // Each worker sums its share of samples into its own buffer; buffers are added at the end.
-        let workers = rayon::current_num_threads().max(1).min(batch.max(1));
-        let per_worker = batch.div_ceil(workers);
-        let partials: Vec<Vec<f32>> = (0..workers)
-            .into_par_iter()
-            .map(|worker| {
-                let mut sum = vec![0f32; kernel_len];
-                let mut cols = vec![0f32; patch * positions];
-                let mut padded = Vec::new();
-                let start = worker * per_worker;
-                for n in start..(start + per_worker).min(batch) {
-                    let image = &x[n * g.in_plane()..(n + 1) * g.in_plane()];
-                    im2col.fill(image, &mut cols, &mut padded);
-                    let gradient = &dy[n * g.out_plane()..(n + 1) * g.out_plane()];
-                    matmul(
-                        &mut sum,
-                        true,
-                        (out_channels, patch, positions),
-                        gradient,
-                        (positions, 1),
-                        &cols,
-                        (1, positions),
-                        false,
-                    );
-                }
-                sum
-            })
-            .collect();
-        let mut total = vec![0f32; kernel_len];
-        for partial in partials {
-            for (t, p) in total.iter_mut().zip(partial) {
-                *t += p;
-            }
-        }
+        let total = kernel_gradient(&g, Patches::Images(x), dy);
         let shape = Shape::from((out_channels, in_channels, self.kernel, self.kernel));
         Ok((CpuStorage::F32(total), shape))
     }
+}
+
+/// `dK = Σ_n dY_n · im2col(X_n)ᵀ`, each worker summing its share of samples into its own
+/// buffer, the buffers added at the end.
+fn kernel_gradient(g: &Geometry, patches: Patches<'_>, dy: &[f32]) -> Vec<f32> {
+    let (patch, positions) = (g.patch_len(), g.out_positions());
+    let kernel_len = g.out_channels * patch;
+    let im2col = Im2col::new(g);
+    let workers = rayon::current_num_threads().max(1).min(g.batch.max(1));
+    let per_worker = g.batch.div_ceil(workers);
+    let sample_len = patches.sample_len(g);
+    let partials: Vec<Vec<f32>> = (0..workers)
+        .into_par_iter()
+        .map(|worker| {
+            let mut sum = vec![0f32; kernel_len];
+            let (mut cols, mut padded) = (Vec::new(), Vec::new());
+            let start = worker * per_worker;
+            for n in start..(start + per_worker).min(g.batch) {
+                let chunk = &patches.values()[n * sample_len..(n + 1) * sample_len];
+                let cols = patches.matrix(&im2col, chunk, &mut cols, &mut padded);
+                let gradient = &dy[n * g.out_plane()..(n + 1) * g.out_plane()];
+                matmul(
+                    &mut sum,
+                    true,
+                    (g.out_channels, patch, positions),
+                    gradient,
+                    (positions, 1),
+                    cols,
+                    (1, positions),
+                    false,
+                );
+            }
+            sum
+        })
+        .collect();
+    let mut total = vec![0f32; kernel_len];
+    for partial in partials {
+        for (t, p) in total.iter_mut().zip(partial) {
+            *t += p;
+        }
+    }
+    total
+}
+
+/// The im2col matrices `[B, Ci·k·k, Ho·Wo]` of a batch, graph-free: a training step builds them
+/// once for a convolution's forward pass and its kernel gradient
+/// ([`conv2d_from_columns`], [`conv2d_weight_gradient_from_columns`]).
+pub fn conv2d_columns(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Tensor> {
+    let (batch, channels, _, _) = x.dims4()?;
+    let probe = Layout::contiguous((1, channels, kernel, kernel));
+    let g = forward_geometry(x.layout(), &probe, stride, padding)?;
+    let (patch, positions) = (g.patch_len(), g.out_positions());
+    let im2col = Im2col::new(&g);
+    let out = with_values(&[x], "conv2d columns", |v| {
+        let mut out = vec![0f32; batch * patch * positions];
+        out.par_chunks_mut(patch * positions)
+            .zip(v[0].par_chunks(g.in_plane()))
+            .for_each_init(Vec::new, |padded, (cols, image)| {
+                im2col.fill(image, cols, padded)
+            });
+        Ok(out)
+    })?;
+    Tensor::from_vec(out, (batch, patch, positions), x.device())
+}
+
+/// Geometry of a convolution read from its im2col `columns` `[B, patch, positions]`.
+fn columns_geometry(
+    columns: &Tensor,
+    (out_channels, kernel): (usize, usize),
+    (out_height, out_width): (usize, usize),
+) -> Result<Geometry> {
+    let (batch, patch, positions) = columns.dims3()?;
+    if kernel == 0 || patch % (kernel * kernel) != 0 || positions != out_height * out_width {
+        bail!(
+            "conv2d columns {:?} do not fit a {kernel}x{kernel} kernel and a {out_height}x{out_width} output",
+            columns.dims()
+        )
+    }
+    // Only the output side and the patch length matter when the columns are given.
+    Ok(Geometry {
+        batch,
+        in_channels: patch / (kernel * kernel),
+        in_height: 0,
+        in_width: 0,
+        out_channels,
+        out_height,
+        out_width,
+        kernel,
+        stride: 1,
+        padding: 0,
+    })
+}
+
+/// [`conv2d_bias`] (or [`conv2d`] without `bias`) from the input's [`conv2d_columns`], as
+/// `[B, Co, out_height, out_width]`; graph-free.
+pub fn conv2d_from_columns(
+    columns: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+    out_size: (usize, usize),
+) -> Result<Tensor> {
+    let (out_channels, _, size, _) = kernel.dims4()?;
+    let g = columns_geometry(columns, (out_channels, size), out_size)?;
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let (storage, shape) = with_values(&[columns, kernel], "conv2d from columns", |v| {
+        Ok(convolve(&g, Patches::Columns(v[0]), v[1], bias.as_deref()))
+    })?;
+    let CpuStorage::F32(values) = storage else {
+        bail!("conv2d from columns: f32 output expected")
+    };
+    Tensor::from_vec(values, shape, columns.device())
+}
+
+/// [`conv2d_weight_gradient`] from the input's [`conv2d_columns`]; graph-free.
+pub fn conv2d_weight_gradient_from_columns(
+    columns: &Tensor,
+    grad: &Tensor,
+    kernel: usize,
+) -> Result<Tensor> {
+    let (_, out_channels, out_height, out_width) = grad.dims4()?;
+    let g = columns_geometry(columns, (out_channels, kernel), (out_height, out_width))?;
+    let total = with_values(
+        &[columns, grad],
+        "conv2d weight gradient from columns",
+        |v| Ok(kernel_gradient(&g, Patches::Columns(v[0]), v[1])),
+    )?;
+    let shape = (out_channels, g.in_channels, kernel, kernel);
+    Tensor::from_vec(total, shape, columns.device())
 }
 
 /// Convolution of `x` `[B, Ci, H, W]` with `kernel` `[Co, Ci, k, k]` (no bias), differentiable

@@ -14,7 +14,10 @@ mod winograd;
 
 pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
 pub use channel::{channel_affine, channel_affine_gradient, channel_affine_relu, channel_sum};
-pub use conv::{conv_transpose2d, conv2d, conv2d_bias, conv2d_weight_gradient};
+pub use conv::{
+    conv_transpose2d, conv2d, conv2d_bias, conv2d_columns, conv2d_from_columns,
+    conv2d_weight_gradient, conv2d_weight_gradient_from_columns,
+};
 pub use interval::{relu_box_centre, relu_box_radius};
 pub use linear::{
     abs_linear, abs_linear_weight_gradient, linear, linear_input_gradient, linear_weight_gradient,
@@ -28,11 +31,11 @@ pub use reverse::{
 };
 pub use specs::spec_mul;
 pub use winograd::{
-    winograd_conv2d, winograd_conv2d_input_gradient, winograd_conv2d_weight_gradient,
-    winograd_supports,
+    WinogradInput, winograd_conv2d, winograd_conv2d_input_gradient, winograd_conv2d_keeping_input,
+    winograd_conv2d_weight_gradient, winograd_conv2d_weight_gradient_from, winograd_supports,
 };
 
-use candle_core::{CpuStorage, Layout, Result, bail};
+use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -45,6 +48,28 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> R
         Some((start, end)) => Ok(&values[start..end]),
         None => bail!("{what}: operand must be contiguous"),
     }
+}
+
+/// Runs `f` on the f32 values of CPU `tensors` (made contiguous first), for graph-free kernels
+/// with more operands than a custom op takes.
+pub(super) fn with_values<R>(
+    tensors: &[&Tensor],
+    what: &str,
+    f: impl FnOnce(&[&[f32]]) -> Result<R>,
+) -> Result<R> {
+    let contiguous = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<Result<Vec<_>>>()?;
+    let guards: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
+    let values = guards
+        .iter()
+        .map(|(storage, layout)| match &**storage {
+            Storage::Cpu(cpu) => contiguous_f32(cpu, layout, what),
+            _ => bail!("{what}: only CPU tensors are supported"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    f(&values)
 }
 
 /// `len` values written chunk by chunk in parallel by `fill(chunk index, chunk)`.

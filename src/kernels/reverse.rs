@@ -1,36 +1,26 @@
 //! Graph-free backward kernels for hand-written reverse passes (`train::backprop`), where an
 //! op needs more operands than a candle custom op takes or per-channel values as plain numbers.
 
-use super::{contiguous_f32, masked, par_filled};
-use candle_core::{Result, Storage, Tensor, bail};
+use super::{masked, par_filled};
+use candle_core::{Result, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Elements per rayon task of the element-wise loops.
 const CHUNK: usize = 1 << 14;
 
-/// Runs `f` on the f32 values of `tensors` (made contiguous first), all of the same length.
+/// [`super::with_values`] for element-wise kernels: all operands must have the same length.
 fn with_values<R>(
     tensors: &[&Tensor],
     what: &str,
     f: impl FnOnce(&[&[f32]]) -> Result<R>,
 ) -> Result<R> {
-    let contiguous = tensors
-        .iter()
-        .map(|t| t.contiguous())
-        .collect::<Result<Vec<_>>>()?;
-    let guards: Vec<_> = contiguous.iter().map(|t| t.storage_and_layout()).collect();
-    let values = guards
-        .iter()
-        .map(|(storage, layout)| match &**storage {
-            Storage::Cpu(cpu) => contiguous_f32(cpu, layout, what),
-            _ => bail!("{what}: only CPU tensors are supported"),
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if values.iter().any(|v| v.len() != values[0].len()) {
-        bail!("{what}: operands of different sizes")
-    }
-    f(&values)
+    super::with_values(tensors, what, |values| {
+        if values.iter().any(|v| v.len() != values[0].len()) {
+            bail!("{what}: operands of different sizes")
+        }
+        f(values)
+    })
 }
 
 /// `(∂c, ∂r)` of the box ReLU `(c, r) ↦ (relu_box_centre, relu_box_radius)` from the gradients

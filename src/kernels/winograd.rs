@@ -8,8 +8,8 @@
 //! transformed domain. Rounding differs from the direct sum in the last bits, so bound and
 //! certification passes keep the im2col kernels; the reverse pass of training uses these.
 
-use super::{contiguous_f32, matmul};
-use candle_core::{Result, Shape, Storage, Tensor, bail};
+use super::{matmul, with_values};
+use candle_core::{Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 /// Columns (tiles of all images in a group) each matrix product aims for: enough to amortise
@@ -301,25 +301,47 @@ fn gradient_transform(plan: &Plan, gradient: &[f32], out: &mut [f32], scratch: &
     }
 }
 
-/// `Y = conv(x, kernel) (+ bias)` over the batch, groups of images in parallel.
-fn forward(plan: &Plan, x: &[f32], kernel: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// Length of a batch's transformed input: per group of images `16 × Ci × (tiles of the group)`.
+fn transformed_len(plan: &Plan) -> usize {
+    16 * plan.in_channels * plan.tiles * plan.batch
+}
+
+/// `Y = conv(x, kernel) (+ bias)` over the batch, groups of images in parallel; with `keep`, also
+/// the transformed input (groups one after the other) for the kernel gradient.
+fn forward(
+    plan: &Plan,
+    x: &[f32],
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+    keep: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     let (ci, co) = (plan.in_channels, plan.out_channels);
     let transformed = kernel_transform(kernel, co, ci);
     let mut out = vec![0f32; plan.batch * co * plan.plane()];
     let columns = plan.group * plan.tiles;
+    let mut kept = keep.then(|| vec![0f32; transformed_len(plan)]);
+    let group_transformed = 16 * ci * columns;
+    // Without `keep`, each worker transforms into its own buffer (the empty chunks below).
+    let targets: Vec<&mut [f32]> = match kept.as_mut() {
+        Some(all) => all.chunks_mut(group_transformed).collect(),
+        None => (0..plan.batch.div_ceil(plan.group))
+            .map(|_| -> &mut [f32] { &mut [] })
+            .collect(),
+    };
     out.par_chunks_mut(plan.group * co * plan.plane())
         .zip(x.par_chunks(plan.group * ci * plan.plane()))
+        .zip(targets)
         .for_each_init(
-            || {
-                (
-                    vec![0f32; 16 * ci * columns],
-                    vec![0f32; 16 * co * columns],
-                    Vec::new(),
-                )
-            },
-            |(inputs, products, scratch), (y, images)| {
+            || (Vec::new(), vec![0f32; 16 * co * columns], Vec::new()),
+            |(own, products, scratch), ((y, images), target)| {
                 let count = images.len() / (ci * plan.plane());
                 let columns = count * plan.tiles;
+                let inputs: &mut [f32] = if target.is_empty() {
+                    own.resize(group_transformed, 0.0);
+                    own
+                } else {
+                    target
+                };
                 input_transform(plan, images, ci, inputs, scratch);
                 for xi in 0..16 {
                     matmul(
@@ -336,30 +358,50 @@ fn forward(plan: &Plan, x: &[f32], kernel: &[f32], bias: Option<&[f32]>) -> Vec<
                 output_transform(plan, &products[..16 * co * columns], bias, y, scratch);
             },
         );
-    out
+    (out, kept)
+}
+
+/// Where the kernel gradient reads the transformed input from.
+#[derive(Clone, Copy)]
+enum Inputs<'a> {
+    /// Transformed here from the images.
+    Images(&'a [f32]),
+    /// Kept from the forward pass.
+    Transformed(&'a [f32]),
 }
 
 /// `∂K` `[Co, Ci, 3, 3]` summed over the batch, per-worker partial sums added at the end.
-fn weight_gradient(plan: &Plan, x: &[f32], gradient: &[f32]) -> Vec<f32> {
+fn weight_gradient(plan: &Plan, inputs: Inputs<'_>, gradient: &[f32]) -> Vec<f32> {
     let (ci, co) = (plan.in_channels, plan.out_channels);
     let columns = plan.group * plan.tiles;
     let pairs = ci * co;
-    let transformed = x
-        .par_chunks(plan.group * ci * plan.plane())
+    let (values, chunk) = match inputs {
+        Inputs::Images(x) => (x, plan.group * ci * plan.plane()),
+        Inputs::Transformed(v) => (v, 16 * ci * columns),
+    };
+    let transformed = values
+        .par_chunks(chunk)
         .zip(gradient.par_chunks(plan.group * co * plan.plane()))
         .fold(
             || {
                 (
                     vec![0f32; 16 * pairs],
-                    vec![0f32; 16 * ci * columns],
+                    Vec::new(),
                     vec![0f32; 16 * co * columns],
                     Vec::new(),
                 )
             },
-            |(mut sum, mut inputs, mut gradients, mut scratch), (images, dy)| {
-                let count = images.len() / (ci * plan.plane());
+            |(mut sum, mut own, mut gradients, mut scratch), (values, dy)| {
+                let count = dy.len() / (co * plan.plane());
                 let columns = count * plan.tiles;
-                input_transform(plan, images, ci, &mut inputs, &mut scratch);
+                let transformed_inputs: &[f32] = match inputs {
+                    Inputs::Images(_) => {
+                        own.resize(16 * ci * columns, 0.0);
+                        input_transform(plan, values, ci, &mut own, &mut scratch);
+                        &own
+                    }
+                    Inputs::Transformed(_) => values,
+                };
                 gradient_transform(plan, dy, &mut gradients, &mut scratch);
                 for xi in 0..16 {
                     // ∂U[ξ] += D[ξ] · V[ξ]ᵀ, Vᵀ read through strides.
@@ -369,12 +411,12 @@ fn weight_gradient(plan: &Plan, x: &[f32], gradient: &[f32]) -> Vec<f32> {
                         (co, ci, columns),
                         &gradients[xi * co * columns..],
                         (columns, 1),
-                        &inputs[xi * ci * columns..],
+                        &transformed_inputs[xi * ci * columns..],
                         (1, columns),
                         false,
                     );
                 }
-                (sum, inputs, gradients, scratch)
+                (sum, own, gradients, scratch)
             },
         )
         .map(|(sum, ..)| sum)
@@ -388,18 +430,12 @@ fn weight_gradient(plan: &Plan, x: &[f32], gradient: &[f32]) -> Vec<f32> {
     kernel_transform_adjoint(&transformed, pairs)
 }
 
-/// Runs `f` on the contiguous f32 values of two CPU tensors.
-fn with_two<R>(a: &Tensor, b: &Tensor, f: impl FnOnce(&[f32], &[f32]) -> R) -> Result<R> {
-    let (a, b) = (a.contiguous()?, b.contiguous()?);
-    let (a_storage, a_layout) = a.storage_and_layout();
-    let (b_storage, b_layout) = b.storage_and_layout();
-    let (Storage::Cpu(a_cpu), Storage::Cpu(b_cpu)) = (&*a_storage, &*b_storage) else {
-        bail!("winograd convolution: only CPU tensors are supported")
-    };
-    Ok(f(
-        contiguous_f32(a_cpu, a_layout, "winograd operand")?,
-        contiguous_f32(b_cpu, b_layout, "winograd operand")?,
-    ))
+/// A convolution input in the transformed domain, kept by [`winograd_conv2d_keeping_input`]
+/// so the kernel gradient need not transform it again.
+#[derive(Debug, Clone)]
+pub struct WinogradInput {
+    values: Vec<f32>,
+    plan: Plan,
 }
 
 fn checked_plan(x: &Tensor, kernel: &Tensor) -> Result<Plan> {
@@ -425,9 +461,63 @@ pub fn winograd_conv2d(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>) -> Re
             plan.out_channels
         )
     }
-    let out = with_two(x, kernel, |x, k| forward(&plan, x, k, bias.as_deref()))?;
+    let (out, _) = with_values(&[x, kernel], "winograd convolution", |v| {
+        Ok(forward(&plan, v[0], v[1], bias.as_deref(), false))
+    })?;
     let shape = Shape::from((plan.batch, plan.out_channels, plan.height, plan.width));
     Tensor::from_vec(out, shape, x.device())
+}
+
+/// [`winograd_conv2d`] that also returns its input in the transformed domain, for
+/// [`winograd_conv2d_weight_gradient_from`].
+pub fn winograd_conv2d_keeping_input(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, WinogradInput)> {
+    let plan = checked_plan(x, kernel)?;
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    if bias.as_ref().is_some_and(|b| b.len() != plan.out_channels) {
+        bail!(
+            "winograd convolution: bias does not fit {} output channels",
+            plan.out_channels
+        )
+    }
+    let (out, kept) = with_values(&[x, kernel], "winograd convolution", |v| {
+        Ok(forward(&plan, v[0], v[1], bias.as_deref(), true))
+    })?;
+    let shape = Shape::from((plan.batch, plan.out_channels, plan.height, plan.width));
+    let values = kept.expect("kept on request");
+    Ok((
+        Tensor::from_vec(out, shape, x.device())?,
+        WinogradInput { values, plan },
+    ))
+}
+
+/// [`winograd_conv2d_weight_gradient`] from the transformed input a forward pass kept.
+pub fn winograd_conv2d_weight_gradient_from(
+    input: &WinogradInput,
+    grad: &Tensor,
+) -> Result<Tensor> {
+    let plan = input.plan;
+    let (batch, out_channels, height, width) = grad.dims4()?;
+    if (batch, out_channels, height, width)
+        != (plan.batch, plan.out_channels, plan.height, plan.width)
+    {
+        bail!(
+            "winograd weight gradient: gradient {:?} does not fit the kept input",
+            grad.dims()
+        )
+    }
+    let out = with_values(&[grad], "winograd weight gradient", |v| {
+        Ok(weight_gradient(
+            &plan,
+            Inputs::Transformed(&input.values),
+            v[0],
+        ))
+    })?;
+    let dims = [out_channels, plan.in_channels, 3, 3];
+    Tensor::from_vec(out, dims.as_slice(), grad.device())
 }
 
 /// The input gradient of [`winograd_conv2d`]: the convolution of `grad` with the kernel
@@ -457,6 +547,8 @@ pub fn winograd_conv2d_weight_gradient(x: &Tensor, grad: &Tensor) -> Result<Tens
         )
     }
     let plan = Plan::new(batch, in_channels, out_channels, height, width);
-    let out = with_two(x, grad, |x, g| weight_gradient(&plan, x, g))?;
+    let out = with_values(&[x, grad], "winograd weight gradient", |v| {
+        Ok(weight_gradient(&plan, Inputs::Images(v[0]), v[1]))
+    })?;
     Tensor::from_vec(out, kernel_dims.as_slice(), x.device())
 }

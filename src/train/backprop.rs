@@ -14,12 +14,14 @@ use super::TrainError;
 use super::config::Method;
 use crate::bounds::margin_spec;
 use crate::kernels::{
-    BoxGradient, abs_linear_weight_gradient, batch_norm_input_gradient, box_statistics,
-    channel_affine, channel_affine_gradient, channel_affine_relu, channel_gradient_sums,
-    channel_moments, channel_sum, conv_transpose2d, conv2d, conv2d_bias, conv2d_weight_gradient,
+    BoxGradient, WinogradInput, abs_linear_weight_gradient, batch_norm_input_gradient,
+    box_statistics, channel_affine, channel_affine_gradient, channel_affine_relu,
+    channel_gradient_sums, channel_moments, channel_sum, conv_transpose2d, conv2d_columns,
+    conv2d_from_columns, conv2d_weight_gradient, conv2d_weight_gradient_from_columns,
     l1_penalty_gradient, linear, linear_input_gradient, linear_weight_gradient, relu,
-    relu_box_centre, relu_box_gradient, relu_box_radius, relu_gradient, winograd_conv2d,
-    winograd_conv2d_input_gradient, winograd_conv2d_weight_gradient, winograd_supports,
+    relu_box_centre, relu_box_gradient, relu_box_radius, relu_gradient,
+    winograd_conv2d_input_gradient, winograd_conv2d_keeping_input, winograd_conv2d_weight_gradient,
+    winograd_conv2d_weight_gradient_from, winograd_supports,
 };
 use crate::model::{BATCH_NORM_EPS, Layer, Net};
 use candle_core::{Tensor, TensorId};
@@ -112,7 +114,7 @@ enum CleanSaved {
         scale: Tensor,
     },
     Conv {
-        input: Tensor,
+        input: ConvInput,
     },
     Linear {
         input: Tensor,
@@ -131,10 +133,24 @@ enum CleanSaved {
     Implicit,
 }
 
+/// A convolution's input as its backward reads it: with the im2col matrices when the im2col
+/// kernels ran (built once for the forward pass and the kernel gradient).
+struct ConvInput {
+    input: Tensor,
+    columns: Option<Tensor>,
+    /// The input in Winograd's transformed domain when the Winograd kernels ran.
+    transformed: Option<WinogradInput>,
+}
+
 /// What an interval layer keeps for its backward.
 enum BoxSaved {
     Normalize {
         scale: Tensor,
+    },
+    Conv {
+        centre: ConvInput,
+        radius: ConvInput,
+        absolute: Tensor,
     },
     Affine {
         centre: Tensor,
@@ -187,14 +203,9 @@ pub fn loss_and_gradients(
                 stride,
                 padding,
             } => {
-                let y = convolve(
-                    &x,
-                    &weight.detach(),
-                    Some(&bias.detach()),
-                    *stride,
-                    *padding,
-                )?;
-                (y, CleanSaved::Conv { input: x }, 1)
+                let (y, input) =
+                    convolve(x, &weight.detach(), Some(&bias.detach()), *stride, *padding)?;
+                (y, CleanSaved::Conv { input }, 1)
             }
             Layer::Linear { weight, bias } => {
                 let y = linear(&x, &weight.detach(), &bias.detach())?;
@@ -269,13 +280,13 @@ pub fn loss_and_gradients(
                 } => {
                     let weight = weight.detach();
                     let absolute = weight.abs()?;
-                    let next = (
-                        convolve(&centre, &weight, Some(&bias.detach()), *stride, *padding)?,
-                        convolve(&radius, &absolute, None, *stride, *padding)?,
-                    );
+                    let (next_centre, centre) =
+                        convolve(centre, &weight, Some(&bias.detach()), *stride, *padding)?;
+                    let (next_radius, radius) =
+                        convolve(radius, &absolute, None, *stride, *padding)?;
                     (
-                        next,
-                        BoxSaved::Affine {
+                        (next_centre, next_radius),
+                        BoxSaved::Conv {
                             centre,
                             radius,
                             absolute,
@@ -557,24 +568,39 @@ fn shi_regularizer(
     Ok(Some((value, gradients)))
 }
 
-/// A convolution (`bias` optional): Winograd where it applies, im2col otherwise.
+/// A convolution (`bias` optional): Winograd where it applies, im2col otherwise; returns the
+/// output and the input as the backward reads it.
 fn convolve(
-    x: &Tensor,
+    x: Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-) -> Result<Tensor, TrainError> {
-    Ok(
-        if winograd_supports(x.dims(), weight.dims(), stride, padding) {
-            winograd_conv2d(x, weight, bias)?
-        } else {
-            match bias {
-                Some(bias) => conv2d_bias(x, weight, bias, stride, padding)?,
-                None => conv2d(x, weight, stride, padding)?,
-            }
+) -> Result<(Tensor, ConvInput), TrainError> {
+    if winograd_supports(x.dims(), weight.dims(), stride, padding) {
+        let (y, transformed) = winograd_conv2d_keeping_input(&x, weight, bias)?;
+        return Ok((
+            y,
+            ConvInput {
+                input: x,
+                columns: None,
+                transformed: Some(transformed),
+            },
+        ));
+    }
+    let (_, _, height, width) = x.dims4()?;
+    let size = weight.dim(2)?;
+    let out = |length: usize| (length + 2 * padding).saturating_sub(size) / stride + 1;
+    let columns = conv2d_columns(&x, size, stride, padding)?;
+    let y = conv2d_from_columns(&columns, weight, bias, (out(height), out(width)))?;
+    Ok((
+        y,
+        ConvInput {
+            input: x,
+            columns: Some(columns),
+            transformed: None,
         },
-    )
+    ))
 }
 
 /// The input gradient of [`convolve`] (input `height × width`).
@@ -595,22 +621,30 @@ fn input_gradient(
     )
 }
 
-/// The kernel gradient of [`convolve`] at input `x`.
+/// The kernel gradient of [`convolve`] at `input`.
 fn kernel_gradient(
-    x: &Tensor,
+    input: &ConvInput,
     g: &Tensor,
     size: usize,
     stride: usize,
     padding: usize,
 ) -> Result<Tensor, TrainError> {
-    let kernel_dims = [g.dim(1)?, x.dim(1)?, size, size];
-    Ok(
-        if winograd_supports(x.dims(), &kernel_dims, stride, padding) {
-            winograd_conv2d_weight_gradient(x, g)?
-        } else {
-            conv2d_weight_gradient(x, g, size, stride, padding)?
-        },
-    )
+    if let Some(transformed) = &input.transformed {
+        return Ok(winograd_conv2d_weight_gradient_from(transformed, g)?);
+    }
+    Ok(match &input.columns {
+        Some(columns) => conv2d_weight_gradient_from_columns(columns, g, size)?,
+        None if winograd_supports(
+            input.input.dims(),
+            &[g.dim(1)?, input.input.dim(1)?, size, size],
+            stride,
+            padding,
+        ) =>
+        {
+            winograd_conv2d_weight_gradient(&input.input, g)?
+        }
+        None => conv2d_weight_gradient(&input.input, g, size, stride, padding)?,
+    })
 }
 
 /// BatchNorm `index` with this batch's statistics of `x`, which also update the running ones.
@@ -818,7 +852,7 @@ fn clean_backward(
             )?;
             gradients.add(bias, channel_sum(&g)?)?;
             if needs_input {
-                let (_, _, height, width) = input.dims4()?;
+                let (_, _, height, width) = input.input.dims4()?;
                 input_gradient(&g, &weight.detach(), *stride, *padding, (height, width))?
             } else {
                 g
@@ -922,7 +956,7 @@ fn interval_backward(
                 stride,
                 padding,
             },
-            BoxSaved::Affine {
+            BoxSaved::Conv {
                 centre,
                 radius,
                 absolute,
@@ -939,7 +973,7 @@ fn interval_backward(
             if !needs_input {
                 return Ok(None);
             }
-            let (_, _, height, width) = centre.dims4()?;
+            let (_, _, height, width) = centre.input.dims4()?;
             (
                 input_gradient(&gc, &weight.detach(), *stride, *padding, (height, width))?,
                 input_gradient(&gr, absolute, *stride, *padding, (height, width))?,
