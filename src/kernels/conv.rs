@@ -163,8 +163,11 @@ impl Im2col {
                 padded.clear();
                 padded.push(0.0);
                 padded.extend_from_slice(&image[..self.geometry.in_plane()]);
+                assert_eq!(padded.len(), self.geometry.in_plane() + 1);
                 for (slot, &index) in cols.iter_mut().zip(table) {
-                    *slot = padded[index as usize];
+                    // SAFETY: `new` builds every entry as 0 or 1 + an index into the image, so
+                    // below `in_plane + 1 = padded.len()` (asserted above).
+                    *slot = unsafe { *padded.get_unchecked(index as usize) };
                 }
             }
             None => self.geometry.im2col(image, cols),

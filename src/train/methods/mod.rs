@@ -49,7 +49,7 @@ pub(crate) struct RobustLoss {
 }
 
 /// One training method.
-pub(crate) trait TrainingMethod {
+pub(crate) trait TrainingMethod: Sync {
     /// The robust loss of the batch at the current ε (never called while ε = 0).
     fn robust_loss(&self, context: &mut StepContext<'_>) -> Result<RobustLoss, TrainError>;
 }

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Alternates cthpo's bench_train and PyTorch's reference on the same step, ROUNDS times, and
+# prints each round and the median and minimum of both (run by hand, never by CI). This
+# machine's speed drifts by ±15 % within minutes, so only alternating runs compare fairly.
+#
+#   benches/side_by_side.sh cnn7 ibp [rounds=3] [steps=4]
+#   PYTHON=/work/venv-ref/bin/python (default) needs torch installed.
+set -euo pipefail
+arch=${1:?arch}; method=${2:?method}; rounds=${3:-3}; steps=${4:-20}
+python=${PYTHON:-/work/venv-ref/bin/python}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cargo build --release --quiet --example bench_train --manifest-path "$here/Cargo.toml"
+ours=() theirs=()
+for round in $(seq "$rounds"); do
+  a=$("$here/target/release/examples/bench_train" --arch "$arch" --method "$method" --batch 256 --threads 2 --steps "$steps" --json | sed -E 's/.*"ms_per_step": ([0-9.]+).*/\1/')
+  b=$("$python" "$here/benches/pytorch_reference.py" --arch "$arch" --method "$method" --batch 256 --threads 2 --steps "$steps" 2>/dev/null | sed -E 's/.*"ms_per_step": ([0-9.]+).*/\1/')
+  echo "round $round: cthpo $a ms, pytorch $b ms"
+  ours+=("$a"); theirs+=("$b")
+done
+python3 - "${ours[*]}" "${theirs[*]}" "$arch" "$method" <<'PY'
+import statistics, sys
+ours, theirs = ([float(v) for v in s.split()] for s in sys.argv[1:3])
+m, p = statistics.median(ours), statistics.median(theirs)
+print(f"{sys.argv[3]} {sys.argv[4]}: cthpo median {m:.1f} (min {min(ours):.1f}) ms, "
+      f"pytorch median {p:.1f} (min {min(theirs):.1f}) ms, ratio of medians {m / p:.2f}")
+PY
