@@ -614,12 +614,20 @@ pub fn conv2d_columns(x: &Tensor, kernel: usize, stride: usize, padding: usize) 
     let (patch, positions) = (g.patch_len(), g.out_positions());
     let im2col = Im2col::new(&g);
     let out = with_values(&[x], "conv2d columns", |v| {
-        let mut out = vec![0f32; batch * patch * positions];
-        out.par_chunks_mut(patch * positions)
+        let len = batch * patch * positions;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(patch * positions)
             .zip(v[0].par_chunks(g.in_plane()))
             .for_each_init(Vec::new, |padded, (cols, image)| {
+                // Zeroed in the worker, in cache, rather than in a pass over the whole buffer.
+                cols.fill(MaybeUninit::new(0.0));
+                // SAFETY: every element was initialised just above.
+                let cols = unsafe { &mut *(cols as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 im2col.fill(image, cols, padded)
             });
+        // SAFETY: every sample's chunk was initialised by its worker.
+        unsafe { out.set_len(len) };
         Ok(out)
     })?;
     Tensor::from_vec(out, (batch, patch, positions), x.device())

@@ -7,7 +7,7 @@
 //! node whose backward writes the input, weight and bias gradients directly with `gemm`.
 //! Inputs of any rank are read as `[B, features]`, so a preceding flatten needs no node either.
 
-use super::{contiguous_f32, matmul};
+use super::{contiguous_f32, matmul, matmul_new};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -32,22 +32,25 @@ fn forward(
     (batch, inputs, outputs): (usize, usize, usize),
     seed: Option<&[f32]>,
 ) -> Vec<f32> {
-    let mut y = match seed {
-        Some(bias) => bias.repeat(batch),
-        None => vec![0f32; batch * outputs],
-    };
     // Wᵀ is read through strides: element (i, o) of Wᵀ is W[o, i].
-    matmul(
-        &mut y,
-        seed.is_some(),
-        (batch, outputs, inputs),
-        x,
-        (inputs, 1),
-        weight,
-        (1, inputs),
-        true,
-    );
-    y
+    let size = (batch, outputs, inputs);
+    match seed {
+        Some(bias) => {
+            let mut y = bias.repeat(batch);
+            matmul(
+                &mut y,
+                true,
+                size,
+                x,
+                (inputs, 1),
+                weight,
+                (1, inputs),
+                true,
+            );
+            y
+        }
+        None => matmul_new(size, x, (inputs, 1), weight, (1, inputs), true),
+    }
 }
 
 struct LinearOp;
@@ -184,10 +187,7 @@ impl CustomOp2 for ProductOp {
         }
         let grad = contiguous_f32(g_storage, g_layout, "linear gradient")?;
         let weight = contiguous_f32(w_storage, w_layout, "linear weight")?;
-        let mut dx = vec![0f32; batch * inputs];
-        matmul(
-            &mut dx,
-            false,
+        let dx = matmul_new(
             (batch, inputs, outputs),
             grad,
             (outputs, 1),
@@ -205,19 +205,15 @@ fn weight_gradient(
     grad: &[f32],
     (batch, inputs, outputs): (usize, usize, usize),
 ) -> Vec<f32> {
-    let mut dw = vec![0f32; outputs * inputs];
     // gᵀ is read through strides: element (o, b) of gᵀ is g[b, o].
-    matmul(
-        &mut dw,
-        false,
+    matmul_new(
         (outputs, inputs, batch),
         grad,
         (1, outputs),
         x,
         (inputs, 1),
         true,
-    );
-    dw
+    )
 }
 
 /// Rows, input features and output features of a linear layer.

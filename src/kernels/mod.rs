@@ -117,7 +117,7 @@ pub(super) fn matmul(
     (rhs_rs, rhs_cs): (usize, usize),
     parallel: bool,
 ) {
-    debug_assert!(dst.len() >= m * n);
+    assert!(dst.len() >= m * n, "matmul: destination too short");
     // SAFETY: the slices cover every element addressed by the given sizes and strides.
     unsafe {
         gemm::gemm(
@@ -146,4 +146,50 @@ pub(super) fn matmul(
             },
         )
     }
+}
+
+/// [`matmul`] into `m·n` new values, without a zeroing pass first (the product writes them all).
+pub(super) fn matmul_new(
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    parallel: bool,
+) -> Vec<f32> {
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `out` has room for the m×n elements gemm writes; without `read_dst` it reads none
+    // of them, and with k > 0 it writes every one, so all `m·n` are initialised after the call.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_strides.1 as isize,
+            lhs_strides.0 as isize,
+            rhs.as_ptr(),
+            rhs_strides.1 as isize,
+            rhs_strides.0 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            if parallel {
+                gemm::Parallelism::Rayon(rayon::current_num_threads())
+            } else {
+                gemm::Parallelism::None
+            },
+        );
+        out.set_len(m * n);
+    }
+    out
 }

@@ -1234,7 +1234,7 @@ mod tests {
                     })
                     .fold(0f32, f32::max);
                 for (name, got, expected) in pairs {
-                    assert_close(&format!("{label}: ∂{name}"), got, expected, 1e-2 * largest);
+                    assert_close(&format!("{label}: ∂{name}"), got, expected, 5e-2 * largest);
                 }
                 for (mine, theirs) in ours.named_vars().iter().zip(reference.named_vars()) {
                     assert_close(

@@ -148,7 +148,10 @@ pub fn fit(
                 indices.len(),
                 &candle_core::Device::Cpu,
             )?;
-            let batch = (images.index_select(&index, 0)?, labels.index_select(&index, 0)?);
+            let batch = (
+                images.index_select(&index, 0)?,
+                labels.index_select(&index, 0)?,
+            );
             let step = Step {
                 method,
                 config,
