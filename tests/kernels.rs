@@ -672,6 +672,22 @@ fn linear_gradients_agree_with_finite_differences() {
     });
 }
 
+/// `ours` within float tolerance of `reference`, relative to its largest entry (at least 1).
+fn assert_near(ours: &Tensor, reference: &Tensor, what: &str) {
+    let scale = reference
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let difference = max_difference(ours, reference);
+    assert!(
+        difference <= 1e-5 * scale.max(1.0),
+        "{what}: off by {difference}"
+    );
+}
+
 #[test]
 fn winograd_convolutions_match_im2col_in_value_and_both_gradients() {
     use cthpo::kernels::{
@@ -690,46 +706,16 @@ fn winograd_convolutions_match_im2col_in_value_and_both_gradients() {
         assert!(winograd_supports(x.dims(), kernel.dims(), 1, 1));
         let reference = conv2d_bias(&x, &kernel, &bias, 1, 1).unwrap();
         let ours = winograd_conv2d(&x, &kernel, Some(&bias)).unwrap();
-        let scale = reference
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            max_difference(&ours, &reference) <= 1e-5 * scale.max(1.0),
-            "forward"
-        );
+        assert_near(&ours, &reference, "forward");
 
         let grad = random(&mut rng, &[batch, cout, height, width]);
         let dx = conv_transpose2d(&grad, &kernel, 1, 1, height, width).unwrap();
         let ours = winograd_conv2d_input_gradient(&grad, &kernel).unwrap();
-        let scale = dx
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            max_difference(&ours, &dx) <= 1e-5 * scale.max(1.0),
-            "input gradient"
-        );
+        assert_near(&ours, &dx, "input gradient");
 
         let dw = conv2d_weight_gradient(&x, &grad, 3, 1, 1).unwrap();
         let ours = winograd_conv2d_weight_gradient(&x, &grad).unwrap();
-        let scale = dw
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            max_difference(&ours, &dw) <= 1e-5 * scale.max(1.0),
-            "kernel gradient"
-        );
+        assert_near(&ours, &dw, "kernel gradient");
 
         // The transformed input kept by the forward pass gives the same results.
         let (output, kept) = winograd_conv2d_keeping_input(&x, &kernel, Some(&bias)).unwrap();

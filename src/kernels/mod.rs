@@ -110,21 +110,79 @@ fn masked(value: f32, keep: bool) -> f32 {
 pub(super) fn matmul(
     dst: &mut [f32],
     accumulate: bool,
-    (m, n, k): (usize, usize, usize),
+    sizes: (usize, usize, usize),
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
     parallel: bool,
 ) {
-    assert!(dst.len() >= m * n, "matmul: destination too short");
-    // SAFETY: the slices cover every element addressed by the given sizes and strides.
+    assert!(
+        dst.len() >= sizes.0 * sizes.1,
+        "matmul: destination too short"
+    );
+    // SAFETY: `dst` holds the m×n elements written (and, with `accumulate`, read).
+    unsafe {
+        gemm_into(
+            dst.as_mut_ptr(),
+            accumulate,
+            sizes,
+            (lhs, lhs_strides),
+            (rhs, rhs_strides),
+            parallel,
+        )
+    }
+}
+
+/// [`matmul`] into `m·n` new values, without a zeroing pass first (the product writes them all).
+pub(super) fn matmul_new(
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    parallel: bool,
+) -> Vec<f32> {
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `out` has room for the m×n elements gemm writes; without `accumulate` it reads
+    // none of them, and with k > 0 it writes every one, so all are initialised after the call.
+    unsafe {
+        gemm_into(
+            out.as_mut_ptr(),
+            false,
+            (m, n, k),
+            (lhs, lhs_strides),
+            (rhs, rhs_strides),
+            parallel,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// The `gemm` call behind [`matmul`] and [`matmul_new`].
+///
+/// # Safety
+/// `dst` must be valid for writing `m·n` row-major elements (and reading them with
+/// `accumulate`); `lhs` and `rhs` must cover every element their sizes and strides address.
+unsafe fn gemm_into(
+    dst: *mut f32,
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    (lhs, (lhs_rs, lhs_cs)): (&[f32], (usize, usize)),
+    (rhs, (rhs_rs, rhs_cs)): (&[f32], (usize, usize)),
+    parallel: bool,
+) {
+    // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -146,50 +204,4 @@ pub(super) fn matmul(
             },
         )
     }
-}
-
-/// [`matmul`] into `m·n` new values, without a zeroing pass first (the product writes them all).
-pub(super) fn matmul_new(
-    (m, n, k): (usize, usize, usize),
-    lhs: &[f32],
-    lhs_strides: (usize, usize),
-    rhs: &[f32],
-    rhs_strides: (usize, usize),
-    parallel: bool,
-) -> Vec<f32> {
-    if k == 0 {
-        return vec![0f32; m * n];
-    }
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: `out` has room for the m×n elements gemm writes; without `read_dst` it reads none
-    // of them, and with k > 0 it writes every one, so all `m·n` are initialised after the call.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_strides.1 as isize,
-            lhs_strides.0 as isize,
-            rhs.as_ptr(),
-            rhs_strides.1 as isize,
-            rhs_strides.0 as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            if parallel {
-                gemm::Parallelism::Rayon(rayon::current_num_threads())
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-        out.set_len(m * n);
-    }
-    out
 }

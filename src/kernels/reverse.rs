@@ -149,8 +149,16 @@ pub fn channel_gradient_sums(
 #[inline]
 fn row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
     let whole = x.len().min(grad.len()) / 8 * 8;
-    let [mut weighted, mut total] = simd_row_sums::<RELU>(&x[..whole], &grad[..whole], a, b);
-    for (x, g) in x[whole..].iter().zip(&grad[whole..]) {
+    let [weighted, total] = simd_row_sums::<RELU>(&x[..whole], &grad[..whole], a, b);
+    let [tail_weighted, tail_total] = scalar_row_sums::<RELU>(&x[whole..], &grad[whole..], a, b);
+    [weighted + tail_weighted, total + tail_total]
+}
+
+/// [`row_sums`] one element at a time (the tail, and targets without SSE).
+#[inline]
+fn scalar_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
+    let (mut weighted, mut total) = (0f32, 0f32);
+    for (x, g) in x.iter().zip(grad) {
         let g = if RELU {
             masked(*g, a * x + b >= 0.0)
         } else {
@@ -202,17 +210,7 @@ fn simd_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
 fn simd_row_sums<const RELU: bool>(x: &[f32], grad: &[f32], a: f32, b: f32) -> [f32; 2] {
-    let (mut weighted, mut total) = (0f32, 0f32);
-    for (x, g) in x.iter().zip(grad) {
-        let g = if RELU {
-            masked(*g, a * x + b >= 0.0)
-        } else {
-            *g
-        };
-        weighted += g * x;
-        total += g;
-    }
-    [weighted, total]
+    scalar_row_sums::<RELU>(x, grad, a, b)
 }
 
 /// `scale·g̃ + a·x + b` per channel of a `[B, C, …]` batch (`g̃` masked as in

@@ -450,31 +450,13 @@ fn checked_plan(x: &Tensor, kernel: &Tensor) -> Result<Plan> {
     Ok(Plan::new(batch, in_channels, kernel.dim(0)?, height, width))
 }
 
-/// `conv2d(x, kernel) (+ bias)` with stride 1 and padding 1, graph-free; see
-/// [`winograd_supports`] for the shapes it takes.
-pub fn winograd_conv2d(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let plan = checked_plan(x, kernel)?;
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
-    if bias.as_ref().is_some_and(|b| b.len() != plan.out_channels) {
-        bail!(
-            "winograd convolution: bias does not fit {} output channels",
-            plan.out_channels
-        )
-    }
-    let (out, _) = with_values(&[x, kernel], "winograd convolution", |v| {
-        Ok(forward(&plan, v[0], v[1], bias.as_deref(), false))
-    })?;
-    let shape = Shape::from((plan.batch, plan.out_channels, plan.height, plan.width));
-    Tensor::from_vec(out, shape, x.device())
-}
-
-/// [`winograd_conv2d`] that also returns its input in the transformed domain, for
-/// [`winograd_conv2d_weight_gradient_from`].
-pub fn winograd_conv2d_keeping_input(
+/// The forward convolution behind [`winograd_conv2d`] and [`winograd_conv2d_keeping_input`].
+fn run_forward(
     x: &Tensor,
     kernel: &Tensor,
     bias: Option<&Tensor>,
-) -> Result<(Tensor, WinogradInput)> {
+    keep: bool,
+) -> Result<(Tensor, Option<WinogradInput>)> {
     let plan = checked_plan(x, kernel)?;
     let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
     if bias.as_ref().is_some_and(|b| b.len() != plan.out_channels) {
@@ -484,14 +466,30 @@ pub fn winograd_conv2d_keeping_input(
         )
     }
     let (out, kept) = with_values(&[x, kernel], "winograd convolution", |v| {
-        Ok(forward(&plan, v[0], v[1], bias.as_deref(), true))
+        Ok(forward(&plan, v[0], v[1], bias.as_deref(), keep))
     })?;
     let shape = Shape::from((plan.batch, plan.out_channels, plan.height, plan.width));
-    let values = kept.expect("kept on request");
     Ok((
         Tensor::from_vec(out, shape, x.device())?,
-        WinogradInput { values, plan },
+        kept.map(|values| WinogradInput { values, plan }),
     ))
+}
+
+/// `conv2d(x, kernel) (+ bias)` with stride 1 and padding 1, graph-free; see
+/// [`winograd_supports`] for the shapes it takes.
+pub fn winograd_conv2d(x: &Tensor, kernel: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(run_forward(x, kernel, bias, false)?.0)
+}
+
+/// [`winograd_conv2d`] that also returns its input in the transformed domain, for
+/// [`winograd_conv2d_weight_gradient_from`].
+pub fn winograd_conv2d_keeping_input(
+    x: &Tensor,
+    kernel: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(Tensor, WinogradInput)> {
+    let (y, kept) = run_forward(x, kernel, bias, true)?;
+    Ok((y, kept.expect("kept on request")))
 }
 
 /// [`winograd_conv2d_weight_gradient`] from the transformed input a forward pass kept.
