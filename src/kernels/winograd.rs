@@ -131,6 +131,13 @@ fn deinterleave(line: &[f32], even: &mut [f32], odd: &mut [f32]) {
     }
 }
 
+/// Row `row` of a plane `half` wide as the first `n` entries and the `n` after the first.
+#[inline]
+fn shifted_row(plane: &[f32], row: usize, half: usize, n: usize) -> (&[f32], &[f32]) {
+    let row = &plane[row * half..(row + 1) * half];
+    (&row[..n], &row[1..=n])
+}
+
 /// The `len` entries at `column` of transformed planes `first..first + 4` (planes `stride`
 /// apart) as four disjoint slices, so the loops writing them carry no bounds checks.
 fn four_rows(
@@ -172,9 +179,8 @@ fn input_transform(
     let half = tiles_wide + 1;
     let rows = height + 2;
     scratch.clear();
-    scratch.resize(2 * rows * half + 8 * half, 0.0);
-    let (planes, work) = scratch.split_at_mut(2 * rows * half);
-    let (even_plane, odd_plane) = planes.split_at_mut(rows * half);
+    scratch.resize(2 * rows * half, 0.0);
+    let (even_plane, odd_plane) = scratch.split_at_mut(rows * half);
     for (image_index, image) in images.chunks_exact(channels * plan.plane()).enumerate() {
         for (c, source) in image.chunks_exact(plan.plane()).enumerate() {
             // Padded column p = input column p − 1: even padded columns are odd input columns.
@@ -185,29 +191,28 @@ fn input_transform(
             }
             let base = c * columns + image_index * plan.tiles;
             for ty in 0..height / 2 {
-                let (t_even, t_odd) = work.split_at_mut(4 * half);
-                for (plane, t) in [(&*even_plane, &mut *t_even), (&*odd_plane, &mut *t_odd)] {
-                    let d = |r: usize| &plane[(2 * ty + r) * half..(2 * ty + r + 1) * half];
-                    let (d0, d1, d2, d3) = (d(0), d(1), d(2), d(3));
-                    let (t0, rest) = t.split_at_mut(half);
-                    let (t1, rest) = rest.split_at_mut(half);
-                    let (t2, t3) = rest.split_at_mut(half);
-                    for k in 0..half {
-                        let (a, b, c, e) = (d0[k], d1[k], d2[k], d3[k]);
-                        (t0[k], t1[k], t2[k], t3[k]) = (a - c, b + c, c - b, b - e);
-                    }
-                }
                 let column = base + ty * tiles_wide;
-                for i in 0..4 {
-                    let e = &t_even[i * half..(i + 1) * half];
-                    let o = &t_odd[i * half..(i + 1) * half];
-                    // Every slice cut to the loop's length, so the loop carries no bounds checks.
-                    let n = tiles_wide;
-                    let (e0, e1, o0, o1) = (&e[..n], &e[1..=n], &o[..n], &o[1..=n]);
+                let n = tiles_wide;
+                let rows = |plane, r| shifted_row(plane, 2 * ty + r, half, n);
+                // Bᵀ's rows as (first, second, sign): t_i = d_first + sign·d_second. The row
+                // combination is recomputed at both columns a tile reads rather than stored and
+                // reloaded one element over, which stalled on store forwarding.
+                for (i, (first, second, sign)) in
+                    [(0, 2, -1.0f32), (1, 2, 1.0), (2, 1, -1.0), (1, 3, -1.0)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    let ((ea0, ea1), (eb0, eb1)) =
+                        (rows(&*even_plane, first), rows(&*even_plane, second));
+                    let ((oa0, oa1), (ob0, ob1)) =
+                        (rows(&*odd_plane, first), rows(&*odd_plane, second));
                     let [v0, v1, v2, v3] = four_rows(out, 4 * i, channels * columns, column, n);
                     for tx in 0..n {
-                        let (a, b, c, d) = (e0[tx], e1[tx], o0[tx], o1[tx]);
-                        (v0[tx], v1[tx], v2[tx], v3[tx]) = (a - b, c + b, b - c, c - d);
+                        let e0 = ea0[tx] + sign * eb0[tx];
+                        let e1 = ea1[tx] + sign * eb1[tx];
+                        let o0 = oa0[tx] + sign * ob0[tx];
+                        let o1 = oa1[tx] + sign * ob1[tx];
+                        (v0[tx], v1[tx], v2[tx], v3[tx]) = (e0 - e1, o0 + e1, e1 - o0, o0 - o1);
                     }
                 }
             }
