@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 const CHUNK: usize = 1 << 14;
 
 /// [`super::with_values`] for element-wise kernels: all operands must have the same length.
-fn with_values<R>(
+fn with_equal_lengths<R>(
     tensors: &[&Tensor],
     what: &str,
     f: impl FnOnce(&[&[f32]]) -> Result<R>,
@@ -36,7 +36,7 @@ pub fn relu_box_gradient(
 ) -> Result<(Tensor, Tensor)> {
     let extra = extra.copied().unwrap_or_default();
     let dims = centre.dims().to_vec();
-    let (dc, dr) = with_values(
+    let (dc, dr) = with_equal_lengths(
         &[centre, radius, grad_centre, grad_radius],
         "interval relu gradient",
         |v| {
@@ -103,7 +103,7 @@ pub fn channel_gradient_sums(
     if shift.len() != channels {
         bail!("{what}: {} shifts for {channels} channels", shift.len())
     }
-    with_values(&[x, grad], what, |v| {
+    with_equal_lengths(&[x, grad], what, |v| {
         let (x, grad) = (v[0], v[1]);
         let sample = channels * plane;
         let sums = x
@@ -231,7 +231,7 @@ pub fn batch_norm_input_gradient(
     {
         bail!("{what}: per-channel parameters of different lengths")
     }
-    let out = with_values(&[x, grad], what, |v| {
+    let out = with_equal_lengths(&[x, grad], what, |v| {
         let (x, grad) = (v[0], v[1]);
         // SAFETY: each plane-sized output chunk is written element by element.
         Ok(unsafe {
@@ -282,7 +282,7 @@ pub fn l1_penalty_gradient(
             &zeros
         }
     };
-    let (sum, out) = with_values(&[weight, grad], "l1 penalty gradient", |v| {
+    let (sum, out) = with_equal_lengths(&[weight, grad], "l1 penalty gradient", |v| {
         let (w, g) = (v[0], v[1]);
         let sum: f64 = w
             .par_chunks(CHUNK)
@@ -346,7 +346,7 @@ impl BoxStatistics {
 
 /// [`BoxStatistics`] of the box `centre ± radius`, in one pass.
 pub fn box_statistics(centre: &Tensor, radius: &Tensor) -> Result<BoxStatistics> {
-    with_values(&[centre, radius], "box statistics", |v| {
+    with_equal_lengths(&[centre, radius], "box statistics", |v| {
         Ok(v[0]
             .par_chunks(CHUNK)
             .zip(v[1].par_chunks(CHUNK))

@@ -326,12 +326,10 @@ fn forward(
     let columns = plan.group * plan.tiles;
     let mut kept = keep.then(|| vec![0f32; transformed_len(plan)]);
     let group_transformed = 16 * ci * columns;
-    // Without `keep`, each worker transforms into its own buffer (the empty chunks below).
-    let targets: Vec<&mut [f32]> = match kept.as_mut() {
-        Some(all) => all.chunks_mut(group_transformed).collect(),
-        None => (0..plan.batch.div_ceil(plan.group))
-            .map(|_| -> &mut [f32] { &mut [] })
-            .collect(),
+    // Each group transforms into its chunk of `kept`, or without `keep` into its worker's buffer.
+    let targets: Vec<Option<&mut [f32]>> = match kept.as_mut() {
+        Some(all) => all.chunks_mut(group_transformed).map(Some).collect(),
+        None => (0..plan.batch.div_ceil(plan.group)).map(|_| None).collect(),
     };
     out.par_chunks_mut(plan.group * co * plan.plane())
         .zip(x.par_chunks(plan.group * ci * plan.plane()))
@@ -341,11 +339,12 @@ fn forward(
             |(own, products, scratch), ((y, images), target)| {
                 let count = images.len() / (ci * plan.plane());
                 let columns = count * plan.tiles;
-                let inputs: &mut [f32] = if target.is_empty() {
-                    own.resize(group_transformed, 0.0);
-                    own
-                } else {
-                    target
+                let inputs: &mut [f32] = match target {
+                    Some(target) => target,
+                    None => {
+                        own.resize(group_transformed, 0.0);
+                        own
+                    }
                 };
                 input_transform(plan, images, ci, inputs, scratch);
                 for xi in 0..16 {

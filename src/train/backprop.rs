@@ -17,10 +17,9 @@ use crate::kernels::{
     BoxGradient, WinogradInput, abs_linear_weight_gradient, batch_norm_input_gradient,
     box_statistics, channel_affine, channel_affine_gradient, channel_affine_relu,
     channel_gradient_sums, channel_moments, channel_sum, conv_transpose2d, conv2d_columns,
-    conv2d_from_columns, conv2d_weight_gradient, conv2d_weight_gradient_from_columns,
-    l1_penalty_gradient, linear, linear_input_gradient, linear_weight_gradient, relu,
-    relu_box_centre, relu_box_gradient, relu_box_radius, relu_gradient,
-    winograd_conv2d_input_gradient, winograd_conv2d_keeping_input, winograd_conv2d_weight_gradient,
+    conv2d_from_columns, conv2d_weight_gradient_from_columns, l1_penalty_gradient, linear,
+    linear_input_gradient, linear_weight_gradient, relu, relu_box_centre, relu_box_gradient,
+    relu_box_radius, relu_gradient, winograd_conv2d_input_gradient, winograd_conv2d_keeping_input,
     winograd_conv2d_weight_gradient_from, winograd_supports,
 };
 use crate::model::{BATCH_NORM_EPS, Layer, Net};
@@ -133,13 +132,20 @@ enum CleanSaved {
     Implicit,
 }
 
-/// A convolution's input as its backward reads it: with the im2col matrices when the im2col
-/// kernels ran (built once for the forward pass and the kernel gradient).
+/// A convolution's input as its backward reads it, in the form the forward kernels built once
+/// for the forward pass and the kernel gradient.
 struct ConvInput {
-    input: Tensor,
-    columns: Option<Tensor>,
-    /// The input in Winograd's transformed domain when the Winograd kernels ran.
-    transformed: Option<WinogradInput>,
+    /// Input height and width (the size of the input gradient).
+    size: (usize, usize),
+    kept: KeptInput,
+}
+
+/// Which kernels ran a convolution, with the input as they transformed it.
+enum KeptInput {
+    /// Winograd, with the input in its transformed domain.
+    Winograd(WinogradInput),
+    /// im2col + gemm, with the im2col matrices.
+    Columns(Tensor),
 }
 
 /// What an interval layer keeps for its backward.
@@ -577,73 +583,44 @@ fn convolve(
     stride: usize,
     padding: usize,
 ) -> Result<(Tensor, ConvInput), TrainError> {
-    if winograd_supports(x.dims(), weight.dims(), stride, padding) {
-        let (y, transformed) = winograd_conv2d_keeping_input(&x, weight, bias)?;
-        return Ok((
-            y,
-            ConvInput {
-                input: x,
-                columns: None,
-                transformed: Some(transformed),
-            },
-        ));
-    }
     let (_, _, height, width) = x.dims4()?;
-    let size = weight.dim(2)?;
-    let out = |length: usize| (length + 2 * padding).saturating_sub(size) / stride + 1;
-    let columns = conv2d_columns(&x, size, stride, padding)?;
-    let y = conv2d_from_columns(&columns, weight, bias, (out(height), out(width)))?;
-    Ok((
-        y,
-        ConvInput {
-            input: x,
-            columns: Some(columns),
-            transformed: None,
-        },
-    ))
+    let (y, kept) = if winograd_supports(x.dims(), weight.dims(), stride, padding) {
+        let (y, transformed) = winograd_conv2d_keeping_input(&x, weight, bias)?;
+        (y, KeptInput::Winograd(transformed))
+    } else {
+        let size = weight.dim(2)?;
+        let out = |length: usize| (length + 2 * padding).saturating_sub(size) / stride + 1;
+        let columns = conv2d_columns(&x, size, stride, padding)?;
+        let y = conv2d_from_columns(&columns, weight, bias, (out(height), out(width)))?;
+        (y, KeptInput::Columns(columns))
+    };
+    let input = ConvInput {
+        size: (height, width),
+        kept,
+    };
+    Ok((y, input))
 }
 
-/// The input gradient of [`convolve`] (input `height × width`).
+/// The input gradient of [`convolve`], by the kernels that ran its forward pass.
 fn input_gradient(
     g: &Tensor,
     weight: &Tensor,
     stride: usize,
     padding: usize,
-    (height, width): (usize, usize),
+    input: &ConvInput,
 ) -> Result<Tensor, TrainError> {
-    let input_dims = [g.dim(0)?, weight.dim(1)?, height, width];
-    Ok(
-        if winograd_supports(&input_dims, weight.dims(), stride, padding) {
-            winograd_conv2d_input_gradient(g, weight)?
-        } else {
-            conv_transpose2d(g, weight, stride, padding, height, width)?
-        },
-    )
+    let (height, width) = input.size;
+    Ok(match input.kept {
+        KeptInput::Winograd(_) => winograd_conv2d_input_gradient(g, weight)?,
+        KeptInput::Columns(_) => conv_transpose2d(g, weight, stride, padding, height, width)?,
+    })
 }
 
-/// The kernel gradient of [`convolve`] at `input`.
-fn kernel_gradient(
-    input: &ConvInput,
-    g: &Tensor,
-    size: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor, TrainError> {
-    if let Some(transformed) = &input.transformed {
-        return Ok(winograd_conv2d_weight_gradient_from(transformed, g)?);
-    }
-    Ok(match &input.columns {
-        Some(columns) => conv2d_weight_gradient_from_columns(columns, g, size)?,
-        None if winograd_supports(
-            input.input.dims(),
-            &[g.dim(1)?, input.input.dim(1)?, size, size],
-            stride,
-            padding,
-        ) =>
-        {
-            winograd_conv2d_weight_gradient(&input.input, g)?
-        }
-        None => conv2d_weight_gradient(&input.input, g, size, stride, padding)?,
+/// The kernel gradient of [`convolve`] from the input its forward pass kept.
+fn kernel_gradient(input: &ConvInput, g: &Tensor, size: usize) -> Result<Tensor, TrainError> {
+    Ok(match &input.kept {
+        KeptInput::Winograd(transformed) => winograd_conv2d_weight_gradient_from(transformed, g)?,
+        KeptInput::Columns(columns) => conv2d_weight_gradient_from_columns(columns, g, size)?,
     })
 }
 
@@ -846,14 +823,10 @@ fn clean_backward(
             CleanSaved::Conv { input },
         ) => {
             let size = weight.dim(2)?;
-            gradients.add(
-                weight,
-                kernel_gradient(&input, &g, size, *stride, *padding)?,
-            )?;
+            gradients.add(weight, kernel_gradient(&input, &g, size)?)?;
             gradients.add(bias, channel_sum(&g)?)?;
             if needs_input {
-                let (_, _, height, width) = input.input.dims4()?;
-                input_gradient(&g, &weight.detach(), *stride, *padding, (height, width))?
+                input_gradient(&g, &weight.detach(), *stride, *padding, &input)?
             } else {
                 g
             }
@@ -963,8 +936,8 @@ fn interval_backward(
             },
         ) => {
             let size = weight.dim(2)?;
-            let through_centre = kernel_gradient(centre, &gc, size, *stride, *padding)?;
-            let through_radius = kernel_gradient(radius, &gr, size, *stride, *padding)?;
+            let through_centre = kernel_gradient(centre, &gc, size)?;
+            let through_radius = kernel_gradient(radius, &gr, size)?;
             gradients.add(
                 weight,
                 (through_centre + through_absolute(weight, &through_radius)?)?,
@@ -973,10 +946,9 @@ fn interval_backward(
             if !needs_input {
                 return Ok(None);
             }
-            let (_, _, height, width) = centre.input.dims4()?;
             (
-                input_gradient(&gc, &weight.detach(), *stride, *padding, (height, width))?,
-                input_gradient(&gr, absolute, *stride, *padding, (height, width))?,
+                input_gradient(&gc, &weight.detach(), *stride, *padding, centre)?,
+                input_gradient(&gr, absolute, *stride, *padding, radius)?,
             )
         }
         (
