@@ -199,8 +199,78 @@ fn pgd_beats_random_sampling() {
     assert!(pgd_broken >= random_count);
 }
 
+/// Per-sample cross-entropy of `net` at `images`.
+fn cross_entropies(net: &Net, images: &Tensor, labels: &Tensor) -> Vec<f32> {
+    let logits = net.forward(images).unwrap().to_vec2::<f32>().unwrap();
+    let labels = labels.to_vec1::<u32>().unwrap();
+    logits
+        .iter()
+        .zip(labels)
+        .map(|(row, label)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row.iter().map(|z| (z - max).exp()).sum();
+            max + sum.ln() - row[label as usize]
+        })
+        .collect()
+}
+
 #[test]
-fn training_attack_returns_the_last_iterate_for_every_sample() {
+fn training_attack_keeps_each_samples_highest_loss_iterate() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let net = small_relu_net(3);
+    let images = random_images(&mut rng, 64, [1, 8, 8]);
+    let labels = own_labels(&net, &images);
+    // Large steps oscillate, so the last iterate is often not the best one.
+    let best = PgdConfig::training(6, 1.5);
+    assert!(best.keep_best);
+    let last = PgdConfig {
+        keep_best: false,
+        ..best.clone()
+    };
+    let attack = |config: &PgdConfig| {
+        let mut rng = StdRng::seed_from_u64(9);
+        pgd_attack(&net, &images, &labels, 0.2, config, &mut rng)
+            .unwrap()
+            .adversarial
+    };
+    let (best_points, last_points) = (attack(&best), attack(&last));
+    let best_loss = cross_entropies(&net, &best_points, &labels);
+    let last_loss = cross_entropies(&net, &last_points, &labels);
+    let mut strictly = 0;
+    for (b, l) in best_loss.iter().zip(&last_loss) {
+        assert!(b + 1e-5 >= *l, "kept iterate {b} below the last one {l}");
+        strictly += usize::from(*b > l + 1e-5);
+    }
+    assert!(strictly > 0, "no sample's best iterate beat its last one");
+    let outside = (&best_points - &images)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(outside <= 0.2 + 1e-6, "left the ball: {outside}");
+}
+
+#[test]
+fn step_decays_follow_ctrain_checkpoints_whatever_the_step_count() {
+    for steps in [3, 5, 8, 10] {
+        let config = PgdConfig::training(steps, 0.5).with_decays_after_steps(&[4, 7], 0.1);
+        // Steps are counted from 0 here: the 5th step (index 4) is the first decayed one.
+        for index in 0..steps {
+            let expected = 0.5 * 0.1f64.powi(i32::from(index >= 4) + i32::from(index >= 7));
+            let size = config.step_size_at(index, 1.0);
+            assert!(
+                (size - expected).abs() < 1e-12,
+                "{steps} steps, step index {index}: {size} vs {expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn training_attack_moves_every_sample_inside_the_ball() {
     let mut rng = StdRng::seed_from_u64(2);
     let net = small_relu_net(1);
     let images = random_images(&mut rng, 16, [1, 8, 8]);

@@ -1,5 +1,6 @@
-//! The trainer: every method certifies clearly more than standard training on embedded MNIST,
-//! schedules hit their values, divergence is an error, runs are deterministic, checkpoints load.
+//! The trainer: every method's default configuration learns and certifies clearly more than
+//! standard training on embedded MNIST, κ belongs to IBP and CROWN-IBP only, schedules hit their
+//! values, divergence is an error, runs are deterministic, checkpoints load.
 
 use candle_core::Tensor;
 use cthpo::bounds::BoundMethod;
@@ -24,13 +25,13 @@ fn data() -> &'static Data {
         let splits = embedded_mnist().unwrap();
         let (train, validation) = splits.train.split(1000, 0);
         Data {
-            train: train.take(2000).tensors().unwrap(),
+            train: train.take(3000).tensors().unwrap(),
             validation: validation.take(300).tensors().unwrap(),
         }
     })
 }
 
-/// Short-run settings: small batches so 2,000 images give enough steps in 4 epochs.
+/// Small-batch settings for the tests that only need a few quick steps.
 fn quick_config() -> TrainConfig {
     TrainConfig {
         batch_size: 64,
@@ -39,19 +40,21 @@ fn quick_config() -> TrainConfig {
     }
 }
 
+/// Trains `method` with its **default** configuration (what a study seeds and `cthpo train`
+/// uses) for 6 epochs on 3,000 images (72 steps of 256) and scores it on 300 images.
 fn train_and_score(method: Method) -> EvalReport {
     let spec = NetSpec::builtin("cnn-small", [1, 28, 28], 10, None).unwrap();
     let mut net = Net::new(&spec, method.initialization(), 0).unwrap();
     let (images, labels) = &data().train;
     let options = TrainOptions {
-        epochs: 4,
+        epochs: 6,
         eps: 0.1,
         seed: 0,
     };
     fit(
         &mut net,
         method,
-        &quick_config(),
+        &TrainConfig::defaults(method),
         &options,
         images,
         labels,
@@ -71,16 +74,18 @@ fn standard_certified() -> f64 {
     *STANDARD.get_or_init(|| {
         let report = train_and_score(Method::Standard);
         assert!(
-            report.natural_accuracy > 0.6,
+            report.natural_accuracy > 0.8,
             "standard training learns: {report:?}"
         );
         report.certified_accuracy
     })
 }
 
-/// Measured (4 epochs, 2,000 images, 300 validation images): standard certifies ~3 %, the
-/// certified methods 15–45 %, with natural accuracy 23–82 %.
-fn assert_certifies_clearly_more_than_standard(method: Method) {
+/// A regression floor for each certified method's defaults at a small budget. Measured (6
+/// epochs × 3,000 images, 300 validation images, IBP + CROWN-IBP): standard certifies ~9 %;
+/// the certified methods' defaults reach 60–92 % natural and 39–69 % certified. Chance is 10 %:
+/// the floors fail if a default stops learning (the old 5e-4 learning rate sat at chance).
+fn assert_default_learns_and_certifies(method: Method) {
     let report = train_and_score(method);
     let baseline = standard_certified();
     println!(
@@ -88,45 +93,106 @@ fn assert_certifies_clearly_more_than_standard(method: Method) {
         report.natural_accuracy, report.adversarial_accuracy, report.certified_accuracy
     );
     assert!(
-        report.natural_accuracy >= 0.18,
+        report.natural_accuracy >= 0.5,
         "{method}: natural {:.3}",
         report.natural_accuracy
     );
     assert!(
-        report.certified_accuracy >= baseline + 0.08,
+        report.certified_accuracy >= 0.25 && report.certified_accuracy >= baseline + 0.15,
         "{method}: certified {:.3} vs standard {baseline:.3}",
         report.certified_accuracy
     );
 }
 
 #[test]
-fn ibp_certifies_more_than_standard() {
-    assert_certifies_clearly_more_than_standard(Method::Ibp);
+fn ibp_default_learns_and_certifies() {
+    assert_default_learns_and_certifies(Method::Ibp);
 }
 
 #[test]
-fn crown_ibp_certifies_more_than_standard() {
-    assert_certifies_clearly_more_than_standard(Method::CrownIbp);
+fn crown_ibp_default_learns_and_certifies() {
+    assert_default_learns_and_certifies(Method::CrownIbp);
 }
 
 #[test]
-fn sabr_certifies_more_than_standard() {
-    assert_certifies_clearly_more_than_standard(Method::Sabr);
+fn sabr_default_learns_and_certifies() {
+    assert_default_learns_and_certifies(Method::Sabr);
 }
 
 #[test]
-fn taps_certifies_more_than_standard() {
-    assert_certifies_clearly_more_than_standard(Method::Taps);
+fn taps_default_learns_and_certifies() {
+    assert_default_learns_and_certifies(Method::Taps);
 }
 
 #[test]
-fn staps_certifies_more_than_standard() {
-    assert_certifies_clearly_more_than_standard(Method::Staps);
+fn staps_default_learns_and_certifies() {
+    assert_default_learns_and_certifies(Method::Staps);
 }
 
 #[test]
-fn mtl_ibp_certifies_more_than_standard() {
-    assert_certifies_clearly_more_than_standard(Method::MtlIbp);
+fn mtl_ibp_default_learns_and_certifies() {
+    assert_default_learns_and_certifies(Method::MtlIbp);
+}
+
+/// Trains two steps at full ε from the same seed and returns every weight.
+fn weights_after_two_steps(method: Method, config: &TrainConfig) -> Vec<Vec<f32>> {
+    let (images, labels) = &data().train;
+    let images = images.narrow(0, 0, 128).unwrap();
+    let labels = labels.narrow(0, 0, 128).unwrap();
+    let spec = NetSpec::builtin("cnn-small", [1, 28, 28], 10, None).unwrap();
+    let mut net = Net::new(&spec, method.initialization(), 1).unwrap();
+    let config = TrainConfig {
+        batch_size: 64,
+        ramp_up_fraction: 0.0,
+        ..config.clone()
+    };
+    let options = TrainOptions {
+        epochs: 1,
+        eps: 0.1,
+        seed: 1,
+    };
+    fit(
+        &mut net, method, &config, &options, &images, &labels, &mut NoObserver,
+    )
+    .unwrap();
+    net.named_vars()
+        .iter()
+        .map(|v| v.var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn only_ibp_and_crown_ibp_read_kappa() {
+    let natural_heavy = |method| TrainConfig {
+        start_kappa: 0.9,
+        end_kappa: 0.9,
+        ..TrainConfig::defaults(method)
+    };
+    let robust_only = |method| TrainConfig {
+        start_kappa: 0.0,
+        end_kappa: 0.0,
+        ..TrainConfig::defaults(method)
+    };
+    for method in [Method::Sabr, Method::Taps, Method::Staps, Method::MtlIbp] {
+        assert!(!method.keys().contains(&"start_kappa"), "{method}");
+        assert!(!method.keys().contains(&"end_kappa"), "{method}");
+        let mut values = BTreeMap::new();
+        values.insert("end_kappa".to_string(), serde_json::json!(0.5));
+        assert!(TrainConfig::from_map(method, &values).is_err(), "{method}");
+        assert_eq!(
+            weights_after_two_steps(method, &natural_heavy(method)),
+            weights_after_two_steps(method, &robust_only(method)),
+            "{method}: κ changed the training"
+        );
+    }
+    for method in [Method::Ibp, Method::CrownIbp] {
+        assert!(method.keys().contains(&"end_kappa"), "{method}");
+        assert_ne!(
+            weights_after_two_steps(method, &natural_heavy(method)),
+            weights_after_two_steps(method, &robust_only(method)),
+            "{method}: κ must mix the natural loss in"
+        );
+    }
 }
 
 #[test]

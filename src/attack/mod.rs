@@ -37,24 +37,31 @@ pub struct PgdConfig {
     pub early_stop: bool,
     /// The objective ascended.
     pub loss: AttackLoss,
+    /// Without early stop: return each sample's highest-loss iterate after the first step
+    /// (CTRAIN's training attacks) instead of the last one.
+    #[serde(default)]
+    pub keep_best: bool,
 }
 
 impl PgdConfig {
-    /// Evaluation default: 50 margin-loss steps, 2 restarts, step 0.2ε halved at 40/60/80 %.
+    /// Evaluation default: 40 margin-loss steps, 5 restarts, step 0.2ε halved at 40/60/80 %
+    /// (at least as strong as CTRAIN's 5 × 40 cross-entropy steps of 0.1ε).
     pub fn evaluation() -> PgdConfig {
         PgdConfig {
-            steps: 50,
-            restarts: 2,
+            steps: 40,
+            restarts: 5,
             step_size: 0.2,
             decay_milestones: vec![0.4, 0.6, 0.8],
             decay_factor: 0.5,
             random_start: true,
             early_stop: true,
             loss: AttackLoss::Margin,
+            keep_best: false,
         }
     }
 
-    /// Training attack: `steps` cross-entropy steps of `step_size·ε`, one random start, no early stop.
+    /// Training attack: `steps` cross-entropy steps of `step_size·ε` from one random start, no
+    /// early stop, returning each sample's highest-loss iterate (CTRAIN).
     pub fn training(steps: usize, step_size: f64) -> PgdConfig {
         PgdConfig {
             steps,
@@ -65,10 +72,22 @@ impl PgdConfig {
             random_start: true,
             early_stop: false,
             loss: AttackLoss::CrossEntropy,
+            keep_best: true,
         }
     }
 
-    fn step_size_at(&self, step: usize, eps: f64) -> f64 {
+    /// The same attack with its step size multiplied by `factor` after each of the given steps
+    /// (counted from 1, as CTRAIN's `decay_checkpoints`), whatever the number of steps.
+    pub fn with_decays_after_steps(mut self, after: &[usize], factor: f64) -> PgdConfig {
+        let steps = self.steps.max(1) as f64;
+        // Milestones are fractions of `steps`; half a step early keeps rounding off the boundary.
+        self.decay_milestones = after.iter().map(|&step| (step as f64 - 0.5) / steps).collect();
+        self.decay_factor = factor;
+        self
+    }
+
+    /// The step size of step `step` (counted from 0) of an attack of radius `eps`.
+    pub fn step_size_at(&self, step: usize, eps: f64) -> f64 {
         let passed = self
             .decay_milestones
             .iter()
@@ -81,7 +100,8 @@ impl PgdConfig {
 /// Outcome of an attack on a batch.
 #[derive(Debug, Clone)]
 pub struct AttackOutcome {
-    /// For broken samples the first misclassified point found, otherwise the last iterate.
+    /// For broken samples the first misclassified point found (early stop), otherwise the last
+    /// iterate, or with [`PgdConfig::keep_best`] each sample's highest-loss iterate.
     pub adversarial: Tensor,
     /// Per sample: the network still classifies every point the attack tried correctly.
     pub robust: Vec<bool>,
@@ -157,6 +177,8 @@ pub fn pgd_attack_in_box(
     }
     let mut breaking_points: Vec<Option<Tensor>> = vec![None; batch];
     let mut last_iterate = inputs.clone();
+    let keep_best = config.keep_best && !config.early_stop;
+    let mut best_loss = vec![f32::NEG_INFINITY; batch];
     for _ in 0..config.restarts.max(1) {
         // Evaluation re-attacks only samples not yet broken; training attacks every sample.
         let mut samples: Vec<usize> = (0..batch)
@@ -183,6 +205,25 @@ pub fn pgd_attack_in_box(
         for step in 0..=config.steps {
             let variable = Var::from_tensor(&x)?;
             let logits = net.forward_with(variable.as_tensor(), normalization)?;
+            if keep_best && step > 0 {
+                // Without early stop every sample stays in the batch, so rows are samples.
+                let losses = per_sample_loss(&logits, &label_values, config.loss)?;
+                let improved: Vec<u8> = losses
+                    .iter()
+                    .zip(&mut best_loss)
+                    .map(|(&loss, best)| {
+                        let better = loss > *best;
+                        if better {
+                            *best = loss;
+                        }
+                        u8::from(better)
+                    })
+                    .collect();
+                let mut shape = vec![1usize; x.rank()];
+                shape[0] = batch;
+                let mask = Tensor::from_vec(improved, shape, &Device::Cpu)?.broadcast_as(x.dims())?;
+                last_iterate = mask.where_cond(&x, &last_iterate)?;
+            }
             let predicted = predictions(&logits)?;
             let mut keep = Vec::with_capacity(samples.len());
             for (row, &sample) in samples.iter().enumerate() {
@@ -222,7 +263,7 @@ pub fn pgd_attack_in_box(
                 samples = keep.iter().map(|&row| samples[row]).collect();
             }
         }
-        if !config.early_stop {
+        if !config.early_stop && !keep_best {
             last_iterate = x;
         }
     }
@@ -253,6 +294,39 @@ fn index_tensor(rows: &[usize]) -> Result<Tensor, AttackError> {
 /// Arg-max class of every row of a `[B, K]` logit matrix.
 pub fn predictions(logits: &Tensor) -> Result<Vec<u32>, AttackError> {
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
+
+/// Each row's attack objective (cross-entropy or margin), for keeping the best iterate.
+fn per_sample_loss(
+    logits: &Tensor,
+    labels: &[u32],
+    loss: AttackLoss,
+) -> Result<Vec<f32>, AttackError> {
+    let rows = logits.to_vec2::<f32>()?;
+    Ok(rows
+        .iter()
+        .zip(labels)
+        .map(|(row, &label)| {
+            let label = label as usize;
+            let true_logit = row[label];
+            match loss {
+                AttackLoss::CrossEntropy => {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = row.iter().map(|&z| (z - max).exp()).sum();
+                    max + sum.ln() - true_logit
+                }
+                AttackLoss::Margin => {
+                    let other = row
+                        .iter()
+                        .enumerate()
+                        .filter(|&(class, _)| class != label)
+                        .map(|(_, &z)| z)
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    other - true_logit
+                }
+            }
+        })
+        .collect())
 }
 
 /// Summed attack objective of a batch (summing keeps each sample's gradient independent).

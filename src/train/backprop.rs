@@ -12,6 +12,7 @@
 
 use super::TrainError;
 use super::config::Method;
+use super::schedule::ScheduleValues;
 use crate::bounds::margin_spec;
 use crate::kernels::{
     BoxGradient, WinogradInput, abs_linear_weight_gradient, batch_norm_input_gradient,
@@ -63,21 +64,27 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// The objective of a step of `method` at radius `eps` (Shi's regulariser weighted by
-    /// `shi_weight`), or `None` when autograd must run it (a robust loss other than IBP's, or
-    /// no final linear layer).
+    /// The objective of a step of `method` with the schedule at `values` (Shi's regulariser
+    /// weighted by `shi_weight`), or `None` when autograd must run it (a robust loss other than
+    /// IBP's, or no final linear layer).
     pub fn for_step(
         net: &Net,
         method: Method,
-        eps: f64,
-        kappa: f64,
+        values: ScheduleValues,
         shi_weight: f64,
     ) -> Option<Objective> {
+        let eps = values.eps;
         if method == Method::Standard || eps <= 0.0 {
             return Some(Objective::Natural);
         }
+        let kappa = match method {
+            Method::Ibp => values.kappa,
+            // TAPS trains on the plain IBP loss while ε ramps (its own loss starts at full ε).
+            Method::Taps if values.ramp_progress < 1.0 => 0.0,
+            _ => return None,
+        };
         let last_is_linear = matches!(net.layers().last(), Some(Layer::Linear { .. }));
-        (method == Method::Ibp && last_is_linear).then_some(Objective::Ibp {
+        last_is_linear.then_some(Objective::Ibp {
             eps,
             kappa,
             shi_weight,
@@ -265,8 +272,13 @@ pub fn loss_and_gradients(
         let upper = (images + eps)?.clamp(0.0, 1.0)?;
         let mut centre = ((&upper + &lower)? * 0.5)?;
         let mut radius = ((&upper - &lower)? * 0.5)?;
-        let input_radius = f64::from(radius.mean_all()?.to_scalar::<f32>()?);
+        // Shi's tightness term compares against the input radius in the units the first
+        // non-normalising layer sees (auto_LiRPA and CTRAIN normalise in the data loader).
+        let mut input_radius = None;
         for (index, layer) in layers[..count - 1].iter().enumerate() {
+            if input_radius.is_none() && !matches!(layer, Layer::Normalize { .. }) {
+                input_radius = Some(f64::from(radius.mean_all()?.to_scalar::<f32>()?));
+            }
             let (next, saved) = match layer {
                 Layer::Normalize { mean, std } => {
                     let scale = std.recip()?;
@@ -358,6 +370,9 @@ pub fn loss_and_gradients(
                     _ => None,
                 })
                 .collect();
+            let input_radius = input_radius.ok_or_else(|| {
+                TrainError::internal("an IBP step on a network of normalisations only".into())
+            })?;
             shi = shi_regularizer(&relu_boxes, input_radius, shi_weight)?;
         }
         let spec = margin_spec(labels, classes)?;
@@ -1105,9 +1120,13 @@ mod tests {
     }
 
     fn values(eps: f64, kappa: f64) -> ScheduleValues {
+        ramping(eps, kappa, 1.0)
+    }
+
+    fn ramping(eps: f64, kappa: f64, ramp_progress: f64) -> ScheduleValues {
         ScheduleValues {
             eps,
-            ramp_progress: 1.0,
+            ramp_progress,
             kappa,
             beta: 0.0,
             learning_rate: 1e-3,
@@ -1140,6 +1159,8 @@ mod tests {
             (Method::Ibp, 0.2, 0.0, 1e-2, 0.0),
             (Method::Ibp, 0.05, 0.5, 0.0, 0.5),
             (Method::Ibp, 0.02, 0.0, 1e-3, 1.0),
+            // TAPS while ε ramps: IBP's loss alone (κ is not TAPS'), with Shi's regulariser.
+            (Method::Taps, 0.05, 0.7, 1e-3, 0.5),
         ];
         for (spec_index, spec) in specs().iter().enumerate() {
             for &(method, eps, kappa, l1, shi) in &cases {
@@ -1148,7 +1169,8 @@ mod tests {
                 let mut ours = network(spec);
                 let mut reference = network(spec);
                 let (images, labels) = batch(spec, ours.num_classes());
-                let objective = Objective::for_step(&ours, method, eps, kappa, 0.5 * shi)
+                let schedule = ramping(eps, kappa, 0.5);
+                let objective = Objective::for_step(&ours, method, schedule, 0.5 * shi)
                     .expect("covered step");
                 let step = loss_and_gradients(&mut ours, &images, &labels, objective, l1).unwrap();
 
@@ -1164,7 +1186,7 @@ mod tests {
                     robust.as_ref(),
                     method,
                     &config,
-                    values(eps, kappa),
+                    schedule,
                     2.0 * eps,
                     &images,
                     &labels,
@@ -1291,17 +1313,34 @@ mod tests {
         let spec = &specs()[0];
         let net = network(spec);
         assert_eq!(
-            Objective::for_step(&net, Method::Sabr, 0.0, 0.5, 0.0),
+            Objective::for_step(&net, Method::Sabr, values(0.0, 0.5), 0.0),
             Some(Objective::Natural),
             "warm-up steps of every method are natural"
         );
         assert_eq!(
-            Objective::for_step(&net, Method::CrownIbp, 0.1, 0.5, 0.0),
+            Objective::for_step(&net, Method::CrownIbp, values(0.1, 0.5), 0.0),
             None
         );
-        assert_eq!(Objective::for_step(&net, Method::Sabr, 0.1, 0.5, 0.0), None);
         assert_eq!(
-            Objective::for_step(&net, Method::Ibp, 0.1, 0.5, 0.2),
+            Objective::for_step(&net, Method::Sabr, values(0.1, 0.5), 0.0),
+            None
+        );
+        assert_eq!(
+            Objective::for_step(&net, Method::Taps, values(0.1, 0.5), 0.0),
+            None,
+            "TAPS' own loss at full ε"
+        );
+        assert_eq!(
+            Objective::for_step(&net, Method::Taps, ramping(0.05, 0.5, 0.5), 0.2),
+            Some(Objective::Ibp {
+                eps: 0.05,
+                kappa: 0.0,
+                shi_weight: 0.2
+            }),
+            "TAPS ramps on IBP's loss without κ"
+        );
+        assert_eq!(
+            Objective::for_step(&net, Method::Ibp, values(0.1, 0.5), 0.2),
             Some(Objective::Ibp {
                 eps: 0.1,
                 kappa: 0.5,

@@ -229,7 +229,7 @@ fn train_step(
     } else {
         0.0
     };
-    let objective = Objective::for_step(net, method, values.eps, values.kappa, shi_weight);
+    let objective = Objective::for_step(net, method, values, shi_weight);
     let (loss_value, grads): (f64, Box<dyn GradientSource>) = match objective {
         Some(objective) => {
             let step = loss_and_gradients(
@@ -313,7 +313,7 @@ pub(super) fn autograd_loss(
             rng,
         };
         let robust_loss = robust.robust_loss(&mut context)?;
-        let mut loss = if method.is_certified() {
+        let mut loss = if method.mixes_natural_loss() {
             ((natural * values.kappa)? + (robust_loss.loss * (1.0 - values.kappa))?)?
         } else {
             robust_loss.loss

@@ -36,7 +36,18 @@ pub fn shi_regularizer(
     input: &Interval,
 ) -> Result<Option<Tensor>, TrainError> {
     let tau = SHI_TOLERANCE;
-    let input_radius = ((&input.upper - &input.lower)? * 0.5)?.mean_all()?.detach();
+    // The input radius in the units the first non-normalising layer sees: auto_LiRPA and CTRAIN
+    // normalise in the data loader, so their r̄₀ is ε/std on CIFAR-10.
+    let first = net
+        .layers()
+        .iter()
+        .take_while(|layer| matches!(layer, crate::model::Layer::Normalize { .. }))
+        .count();
+    let input_radius = if first == 0 {
+        ((&input.upper - &input.lower)? * 0.5)?.mean_all()?.detach()
+    } else {
+        trace.centre_radius(first)?.1.mean_all()?.detach()
+    };
     let mut tightness_terms = Vec::new();
     let mut balance_terms = Vec::new();
     for (index, bounds) in trace.relu_inputs(net)? {

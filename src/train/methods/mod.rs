@@ -89,15 +89,28 @@ pub(crate) fn ibp_margins(
     Ok((margins, trace))
 }
 
-/// A training PGD point inside `B(x, radius) ∩ [0,1]` (cross-entropy ascent, no early stop).
+/// Step-size decays of SABR's centre search: ×0.1 after steps 4 and 7 (CTRAIN's defaults).
+const SABR_DECAY_STEPS: [usize; 2] = [4, 7];
+/// Step-size multiplier at each of [`SABR_DECAY_STEPS`].
+const SABR_DECAY_FACTOR: f64 = 0.1;
+
+/// A training PGD point inside `B(x, radius) ∩ [0,1]`: cross-entropy ascent from a random
+/// start, no early stop, the highest-loss iterate kept (CTRAIN).
 pub(crate) fn attack_point(
     context: &mut StepContext<'_>,
     radius: f64,
     steps: usize,
     step_size: f64,
 ) -> Result<Tensor, TrainError> {
+    attack_with(context, radius, PgdConfig::training(steps.max(1), step_size))
+}
+
+fn attack_with(
+    context: &mut StepContext<'_>,
+    radius: f64,
+    config: PgdConfig,
+) -> Result<Tensor, TrainError> {
     let statistics = context.statistics.detached();
-    let config = PgdConfig::training(steps.max(1), step_size);
     let outcome = pgd_attack_in_box(
         context.net,
         context.images,
@@ -121,7 +134,9 @@ pub(crate) fn small_box(
 ) -> Result<Interval, TrainError> {
     let eps = context.schedule.eps;
     let full = Interval::linf_ball(context.images, eps)?;
-    let point = attack_point(context, eps * eps_factor, steps, step_size)?;
+    let attack = PgdConfig::training(steps.max(1), step_size)
+        .with_decays_after_steps(&SABR_DECAY_STEPS, SABR_DECAY_FACTOR);
+    let point = attack_with(context, eps * eps_factor, attack)?;
     let small = eps * ratio;
     let centre = point
         .maximum(&(&full.lower + small)?)?

@@ -11,6 +11,7 @@ use crate::bounds::{Interval, interval_spec_bounds, interval_trace, margin_spec}
 use crate::model::{Layer, Net, Normalization};
 use crate::train::TrainError;
 use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, rngs::StdRng};
 
 /// Width share of the box, at each face, inside which the gradient link is active (CTRAIN: 0.5).
 const LINK_SLACK: f64 = 0.5;
@@ -20,24 +21,31 @@ pub(crate) struct Taps {
     pub small_box: bool,
 }
 
-/// Index of the first classifier layer for a split point in (0, 1): the layers after one of
-/// the network's ReLUs, chosen by position among them.
+/// Index of the first classifier layer for a split point in (0, 1).
+///
+/// As CTRAIN does, the extractor is the first `⌈s·n⌉` of the network's `n` layers (every layer
+/// counts: conv, BatchNorm, ReLU, flatten, linear), so 0.5 on `cnn-small` (conv, ReLU, flatten,
+/// linear, ReLU, linear) leaves linear, ReLU, linear as the classifier. A leading `normalize`
+/// layer is not counted (CTRAIN normalises in its data loader), and both parts keep at least
+/// one layer.
 pub(crate) fn split_index(net: &Net, split_point: f64) -> Result<usize, TrainError> {
-    let after_relu: Vec<usize> = net
-        .layers()
+    let layers = net.layers();
+    let offset = layers
         .iter()
-        .enumerate()
-        .filter(|(_, layer)| matches!(layer, Layer::Relu))
-        .map(|(index, _)| index + 1)
-        .collect();
-    if after_relu.is_empty() {
+        .take_while(|layer| matches!(layer, Layer::Normalize { .. }))
+        .count();
+    let count = layers.len() - offset;
+    if count < 2 {
         return Err(TrainError::Config {
             key: "block_split_point".into(),
-            problem: "TAPS needs a network with at least one ReLU to split at".into(),
+            problem: format!(
+                "TAPS splits the network into an extractor and a classifier, which needs at \
+                 least 2 layers (this one has {count})"
+            ),
         });
     }
-    let position = (split_point * (after_relu.len() - 1) as f64).round() as usize;
-    Ok(after_relu[position.min(after_relu.len() - 1)])
+    let extractor = ((split_point * count as f64).ceil() as usize).clamp(1, count - 1);
+    Ok(offset + extractor)
 }
 
 /// `GradExpander(x, α)`: the value of `x` with its gradient multiplied by α.
@@ -67,6 +75,15 @@ impl TrainingMethod for Taps {
         let spec = margin_spec(context.labels, classes)?;
         let ibp_margins = interval_spec_bounds(net, &trace, &spec)?.lower;
         let ibp_loss = robust_cross_entropy(&ibp_margins, context.labels)?;
+        if context.schedule.ramp_progress < 1.0 {
+            // CTRAIN trains the IBP (TAPS) or SABR (STAPS) loss, with Shi's regulariser, while ε
+            // ramps, and the TAPS loss only at full ε: latent attacks on the loose boxes of a
+            // fresh network give no useful signal.
+            return Ok(RobustLoss {
+                loss: ibp_loss,
+                trace: Some((trace, input)),
+            });
+        }
 
         // One latent box per (sample, other class): rows b·(K−1) + r.
         let batch = context.labels.dim(0)?;
@@ -80,15 +97,17 @@ impl TrainingMethod for Taps {
         let upper = latent.upper.index_select(&repeat, 0)?;
         let row_spec = spec.reshape((batch * rows, classes))?;
 
-        let pivot = latent_attack(
+        let attack = LatentAttack {
+            steps: config.pgd_steps,
+            step_factor: config.pgd_alpha,
+        };
+        let pivot = attack.run(
             net,
             split,
-            &lower.detach(),
-            &upper.detach(),
+            (&lower.detach(), &upper.detach()),
             &row_spec,
-            config.pgd_steps,
-            config.pgd_alpha,
             &context.statistics.detached(),
+            context.rng,
         )?;
         let linked = gradient_link(&pivot, &lower, &upper)?;
         let logits = net.forward_range(&linked, split, net.layers().len(), normalization)?;
@@ -105,36 +124,80 @@ impl TrainingMethod for Taps {
     }
 }
 
-/// PGD inside `[lower, upper]` minimising each row's margin `spec_row · classifier(z)`.
-#[allow(clippy::too_many_arguments)]
-fn latent_attack(
-    net: &Net,
-    split: usize,
-    lower: &Tensor,
-    upper: &Tensor,
-    row_spec: &Tensor,
+/// Step-size decays of the latent attack: ×0.1 after steps 4 and 7 (CTRAIN's TAPS defaults).
+const LATENT_DECAY_STEPS: [usize; 2] = [4, 7];
+/// Step-size multiplier at each of [`LATENT_DECAY_STEPS`].
+const LATENT_DECAY_FACTOR: f64 = 0.1;
+
+/// TAPS' search for pivot points: PGD inside the latent box, one attack per (sample, class).
+struct LatentAttack {
+    /// Gradient steps (the start and every step are scored).
     steps: usize,
+    /// Step size as a share of the box width `u − l`.
     step_factor: f64,
-    statistics: &crate::model::BatchStatistics,
-) -> Result<Tensor, TrainError> {
-    let detached = net.detached();
-    let normalization = Normalization::Batch(statistics);
-    let end = net.layers().len();
-    let step = ((upper - lower)? * (0.5 * step_factor))?;
-    let mut z = ((upper + lower)? * 0.5)?;
-    for _ in 0..steps.max(1) {
-        let variable = Var::from_tensor(&z)?;
-        let logits = detached.forward_range(variable.as_tensor(), split, end, normalization)?;
-        let margin = (row_spec * logits)?.sum_all()?;
-        let gradient = match margin.backward()?.get(variable.as_tensor()) {
-            Some(g) => g.clone(),
-            None => break,
-        };
-        z = (z - gradient.sign()?.mul(&step)?)?
-            .maximum(lower)?
-            .minimum(upper)?;
+}
+
+impl LatentAttack {
+    /// For each row, the point of `[lower, upper]` with the lowest margin `spec_row ·
+    /// classifier(z)` among a random start and `steps` signed-gradient steps of
+    /// `step_factor·(u − l)` (decayed after [`LATENT_DECAY_STEPS`]).
+    fn run(
+        &self,
+        net: &Net,
+        split: usize,
+        (lower, upper): (&Tensor, &Tensor),
+        row_spec: &Tensor,
+        statistics: &crate::model::BatchStatistics,
+        rng: &mut StdRng,
+    ) -> Result<Tensor, TrainError> {
+        let detached = net.detached();
+        let normalization = Normalization::Batch(statistics);
+        let end = net.layers().len();
+        let rows = lower.dim(0)?;
+        let width = (upper - lower)?;
+        let noise: Vec<f32> = (0..lower.elem_count())
+            .map(|_| rng.random_range(0.0f32..=1.0))
+            .collect();
+        let mut z = (lower + Tensor::from_vec(noise, lower.dims(), &Device::Cpu)?.mul(&width)?)?;
+        let mut best_margin = vec![f32::INFINITY; rows];
+        let mut best = z.clone();
+        let mut step_size = self.step_factor;
+        for step in 0..=self.steps {
+            let variable = Var::from_tensor(&z)?;
+            let logits = detached.forward_range(variable.as_tensor(), split, end, normalization)?;
+            let margins = (row_spec * logits)?.sum(1)?;
+            let values = margins.to_vec1::<f32>()?;
+            let improved: Vec<u8> = values
+                .iter()
+                .zip(&mut best_margin)
+                .map(|(&value, best)| {
+                    let better = value < *best;
+                    if better {
+                        *best = value;
+                    }
+                    u8::from(better)
+                })
+                .collect();
+            let mut mask_shape = vec![1usize; z.rank()];
+            mask_shape[0] = rows;
+            let mask = Tensor::from_vec(improved, mask_shape, &Device::Cpu)?.broadcast_as(z.dims())?;
+            best = mask.where_cond(&z, &best)?;
+            if step == self.steps {
+                break;
+            }
+            let gradient = match margins.sum_all()?.backward()?.get(variable.as_tensor()) {
+                Some(g) => g.clone(),
+                None => break,
+            };
+            z = (z - (gradient.sign()?.mul(&width)? * step_size)?)?
+                .maximum(lower)?
+                .minimum(upper)?;
+            if LATENT_DECAY_STEPS.contains(&(step + 1)) {
+                step_size *= LATENT_DECAY_FACTOR;
+            }
+        }
+        Ok(best.detach())
     }
-    Ok(z.detach())
 }
 
 /// `z + g·(u − u.detach()) + h·(l − l.detach())`: the value of the pivot `z`, with gradient
@@ -151,4 +214,114 @@ fn gradient_link(pivot: &Tensor, lower: &Tensor, upper: &Tensor) -> Result<Tenso
     let upper_delta = (upper - &u)?;
     let lower_delta = (lower - &l)?;
     Ok(((pivot + upper_weight.mul(&upper_delta)?)? + lower_weight.mul(&lower_delta)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Initialization, NetSpec};
+
+    fn builtin(name: &str, shape: [usize; 3], normalize: bool) -> Net {
+        let stats = normalize.then(|| (vec![0.5; shape[0]], vec![0.25; shape[0]]));
+        let spec = NetSpec::builtin(name, shape, 10, stats).unwrap();
+        Net::new(&spec, Initialization::Ibp, 0).unwrap()
+    }
+
+    #[test]
+    fn the_default_split_of_cnn_small_leaves_a_classifier_with_a_relu() {
+        let net = builtin("cnn-small", [1, 28, 28], false);
+        let split = split_index(&net, 0.5).unwrap();
+        // conv, relu, flatten | linear, relu, linear (CTRAIN: ⌈0.5 · 6⌉ = 3 extractor layers).
+        assert_eq!(split, 3);
+        let classifier = &net.layers()[split..];
+        assert!(classifier.iter().any(|l| matches!(l, Layer::Relu)));
+        assert!(matches!(classifier[0], Layer::Linear { .. }));
+    }
+
+    #[test]
+    fn split_points_map_over_every_layer_and_keep_both_parts() {
+        let net = builtin("cnn-small", [1, 28, 28], false);
+        let count = net.layers().len();
+        assert_eq!(split_index(&net, 0.01).unwrap(), 1, "⌈0.06⌉: the conv alone");
+        assert_eq!(split_index(&net, 0.34).unwrap(), 3, "⌈2.04⌉ rounds up");
+        assert_eq!(split_index(&net, 0.99).unwrap(), count - 1, "never an empty classifier");
+        let mut last = 0;
+        for step in 1..100 {
+            let split = split_index(&net, f64::from(step) / 100.0).unwrap();
+            assert!((1..count).contains(&split) && split >= last, "monotone, in range");
+            last = split;
+        }
+    }
+
+    #[test]
+    fn the_latent_attack_finds_the_worst_vertex_of_a_linear_classifier() {
+        use rand::SeedableRng;
+        let mut net = builtin("fc", [1, 28, 28], false);
+        let split = net.layers().len() - 1;
+        let Layer::Linear { weight, bias } = &net.layers()[split] else {
+            panic!("fc ends with a linear layer");
+        };
+        let (weight, bias) = (weight.to_vec2::<f32>().unwrap(), bias.to_vec1::<f32>().unwrap());
+        let mut rng = StdRng::seed_from_u64(5);
+        let images = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
+        let (_, statistics) = net.forward_train(&images).unwrap();
+        let rows = 6;
+        let width = 100;
+        let centre: Vec<f32> = (0..rows * width).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let radius: Vec<f32> = (0..rows * width).map(|_| rng.random_range(0.0..0.3)).collect();
+        let lower: Vec<f32> = centre.iter().zip(&radius).map(|(c, r)| c - r).collect();
+        let upper: Vec<f32> = centre.iter().zip(&radius).map(|(c, r)| c + r).collect();
+        // Row r asks for z_0 − z_{r+1}.
+        let mut spec = vec![0f32; rows * 10];
+        for r in 0..rows {
+            spec[r * 10] = 1.0;
+            spec[r * 10 + r + 1] = -1.0;
+        }
+        let tensor = |v: &[f32], cols| Tensor::from_vec(v.to_vec(), (rows, cols), &Device::Cpu);
+        let (lower_t, upper_t) = (tensor(&lower, width).unwrap(), tensor(&upper, width).unwrap());
+        let spec_t = tensor(&spec, 10).unwrap();
+        for (steps, step_factor) in [(1, 1.0), (8, 0.5)] {
+            let attack = LatentAttack { steps, step_factor };
+            let found = attack
+                .run(&net, split, (&lower_t, &upper_t), &spec_t, &statistics, &mut rng)
+                .unwrap();
+            let logits = net
+                .forward_range(&found, split, split + 1, Normalization::Population)
+                .unwrap();
+            let margins = (&spec_t * logits).unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
+            let points = found.to_vec2::<f32>().unwrap();
+            for r in 0..rows {
+                let coefficient = |i: usize| weight[0][i] - weight[r + 1][i];
+                let exact: f32 = bias[0] - bias[r + 1]
+                    + (0..width)
+                        .map(|i| {
+                            let a = coefficient(i);
+                            (a * lower[r * width + i]).min(a * upper[r * width + i])
+                        })
+                        .sum::<f32>();
+                assert!(
+                    (margins[r] - exact).abs() < 1e-4,
+                    "{steps} steps: row {r} margin {} vs exact minimum {exact}",
+                    margins[r]
+                );
+                for i in 0..width {
+                    let z = points[r][i];
+                    assert!(z >= lower[r * width + i] - 1e-6 && z <= upper[r * width + i] + 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_leading_normalisation_is_not_counted() {
+        let plain = builtin("cnn-small", [3, 32, 32], false);
+        let normalized = builtin("cnn-small", [3, 32, 32], true);
+        assert!(matches!(normalized.layers()[0], Layer::Normalize { .. }));
+        for point in [0.01, 0.3, 0.5, 0.8, 0.99] {
+            assert_eq!(
+                split_index(&normalized, point).unwrap(),
+                split_index(&plain, point).unwrap() + 1
+            );
+        }
+    }
 }
