@@ -189,8 +189,8 @@ pub enum OptimizerKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// Base learning rate (CTBench's 5e-4 is for ~16k steps; at CPU budgets of 100–5,000 steps
-    /// 5e-3 learns where 5e-4 stays at chance, see `docs/training.md`).
+    /// Base learning rate (CTBench's 5e-4 is for ~16k GPU steps; at CPU budgets of 100–5,000
+    /// steps 1e-2 learns where 5e-4 stays at chance, see `docs/training.md`).
     pub learning_rate: f64,
     /// Update rule.
     pub optimizer: OptimizerKind,
@@ -251,7 +251,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            learning_rate: 5e-3,
+            learning_rate: 1e-2,
             optimizer: OptimizerKind::Adam,
             weight_decay: 1e-2,
             lr_decay_factor: 0.2,
@@ -261,7 +261,7 @@ impl Default for TrainConfig {
             batch_size: 256,
             grad_clip_norm: 10.0,
             warm_up_fraction: 0.0,
-            ramp_up_fraction: 0.4,
+            ramp_up_fraction: 0.6,
             train_eps_factor: 1.0,
             shi_reg_weight: 0.5,
             start_kappa: 1.0,
