@@ -172,7 +172,10 @@ impl Optimizer {
         // Each round draws from its own generator, seeded by the seed and how many
         // configurations are known: an optimiser rebuilt from the history of a study asks what
         // the original would have, and successive asks still differ.
-        let mut rng = StdRng::seed_from_u64(mix(self.options.seed, self.seen.len() as u64));
+        let mut rng = StdRng::seed_from_u64(crate::rng::round_seed(
+            self.options.seed,
+            self.seen.len() as u64,
+        ));
         let interleave = self
             .options
             .random_interleave
@@ -200,7 +203,10 @@ impl Optimizer {
     /// A uniformly random configuration not proposed before (plain random search, the
     /// baseline the model is measured against).
     pub fn ask_random(&mut self) -> Config {
-        let mut rng = StdRng::seed_from_u64(mix(self.options.seed, self.seen.len() as u64));
+        let mut rng = StdRng::seed_from_u64(crate::rng::round_seed(
+            self.options.seed,
+            self.seen.len() as u64,
+        ));
         let config = self.fresh_random(&mut rng);
         self.seen.insert(Space::config_hash(&config));
         self.last_proposal = Some(Proposal::Random);
@@ -324,12 +330,4 @@ impl Optimizer {
         };
         search::maximise(&input, model.as_ref(), rng).map(|config| (config, how))
     }
-}
-
-/// SplitMix64 of the seed and a counter: independent-looking seeds for consecutive rounds.
-fn mix(seed: u64, round: u64) -> u64 {
-    let mut z = seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
