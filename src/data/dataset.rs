@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::DataError;
 
-/// Images in f32 NCHW order with values in [0,1], one u8 label per image.
+/// Images in f32 NCHW order with values in [0, 1], one u8 label per image.
 #[derive(Clone, PartialEq)]
 pub struct Dataset {
     images: Vec<f32>,
@@ -131,7 +131,7 @@ impl Dataset {
         (self.subset(&train), self.subset(&validation))
     }
 
-    /// The given items as (images f32 [B, C, H, W], labels u32 [B]) on the CPU.
+    /// The given items as (images f32 `[B, C, H, W]`, labels u32 `[B]`) on the CPU.
     pub fn batch(&self, indices: &[usize]) -> Result<(Tensor, Tensor), DataError> {
         if let Some(&index) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(DataError::IndexOutOfRange {
@@ -151,7 +151,7 @@ impl Dataset {
         Ok((images, labels))
     }
 
-    /// The whole dataset as one batch (images f32 [N, C, H, W], labels u32 [N]).
+    /// The whole dataset as one batch (images f32 `[N, C, H, W]`, labels u32 `[N]`).
     pub fn tensors(&self) -> Result<(Tensor, Tensor), DataError> {
         let [c, h, w] = self.shape;
         let images = Tensor::from_slice(&self.images, (self.len(), c, h, w), &Device::Cpu)?;

@@ -1,4 +1,4 @@
-//! Datasets as f32 NCHW tensors in [0,1] with u8 labels: IDX / CIFAR loaders, the embedded subset, splits.
+//! Datasets as f32 NCHW tensors in [0, 1] with u8 labels: IDX / CIFAR loaders, the embedded subset, splits.
 //!
 //! [`load`] is the entry point: a [`DatasetName`] plus a [`DataSource`] give [`Splits`] (the
 //! official train and test sets). [`Dataset`] then offers seeded train/validation splits,
