@@ -82,15 +82,38 @@ fn randomise_batch_norm(net: &Net, rng: &mut StdRng) {
     }
 }
 
+/// An input normalisation with random per-channel mean and std.
+fn random_normalize(rng: &mut StdRng, channels: usize) -> LayerSpec {
+    LayerSpec::Normalize {
+        mean: (0..channels).map(|_| rng.random_range(0.2..0.6)).collect(),
+        std: (0..channels).map(|_| rng.random_range(0.2..0.5)).collect(),
+    }
+}
+
+/// A hidden linear layer of 4–12 units, then (with `batch_norm`, half the time) BatchNorm, then ReLU.
+fn push_hidden_linear(rng: &mut StdRng, layers: &mut Vec<LayerSpec>, batch_norm: bool) {
+    layers.push(LayerSpec::Linear {
+        out_features: rng.random_range(4..=12),
+    });
+    if batch_norm && rng.random_bool(0.5) {
+        layers.push(LayerSpec::BatchNorm {});
+    }
+    layers.push(LayerSpec::Relu);
+}
+
+/// The output layer: 3–5 classes.
+fn push_dense_output(rng: &mut StdRng, layers: &mut Vec<LayerSpec>) {
+    layers.push(LayerSpec::Linear {
+        out_features: rng.random_range(3..=5),
+    });
+}
+
 fn random_spec(rng: &mut StdRng) -> NetSpec {
     let channels = rng.random_range(1..=3);
     let size = rng.random_range(6..=10);
     let mut layers = Vec::new();
     if rng.random_bool(0.3) {
-        layers.push(LayerSpec::Normalize {
-            mean: (0..channels).map(|_| rng.random_range(0.2..0.6)).collect(),
-            std: (0..channels).map(|_| rng.random_range(0.2..0.5)).collect(),
-        });
+        layers.push(random_normalize(rng, channels));
     }
     let with_bn = rng.random_bool(0.5);
     for _ in 0..rng.random_range(1..=2) {
@@ -107,17 +130,9 @@ fn random_spec(rng: &mut StdRng) -> NetSpec {
     }
     layers.push(LayerSpec::Flatten);
     for _ in 0..rng.random_range(0..=2) {
-        layers.push(LayerSpec::Linear {
-            out_features: rng.random_range(4..=12),
-        });
-        if with_bn && rng.random_bool(0.5) {
-            layers.push(LayerSpec::BatchNorm {});
-        }
-        layers.push(LayerSpec::Relu);
+        push_hidden_linear(rng, &mut layers, with_bn);
     }
-    layers.push(LayerSpec::Linear {
-        out_features: rng.random_range(3..=5),
-    });
+    push_dense_output(rng, &mut layers);
     NetSpec {
         input_shape: [channels, size, size],
         layers,
@@ -505,24 +520,13 @@ fn random_dense_spec(rng: &mut StdRng) -> NetSpec {
     let size = rng.random_range(3..=5);
     let mut layers = Vec::new();
     if rng.random_bool(0.5) {
-        layers.push(LayerSpec::Normalize {
-            mean: (0..channels).map(|_| rng.random_range(0.2..0.6)).collect(),
-            std: (0..channels).map(|_| rng.random_range(0.2..0.5)).collect(),
-        });
+        layers.push(random_normalize(rng, channels));
     }
     layers.push(LayerSpec::Flatten);
     for _ in 0..rng.random_range(1..=3) {
-        layers.push(LayerSpec::Linear {
-            out_features: rng.random_range(4..=12),
-        });
-        if rng.random_bool(0.5) {
-            layers.push(LayerSpec::BatchNorm {});
-        }
-        layers.push(LayerSpec::Relu);
+        push_hidden_linear(rng, &mut layers, true);
     }
-    layers.push(LayerSpec::Linear {
-        out_features: rng.random_range(3..=5),
-    });
+    push_dense_output(rng, &mut layers);
     NetSpec {
         input_shape: [channels, size, size],
         layers,

@@ -1,7 +1,7 @@
 //! Plot tests: charts of stored studies are written as decodable PNG and labelled SVG.
 
 use cthpo::plot::{self, CERTIFIED_LABEL, CHART_SIZE, NATURAL_LABEL, TRIAL_LABEL};
-use cthpo::store::{Direction, Store, StoredParam, TrialOutcome, attrs};
+use cthpo::store::{Direction, Store, StoredParam, StoredTrial, StudyInfo, TrialOutcome, attrs};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,15 @@ fn fill_study(store: &Store, name: &str, seed: u64, shift: f64, n: i64) {
             )
             .unwrap();
     }
+}
+
+/// A study "s" of `n` trials made by [`fill_study`] in its own folder, as stored.
+fn filled_study(folder: &str, seed: u64, n: i64) -> (StudyInfo, Vec<StoredTrial>) {
+    let store = Store::open(out_dir(folder)).unwrap();
+    fill_study(&store, "s", seed, 0.0, n);
+    let info = store.require_study("s").unwrap();
+    let trials = store.trials(info.id).unwrap();
+    (info, trials)
 }
 
 /// Width and height from a PNG's IHDR chunk, after checking the signature.
@@ -207,11 +216,7 @@ fn staircase_joins_the_front_by_its_corners() {
 
 #[test]
 fn accuracy_points_are_the_complete_trials_with_both_accuracies() {
-    let dir = out_dir("plot-data-points");
-    let store = Store::open(&dir).unwrap();
-    fill_study(&store, "s", 5, 0.0, 12);
-    let info = store.require_study("s").unwrap();
-    let trials = store.trials(info.id).unwrap();
+    let (_, trials) = filled_study("plot-data-points", 5, 12);
     let points = plot::accuracy_points(&trials);
     // Of 12 trials, number 5 fails (i % 7 == 5).
     let numbers: Vec<i64> = points.iter().map(|p| p.number).collect();
@@ -230,11 +235,7 @@ fn accuracy_points_are_the_complete_trials_with_both_accuracies() {
 
 #[test]
 fn history_of_a_multi_objective_study_is_its_weighted_objective() {
-    let dir = out_dir("plot-data-history");
-    let store = Store::open(&dir).unwrap();
-    fill_study(&store, "s", 7, 0.0, 9);
-    let info = store.require_study("s").unwrap();
-    let trials = store.trials(info.id).unwrap();
+    let (info, trials) = filled_study("plot-data-history", 7, 9);
     let series = plot::history_series(&info, &trials);
     assert_eq!(series.direction, Direction::Maximize);
     assert!(

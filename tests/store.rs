@@ -115,7 +115,13 @@ fn round_trip_complete_failed_running() {
 
     // Reopen and read everything back.
     let store = Store::open_existing(&dir).unwrap();
-    assert_eq!(store.study_names().unwrap(), vec!["mnist-sabr".to_string()]);
+    let names: Vec<String> = store
+        .studies()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, vec!["mnist-sabr".to_string()]);
     let info = store.require_study("mnist-sabr").unwrap();
     assert_eq!(info.directions, vec![Direction::Minimize]);
     assert_eq!(info.user_attrs["method"], json!("sabr"));

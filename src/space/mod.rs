@@ -19,7 +19,7 @@ pub use params::{Condition, Config, Param, ParamKind, Value};
 
 use params::check_value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A search space.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,9 +249,4 @@ pub fn to_json_map(config: &Config) -> BTreeMap<String, serde_json::Value> {
             (k.clone(), json)
         })
         .collect()
-}
-
-/// Where the builtin spaces live in the source tree (for documentation and tests).
-pub fn spaces_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("spaces")
 }

@@ -158,11 +158,6 @@ impl Store {
         Ok(studies)
     }
 
-    /// Names of all studies, by id.
-    pub fn study_names(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.studies()?.into_iter().map(|s| s.name).collect())
-    }
-
     /// The study of that name, if any.
     pub fn study_by_name(&self, name: &str) -> Result<Option<StudyInfo>, StoreError> {
         Ok(self.studies()?.into_iter().find(|s| s.name == name))

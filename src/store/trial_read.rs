@@ -6,6 +6,29 @@ use super::{ParamDistribution, Store, StoreError, decode_json, decode_value};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
 
+/// A study's trials in number order, found by trial id while their details are attached.
+struct Trials {
+    list: Vec<StoredTrial>,
+    by_id: HashMap<i64, usize>,
+}
+
+impl Trials {
+    fn new(list: Vec<StoredTrial>) -> Trials {
+        let by_id = list
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.trial_id, i))
+            .collect();
+        Trials { list, by_id }
+    }
+
+    /// The trial with this id (rows of other studies' trials find none).
+    fn get_mut(&mut self, trial_id: i64) -> Option<&mut StoredTrial> {
+        let i = *self.by_id.get(&trial_id)?;
+        self.list.get_mut(i)
+    }
+}
+
 impl Store {
     /// All trials of a study, by number, with params, values, attributes and intermediate values.
     pub fn trials(&self, study: StudyId) -> Result<Vec<StoredTrial>, StoreError> {
@@ -51,17 +74,12 @@ impl Store {
         conn: &Connection,
         study: StudyId,
     ) -> Result<Vec<StoredTrial>, StoreError> {
-        let mut trials = self.trial_rows(conn, study)?;
-        let index: HashMap<i64, usize> = trials
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.trial_id, i))
-            .collect();
-        self.attach_params(conn, study, &index, &mut trials)?;
-        self.attach_values(conn, study, &index, &mut trials)?;
-        self.attach_intermediate_values(conn, study, &index, &mut trials)?;
-        self.attach_attrs(conn, study, &index, &mut trials)?;
-        Ok(trials)
+        let mut trials = Trials::new(self.trial_rows(conn, study)?);
+        self.attach_params(conn, study, &mut trials)?;
+        self.attach_values(conn, study, &mut trials)?;
+        self.attach_intermediate_values(conn, study, &mut trials)?;
+        self.attach_attrs(conn, study, &mut trials)?;
+        Ok(trials.list)
     }
 
     /// The study's trials from the `trials` table (with duration and heartbeat), details empty.
@@ -128,8 +146,7 @@ impl Store {
         &self,
         conn: &Connection,
         study: StudyId,
-        index: &HashMap<i64, usize>,
-        trials: &mut [StoredTrial],
+        trials: &mut Trials,
     ) -> Result<(), StoreError> {
         type ParamRow = (i64, Option<String>, Option<f64>, Option<String>);
         let params: Vec<ParamRow> = self.query_rows(
@@ -149,8 +166,8 @@ impl Store {
                         "trial {trial_id} param {name:?}: distribution_json {dist_text:?}"
                     ))
                 })?;
-            if let Some(&i) = index.get(&trial_id) {
-                trials[i].params.push(StoredParam {
+            if let Some(trial) = trials.get_mut(trial_id) {
+                trial.params.push(StoredParam {
                     name,
                     distribution,
                     internal: value.unwrap_or(f64::NAN),
@@ -165,14 +182,15 @@ impl Store {
         &self,
         conn: &Connection,
         study: StudyId,
-        index: &HashMap<i64, usize>,
-        trials: &mut [StoredTrial],
+        trials: &mut Trials,
     ) -> Result<(), StoreError> {
         for (trial_id, objective, value) in
             self.float_rows(conn, "trial_values", "objective", "value", study)?
         {
-            if let (Some(&i), Ok(objective)) = (index.get(&trial_id), usize::try_from(objective)) {
-                let values = trials[i].values.get_or_insert_with(Vec::new);
+            if let (Some(trial), Ok(objective)) =
+                (trials.get_mut(trial_id), usize::try_from(objective))
+            {
+                let values = trial.values.get_or_insert_with(Vec::new);
                 if values.len() <= objective {
                     values.resize(objective + 1, f64::NAN);
                 }
@@ -187,8 +205,7 @@ impl Store {
         &self,
         conn: &Connection,
         study: StudyId,
-        index: &HashMap<i64, usize>,
-        trials: &mut [StoredTrial],
+        trials: &mut Trials,
     ) -> Result<(), StoreError> {
         for (trial_id, step, value) in self.float_rows(
             conn,
@@ -197,8 +214,8 @@ impl Store {
             "intermediate_value",
             study,
         )? {
-            if let Some(&i) = index.get(&trial_id) {
-                trials[i].intermediate_values.insert(step, value);
+            if let Some(trial) = trials.get_mut(trial_id) {
+                trial.intermediate_values.insert(step, value);
             }
         }
         Ok(())
@@ -209,8 +226,7 @@ impl Store {
         &self,
         conn: &Connection,
         study: StudyId,
-        index: &HashMap<i64, usize>,
-        trials: &mut [StoredTrial],
+        trials: &mut Trials,
     ) -> Result<(), StoreError> {
         for (table, system) in [
             ("trial_user_attributes", false),
@@ -225,11 +241,11 @@ impl Store {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?;
             for (trial_id, key, value) in rows {
-                if let Some(&i) = index.get(&trial_id) {
+                if let Some(trial) = trials.get_mut(trial_id) {
                     let map = if system {
-                        &mut trials[i].system_attrs
+                        &mut trial.system_attrs
                     } else {
-                        &mut trials[i].user_attrs
+                        &mut trial.user_attrs
                     };
                     map.insert(key.unwrap_or_default(), decode_json(value));
                 }
