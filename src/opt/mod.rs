@@ -4,7 +4,8 @@
 //! of size equal to the number of searched hyperparameters (CTRAIN's choice, capped at a quarter
 //! of the trial budget), then maximises log expected improvement of a surrogate (a SMAC-style
 //! random forest or a Gaussian process) over random and quasi-random candidates refined by a
-//! local search, with a 20 % chance of a random configuration. Costs are minimised; several
+//! local search; with the forest, 20 % of asks after the initial design are random (the GP
+//! interleaves none unless [`OptimizerOptions::random_interleave`] says so). Costs are minimised; several
 //! objectives are scalarised by ParEGO's random augmented Chebyshev weights. A history of told
 //! trials rebuilds the same optimiser (resume), and asks the same next configuration.
 
@@ -102,6 +103,25 @@ impl Proposal {
 }
 
 /// The ask/tell optimiser.
+///
+/// ```
+/// use cthpo::opt::{Optimizer, OptimizerOptions, Outcome};
+/// use cthpo::space::Space;
+/// let yaml = "hyperparameters:\n  - {name: x, type: float, lower: -5.0, upper: 5.0, default: 4.0}\n";
+/// let space = Space::from_yaml(yaml, "example")?;
+/// let options = OptimizerOptions { seed: 7, trial_budget: 10, candidates: 100, ..Default::default() };
+/// let mut optimizer = Optimizer::new(space, options);
+/// let mut best = f64::INFINITY;
+/// for _ in 0..10 {
+///     let config = optimizer.ask(); // the default (x = 4) first, then the design, then the model
+///     let x = config["x"].as_f64().unwrap();
+///     let cost = (x - 1.0).powi(2);
+///     best = best.min(cost);
+///     optimizer.tell(&config, Outcome::Cost(cost));
+/// }
+/// assert!(best < 9.0, "better than the default's cost of 9");
+/// # Ok::<(), cthpo::space::SpaceError>(())
+/// ```
 pub struct Optimizer {
     space: Space,
     axes: Axes,
