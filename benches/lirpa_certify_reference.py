@@ -15,15 +15,16 @@ checks that both modes give the same bounds. Prints one JSON object on stdout.
 Set-up (a virtualenv outside the repository; auto_LiRPA 0.7.x from its source repository,
 PyPI's auto-lirpa is too old for torch 2.x; it wants torch < 2.9):
 
-    python3 -m venv /work/venv-ref
-    /work/venv-ref/bin/pip install "torch==2.8.0" safetensors numpy
-    /work/venv-ref/bin/pip install --no-deps /path/to/auto_LiRPA
-    /work/venv-ref/bin/pip install appdirs graphviz        # what its import needs beyond torch
+    python3 -m venv ../venv-ref                 # any folder outside the repository
+    ../venv-ref/bin/pip install "torch==2.8.0" safetensors numpy
+    ../venv-ref/bin/pip install --no-deps /path/to/auto_LiRPA
+    ../venv-ref/bin/pip install appdirs graphviz        # what its import needs beyond torch
+    export PYTHON=$PWD/../venv-ref/bin/python
 
 Run:
 
-    /work/venv-ref/bin/python benches/lirpa_certify_reference.py --arch cnn-small
-    /work/venv-ref/bin/python benches/lirpa_certify_reference.py --arch cnn7 --threads 2 \
+    $PYTHON benches/lirpa_certify_reference.py --arch cnn-small
+    $PYTHON benches/lirpa_certify_reference.py --arch cnn7 --threads 2 \
         --weights net.safetensors --images x.npy --labels y.npy --eps 0.1
 """
 import argparse

@@ -13,17 +13,18 @@ the run. The summary gives the median and 25th / 75th percentiles over seeds
 
 Set-up (a virtualenv outside the repository):
 
-    python3 -m venv /work/venv-ref
-    /work/venv-ref/bin/pip install torch scipy numpy optuna smac safetensors
+    python3 -m venv ../venv-ref                 # any folder outside the repository
+    ../venv-ref/bin/pip install torch scipy numpy optuna smac safetensors
+    export PYTHON=$PWD/../venv-ref/bin/python
     # SMAC >= 2.3 uses scikit-learn's random forest by default; older 2.x need pyrfr, which
     # builds from source: apt-get install -y swig build-essential first.
 
-Run (the full run takes roughly an hour on 2 cores, most of it SMAC and GPSampler):
+Run (the full run took roughly an hour on a 2-core virtual machine, most of it SMAC and GPSampler):
 
-    /work/venv-ref/bin/python benches/opt_reference.py \
+    $PYTHON benches/opt_reference.py \
         --functions branin,hartmann6,mixed --methods smac_hpo,optuna_gp,optuna_tpe,random \
         --seeds 20 --evals 50 --out benches/results/opt_reference.json
-    /work/venv-ref/bin/python benches/opt_reference.py --quick      # smoke run, a few seconds
+    $PYTHON benches/opt_reference.py --quick      # smoke run, a few seconds
 
 The JSON is rewritten after every (function, method) pair, so an interrupted run keeps what it
 finished.

@@ -4,7 +4,9 @@
 Times F.conv2d and the two halves of its backward (input and kernel gradient) on cnn7's
 convolution shapes, median over --reps calls.
 
-    /work/venv-ref/bin/python benches/pytorch_conv_reference.py --batch 256 --threads 2
+    $PYTHON benches/pytorch_conv_reference.py --batch 256 --threads 2
+
+`$PYTHON` is a Python with torch (set-up: see benches/pytorch_reference.py).
 """
 import argparse
 import json

@@ -5,8 +5,9 @@ Times the same training steps cthpo's bench_train times (same nets, batch, threa
 `standard` (cross-entropy) and `ibp` (interval bound propagation with the margin spec folded
 into the last layer, robust cross-entropy), each as forward + loss + backward + Adam step.
 
-    python3 -m venv /work/venv-ref && /work/venv-ref/bin/pip install torch
-    /work/venv-ref/bin/python benches/pytorch_reference.py --arch cnn-small --method ibp --batch 256 --threads 2
+    python3 -m venv ../venv-ref && ../venv-ref/bin/pip install torch   # any folder outside the repository
+    export PYTHON=$PWD/../venv-ref/bin/python
+    $PYTHON benches/pytorch_reference.py --arch cnn-small --method ibp --batch 256 --threads 2
 """
 import argparse
 import json

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Alternates cthpo's bench_train and PyTorch's reference on the same step, ROUNDS times, and
-# prints each round and the median and minimum of both (run by hand, never by CI). This
-# machine's speed drifts by ±15 % within minutes, so only alternating runs compare fairly.
+# prints each round and the median and minimum of both (run by hand, never by CI). A virtual
+# machine's speed can drift by ±15 % within minutes, so only alternating runs compare fairly.
 #
 #   benches/side_by_side.sh cnn7 ibp [rounds=3] [steps=4]
-#   PYTHON=/work/venv-ref/bin/python (default) needs torch installed.
+#   PYTHON (default python3) must be a Python with torch installed, e.g. a virtualenv's
+#   bin/python (set-up: see benches/pytorch_reference.py).
 set -euo pipefail
 arch=${1:?arch}; method=${2:?method}; rounds=${3:-3}; steps=${4:-20}
-python=${PYTHON:-/work/venv-ref/bin/python}
+python=${PYTHON:-python3}
 here=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --release --quiet --example bench_train --manifest-path "$here/Cargo.toml"
 ours=() theirs=()

@@ -11,6 +11,10 @@ use cthpo::bounds::{BoundMethod, Interval, margin_lower_bounds};
 use cthpo::model::{Initialization, Net, NetSpec, Normalization};
 use std::time::Instant;
 
+#[path = "common/args.rs"]
+mod args;
+use args::Args;
+
 struct Options {
     arch: String,
     batch: usize,
@@ -25,48 +29,35 @@ struct Options {
 }
 
 fn parse() -> Options {
-    let mut options = Options {
-        arch: "cnn-small".into(),
-        batch: 256,
-        crown_batch: 8,
-        threads: 2,
-        cifar: false,
-        eps: None,
-        json: false,
-        min_seconds: 3.0,
-        weights: None,
-        methods: None,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = || args.get(i + 1).cloned().unwrap_or_default();
-        match args[i].as_str() {
-            "--arch" => options.arch = value(),
-            "--batch" => options.batch = value().parse().expect("--batch takes a number"),
-            "--crown-batch" => {
-                options.crown_batch = value().parse().expect("--crown-batch takes a number")
-            }
-            "--threads" => options.threads = value().parse().expect("--threads takes a number"),
-            "--eps" => options.eps = Some(value().parse().expect("--eps takes a number")),
-            "--min-seconds" => {
-                options.min_seconds = value().parse().expect("--min-seconds takes a number")
-            }
-            "--weights" => options.weights = Some(value().into()),
-            "--methods" => options.methods = Some(value()),
-            "--cifar" => {
-                options.cifar = true;
-                i -= 1;
-            }
-            "--json" => {
-                options.json = true;
-                i -= 1;
-            }
-            other => panic!("unknown argument {other}; see the header of examples/bench_bounds.rs"),
-        }
-        i += 2;
+    let args = Args::from_env();
+    args.check_known(
+        &[
+            "--arch",
+            "--batch",
+            "--crown-batch",
+            "--threads",
+            "--eps",
+            "--min-seconds",
+            "--weights",
+            "--methods",
+        ],
+        &["--cifar", "--json"],
+        "the header of examples/bench_bounds.rs",
+    );
+    Options {
+        arch: args.value("--arch", "cnn-small"),
+        batch: args.parsed("--batch", "256"),
+        crown_batch: args.parsed("--crown-batch", "8"),
+        threads: args.parsed("--threads", "2"),
+        cifar: args.has("--cifar"),
+        eps: args
+            .optional("--eps")
+            .map(|e| e.parse().expect("--eps takes a number")),
+        json: args.has("--json"),
+        min_seconds: args.parsed("--min-seconds", "3"),
+        weights: args.optional("--weights").map(Into::into),
+        methods: args.optional("--methods"),
     }
-    options
 }
 
 fn main() {

@@ -13,6 +13,10 @@ use cthpo::kernels::{
 };
 use std::time::Instant;
 
+#[path = "common/args.rs"]
+mod args;
+use args::Args;
+
 /// cnn7's convolutions on 28×28 inputs: (in channels, out channels, input size, stride).
 const LAYERS: &[(usize, usize, usize, usize)] = &[
     (1, 64, 28, 1),
@@ -36,18 +40,16 @@ fn median_ms(reps: usize, mut run: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str, default: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_string())
-    };
-    let batch: usize = value("--batch", "256")
+    let args = Args::from_env();
+    let batch: usize = args
+        .value("--batch", "256")
         .parse()
         .expect("--batch takes a number");
-    let threads = value("--threads", "2");
-    let reps: usize = value("--reps", "5").parse().expect("--reps takes a number");
+    let threads = args.value("--threads", "2");
+    let reps: usize = args
+        .value("--reps", "5")
+        .parse()
+        .expect("--reps takes a number");
     unsafe {
         std::env::set_var("RAYON_NUM_THREADS", &threads);
     }

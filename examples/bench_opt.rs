@@ -15,6 +15,10 @@ use cthpo::space::Space;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::time::Instant;
 
+#[path = "common/args.rs"]
+mod args;
+use args::Args;
+
 fn quartiles(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -79,23 +83,18 @@ fn latency(surrogate: SurrogateKind) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str, default: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_string())
-    };
-    if args.iter().any(|a| a == "--latency") {
-        let surrogate = match value("--surrogate", "rf").as_str() {
+    let args = Args::from_env();
+    if args.has("--latency") {
+        let surrogate = match args.value("--surrogate", "rf").as_str() {
             "gp" => SurrogateKind::Gp,
             _ => SurrogateKind::Rf,
         };
         latency(surrogate);
         return;
     }
-    let functions = value("--functions", "branin,hartmann6,mixed");
-    let strategies: Vec<Strategy> = value("--strategies", "random,rf_bo,gp_bo")
+    let functions = args.value("--functions", "branin,hartmann6,mixed");
+    let strategies: Vec<Strategy> = args
+        .value("--strategies", "random,rf_bo,gp_bo")
         .split(',')
         .map(|s| match s {
             "random" => Strategy::Random,
@@ -104,10 +103,12 @@ fn main() {
             other => panic!("unknown strategy `{other}` (random, rf_bo, gp_bo)"),
         })
         .collect();
-    let seeds: u64 = value("--seeds", "20")
+    let seeds: u64 = args
+        .value("--seeds", "20")
         .parse()
         .expect("--seeds takes a number");
-    let evals: usize = value("--evals", "50")
+    let evals: usize = args
+        .value("--evals", "50")
         .parse()
         .expect("--evals takes a number");
     let mut report = serde_json::Map::new();
@@ -148,9 +149,9 @@ fn main() {
         }
         report.insert(problem.name.into(), per_function.into());
     }
-    if let Some(i) = args.iter().position(|a| a == "--json") {
-        let path = args.get(i + 1).expect("--json takes a file name");
-        std::fs::write(path, serde_json::to_string_pretty(&report).expect("JSON"))
+    if args.has("--json") {
+        let path = args.optional("--json").expect("--json takes a file name");
+        std::fs::write(&path, serde_json::to_string_pretty(&report).expect("JSON"))
             .expect("writing the report");
         println!("wrote {path}");
     }

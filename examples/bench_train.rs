@@ -10,6 +10,10 @@ use cthpo::model::{Net, NetSpec};
 use cthpo::train::{BatchProgress, Control, Method, TrainConfig, TrainObserver, TrainOptions, fit};
 use std::time::Instant;
 
+#[path = "common/args.rs"]
+mod args;
+use args::Args;
+
 struct Timer {
     last: Instant,
     times: Vec<f64>,
@@ -25,24 +29,20 @@ impl TrainObserver for Timer {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str, default: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_string())
-    };
-    let arch = value("--arch", "cnn-small");
-    let method: Method = value("--method", "ibp").parse().expect("method");
-    let batch: usize = value("--batch", "256")
+    let args = Args::from_env();
+    let arch = args.value("--arch", "cnn-small");
+    let method: Method = args.value("--method", "ibp").parse().expect("method");
+    let batch: usize = args
+        .value("--batch", "256")
         .parse()
         .expect("--batch takes a number");
-    let threads = value("--threads", "2");
-    let steps: usize = value("--steps", "20")
+    let threads = args.value("--threads", "2");
+    let steps: usize = args
+        .value("--steps", "20")
         .parse()
         .expect("--steps takes a number");
-    let cifar = args.iter().any(|a| a == "--cifar");
-    let json = args.iter().any(|a| a == "--json");
+    let cifar = args.has("--cifar");
+    let json = args.has("--json");
     // candle and rayon size their pools from this when they start; candle's element-wise
     // workers must not spin between ops on small machines (as in the cthpo binary).
     unsafe {

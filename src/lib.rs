@@ -1,7 +1,8 @@
 //! cthpo: Bayesian hyperparameter optimisation for certified training of neural networks.
 //!
-//! The modules follow `DESIGN.md`: data → model → bounds/attack → train/eval form the embedded
-//! certified trainer; space → opt form the optimiser; store, study and plot run and record studies.
+//! data → model → bounds/attack → train/eval form the embedded certified trainer; space → opt form
+//! the optimiser; store, study and plot run and record studies. The module map, the flows and the
+//! design decisions are in `docs/architecture.md`.
 
 pub mod attack;
 pub mod bounds;
@@ -11,7 +12,9 @@ pub mod eval;
 pub mod kernels;
 pub mod model;
 pub mod opt;
+pub mod pareto;
 pub mod plot;
+mod rng;
 pub mod space;
 pub mod store;
 pub mod study;

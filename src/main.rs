@@ -2,7 +2,7 @@
 
 fn main() -> std::process::ExitCode {
     // candle's element-wise worker threads spin 25,000 times before sleeping after every op;
-    // on small CPUs (2 cores here) they steal the cores our own kernels run on. Measured:
+    // on small CPUs (e.g. 2 cores) they steal the cores our own kernels run on. Measured:
     // an IBP training step of cnn-small is ~20% faster without the spinning.
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
         // SAFETY: no other thread exists yet.

@@ -1,5 +1,6 @@
 //! Soundness of IBP, CROWN-IBP and CROWN: points sampled inside the ε-box must land inside the
-//! computed bounds, on builtin architectures and random small networks, with and without BatchNorm.
+//! computed bounds, on builtin architectures and random small networks, with and without BatchNorm;
+//! and tight: IBP equals an independent f64 interval computation, every method is exact on a point.
 
 use candle_core::{Device, Tensor};
 use cthpo::bounds::{
@@ -81,15 +82,38 @@ fn randomise_batch_norm(net: &Net, rng: &mut StdRng) {
     }
 }
 
+/// An input normalisation with random per-channel mean and std.
+fn random_normalize(rng: &mut StdRng, channels: usize) -> LayerSpec {
+    LayerSpec::Normalize {
+        mean: (0..channels).map(|_| rng.random_range(0.2..0.6)).collect(),
+        std: (0..channels).map(|_| rng.random_range(0.2..0.5)).collect(),
+    }
+}
+
+/// A hidden linear layer of 4–12 units, then (with `batch_norm`, half the time) BatchNorm, then ReLU.
+fn push_hidden_linear(rng: &mut StdRng, layers: &mut Vec<LayerSpec>, batch_norm: bool) {
+    layers.push(LayerSpec::Linear {
+        out_features: rng.random_range(4..=12),
+    });
+    if batch_norm && rng.random_bool(0.5) {
+        layers.push(LayerSpec::BatchNorm {});
+    }
+    layers.push(LayerSpec::Relu);
+}
+
+/// The output layer: 3–5 classes.
+fn push_dense_output(rng: &mut StdRng, layers: &mut Vec<LayerSpec>) {
+    layers.push(LayerSpec::Linear {
+        out_features: rng.random_range(3..=5),
+    });
+}
+
 fn random_spec(rng: &mut StdRng) -> NetSpec {
     let channels = rng.random_range(1..=3);
     let size = rng.random_range(6..=10);
     let mut layers = Vec::new();
     if rng.random_bool(0.3) {
-        layers.push(LayerSpec::Normalize {
-            mean: (0..channels).map(|_| rng.random_range(0.2..0.6)).collect(),
-            std: (0..channels).map(|_| rng.random_range(0.2..0.5)).collect(),
-        });
+        layers.push(random_normalize(rng, channels));
     }
     let with_bn = rng.random_bool(0.5);
     for _ in 0..rng.random_range(1..=2) {
@@ -106,17 +130,9 @@ fn random_spec(rng: &mut StdRng) -> NetSpec {
     }
     layers.push(LayerSpec::Flatten);
     for _ in 0..rng.random_range(0..=2) {
-        layers.push(LayerSpec::Linear {
-            out_features: rng.random_range(4..=12),
-        });
-        if with_bn && rng.random_bool(0.5) {
-            layers.push(LayerSpec::BatchNorm {});
-        }
-        layers.push(LayerSpec::Relu);
+        push_hidden_linear(rng, &mut layers, with_bn);
     }
-    layers.push(LayerSpec::Linear {
-        out_features: rng.random_range(3..=5),
-    });
+    push_dense_output(rng, &mut layers);
     NetSpec {
         input_shape: [channels, size, size],
         layers,
@@ -406,5 +422,201 @@ fn robust_training_bounds_are_differentiable() {
             norm > 0.0,
             "{method}: the first layer's weight gets no gradient"
         );
+    }
+}
+
+// ------------------------------------------------------------------ tightness
+
+/// Interval bounds in f64, computed independently of cthpo's bound code: centre and radius
+/// through every affine layer (`|W|` for the radius), ReLU on the box ends, and the margin
+/// specification folded into the last linear layer. For nets of normalize, flatten, linear,
+/// 1-D BatchNorm and ReLU layers only.
+fn reference_ibp(net: &Net, x: &[f32], eps: f64, label: usize) -> (Vec<f64>, Vec<f64>) {
+    let spec = net.spec();
+    let vars: std::collections::HashMap<&str, Vec<f64>> = net
+        .named_vars()
+        .iter()
+        .map(|v| {
+            let values = v
+                .var
+                .flatten_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64);
+            (v.name.as_str(), values.unwrap().to_vec1::<f64>().unwrap())
+        })
+        .collect();
+    let var = |i: usize, key: &str| vars[format!("{i}.{key}").as_str()].clone();
+    let mut lower: Vec<f64> = x.iter().map(|&v| (v as f64 - eps).max(0.0)).collect();
+    let mut upper: Vec<f64> = x.iter().map(|&v| (v as f64 + eps).min(1.0)).collect();
+    let plane = spec.input_shape[1] * spec.input_shape[2];
+    // y = a·x + d per feature.
+    let affine = |lower: &mut Vec<f64>, upper: &mut Vec<f64>, a: &dyn Fn(usize) -> (f64, f64)| {
+        for k in 0..lower.len() {
+            let (scale, shift) = a(k);
+            let (c, r) = ((lower[k] + upper[k]) / 2.0, (upper[k] - lower[k]) / 2.0);
+            let (c, r) = (scale * c + shift, scale.abs() * r);
+            (lower[k], upper[k]) = (c - r, c + r);
+        }
+    };
+    let last = spec.layers.len() - 1;
+    for (i, layer) in spec.layers.iter().enumerate() {
+        match layer {
+            LayerSpec::Normalize { mean, std } => affine(&mut lower, &mut upper, &|k| {
+                let ch = k / plane;
+                (1.0 / std[ch] as f64, -(mean[ch] as f64) / std[ch] as f64)
+            }),
+            LayerSpec::BatchNorm {} => {
+                let (w, b) = (var(i, "weight"), var(i, "bias"));
+                let (m, v) = (var(i, "running_mean"), var(i, "running_var"));
+                affine(&mut lower, &mut upper, &|k| {
+                    let scale = w[k] / (v[k] + 1e-5).sqrt();
+                    (scale, b[k] - scale * m[k])
+                })
+            }
+            LayerSpec::Relu => {
+                lower.iter_mut().for_each(|l| *l = l.max(0.0));
+                upper.iter_mut().for_each(|u| *u = u.max(0.0));
+            }
+            LayerSpec::Flatten => {}
+            LayerSpec::Linear { out_features } => {
+                let (w, b) = (var(i, "weight"), var(i, "bias"));
+                let inputs = lower.len();
+                let row = |o: usize| &w[o * inputs..(o + 1) * inputs];
+                // The last layer's rows become the margins z_label − z_j (j ≠ label).
+                let rows: Vec<(Vec<f64>, f64)> = if i == last {
+                    (0..*out_features)
+                        .filter(|&j| j != label)
+                        .map(|j| {
+                            let diff = row(label).iter().zip(row(j)).map(|(a, c)| a - c);
+                            (diff.collect(), b[label] - b[j])
+                        })
+                        .collect()
+                } else {
+                    (0..*out_features)
+                        .map(|o| (row(o).to_vec(), b[o]))
+                        .collect()
+                };
+                let (mut lo, mut hi) = (Vec::new(), Vec::new());
+                for (weights, bias) in rows {
+                    let (mut c, mut r) = (bias, 0.0);
+                    for (k, w) in weights.iter().enumerate() {
+                        c += w * (lower[k] + upper[k]) / 2.0;
+                        r += w.abs() * (upper[k] - lower[k]) / 2.0;
+                    }
+                    lo.push(c - r);
+                    hi.push(c + r);
+                }
+                (lower, upper) = (lo, hi);
+            }
+            LayerSpec::Conv2d { .. } => unreachable!("the reference covers dense nets only"),
+        }
+    }
+    (lower, upper)
+}
+
+/// A dense net: optional input normalisation, 1–3 hidden linear layers (some with BatchNorm).
+fn random_dense_spec(rng: &mut StdRng) -> NetSpec {
+    let channels = rng.random_range(1..=3);
+    let size = rng.random_range(3..=5);
+    let mut layers = Vec::new();
+    if rng.random_bool(0.5) {
+        layers.push(random_normalize(rng, channels));
+    }
+    layers.push(LayerSpec::Flatten);
+    for _ in 0..rng.random_range(1..=3) {
+        push_hidden_linear(rng, &mut layers, true);
+    }
+    push_dense_output(rng, &mut layers);
+    NetSpec {
+        input_shape: [channels, size, size],
+        layers,
+    }
+}
+
+#[test]
+fn ibp_margin_bounds_equal_an_independent_f64_computation() {
+    // Soundness alone would accept infinite bounds: IBP must be exactly interval arithmetic.
+    let mut rng = StdRng::seed_from_u64(31);
+    for case in 0..20 {
+        let spec = random_dense_spec(&mut rng);
+        let net = Net::new(&spec, Initialization::Default, case).unwrap();
+        randomise_batch_norm(&net, &mut rng);
+        let eps = [0.01, 0.05, 0.2][case as usize % 3];
+        let inputs = random_inputs(&mut rng, 2, spec.input_shape);
+        let labels: Vec<u32> = (0..2)
+            .map(|_| rng.random_range(0..net.num_classes() as u32))
+            .collect();
+        let margin = margin_spec(&Tensor::new(labels.as_slice(), &Device::Cpu).unwrap(), {
+            net.num_classes()
+        })
+        .unwrap();
+        let input = Interval::linf_ball(&inputs, eps).unwrap();
+        let bounds = spec_bounds(
+            &net,
+            &input,
+            &margin,
+            BoundMethod::Ibp,
+            Normalization::Population,
+        )
+        .unwrap();
+        let lower = bounds.lower.to_vec2::<f32>().unwrap();
+        let upper = bounds.upper.to_vec2::<f32>().unwrap();
+        let flat = inputs.flatten_from(1).unwrap().to_vec2::<f32>().unwrap();
+        for (b, x) in flat.iter().enumerate() {
+            let (lo, hi) = reference_ibp(&net, x, eps, labels[b] as usize);
+            for row in 0..lo.len() {
+                for (ours, reference) in [(lower[b][row], lo[row]), (upper[b][row], hi[row])] {
+                    assert!(
+                        (ours as f64 - reference).abs() <= 1e-4 * (1.0 + reference.abs()),
+                        "case {case}, sample {b}, margin {row}: {ours} vs reference {reference}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_method_is_exact_on_a_zero_width_box() {
+    // A box of one point has one image: every method's bounds must close on the true margins.
+    let mut rng = StdRng::seed_from_u64(32);
+    for case in 0..12 {
+        let spec = random_spec(&mut rng);
+        let net = Net::new(&spec, Initialization::Default, case).unwrap();
+        if net.has_batch_norm() {
+            randomise_batch_norm(&net, &mut rng);
+        }
+        let inputs = random_inputs(&mut rng, 2, spec.input_shape);
+        let labels: Vec<u32> = (0..2)
+            .map(|_| rng.random_range(0..net.num_classes() as u32))
+            .collect();
+        let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+        let margin = margin_spec(&labels, net.num_classes()).unwrap();
+        let exact = margin
+            .matmul(&net.forward(&inputs).unwrap().unsqueeze(2).unwrap())
+            .unwrap()
+            .squeeze(2)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let input = Interval::linf_ball(&inputs, 0.0).unwrap();
+        for method in BoundMethod::ALL {
+            let bounds =
+                spec_bounds(&net, &input, &margin, method, Normalization::Population).unwrap();
+            let lower = bounds.lower.to_vec2::<f32>().unwrap();
+            let upper = bounds.upper.to_vec2::<f32>().unwrap();
+            for (b, row) in exact.iter().enumerate() {
+                for (j, &value) in row.iter().enumerate() {
+                    let slack = TOLERANCE * (1.0 + value.abs());
+                    assert!(
+                        (lower[b][j] - value).abs() <= slack
+                            && (upper[b][j] - value).abs() <= slack,
+                        "{method}, case {case}: margin {value} bounded by [{}, {}]",
+                        lower[b][j],
+                        upper[b][j]
+                    );
+                }
+            }
+        }
     }
 }

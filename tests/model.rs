@@ -3,11 +3,20 @@
 
 use candle_core::{Device, Tensor};
 use cthpo::model::{Initialization, LayerSpec, ModelError, Net, NetSpec};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cthpo-model-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Uniform values in [0, 1) of the given shape from a fixed seed (same data every run).
+fn seeded_uniform(seed: u64, shape: (usize, usize, usize, usize)) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let count = shape.0 * shape.1 * shape.2 * shape.3;
+    let values: Vec<f32> = (0..count).map(|_| rng.random_range(0.0..1.0)).collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
 
 fn keys(net: &Net) -> Vec<String> {
@@ -104,7 +113,7 @@ fn safetensors_round_trip_keeps_weights_and_batch_norm_state() {
         layers: spec.layers.clone(),
     };
     let mut net = Net::new(&narrow, Initialization::Default, 9).unwrap();
-    let x = Tensor::rand(0f32, 1f32, (8, 1, 12, 12), &Device::Cpu).unwrap();
+    let x = seeded_uniform(1, (8, 1, 12, 12));
     net.forward_train(&x).unwrap();
     let dir = temp_dir("roundtrip");
     let path = dir.join("net.safetensors");
@@ -169,7 +178,7 @@ fn batch_norm_training_uses_batch_statistics_and_updates_running_ones() {
         ],
     };
     let mut net = Net::new(&spec, Initialization::Default, 3).unwrap();
-    let x = (Tensor::rand(0f32, 1f32, (16, 2, 4, 4), &Device::Cpu).unwrap() * 5.0).unwrap();
+    let x = (seeded_uniform(2, (16, 2, 4, 4)) * 5.0).unwrap();
     let (_, stats) = net.forward_train(&x).unwrap();
     let (mean, variance) = stats.get(1).unwrap();
     let conv_out = net.detached();

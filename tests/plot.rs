@@ -1,7 +1,7 @@
 //! Plot tests: charts of stored studies are written as decodable PNG and labelled SVG.
 
 use cthpo::plot::{self, CERTIFIED_LABEL, CHART_SIZE, NATURAL_LABEL, TRIAL_LABEL};
-use cthpo::store::{Direction, Store, StoredParam, TrialOutcome, attrs};
+use cthpo::store::{Direction, Store, StoredParam, StoredTrial, StudyInfo, TrialOutcome, attrs};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,15 @@ fn fill_study(store: &Store, name: &str, seed: u64, shift: f64, n: i64) {
             )
             .unwrap();
     }
+}
+
+/// A study "s" of `n` trials made by [`fill_study`] in its own folder, as stored.
+fn filled_study(folder: &str, seed: u64, n: i64) -> (StudyInfo, Vec<StoredTrial>) {
+    let store = Store::open(out_dir(folder)).unwrap();
+    fill_study(&store, "s", seed, 0.0, n);
+    let info = store.require_study("s").unwrap();
+    let trials = store.trials(info.id).unwrap();
+    (info, trials)
 }
 
 /// Width and height from a PNG's IHDR chunk, after checking the signature.
@@ -189,6 +198,96 @@ fn front_is_the_non_dominated_staircase() {
         .map(|p| p.number)
         .collect();
     assert_eq!(front, vec![1, 2, 0, 4]);
+}
+
+#[test]
+fn staircase_joins_the_front_by_its_corners() {
+    let front =
+        [(0, 0.8, 0.6), (1, 0.9, 0.5)].map(|(number, natural, certified)| plot::AccuracyPoint {
+            number,
+            natural,
+            certified,
+        });
+    assert_eq!(
+        plot::staircase(&front),
+        vec![(0.8, 0.6), (0.8, 0.5), (0.9, 0.5)]
+    );
+}
+
+#[test]
+fn accuracy_points_are_the_complete_trials_with_both_accuracies() {
+    let (_, trials) = filled_study("plot-data-points", 5, 12);
+    let points = plot::accuracy_points(&trials);
+    // Of 12 trials, number 5 fails (i % 7 == 5).
+    let numbers: Vec<i64> = points.iter().map(|p| p.number).collect();
+    assert_eq!(numbers, (0..12).filter(|&i| i != 5).collect::<Vec<_>>());
+    for (point, trial) in points.iter().zip(trials.iter().filter(|t| t.number != 5)) {
+        assert_eq!(
+            Some(point.natural),
+            trial.user_attr_f64(attrs::NATURAL_ACCURACY)
+        );
+        assert_eq!(
+            Some(point.certified),
+            trial.user_attr_f64(attrs::CERTIFIED_ACCURACY)
+        );
+    }
+}
+
+#[test]
+fn history_of_a_multi_objective_study_is_its_weighted_objective() {
+    let (info, trials) = filled_study("plot-data-history", 7, 9);
+    let series = plot::history_series(&info, &trials);
+    assert_eq!(series.direction, Direction::Maximize);
+    assert!(
+        series.label.starts_with("weighted objective"),
+        "{}",
+        series.label
+    );
+    assert_eq!(series.failed, vec![5]);
+    let expected: Vec<(i64, f64)> = trials
+        .iter()
+        .filter(|t| t.number != 5)
+        .map(|t| (t.number, t.user_attr_f64(attrs::OBJECTIVE).unwrap()))
+        .collect();
+    assert_eq!(series.points, expected);
+
+    // The running best never gets worse and ends at the last trial with the best value.
+    let line = plot::best_so_far(&series, 8);
+    let best = expected.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+    assert_eq!(line.last(), Some(&(8.0, best)));
+    assert!(
+        line.windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1)
+    );
+}
+
+#[test]
+fn history_of_a_single_objective_study_is_its_value() {
+    let dir = out_dir("plot-data-history-single");
+    let store = Store::open(&dir).unwrap();
+    let study = store
+        .create_or_load_study("m", &[Direction::Minimize], &BTreeMap::new())
+        .unwrap();
+    for value in [3.0, f64::INFINITY, 1.0, 2.0] {
+        let t = store.start_trial(study, &[]).unwrap();
+        store
+            .finish_trial(
+                &t,
+                &TrialOutcome::Complete {
+                    values: vec![value],
+                },
+            )
+            .unwrap();
+    }
+    let info = store.require_study("m").unwrap();
+    let series = plot::history_series(&info, &store.trials(study).unwrap());
+    assert_eq!(series.label, "objective (lower is better)");
+    // Infinite values have no place on the axis.
+    assert_eq!(series.points, vec![(0, 3.0), (2, 1.0), (3, 2.0)]);
+    assert_eq!(
+        plot::best_so_far(&series, 3),
+        vec![(0.0, 3.0), (2.0, 3.0), (2.0, 1.0), (3.0, 1.0)]
+    );
 }
 
 #[test]

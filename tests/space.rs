@@ -8,10 +8,10 @@ use rand::{SeedableRng, rngs::StdRng};
 #[test]
 fn builtin_spaces_load_and_their_configurations_train() {
     let mut rng = StdRng::seed_from_u64(0);
+    let spaces = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("spaces");
     for name in BUILTIN_METHODS {
         let space = Space::builtin(name).unwrap();
-        let from_file =
-            Space::from_file(&cthpo::space::spaces_dir().join(format!("{name}.yaml"))).unwrap();
+        let from_file = Space::from_file(&spaces.join(format!("{name}.yaml"))).unwrap();
         assert_eq!(space, from_file);
         let method: Method = name.parse().unwrap();
         TrainConfig::from_map(method, &to_json_map(&space.default_config()))

@@ -304,9 +304,20 @@ fn study_settings_parse_with_clear_errors() {
     }
     let bad = std::env::temp_dir().join(format!("cthpo-bad-study-{}.yaml", std::process::id()));
     std::fs::write(&bad, "method: ibp\nepochz: 3\n").unwrap();
-    let error = StudyFile::load(&bad).unwrap_err().to_string();
+    let error = with_causes(&StudyFile::load(&bad).unwrap_err());
     assert!(
         error.contains("cthpo-bad-study") && error.contains("epochz"),
         "{error}"
     );
+}
+
+/// An error and its chain of causes as the command line prints them (`a: b: c`).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text = format!("{text}: {inner}");
+        cause = inner.source();
+    }
+    text
 }

@@ -80,18 +80,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let splits = crate::data::load(dataset, &DataSource::from(args.data_dir.clone()))
         .with_context(|| format!("loading the {dataset} dataset"))?;
-    if args.val_samples >= splits.train.len() {
-        bail!(
-            "--val-samples {} leaves no training images (the training split has {})",
-            args.val_samples,
-            splits.train.len()
-        );
-    }
-    let (train, validation) = splits.train.split(args.val_samples, args.seed);
-    let train = match args.train_samples {
-        Some(count) => train.take(count),
-        None => train,
-    };
+    let (train, validation) = splits
+        .train_validation(args.val_samples, args.train_samples, args.seed)
+        .context("--val-samples")?;
     let (images, labels) = train.tensors()?;
     let mut net = Net::new(&spec, method.initialization(), args.seed)?;
     let options = TrainOptions {

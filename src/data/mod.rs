@@ -1,4 +1,4 @@
-//! Datasets as f32 NCHW tensors in [0,1] with u8 labels: IDX / CIFAR loaders, the embedded subset, splits.
+//! Datasets as f32 NCHW tensors in [0, 1] with u8 labels: IDX / CIFAR loaders, the embedded subset, splits.
 //!
 //! [`load`] is the entry point: a [`DatasetName`] plus a [`DataSource`] give [`Splits`] (the
 //! official train and test sets). [`Dataset`] then offers seeded train/validation splits,
@@ -156,6 +156,16 @@ pub enum DataError {
     /// Building a tensor failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// Holding out this many validation images would leave none to train on.
+    #[error(
+        "{validation} validation images leave no training images (the training split has {available})"
+    )]
+    NoTrainingImages {
+        /// Validation images asked for.
+        validation: usize,
+        /// Images in the training split.
+        available: usize,
+    },
 }
 
 /// The datasets cthpo can train on.
@@ -275,6 +285,30 @@ pub struct Splits {
     pub train: Dataset,
     /// The held-out test set.
     pub test: Dataset,
+}
+
+impl Splits {
+    /// The training and validation sets of a run: `validation` images of the training split
+    /// held out by `seed`, and of the rest at most `train_samples` (all if `None`) to train on.
+    pub fn train_validation(
+        &self,
+        validation: usize,
+        train_samples: Option<usize>,
+        seed: u64,
+    ) -> Result<(Dataset, Dataset), DataError> {
+        if validation >= self.train.len() {
+            return Err(DataError::NoTrainingImages {
+                validation,
+                available: self.train.len(),
+            });
+        }
+        let (train, validation) = self.train.split(validation, seed);
+        let train = match train_samples {
+            Some(count) => train.take(count),
+            None => train,
+        };
+        Ok((train, validation))
+    }
 }
 
 /// Load a dataset's train and test sets from a source, checking the image shape fits the dataset.

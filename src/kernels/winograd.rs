@@ -57,7 +57,8 @@ impl Plan {
 }
 
 /// Whether a convolution of `x` `[B, Ci, H, W]` with `kernel` `[Co, Ci, k, k]` at this stride
-/// and padding has the shape these kernels compute (and enough channels for them to pay).
+/// and padding has the shape these kernels compute: a 3×3 kernel, stride 1, padding 1, even
+/// height and width, and at least 16 input channels (fewer do not pay for the transforms).
 pub fn winograd_supports(x: &[usize], kernel: &[usize], stride: usize, padding: usize) -> bool {
     matches!((x, kernel), ([_, ci, h, w], [_, kci, 3, 3])
         if ci == kci && *ci >= 16 && h.is_multiple_of(2) && w.is_multiple_of(2) && *h >= 2 && *w >= 2)

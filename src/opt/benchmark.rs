@@ -78,11 +78,10 @@ pub fn regret_curve(
 }
 
 fn number(config: &Config, key: &str) -> f64 {
-    match config.get(key) {
-        Some(Value::Float(x)) => *x,
-        Some(Value::Int(i)) => *i as f64,
-        _ => panic!("benchmark configuration lacks the number `{key}`"),
-    }
+    config
+        .get(key)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("benchmark configuration lacks the number `{key}`"))
 }
 
 /// The Branin function on x1 ∈ [−5, 10], x2 ∈ [0, 15].

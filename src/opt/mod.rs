@@ -4,7 +4,8 @@
 //! of size equal to the number of searched hyperparameters (CTRAIN's choice, capped at a quarter
 //! of the trial budget), then maximises log expected improvement of a surrogate (a SMAC-style
 //! random forest or a Gaussian process) over random and quasi-random candidates refined by a
-//! local search, with a 20 % chance of a random configuration. Costs are minimised; several
+//! local search; with the forest, 20 % of asks after the initial design are random (the GP
+//! interleaves none unless [`OptimizerOptions::random_interleave`] says so). Costs are minimised; several
 //! objectives are scalarised by ParEGO's random augmented Chebyshev weights. A history of told
 //! trials rebuilds the same optimiser (resume), and asks the same next configuration.
 
@@ -102,6 +103,25 @@ impl Proposal {
 }
 
 /// The ask/tell optimiser.
+///
+/// ```
+/// use cthpo::opt::{Optimizer, OptimizerOptions, Outcome};
+/// use cthpo::space::Space;
+/// let yaml = "hyperparameters:\n  - {name: x, type: float, lower: -5.0, upper: 5.0, default: 4.0}\n";
+/// let space = Space::from_yaml(yaml, "example")?;
+/// let options = OptimizerOptions { seed: 7, trial_budget: 10, candidates: 100, ..Default::default() };
+/// let mut optimizer = Optimizer::new(space, options);
+/// let mut best = f64::INFINITY;
+/// for _ in 0..10 {
+///     let config = optimizer.ask(); // the default (x = 4) first, then the design, then the model
+///     let x = config["x"].as_f64().unwrap();
+///     let cost = (x - 1.0).powi(2);
+///     best = best.min(cost);
+///     optimizer.tell(&config, Outcome::Cost(cost));
+/// }
+/// assert!(best < 9.0, "better than the default's cost of 9");
+/// # Ok::<(), cthpo::space::SpaceError>(())
+/// ```
 pub struct Optimizer {
     space: Space,
     axes: Axes,
@@ -172,7 +192,10 @@ impl Optimizer {
         // Each round draws from its own generator, seeded by the seed and how many
         // configurations are known: an optimiser rebuilt from the history of a study asks what
         // the original would have, and successive asks still differ.
-        let mut rng = StdRng::seed_from_u64(mix(self.options.seed, self.seen.len() as u64));
+        let mut rng = StdRng::seed_from_u64(crate::rng::round_seed(
+            self.options.seed,
+            self.seen.len() as u64,
+        ));
         let interleave = self
             .options
             .random_interleave
@@ -200,7 +223,10 @@ impl Optimizer {
     /// A uniformly random configuration not proposed before (plain random search, the
     /// baseline the model is measured against).
     pub fn ask_random(&mut self) -> Config {
-        let mut rng = StdRng::seed_from_u64(mix(self.options.seed, self.seen.len() as u64));
+        let mut rng = StdRng::seed_from_u64(crate::rng::round_seed(
+            self.options.seed,
+            self.seen.len() as u64,
+        ));
         let config = self.fresh_random(&mut rng);
         self.seen.insert(Space::config_hash(&config));
         self.last_proposal = Some(Proposal::Random);
@@ -324,12 +350,4 @@ impl Optimizer {
         };
         search::maximise(&input, model.as_ref(), rng).map(|config| (config, how))
     }
-}
-
-/// SplitMix64 of the seed and a counter: independent-looking seeds for consecutive rounds.
-fn mix(seed: u64, round: u64) -> u64 {
-    let mut z = seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

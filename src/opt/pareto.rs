@@ -1,17 +1,6 @@
 //! Pareto utilities: the non-dominated set and the 2-D hypervolume (every objective minimised).
 
-/// Indices of the non-dominated points (every objective minimised).
-pub fn non_dominated(points: &[Vec<f64>]) -> Vec<usize> {
-    (0..points.len())
-        .filter(|&i| {
-            !points.iter().enumerate().any(|(j, q)| {
-                j != i
-                    && q.iter().zip(&points[i]).all(|(a, b)| a <= b)
-                    && q.iter().zip(&points[i]).any(|(a, b)| a < b)
-            })
-        })
-        .collect()
-}
+pub use crate::pareto::non_dominated;
 
 /// Area dominated by 2-D points (both minimised) up to `reference`.
 pub fn hypervolume_2d(points: &[Vec<f64>], reference: [f64; 2]) -> f64 {

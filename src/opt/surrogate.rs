@@ -118,8 +118,8 @@ impl Surrogate for GpSurrogate {
 }
 
 /// Most points a GP is fitted to: its likelihood costs grow with the square of the points (the
-/// correlation matrix) at every one of its hundreds of evaluations (3.8 s for 4 restarts at 200 points
-/// of 15 features), so longer histories are thinned.
+/// correlation matrix) at every one of its hundreds of evaluations (measured: 3.8 s at 200 points of
+/// 15 features with four likelihood restarts; the fit now runs two), so longer histories are thinned.
 const GP_MAX_POINTS: usize = 200;
 
 /// Which trials the GP learns from: all of them up to [`GP_MAX_POINTS`], else the best half of

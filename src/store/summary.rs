@@ -11,31 +11,23 @@ pub fn state_counts(trials: &[StoredTrial]) -> Vec<(TrialState, usize)> {
         .collect()
 }
 
-/// True when `a` dominates `b`: no worse in every objective and better in at least one.
-fn dominates(a: &[f64], b: &[f64], directions: &[Direction]) -> bool {
-    let mut strictly = false;
-    for ((x, y), d) in a.iter().zip(b).zip(directions) {
-        if d.better(*y, *x) {
-            return false;
-        }
-        if d.better(*x, *y) {
-            strictly = true;
-        }
-    }
-    strictly
-}
-
-/// Indices of the points that no other point dominates (`directions` per coordinate), in input order.
+/// Indices of the points that no other point dominates (`directions` per coordinate), in input
+/// order: the crate's one dominance rule ([`crate::pareto::non_dominated`]) with maximised
+/// coordinates negated.
 pub fn pareto_front_indices(points: &[Vec<f64>], directions: &[Direction]) -> Vec<usize> {
-    (0..points.len())
-        .filter(|&i| {
-            !points[i].iter().any(|v| v.is_nan())
-                && !points
-                    .iter()
-                    .enumerate()
-                    .any(|(j, p)| j != i && dominates(p, &points[i], directions))
+    let minimised: Vec<Vec<f64>> = points
+        .iter()
+        .map(|p| {
+            p.iter()
+                .zip(directions)
+                .map(|(v, d)| match d {
+                    Direction::Minimize => *v,
+                    Direction::Maximize => -v,
+                })
+                .collect()
         })
-        .collect()
+        .collect();
+    crate::pareto::non_dominated(&minimised)
 }
 
 /// The COMPLETE trials whose objective values no other COMPLETE trial dominates, by number.

@@ -60,10 +60,6 @@ pub struct StudyOutcome {
     pub interrupted: bool,
 }
 
-fn store_error(e: crate::store::StoreError) -> StudyError {
-    StudyError::Store(e.to_string())
-}
-
 /// Runs (or continues) the study `spec` in the study directory `dir`.
 pub fn run_study(
     spec: &StudySpec,
@@ -71,34 +67,27 @@ pub fn run_study(
     display: &mut dyn StudyDisplay,
     cancel: &AtomicBool,
 ) -> Result<StudyOutcome, StudyError> {
-    let space =
-        Space::builtin(&spec.method).map_err(|e| StudyError::invalid("method", e.to_string()))?;
+    let space = Space::builtin(&spec.method).map_err(|e| StudyError::setting("method", e))?;
     let first = match &spec.default_config {
         Some(path) => Some(
             crate::space::load_config_file(&space, path)
-                .map_err(|e| StudyError::invalid("default_config", e.to_string()))?,
+                .map_err(|e| StudyError::setting("default_config", e))?,
         ),
         None => None,
     };
-    let store = Store::open(dir).map_err(store_error)?;
+    let store = Store::open(dir)?;
     let directions = match spec.objective {
         ObjectiveKind::Weighted => vec![Direction::Maximize],
         ObjectiveKind::Pareto => vec![Direction::Maximize, Direction::Maximize],
     };
-    let spec_json = serde_json::to_value(spec).map_err(|e| StudyError::Store(e.to_string()))?;
+    let spec_json = serde_json::to_value(spec)?;
     let mut study_attrs = BTreeMap::new();
     study_attrs.insert(SPEC_ATTRIBUTE.to_string(), spec_json);
-    let study = store
-        .create_or_load_study(&spec.name, &directions, &study_attrs)
-        .map_err(store_error)?;
+    let study = store.create_or_load_study(&spec.name, &directions, &study_attrs)?;
     check_same_study(&store, spec)?;
 
     let mut stale = fail_dead_local_trials(&store, study)?;
-    stale.extend(
-        store
-            .mark_stale_running_as_failed(study, STALE_AFTER, INTERRUPTED)
-            .map_err(store_error)?,
-    );
+    stale.extend(store.mark_stale_running_as_failed(study, STALE_AFTER, INTERRUPTED)?);
     let mut rerun: VecDeque<Config> = stale
         .iter()
         .filter_map(|t| stored_config(&space, t))
@@ -112,14 +101,13 @@ pub fn run_study(
     let data = StudyData::load(spec)?;
     let start = Instant::now();
     let previously_spent: f64 = store
-        .trials(study)
-        .map_err(store_error)?
+        .trials(study)?
         .iter()
         .filter_map(|t| t.duration_seconds)
         .sum();
     let mut interrupted = false;
     loop {
-        let trials = store.trials(study).map_err(store_error)?;
+        let trials = store.trials(study)?;
         let counted = trials.iter().filter(|t| !is_interrupted(t)).count();
         if counted >= spec.trials {
             break;
@@ -148,13 +136,9 @@ pub fn run_study(
             }
         };
         let params = stored_params(&space, &config)?;
-        let handle = store.start_trial(study, &params).map_err(store_error)?;
-        store
-            .set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())
-            .map_err(store_error)?;
-        store
-            .set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())
-            .map_err(store_error)?;
+        let handle = store.start_trial(study, &params)?;
+        store.set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())?;
+        store.set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())?;
         display.trial_started(handle.number, counted, spec.trials, &config);
         let checkpoint = store.checkpoint_dir(&spec.name, handle.number);
         let mut hooks = Hooks {
@@ -173,7 +157,7 @@ pub fn run_study(
             cancel,
         );
         finish(&store, &handle, spec, &result, trial_start.elapsed())?;
-        let best = best_objective(&store.trials(study).map_err(store_error)?);
+        let best = best_objective(&store.trials(study)?, &directions);
         display.trial_finished(handle.number, &result, best);
         if let Err(failure) = &result
             && failure.interrupted
@@ -182,7 +166,7 @@ pub fn run_study(
             break;
         }
     }
-    let trials = store.trials(study).map_err(store_error)?;
+    let trials = store.trials(study)?;
     Ok(StudyOutcome {
         completed: trials
             .iter()
@@ -192,7 +176,7 @@ pub fn run_study(
             .iter()
             .filter(|t| t.state == TrialState::Fail && !is_interrupted(t))
             .count(),
-        best_objective: best_objective(&trials),
+        best_objective: best_objective(&trials, &directions),
         interrupted,
     })
 }
@@ -220,7 +204,7 @@ fn fail_dead_local_trials(
 ) -> Result<Vec<StoredTrial>, StudyError> {
     let host = hostname();
     let mut failed = Vec::new();
-    for trial in store.trials(study).map_err(store_error)? {
+    for trial in store.trials(study)? {
         if trial.state != TrialState::Running {
             continue;
         }
@@ -251,7 +235,7 @@ fn fail_dead_local_trials(
 
 /// A study name reused with different settings would mix incomparable trials: refuse it.
 fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
-    let Some(info) = store.study_by_name(&spec.name).map_err(store_error)? else {
+    let Some(info) = store.study_by_name(&spec.name)? else {
         return Ok(());
     };
     let Some(stored) = info.user_attrs.get(SPEC_ATTRIBUTE) else {
@@ -285,12 +269,9 @@ fn is_interrupted(trial: &StoredTrial) -> bool {
         && trial.user_attr_str(attrs::FAILURE_REASON) == Some(INTERRUPTED)
 }
 
-fn best_objective(trials: &[StoredTrial]) -> Option<f64> {
-    trials
-        .iter()
-        .filter(|t| t.state == TrialState::Complete)
-        .filter_map(|t| t.user_attr_f64(attrs::OBJECTIVE))
-        .fold(None, |best, v| Some(best.map_or(v, |b: f64| b.max(v))))
+/// The weighted objective of the study's best trial (the store's rule, [`crate::store::best_trial`]).
+fn best_objective(trials: &[StoredTrial], directions: &[Direction]) -> Option<f64> {
+    crate::store::best_trial(trials, directions).and_then(|t| t.user_attr_f64(attrs::OBJECTIVE))
 }
 
 /// The optimiser as the stored trials leave it: completed trials are told their costs, failed
@@ -386,7 +367,7 @@ fn stored_params(space: &Space, config: &Config) -> Result<Vec<StoredParam>, Stu
                 ));
             }
         };
-        params.push(StoredParam::new(&param.name, distribution, external).map_err(store_error)?);
+        params.push(StoredParam::new(&param.name, distribution, external)?);
     }
     Ok(params)
 }
@@ -417,11 +398,7 @@ fn finish(
     result: &Result<TrialScores, TrialFailure>,
     duration: Duration,
 ) -> Result<(), StudyError> {
-    let set = |key: &str, value: serde_json::Value| {
-        store
-            .set_trial_user_attr(handle, key, &value)
-            .map_err(store_error)
-    };
+    let set = |key: &str, value: serde_json::Value| store.set_trial_user_attr(handle, key, &value);
     set(attrs::DURATION_SECONDS, duration.as_secs_f64().into())?;
     let outcome = match result {
         Ok(scores) => {
@@ -445,7 +422,7 @@ fn finish(
             reason: failure.reason.clone(),
         },
     };
-    store.finish_trial(handle, &outcome).map_err(store_error)
+    Ok(store.finish_trial(handle, &outcome)?)
 }
 
 struct Hooks<'a> {

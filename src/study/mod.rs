@@ -13,26 +13,34 @@ pub use spec::{
 
 pub use trial::{INTERRUPTED_BY_USER, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 
+use crate::data::DataError;
+use crate::store::StoreError;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// A boxed error kept as the cause of a [`StudyError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// What can go wrong when setting up or running a study.
 #[derive(Debug, thiserror::Error)]
 pub enum StudyError {
     /// A study file could not be read or parsed.
-    #[error("study file {}: {problem}", path.display())]
+    #[error("study file {}", path.display())]
     File {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
-        problem: String,
+        /// What went wrong reading or parsing it.
+        source: Cause,
     },
     /// The study database failed.
-    #[error("store: {0}")]
-    Store(String),
+    #[error("store")]
+    Store(#[from] StoreError),
     /// The dataset could not be loaded.
-    #[error("data: {0}")]
-    Data(String),
+    #[error("data")]
+    Data(#[from] DataError),
+    /// The resolved study settings could not be written as JSON for the database.
+    #[error("study settings as JSON")]
+    SpecJson(#[from] serde_json::Error),
     /// A study setting is invalid.
     #[error("invalid study setting `{field}`: {problem}")]
     Invalid {
@@ -41,6 +49,14 @@ pub enum StudyError {
         /// What is wrong.
         problem: String,
     },
+    /// A study setting was refused by the module that uses it (space, network, dataset).
+    #[error("invalid study setting `{field}`")]
+    Setting {
+        /// The setting (study-file field or command-line flag).
+        field: String,
+        /// The refusal.
+        source: Cause,
+    },
 }
 
 impl StudyError {
@@ -48,6 +64,14 @@ impl StudyError {
         StudyError::Invalid {
             field: field.to_string(),
             problem,
+        }
+    }
+
+    /// A setting refused with `cause`, which stays the error's source.
+    pub(crate) fn setting(field: &str, cause: impl Into<Cause>) -> StudyError {
+        StudyError::Setting {
+            field: field.to_string(),
+            source: cause.into(),
         }
     }
 }

@@ -135,14 +135,12 @@ pub struct StudyFile {
 impl StudyFile {
     /// Reads a study file, naming the file and the problem on failure.
     pub fn load(path: &Path) -> Result<StudyFile, StudyError> {
-        let text = std::fs::read_to_string(path).map_err(|e| StudyError::File {
+        let file_error = |source: super::Cause| StudyError::File {
             path: path.to_path_buf(),
-            problem: e.to_string(),
-        })?;
-        serde_saphyr::from_str(&text).map_err(|e| StudyError::File {
-            path: path.to_path_buf(),
-            problem: e.to_string(),
-        })
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.into()))?;
+        serde_saphyr::from_str(&text).map_err(|e| file_error(e.into()))
     }
 
     /// Fields set here replace those of `base` (command line over study file).

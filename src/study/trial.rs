@@ -5,7 +5,7 @@ use super::StudyError;
 use super::spec::{ObjectiveKind, StudySpec};
 use crate::data::{DataSource, DatasetName};
 use crate::eval::{EvalConfig, evaluate};
-use crate::model::{Net, NetSpec};
+use crate::model::{ModelError, Net, NetSpec};
 use crate::train::{
     BatchProgress, CheckpointMetrics, Control, EpochReport, Method, Sidecar, TrainConfig,
     TrainError, TrainObserver, TrainOptions, fit, save_checkpoint,
@@ -37,37 +37,20 @@ impl StudyData {
         let dataset: DatasetName = spec
             .dataset
             .parse()
-            .map_err(|e: crate::data::DataError| StudyError::invalid("dataset", e.to_string()))?;
-        let splits = crate::data::load(dataset, &DataSource::from(spec.data_dir.clone()))
-            .map_err(|e| StudyError::Data(e.to_string()))?;
-        if spec.val_samples >= splits.train.len() {
-            return Err(StudyError::invalid(
-                "val_samples",
-                format!(
-                    "{} leaves no training images (the training split has {})",
-                    spec.val_samples,
-                    splits.train.len()
-                ),
-            ));
-        }
-        let (train, validation) = splits.train.split(spec.val_samples, spec.seed);
-        let train = match spec.train_samples {
-            Some(count) => train.take(count),
-            None => train,
-        };
+            .map_err(|e: crate::data::DataError| StudyError::setting("dataset", e))?;
+        let splits = crate::data::load(dataset, &DataSource::from(spec.data_dir.clone()))?;
+        let (train, validation) = splits
+            .train_validation(spec.val_samples, spec.train_samples, spec.seed)
+            .map_err(|e| StudyError::setting("val_samples", e))?;
         let net = NetSpec::builtin(
             &spec.arch,
             dataset.input_shape(),
             dataset.num_classes(),
             dataset.normalization(),
         )
-        .map_err(|e| StudyError::invalid("arch", e.to_string()))?;
-        let (train_images, train_labels) = train
-            .tensors()
-            .map_err(|e| StudyError::Data(e.to_string()))?;
-        let (validation_images, validation_labels) = validation
-            .tensors()
-            .map_err(|e| StudyError::Data(e.to_string()))?;
+        .map_err(|e| StudyError::setting("arch", e))?;
+        let (train_images, train_labels) = train.tensors()?;
+        let (validation_images, validation_labels) = validation.tensors()?;
         Ok(StudyData {
             train_images,
             train_labels,
@@ -114,6 +97,16 @@ pub struct TrialFailure {
     pub interrupted: bool,
 }
 
+impl TrialFailure {
+    /// The trial failed on its own (not stopped by the user); `cause` is the recorded reason.
+    fn failed(cause: impl std::fmt::Display) -> TrialFailure {
+        TrialFailure {
+            reason: cause.to_string(),
+            interrupted: false,
+        }
+    }
+}
+
 /// Trains and scores one configuration; every way it can go wrong becomes a [`TrialFailure`].
 pub fn run_trial(
     spec: &StudySpec,
@@ -123,15 +116,11 @@ pub fn run_trial(
     hooks: &mut dyn TrialHooks,
     cancel: &AtomicBool,
 ) -> Result<TrialScores, TrialFailure> {
-    let fail = |reason: String| TrialFailure {
-        reason,
-        interrupted: false,
-    };
     let method: Method = spec
         .method
         .parse()
-        .map_err(|e: TrainError| fail(e.to_string()))?;
-    let config = TrainConfig::from_map(method, values).map_err(|e| fail(e.to_string()))?;
+        .map_err(|e: TrainError| TrialFailure::failed(e))?;
+    let config = TrainConfig::from_map(method, values).map_err(TrialFailure::failed)?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         train_and_score(spec, data, method, &config, checkpoint_dir, hooks, cancel)
     }));
@@ -143,7 +132,7 @@ pub fn run_trial(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(fail(format!("trial panicked: {message}")))
+            Err(TrialFailure::failed(format!("trial panicked: {message}")))
         }
     }
 }
@@ -183,22 +172,16 @@ impl TrainObserver for Observer<'_> {
     }
 }
 
-fn natural_accuracy(net: &Net, images: &Tensor, labels: &Tensor) -> Result<f64, StudyError> {
+/// Share of the validation images the network classifies correctly.
+fn natural_accuracy(net: &Net, images: &Tensor, labels: &Tensor) -> Result<f64, ModelError> {
     let detached = net.detached();
-    let total = images.dim(0).map_err(|e| StudyError::Data(e.to_string()))?;
+    let total = images.dim(0)?;
     let mut correct = 0usize;
-    let labels = labels
-        .to_vec1::<u32>()
-        .map_err(|e| StudyError::Data(e.to_string()))?;
+    let labels = labels.to_vec1::<u32>()?;
     for offset in (0..total).step_by(512) {
         let count = 512.min(total - offset);
-        let batch = images
-            .narrow(0, offset, count)
-            .map_err(|e| StudyError::Data(e.to_string()))?;
-        let predicted = detached
-            .forward(&batch)
-            .and_then(|l| Ok(l.argmax(1)?.to_vec1::<u32>()?))
-            .map_err(|e| StudyError::Data(e.to_string()))?;
+        let batch = images.narrow(0, offset, count)?;
+        let predicted = detached.forward(&batch)?.argmax(1)?.to_vec1::<u32>()?;
         correct += predicted
             .iter()
             .zip(&labels[offset..offset + count])
@@ -217,12 +200,8 @@ fn train_and_score(
     hooks: &mut dyn TrialHooks,
     cancel: &AtomicBool,
 ) -> Result<TrialScores, TrialFailure> {
-    let fail = |reason: String| TrialFailure {
-        reason,
-        interrupted: false,
-    };
     let mut net =
-        Net::new(&data.net, method.initialization(), spec.seed).map_err(|e| fail(e.to_string()))?;
+        Net::new(&data.net, method.initialization(), spec.seed).map_err(TrialFailure::failed)?;
     let options = TrainOptions {
         epochs: spec.epochs,
         eps: spec.eps,
@@ -258,7 +237,7 @@ fn train_and_score(
         &eval,
         |_, _| {},
     )
-    .map_err(|e| fail(format!("evaluation failed: {e}")))?;
+    .map_err(|e| TrialFailure::failed(format!("evaluation failed: {e}")))?;
     let weights = spec.weights;
     let objective = weights.natural * report.natural_accuracy
         + weights.adversarial * report.adversarial_accuracy
@@ -284,7 +263,7 @@ fn train_and_score(
         adversarial_accuracy: report.adversarial_accuracy,
         certified_accuracy: report.certified_accuracy,
     });
-    save_checkpoint(checkpoint_dir, &net, &sidecar).map_err(|e| fail(e.to_string()))?;
+    save_checkpoint(checkpoint_dir, &net, &sidecar).map_err(TrialFailure::failed)?;
     Ok(TrialScores {
         natural_accuracy: report.natural_accuracy,
         adversarial_accuracy: report.adversarial_accuracy,
