@@ -10,6 +10,10 @@
 //! row per (method, budget, seed); `--set` overrides the defaults (e.g. to compare a candidate
 //! default), keys a method does not read are skipped for that method.
 
+#[path = "common/args.rs"]
+mod args;
+
+use args::Args;
 use cthpo::data::{DataSource, DatasetName, load};
 use cthpo::eval::{EvalConfig, evaluate};
 use cthpo::model::{Net, NetSpec};
@@ -24,18 +28,14 @@ fn main() {
         unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") };
     }
     cthpo::kernels::retain_freed_memory();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |flag: &str, default: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_string())
-    };
-    let methods: Vec<Method> = value("--methods", "ibp")
+    let args = Args::from_env();
+    let methods: Vec<Method> = args
+        .value("--methods", "ibp")
         .split(',')
         .map(|m| m.parse().expect("--methods takes method names"))
         .collect();
-    let budgets: Vec<(usize, Option<usize>)> = value("--budgets", "6x5000")
+    let budgets: Vec<(usize, Option<usize>)> = args
+        .value("--budgets", "6x5000")
         .split(',')
         .map(|b| {
             let (epochs, images) = b.split_once('x').expect("a budget is EPOCHSxIMAGES");
@@ -43,25 +43,24 @@ fn main() {
             (epochs.parse().expect("epoch count"), images)
         })
         .collect();
-    let seeds: Vec<u64> = value("--seeds", "0")
+    let seeds: Vec<u64> = args
+        .value("--seeds", "0")
         .split(',')
         .map(|s| s.parse().expect("--seeds takes numbers"))
         .collect();
-    let val_samples: usize = value("--val-samples", "1000").parse().expect("count");
-    let eps: f64 = value("--eps", "0.1").parse().expect("--eps takes a number");
-    let arch = value("--arch", "cnn-small");
-    let use_test = args.iter().any(|a| a == "--test");
-    let overrides: Vec<(String, serde_json::Value)> = args
+    let val_samples: usize = args.parsed("--val-samples", "1000");
+    let eps: f64 = args.parsed("--eps", "0.1");
+    let arch = args.value("--arch", "cnn-small");
+    let use_test = args.has("--test");
+    // `--set` may repeat, so it is read off the raw arguments.
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let overrides: Vec<(String, serde_json::Value)> = raw
         .iter()
         .enumerate()
         .filter(|(_, a)| *a == "--set")
-        .map(|(i, _)| TrainConfig::parse_assignment(&args[i + 1]).expect("key=value"))
+        .map(|(i, _)| TrainConfig::parse_assignment(&raw[i + 1]).expect("key=value"))
         .collect();
-    let source = DataSource::from(
-        args.iter()
-            .position(|a| a == "--data-dir")
-            .map(|i| PathBuf::from(&args[i + 1])),
-    );
+    let source = DataSource::from(args.optional("--data-dir").map(PathBuf::from));
     let dataset = DatasetName::Mnist;
     let splits = load(dataset, &source).expect("loading MNIST");
     println!("| method | epochs × images | seed | natural % | PGD % | certified % | train s |");

@@ -67,6 +67,21 @@ fn encoding_round_trips() {
 }
 
 #[test]
+fn each_space_default_is_the_trainers_default_for_its_method() {
+    for name in BUILTIN_METHODS {
+        let method: Method = name.parse().unwrap();
+        let space = Space::builtin(name).unwrap();
+        let from_space =
+            TrainConfig::from_map(method, &to_json_map(&space.default_config())).unwrap();
+        assert_eq!(
+            from_space,
+            TrainConfig::defaults(method),
+            "{name}: spaces/{name}.yaml and TrainConfig::defaults disagree"
+        );
+    }
+}
+
+#[test]
 fn overrides_are_parsed_and_range_checked() {
     let space = Space::builtin("sabr").unwrap();
     let mut config = space.default_config();
@@ -92,7 +107,7 @@ fn overrides_are_parsed_and_range_checked() {
         .apply_override(&mut config, "optimizer=sgd")
         .unwrap_err()
         .to_string();
-    assert!(error.contains("sgd") && error.contains("radam"), "{error}");
+    assert!(error.contains("sgd") && error.contains("adamw"), "{error}");
 }
 
 #[test]

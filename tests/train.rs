@@ -152,7 +152,13 @@ fn weights_after_two_steps(method: Method, config: &TrainConfig) -> Vec<Vec<f32>
         seed: 1,
     };
     fit(
-        &mut net, method, &config, &options, &images, &labels, &mut NoObserver,
+        &mut net,
+        method,
+        &config,
+        &options,
+        &images,
+        &labels,
+        &mut NoObserver,
     )
     .unwrap();
     net.named_vars()

@@ -81,7 +81,10 @@ impl PgdConfig {
     pub fn with_decays_after_steps(mut self, after: &[usize], factor: f64) -> PgdConfig {
         let steps = self.steps.max(1) as f64;
         // Milestones are fractions of `steps`; half a step early keeps rounding off the boundary.
-        self.decay_milestones = after.iter().map(|&step| (step as f64 - 0.5) / steps).collect();
+        self.decay_milestones = after
+            .iter()
+            .map(|&step| (step as f64 - 0.5) / steps)
+            .collect();
         self.decay_factor = factor;
         self
     }
@@ -121,7 +124,7 @@ pub enum AttackError {
     Tensor(#[from] candle_core::Error),
 }
 
-/// Attacks `inputs` (`[B, C, H, W]` in [0,1], labels `[B]`) inside `B(x, eps) ∩ [0,1]` by PGD.
+/// Attacks `inputs` (`[B, C, H, W]` in [0, 1], labels `[B]`) inside `B(x, eps) ∩ [0, 1]` by PGD.
 pub fn pgd_attack(
     net: &Net,
     inputs: &Tensor,
@@ -221,7 +224,8 @@ pub fn pgd_attack_in_box(
                     .collect();
                 let mut shape = vec![1usize; x.rank()];
                 shape[0] = batch;
-                let mask = Tensor::from_vec(improved, shape, &Device::Cpu)?.broadcast_as(x.dims())?;
+                let mask =
+                    Tensor::from_vec(improved, shape, &Device::Cpu)?.broadcast_as(x.dims())?;
                 last_iterate = mask.where_cond(&x, &last_iterate)?;
             }
             let predicted = predictions(&logits)?;

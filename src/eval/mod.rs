@@ -16,7 +16,7 @@ use std::time::Instant;
 /// How to evaluate a network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalConfig {
-    /// ℓ∞ radius in [0,1] pixel units.
+    /// ℓ∞ radius in [0, 1] pixel units.
     pub eps: f64,
     /// The attack used for adversarial accuracy.
     pub pgd: PgdConfig,
@@ -123,7 +123,7 @@ pub enum EvalError {
     Tensor(#[from] candle_core::Error),
 }
 
-/// Evaluates `net` on `images` (`[N, C, H, W]` in [0,1]) and `labels` (`[N]`).
+/// Evaluates `net` on `images` (`[N, C, H, W]` in [0, 1]) and `labels` (`[N]`).
 ///
 /// `on_progress(done, total)` is called after each batch, for progress bars.
 pub fn evaluate(

@@ -1170,8 +1170,8 @@ mod tests {
                 let mut reference = network(spec);
                 let (images, labels) = batch(spec, ours.num_classes());
                 let schedule = ramping(eps, kappa, 0.5);
-                let objective = Objective::for_step(&ours, method, schedule, 0.5 * shi)
-                    .expect("covered step");
+                let objective =
+                    Objective::for_step(&ours, method, schedule, 0.5 * shi).expect("covered step");
                 let step = loss_and_gradients(&mut ours, &images, &labels, objective, l1).unwrap();
 
                 let config = TrainConfig {

@@ -285,11 +285,16 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// The default configuration of `method`: [`TrainConfig::default`] with the settings its
-    /// authors and CTRAIN give the method itself (MTL-IBP: one PGD step of 10× the radius,
-    /// which lands on a vertex of the box). `spaces/<method>.yaml` has the same defaults.
+    /// authors and CTRAIN give the method itself (PGD training: 7 steps; MTL-IBP: one PGD step
+    /// of 10× the radius, which lands on a vertex of the box). `spaces/<method>.yaml` has the
+    /// same defaults (a test checks it).
     pub fn defaults(method: Method) -> TrainConfig {
         let base = TrainConfig::default();
         match method {
+            Method::Pgd => TrainConfig {
+                pgd_steps: 7,
+                ..base
+            },
             Method::MtlIbp => TrainConfig {
                 pgd_steps: 1,
                 pgd_alpha: 10.0,

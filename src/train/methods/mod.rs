@@ -102,7 +102,11 @@ pub(crate) fn attack_point(
     steps: usize,
     step_size: f64,
 ) -> Result<Tensor, TrainError> {
-    attack_with(context, radius, PgdConfig::training(steps.max(1), step_size))
+    attack_with(
+        context,
+        radius,
+        PgdConfig::training(steps.max(1), step_size),
+    )
 }
 
 fn attack_with(

@@ -180,7 +180,8 @@ impl LatentAttack {
                 .collect();
             let mut mask_shape = vec![1usize; z.rank()];
             mask_shape[0] = rows;
-            let mask = Tensor::from_vec(improved, mask_shape, &Device::Cpu)?.broadcast_as(z.dims())?;
+            let mask =
+                Tensor::from_vec(improved, mask_shape, &Device::Cpu)?.broadcast_as(z.dims())?;
             best = mask.where_cond(&z, &best)?;
             if step == self.steps {
                 break;
@@ -242,13 +243,24 @@ mod tests {
     fn split_points_map_over_every_layer_and_keep_both_parts() {
         let net = builtin("cnn-small", [1, 28, 28], false);
         let count = net.layers().len();
-        assert_eq!(split_index(&net, 0.01).unwrap(), 1, "⌈0.06⌉: the conv alone");
+        assert_eq!(
+            split_index(&net, 0.01).unwrap(),
+            1,
+            "⌈0.06⌉: the conv alone"
+        );
         assert_eq!(split_index(&net, 0.34).unwrap(), 3, "⌈2.04⌉ rounds up");
-        assert_eq!(split_index(&net, 0.99).unwrap(), count - 1, "never an empty classifier");
+        assert_eq!(
+            split_index(&net, 0.99).unwrap(),
+            count - 1,
+            "never an empty classifier"
+        );
         let mut last = 0;
         for step in 1..100 {
             let split = split_index(&net, f64::from(step) / 100.0).unwrap();
-            assert!((1..count).contains(&split) && split >= last, "monotone, in range");
+            assert!(
+                (1..count).contains(&split) && split >= last,
+                "monotone, in range"
+            );
             last = split;
         }
     }
@@ -261,14 +273,21 @@ mod tests {
         let Layer::Linear { weight, bias } = &net.layers()[split] else {
             panic!("fc ends with a linear layer");
         };
-        let (weight, bias) = (weight.to_vec2::<f32>().unwrap(), bias.to_vec1::<f32>().unwrap());
+        let (weight, bias) = (
+            weight.to_vec2::<f32>().unwrap(),
+            bias.to_vec1::<f32>().unwrap(),
+        );
         let mut rng = StdRng::seed_from_u64(5);
         let images = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu).unwrap();
         let (_, statistics) = net.forward_train(&images).unwrap();
         let rows = 6;
         let width = 100;
-        let centre: Vec<f32> = (0..rows * width).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let radius: Vec<f32> = (0..rows * width).map(|_| rng.random_range(0.0..0.3)).collect();
+        let centre: Vec<f32> = (0..rows * width)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let radius: Vec<f32> = (0..rows * width)
+            .map(|_| rng.random_range(0.0..0.3))
+            .collect();
         let lower: Vec<f32> = centre.iter().zip(&radius).map(|(c, r)| c - r).collect();
         let upper: Vec<f32> = centre.iter().zip(&radius).map(|(c, r)| c + r).collect();
         // Row r asks for z_0 − z_{r+1}.
@@ -278,17 +297,32 @@ mod tests {
             spec[r * 10 + r + 1] = -1.0;
         }
         let tensor = |v: &[f32], cols| Tensor::from_vec(v.to_vec(), (rows, cols), &Device::Cpu);
-        let (lower_t, upper_t) = (tensor(&lower, width).unwrap(), tensor(&upper, width).unwrap());
+        let (lower_t, upper_t) = (
+            tensor(&lower, width).unwrap(),
+            tensor(&upper, width).unwrap(),
+        );
         let spec_t = tensor(&spec, 10).unwrap();
         for (steps, step_factor) in [(1, 1.0), (8, 0.5)] {
             let attack = LatentAttack { steps, step_factor };
             let found = attack
-                .run(&net, split, (&lower_t, &upper_t), &spec_t, &statistics, &mut rng)
+                .run(
+                    &net,
+                    split,
+                    (&lower_t, &upper_t),
+                    &spec_t,
+                    &statistics,
+                    &mut rng,
+                )
                 .unwrap();
             let logits = net
                 .forward_range(&found, split, split + 1, Normalization::Population)
                 .unwrap();
-            let margins = (&spec_t * logits).unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
+            let margins = (&spec_t * logits)
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let points = found.to_vec2::<f32>().unwrap();
             for r in 0..rows {
                 let coefficient = |i: usize| weight[0][i] - weight[r + 1][i];
