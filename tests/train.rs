@@ -134,27 +134,28 @@ fn mtl_ibp_default_learns_and_certifies() {
     assert_default_learns_and_certifies(Method::MtlIbp);
 }
 
-/// Trains two steps at full ε from the same seed and returns every weight.
-fn weights_after_two_steps(method: Method, config: &TrainConfig) -> Vec<Vec<f32>> {
+/// Every weight after training `method` from `seed` on the first `count` training images.
+fn trained_weights(
+    method: Method,
+    config: &TrainConfig,
+    count: usize,
+    epochs: usize,
+    seed: u64,
+) -> Vec<Vec<f32>> {
     let (images, labels) = &data().train;
-    let images = images.narrow(0, 0, 128).unwrap();
-    let labels = labels.narrow(0, 0, 128).unwrap();
+    let images = images.narrow(0, 0, count).unwrap();
+    let labels = labels.narrow(0, 0, count).unwrap();
     let spec = NetSpec::builtin("cnn-small", [1, 28, 28], 10, None).unwrap();
-    let mut net = Net::new(&spec, method.initialization(), 1).unwrap();
-    let config = TrainConfig {
-        batch_size: 64,
-        ramp_up_fraction: 0.0,
-        ..config.clone()
-    };
+    let mut net = Net::new(&spec, method.initialization(), seed).unwrap();
     let options = TrainOptions {
-        epochs: 1,
+        epochs,
         eps: 0.1,
-        seed: 1,
+        seed,
     };
     fit(
         &mut net,
         method,
-        &config,
+        config,
         &options,
         &images,
         &labels,
@@ -165,6 +166,16 @@ fn weights_after_two_steps(method: Method, config: &TrainConfig) -> Vec<Vec<f32>
         .iter()
         .map(|v| v.var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
         .collect()
+}
+
+/// Every weight after two steps at full ε from the same seed.
+fn weights_after_two_steps(method: Method, config: &TrainConfig) -> Vec<Vec<f32>> {
+    let config = TrainConfig {
+        batch_size: 64,
+        ramp_up_fraction: 0.0,
+        ..config.clone()
+    };
+    trained_weights(method, &config, 128, 1, 1)
 }
 
 #[test]
@@ -300,32 +311,7 @@ fn an_absurd_learning_rate_diverges_with_a_typed_error() {
 
 #[test]
 fn same_seed_gives_identical_weights() {
-    let (images, labels) = &data().train;
-    let images = images.narrow(0, 0, 256).unwrap();
-    let labels = labels.narrow(0, 0, 256).unwrap();
-    let spec = NetSpec::builtin("cnn-small", [1, 28, 28], 10, None).unwrap();
-    let run = |seed| {
-        let mut net = Net::new(&spec, Method::Sabr.initialization(), seed).unwrap();
-        let options = TrainOptions {
-            epochs: 2,
-            eps: 0.1,
-            seed,
-        };
-        fit(
-            &mut net,
-            Method::Sabr,
-            &quick_config(),
-            &options,
-            &images,
-            &labels,
-            &mut NoObserver,
-        )
-        .unwrap();
-        net.named_vars()
-            .iter()
-            .map(|v| v.var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-            .collect::<Vec<_>>()
-    };
+    let run = |seed| trained_weights(Method::Sabr, &quick_config(), 256, 2, seed);
     let first = run(3);
     assert_eq!(first, run(3));
     assert_ne!(first, run(4));

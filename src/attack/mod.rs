@@ -211,22 +211,7 @@ pub fn pgd_attack_in_box(
             if keep_best && step > 0 {
                 // Without early stop every sample stays in the batch, so rows are samples.
                 let losses = per_sample_loss(&logits, &label_values, config.loss)?;
-                let improved: Vec<u8> = losses
-                    .iter()
-                    .zip(&mut best_loss)
-                    .map(|(&loss, best)| {
-                        let better = loss > *best;
-                        if better {
-                            *best = loss;
-                        }
-                        u8::from(better)
-                    })
-                    .collect();
-                let mut shape = vec![1usize; x.rank()];
-                shape[0] = batch;
-                let mask =
-                    Tensor::from_vec(improved, shape, &Device::Cpu)?.broadcast_as(x.dims())?;
-                last_iterate = mask.where_cond(&x, &last_iterate)?;
+                last_iterate = keep_better_rows(&losses, &mut best_loss, &x, &last_iterate)?;
             }
             let predicted = predictions(&logits)?;
             let mut keep = Vec::with_capacity(samples.len());
@@ -298,6 +283,33 @@ fn index_tensor(rows: &[usize]) -> Result<Tensor, AttackError> {
 /// Arg-max class of every row of a `[B, K]` logit matrix.
 pub fn predictions(logits: &Tensor) -> Result<Vec<u32>, AttackError> {
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
+
+/// Rows of `candidate` whose score beats `best_scores` (higher is better) replace those of
+/// `best`, and their scores are recorded: the bookkeeping of attacks that keep their best
+/// iterate per row.
+pub(crate) fn keep_better_rows(
+    scores: &[f32],
+    best_scores: &mut [f32],
+    candidate: &Tensor,
+    best: &Tensor,
+) -> Result<Tensor, candle_core::Error> {
+    let improved: Vec<u8> = scores
+        .iter()
+        .zip(best_scores.iter_mut())
+        .map(|(&score, best)| {
+            let better = score > *best;
+            if better {
+                *best = score;
+            }
+            u8::from(better)
+        })
+        .collect();
+    let mut shape = vec![1usize; candidate.rank()];
+    shape[0] = improved.len();
+    Tensor::from_vec(improved, shape, &Device::Cpu)?
+        .broadcast_as(candidate.dims())?
+        .where_cond(candidate, best)
 }
 
 /// Each row's attack objective (cross-entropy or margin), for keeping the best iterate.

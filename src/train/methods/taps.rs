@@ -7,6 +7,7 @@
 //! its faces. The loss is `GradExpander(L_TAPS, α) · L_IBP`. STAPS runs it on SABR's small box.
 
 use super::{RobustLoss, StepContext, TrainingMethod, robust_cross_entropy, small_box};
+use crate::attack::keep_better_rows;
 use crate::bounds::{Interval, interval_spec_bounds, interval_trace, margin_spec};
 use crate::model::{Layer, Net, Normalization};
 use crate::train::TrainError;
@@ -159,30 +160,16 @@ impl LatentAttack {
             .map(|_| rng.random_range(0.0f32..=1.0))
             .collect();
         let mut z = (lower + Tensor::from_vec(noise, lower.dims(), &Device::Cpu)?.mul(&width)?)?;
-        let mut best_margin = vec![f32::INFINITY; rows];
+        let mut best_negated_margin = vec![f32::NEG_INFINITY; rows];
         let mut best = z.clone();
         let mut step_size = self.step_factor;
         for step in 0..=self.steps {
             let variable = Var::from_tensor(&z)?;
             let logits = detached.forward_range(variable.as_tensor(), split, end, normalization)?;
             let margins = (row_spec * logits)?.sum(1)?;
-            let values = margins.to_vec1::<f32>()?;
-            let improved: Vec<u8> = values
-                .iter()
-                .zip(&mut best_margin)
-                .map(|(&value, best)| {
-                    let better = value < *best;
-                    if better {
-                        *best = value;
-                    }
-                    u8::from(better)
-                })
-                .collect();
-            let mut mask_shape = vec![1usize; z.rank()];
-            mask_shape[0] = rows;
-            let mask =
-                Tensor::from_vec(improved, mask_shape, &Device::Cpu)?.broadcast_as(z.dims())?;
-            best = mask.where_cond(&z, &best)?;
+            // The best pivot has the lowest margin: keep the rows whose negated margin rose.
+            let negated: Vec<f32> = margins.to_vec1::<f32>()?.iter().map(|m| -m).collect();
+            best = keep_better_rows(&negated, &mut best_negated_margin, &z, &best)?;
             if step == self.steps {
                 break;
             }
