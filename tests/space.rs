@@ -1,7 +1,7 @@
 //! Config spaces: every builtin space loads and feeds the trainer; YAML errors name the file,
 //! the parameter and the problem; encoding round trips; overrides are range-checked.
 
-use cthpo::space::{BUILTIN_METHODS, Space, SpaceError, Value, to_json_map};
+use cthpo::space::{BUILTIN_METHODS, Config, Space, SpaceError, Value, to_json_map};
 use cthpo::train::{Method, TrainConfig};
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -36,10 +36,7 @@ fn conditions_switch_parameters_on_and_off() {
         !default.contains_key("weight_decay"),
         "weight_decay is only for adamw"
     );
-    let mut config = default.clone();
-    space
-        .apply_override(&mut config, "optimizer=adamw")
-        .unwrap();
+    let config = with(&space, &default, "optimizer", Value::Str("adamw".into())).unwrap();
     assert_eq!(config["weight_decay"], Value::Float(0.01));
 }
 
@@ -81,30 +78,34 @@ fn each_space_default_is_the_trainers_default_for_its_method() {
     }
 }
 
+/// `config` with `key` set to `value`, completed and checked against `space`.
+fn with(space: &Space, config: &Config, key: &str, value: Value) -> Result<Config, SpaceError> {
+    let mut values = config.clone();
+    values.insert(key.into(), value);
+    space.complete(&values)
+}
+
 #[test]
-fn overrides_are_parsed_and_range_checked() {
+fn completed_values_are_range_checked() {
     let space = Space::builtin("sabr").unwrap();
-    let mut config = space.default_config();
-    space.apply_override(&mut config, "pgd_steps=3").unwrap();
+    let config = space.default_config();
+    let config = with(&space, &config, "pgd_steps", Value::Int(3)).unwrap();
     assert_eq!(config["pgd_steps"], Value::Int(3));
-    let error = space
-        .apply_override(&mut config, "pgd_steps=30")
+    let error = with(&space, &config, "pgd_steps", Value::Int(30))
         .unwrap_err()
         .to_string();
     assert!(
         error.contains("pgd_steps") && error.contains("outside [1, 10]"),
         "{error}"
     );
-    let error = space
-        .apply_override(&mut config, "lambda=0.3")
+    let error = with(&space, &config, "lambda", Value::Float(0.3))
         .unwrap_err()
         .to_string();
     assert!(
         error.contains("lambda") && error.contains("subselection_ratio"),
         "{error}"
     );
-    let error = space
-        .apply_override(&mut config, "optimizer=sgd")
+    let error = with(&space, &config, "optimizer", Value::Str("sgd".into()))
         .unwrap_err()
         .to_string();
     assert!(error.contains("sgd") && error.contains("adamw"), "{error}");
@@ -167,9 +168,6 @@ fn config_hash_is_stable() {
         Space::config_hash(&config),
         Space::config_hash(&config.clone())
     );
-    let mut other = config.clone();
-    space
-        .apply_override(&mut other, "learning_rate=0.001")
-        .unwrap();
+    let other = with(&space, &config, "learning_rate", Value::Float(0.001)).unwrap();
     assert_ne!(Space::config_hash(&config), Space::config_hash(&other));
 }

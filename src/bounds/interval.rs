@@ -225,8 +225,7 @@ fn affine_centre_radius(
 ) -> Result<(Tensor, Tensor), BoundsError> {
     Ok(match &net.layers()[index] {
         Layer::Normalize { mean, std } => {
-            let scale = std.recip()?;
-            let shift = (mean.neg()? / std)?;
+            let (scale, shift) = Layer::normalize_scale_shift(mean, std)?;
             let zero = shift.zeros_like()?;
             (
                 channel_affine(centre, &scale, &shift)?,

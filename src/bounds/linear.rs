@@ -120,8 +120,7 @@ fn backward_through_layer(
             }
         }
         Layer::Normalize { mean, std } => {
-            let scale = std.recip()?;
-            let shift = (mean.neg()? / std)?;
+            let (scale, shift) = Layer::normalize_scale_shift(mean, std)?;
             affine_backward(coefficients, bias, &scale, &shift)?
         }
         Layer::BatchNorm { .. } => {

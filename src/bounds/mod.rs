@@ -148,11 +148,10 @@ pub fn margin_spec(labels: &Tensor, num_classes: usize) -> Result<Tensor, Bounds
                 classes: num_classes,
             });
         }
-        let others = (0..num_classes).filter(|&j| j != label as usize);
-        for (row, other) in others.enumerate() {
+        for row in 0..rows {
             let base = (b * rows + row) * num_classes;
             values[base + label as usize] = 1.0;
-            values[base + other] = -1.0;
+            values[base + margin_row_class(label, row)] = -1.0;
         }
     }
     Ok(Tensor::from_vec(
@@ -240,6 +239,12 @@ pub fn crown_ibp_lower_bounds_from_trace(
     )
 }
 
+/// The class margin row `row` compares the label against: rows list the other classes in
+/// increasing order, skipping the label (the layout of [`margin_spec`] and every margin bound).
+pub fn margin_row_class(label: u32, row: usize) -> usize {
+    if (row as u32) < label { row } else { row + 1 }
+}
+
 /// Lower bounds on the margins `z_y − z_j` (`[B, K−1]`, `j ≠ y` in increasing order).
 pub fn margin_lower_bounds(
     net: &Net,
@@ -263,8 +268,7 @@ pub fn robust_logits(margin_lower: &Tensor, labels: &Tensor) -> Result<Tensor, B
     let mut placement = vec![0f32; batch * rows * classes];
     for (b, &label) in labels.iter().enumerate() {
         for row in 0..rows {
-            let class = if (row as u32) < label { row } else { row + 1 };
-            placement[(b * rows + row) * classes + class] = 1.0;
+            placement[(b * rows + row) * classes + margin_row_class(label, row)] = 1.0;
         }
     }
     let placement = Tensor::from_vec(placement, (batch, rows, classes), &Device::Cpu)?;

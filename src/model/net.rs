@@ -56,6 +56,18 @@ pub enum Layer {
     },
 }
 
+impl Layer {
+    /// The per-channel `(scale, shift)` = `(1/std, −mean/std)` a Normalize layer applies as
+    /// `x·scale + shift`: the one form every pass (forward, interval, linear bounds, reverse)
+    /// uses.
+    pub fn normalize_scale_shift(
+        mean: &Tensor,
+        std: &Tensor,
+    ) -> Result<(Tensor, Tensor), candle_core::Error> {
+        Ok((std.recip()?, (mean.neg()? / std)?))
+    }
+}
+
 /// Per-BatchNorm-layer statistics (mean and biased variance, each `[C]`) of one clean batch.
 #[derive(Debug, Clone, Default)]
 pub struct BatchStatistics {
@@ -537,8 +549,8 @@ impl Net {
 fn apply_parameter_free_or_affine(layer: &Layer, x: &Tensor) -> Result<Tensor, ModelError> {
     Ok(match layer {
         Layer::Normalize { mean, std } => {
-            let shift = (mean.neg()? / std)?;
-            channel_affine(x, &std.recip()?, &shift)?
+            let (scale, shift) = Layer::normalize_scale_shift(mean, std)?;
+            channel_affine(x, &scale, &shift)?
         }
         Layer::Conv2d {
             weight,

@@ -179,28 +179,6 @@ impl Space {
         Ok(self.prune(config))
     }
 
-    /// Applies a `key=value` override to a configuration, range-checked.
-    pub fn apply_override(&self, config: &mut Config, assignment: &str) -> Result<(), SpaceError> {
-        let (key, text) = assignment
-            .split_once('=')
-            .ok_or_else(|| SpaceError::Value {
-                key: assignment.into(),
-                problem: "expected key=value".into(),
-            })?;
-        let (key, text) = (key.trim(), text.trim());
-        let value = if let Ok(i) = text.parse::<i64>() {
-            Value::Int(i)
-        } else if let Ok(x) = text.parse::<f64>() {
-            Value::Float(x)
-        } else {
-            Value::Str(text.into())
-        };
-        let mut values = config.clone();
-        values.insert(key.into(), value);
-        *config = self.complete(&values)?;
-        Ok(())
-    }
-
     /// A stable hash of a configuration (FNV-1a over its canonical text), equal on every
     /// platform and run; used to never propose the same configuration twice.
     pub fn config_hash(config: &Config) -> u64 {

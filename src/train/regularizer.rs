@@ -6,7 +6,7 @@ use crate::model::Net;
 use candle_core::{DType, Tensor};
 
 /// Tolerance τ of Shi et al.'s regulariser.
-const SHI_TOLERANCE: f64 = 0.5;
+pub(crate) const SHI_TOLERANCE: f64 = 0.5;
 
 /// `Σ |W|` over conv and linear weights.
 pub fn l1_penalty(net: &Net) -> Result<Tensor, TrainError> {

@@ -1,0 +1,264 @@
+//! The clean pass: the forward pass keeping what each layer's backward reads, and its
+//! backward into the parameters (BatchNorm's also through the interval pass's sums).
+
+use super::Gradients;
+use super::conv::{ConvInput, convolve, input_gradient, kernel_gradient};
+use crate::kernels::{
+    batch_norm_input_gradient, channel_affine, channel_affine_relu, channel_gradient_sums,
+    channel_moments, channel_sum, linear, linear_input_gradient, linear_weight_gradient, relu,
+    relu_gradient,
+};
+use crate::model::{BATCH_NORM_EPS, Layer, Net};
+use crate::train::TrainError;
+use candle_core::Tensor;
+use std::collections::HashMap;
+
+/// BatchNorm at one layer as the affine map it applies with this batch's statistics.
+pub(super) struct BatchNormAffine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    /// The per-channel scale γ/σ.
+    pub(super) scale_tensor: Tensor,
+    /// The per-channel shift β − μ·γ/σ.
+    pub(super) shift_tensor: Tensor,
+    mean: Vec<f32>,
+    sigma: Vec<f32>,
+    gamma: Vec<f32>,
+    /// Elements per channel the statistics were taken over.
+    count: usize,
+}
+
+/// What a clean layer (or BatchNorm fused with its ReLU) keeps for its backward.
+pub(super) enum CleanSaved {
+    Normalize {
+        scale: Tensor,
+    },
+    Conv {
+        input: ConvInput,
+    },
+    Linear {
+        input: Tensor,
+    },
+    BatchNorm {
+        input: Tensor,
+        relu: bool,
+    },
+    Relu {
+        input: Tensor,
+    },
+    Flatten {
+        dims: Vec<usize>,
+    },
+    /// A Flatten the next linear layer reads through.
+    Implicit,
+}
+
+/// The clean pass's logits and what its backward reads.
+pub(super) struct CleanPass {
+    /// The network's output on the batch.
+    pub(super) logits: Tensor,
+    /// Per step (a layer, or BatchNorm fused with its ReLU), its first layer and what it kept.
+    pub(super) saved: Vec<(usize, CleanSaved)>,
+    /// Each BatchNorm's affine map with this batch's statistics, by layer index.
+    pub(super) batch_norms: HashMap<usize, BatchNormAffine>,
+}
+
+/// The clean forward pass over `layers` (the net's), updating BatchNorm running statistics.
+pub(super) fn forward(
+    net: &mut Net,
+    layers: &[Layer],
+    images: &Tensor,
+) -> Result<CleanPass, TrainError> {
+    let count = layers.len();
+    let mut saved_steps: Vec<(usize, CleanSaved)> = Vec::with_capacity(count);
+    let mut batch_norms: HashMap<usize, BatchNormAffine> = HashMap::new();
+    let mut x = images.clone();
+    let mut index = 0;
+    while index < count {
+        let (y, saved, width) = match &layers[index] {
+            Layer::Normalize { mean, std } => {
+                let (scale, shift) = Layer::normalize_scale_shift(mean, std)?;
+                let y = channel_affine(&x, &scale, &shift)?;
+                (y, CleanSaved::Normalize { scale }, 1)
+            }
+            Layer::Conv2d {
+                weight,
+                bias,
+                stride,
+                padding,
+            } => {
+                let (y, input) =
+                    convolve(x, &weight.detach(), Some(&bias.detach()), *stride, *padding)?;
+                (y, CleanSaved::Conv { input }, 1)
+            }
+            Layer::Linear { weight, bias } => {
+                let y = linear(&x, &weight.detach(), &bias.detach())?;
+                (y, CleanSaved::Linear { input: x }, 1)
+            }
+            Layer::BatchNorm { weight, bias, .. } => {
+                let affine = batch_norm_affine(net, index, &x, weight, bias)?;
+                let relu = matches!(layers.get(index + 1), Some(Layer::Relu));
+                let y = if relu {
+                    channel_affine_relu(&x, &affine.scale_tensor, &affine.shift_tensor)?
+                } else {
+                    channel_affine(&x, &affine.scale_tensor, &affine.shift_tensor)?
+                };
+                batch_norms.insert(index, affine);
+                (
+                    y,
+                    CleanSaved::BatchNorm { input: x, relu },
+                    1 + usize::from(relu),
+                )
+            }
+            Layer::Relu => (relu(&x)?, CleanSaved::Relu { input: x }, 1),
+            Layer::Flatten if net.flatten_is_implicit(index, count) => (x, CleanSaved::Implicit, 1),
+            Layer::Flatten => {
+                let dims = x.dims().to_vec();
+                (x.flatten_from(1)?, CleanSaved::Flatten { dims }, 1)
+            }
+        };
+        saved_steps.push((index, saved));
+        x = y;
+        index += width;
+    }
+    Ok(CleanPass {
+        logits: x,
+        saved: saved_steps,
+        batch_norms,
+    })
+}
+
+/// BatchNorm `index` with this batch's statistics of `x`, which also update the running ones.
+fn batch_norm_affine(
+    net: &mut Net,
+    index: usize,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> Result<BatchNormAffine, TrainError> {
+    let moments = channel_moments(x)?;
+    let (mean, variance) = (moments.get(0)?, moments.get(1)?);
+    net.update_running_statistics(index, &mean, &variance, x)?;
+    let mean = mean.to_vec1::<f32>()?;
+    let variance = variance.to_vec1::<f32>()?;
+    let gamma = weight.to_vec1::<f32>()?;
+    let beta = bias.to_vec1::<f32>()?;
+    let sigma: Vec<f32> = variance
+        .iter()
+        .map(|v| (v + BATCH_NORM_EPS as f32).sqrt())
+        .collect();
+    let scale: Vec<f32> = gamma.iter().zip(&sigma).map(|(g, s)| g / s).collect();
+    let shift: Vec<f32> = beta
+        .iter()
+        .zip(mean.iter().zip(&scale))
+        .map(|(b, (m, s))| b - m * s)
+        .collect();
+    let device = x.device();
+    Ok(BatchNormAffine {
+        scale_tensor: Tensor::new(scale.as_slice(), device)?,
+        shift_tensor: Tensor::new(shift.as_slice(), device)?,
+        scale,
+        shift,
+        mean,
+        sigma,
+        gamma,
+        count: x.elem_count() / x.dim(1)?.max(1),
+    })
+}
+
+/// Backward of one clean step; returns the gradient of its input (unchanged if not needed).
+pub(super) fn backward(
+    layer: &Layer,
+    saved: CleanSaved,
+    g: Tensor,
+    batch_norm: Option<&BatchNormAffine>,
+    interval_sums: Option<(Vec<f32>, Vec<f32>)>,
+    needs_input: bool,
+    gradients: &mut Gradients,
+) -> Result<Tensor, TrainError> {
+    Ok(match (layer, saved) {
+        (Layer::Normalize { .. }, CleanSaved::Normalize { scale }) => {
+            channel_affine(&g, &scale, &scale.zeros_like()?)?
+        }
+        (
+            Layer::Conv2d {
+                weight,
+                bias,
+                stride,
+                padding,
+            },
+            CleanSaved::Conv { input },
+        ) => {
+            let size = weight.dim(2)?;
+            gradients.add(weight, kernel_gradient(&input, &g, size)?)?;
+            gradients.add(bias, channel_sum(&g)?)?;
+            if needs_input {
+                input_gradient(&g, &weight.detach(), *stride, *padding, &input)?
+            } else {
+                g
+            }
+        }
+        (Layer::Linear { weight, bias }, CleanSaved::Linear { input }) => {
+            gradients.add(weight, linear_weight_gradient(&input, &g)?)?;
+            gradients.add(bias, g.sum(0)?)?;
+            if needs_input {
+                linear_input_gradient(&g, &weight.detach(), input.dims())?
+            } else {
+                g
+            }
+        }
+        (Layer::BatchNorm { weight, bias, .. }, CleanSaved::BatchNorm { input, relu }) => {
+            let affine = batch_norm.expect("every BatchNorm has its affine map");
+            let (mut d_scale, mut d_shift) =
+                channel_gradient_sums(&input, &affine.scale, &affine.shift, &g, relu)?;
+            if let Some((interval_scale, interval_shift)) = interval_sums {
+                add_into(&mut d_scale, &interval_scale);
+                add_into(&mut d_shift, &interval_shift);
+            }
+            let channels = affine.scale.len();
+            let (mut d_gamma, mut a, mut b) = (
+                vec![0f32; channels],
+                vec![0f32; channels],
+                vec![0f32; channels],
+            );
+            let count = affine.count.max(1) as f32;
+            for c in 0..channels {
+                // shift = β − μ·scale and scale = γ/σ: the scale's total gradient includes the
+                // path through the shift.
+                let d_scale_total = d_scale[c] - d_shift[c] * affine.mean[c];
+                let sigma = affine.sigma[c];
+                d_gamma[c] = d_scale_total / sigma;
+                let d_sigma = -d_scale_total * affine.gamma[c] / (sigma * sigma);
+                let d_variance = d_sigma / (2.0 * sigma);
+                let d_mean = -affine.scale[c] * d_shift[c];
+                a[c] = 2.0 * d_variance / count;
+                b[c] = d_mean / count - a[c] * affine.mean[c];
+            }
+            let device = g.device().clone();
+            gradients.add(weight, Tensor::new(d_gamma.as_slice(), &device)?)?;
+            gradients.add(bias, Tensor::new(d_shift.as_slice(), &device)?)?;
+            if needs_input {
+                batch_norm_input_gradient(
+                    &input,
+                    (&affine.scale, &affine.shift),
+                    (&a, &b),
+                    &g,
+                    relu,
+                )?
+            } else {
+                g
+            }
+        }
+        (Layer::Relu, CleanSaved::Relu { input }) => relu_gradient(&input, &g)?,
+        (Layer::Flatten, CleanSaved::Flatten { dims }) => g.reshape(dims)?,
+        (Layer::Flatten, CleanSaved::Implicit) => g,
+        _ => unreachable!("saved state matches its layer"),
+    })
+}
+
+/// Adds `values` element-wise into `sum`.
+fn add_into(sum: &mut [f32], values: &[f32]) {
+    for (s, v) in sum.iter_mut().zip(values) {
+        *s += v;
+    }
+}

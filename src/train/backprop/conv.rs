@@ -1,0 +1,80 @@
+//! Convolutions as the reverse pass runs them: Winograd where it applies, im2col otherwise,
+//! keeping the input in the form each kernel's backward reads.
+
+use crate::kernels::{
+    WinogradInput, conv_transpose2d, conv2d_columns, conv2d_from_columns,
+    conv2d_weight_gradient_from_columns, winograd_conv2d_input_gradient,
+    winograd_conv2d_keeping_input, winograd_conv2d_weight_gradient_from, winograd_supports,
+};
+use crate::train::TrainError;
+use candle_core::Tensor;
+
+/// A convolution's input as its backward reads it, in the form the forward kernels built once
+/// for the forward pass and the kernel gradient.
+pub(super) struct ConvInput {
+    /// Input height and width (the size of the input gradient).
+    size: (usize, usize),
+    kept: KeptInput,
+}
+
+/// Which kernels ran a convolution, with the input as they transformed it.
+pub(super) enum KeptInput {
+    /// Winograd, with the input in its transformed domain.
+    Winograd(WinogradInput),
+    /// im2col + gemm, with the im2col matrices.
+    Columns(Tensor),
+}
+
+/// A convolution (`bias` optional): Winograd where it applies, im2col otherwise; returns the
+/// output and the input as the backward reads it.
+pub(super) fn convolve(
+    x: Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<(Tensor, ConvInput), TrainError> {
+    let (_, _, height, width) = x.dims4()?;
+    let (y, kept) = if winograd_supports(x.dims(), weight.dims(), stride, padding) {
+        let (y, transformed) = winograd_conv2d_keeping_input(&x, weight, bias)?;
+        (y, KeptInput::Winograd(transformed))
+    } else {
+        let size = weight.dim(2)?;
+        let out = |length: usize| (length + 2 * padding).saturating_sub(size) / stride + 1;
+        let columns = conv2d_columns(&x, size, stride, padding)?;
+        let y = conv2d_from_columns(&columns, weight, bias, (out(height), out(width)))?;
+        (y, KeptInput::Columns(columns))
+    };
+    let input = ConvInput {
+        size: (height, width),
+        kept,
+    };
+    Ok((y, input))
+}
+
+/// The input gradient of [`convolve`], by the kernels that ran its forward pass.
+pub(super) fn input_gradient(
+    g: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+    input: &ConvInput,
+) -> Result<Tensor, TrainError> {
+    let (height, width) = input.size;
+    Ok(match input.kept {
+        KeptInput::Winograd(_) => winograd_conv2d_input_gradient(g, weight)?,
+        KeptInput::Columns(_) => conv_transpose2d(g, weight, stride, padding, height, width)?,
+    })
+}
+
+/// The kernel gradient of [`convolve`] from the input its forward pass kept.
+pub(super) fn kernel_gradient(
+    input: &ConvInput,
+    g: &Tensor,
+    size: usize,
+) -> Result<Tensor, TrainError> {
+    Ok(match &input.kept {
+        KeptInput::Winograd(transformed) => winograd_conv2d_weight_gradient_from(transformed, g)?,
+        KeptInput::Columns(columns) => conv2d_weight_gradient_from_columns(columns, g, size)?,
+    })
+}

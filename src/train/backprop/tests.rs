@@ -1,0 +1,334 @@
+//! The reverse pass against candle autograd on nets with every layer kind, and Shi's
+//! regulariser's gradient against finite differences.
+
+use super::shi::shi_regularizer;
+use super::*;
+use crate::model::{Initialization, LayerSpec, NetSpec};
+use crate::train::TrainConfig;
+use crate::train::fit::autograd_loss;
+use crate::train::methods::implementation;
+use crate::train::schedule::ScheduleValues;
+use candle_core::{DType, Device};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn conv(out_channels: usize, stride: usize) -> LayerSpec {
+    LayerSpec::Conv2d {
+        out_channels,
+        kernel_size: 3,
+        stride,
+        padding: 1,
+    }
+}
+
+fn linear(out_features: usize) -> LayerSpec {
+    LayerSpec::Linear { out_features }
+}
+
+/// Nets covering every layer kind, BatchNorm with and without a ReLU after it, after a
+/// convolution and after a linear layer, an implicit and an explicit Flatten, im2col and
+/// Winograd convolutions.
+fn specs() -> Vec<NetSpec> {
+    use LayerSpec::{BatchNorm, Flatten, Relu};
+    let normalize = LayerSpec::Normalize {
+        mean: vec![0.4, 0.5],
+        std: vec![0.3, 0.2],
+    };
+    vec![
+        NetSpec {
+            input_shape: [1, 8, 8],
+            layers: vec![conv(4, 2), Relu, Flatten, linear(12), Relu, linear(5)],
+        },
+        NetSpec {
+            input_shape: [2, 8, 8],
+            layers: vec![
+                normalize,
+                conv(4, 1),
+                BatchNorm {},
+                Relu,
+                conv(6, 2),
+                BatchNorm {},
+                conv(6, 1),
+                Relu,
+                Flatten,
+                linear(16),
+                BatchNorm {},
+                Relu,
+                linear(5),
+            ],
+        },
+        // 16 → 16 channels at stride 1: the Winograd convolutions.
+        NetSpec {
+            input_shape: [1, 8, 8],
+            layers: vec![
+                conv(16, 2),
+                BatchNorm {},
+                Relu,
+                conv(16, 1),
+                BatchNorm {},
+                Relu,
+                conv(16, 1),
+                Relu,
+                Flatten,
+                linear(5),
+            ],
+        },
+        NetSpec {
+            input_shape: [1, 6, 6],
+            layers: vec![Flatten, Relu, linear(10), BatchNorm {}, Relu, linear(4)],
+        },
+    ]
+}
+
+/// A network whose parameters are all perturbed (BatchNorm's γ and β start at 1 and 0).
+fn network(spec: &NetSpec) -> Net {
+    let net = Net::new(spec, Initialization::Default, 3).unwrap();
+    let mut rng = StdRng::seed_from_u64(11);
+    for var in net.trainable_vars() {
+        let noise: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.random_range(-0.3f32..0.3))
+            .collect();
+        let noise = Tensor::from_vec(noise, var.dims(), &Device::Cpu).unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+    }
+    net
+}
+
+fn batch(spec: &NetSpec, classes: usize) -> (Tensor, Tensor) {
+    let [c, h, w] = spec.input_shape;
+    let images = Tensor::rand(0f32, 1f32, (7, c, h, w), &Device::Cpu).unwrap();
+    let labels: Vec<u32> = (0..7).map(|i| (i * 3 % classes) as u32).collect();
+    (
+        images,
+        Tensor::new(labels.as_slice(), &Device::Cpu).unwrap(),
+    )
+}
+
+fn values(eps: f64, kappa: f64) -> ScheduleValues {
+    ramping(eps, kappa, 1.0)
+}
+
+fn ramping(eps: f64, kappa: f64, ramp_progress: f64) -> ScheduleValues {
+    ScheduleValues {
+        eps,
+        ramp_progress,
+        kappa,
+        beta: 0.0,
+        learning_rate: 1e-3,
+    }
+}
+
+/// Agreement to float tolerance relative to the tensor's largest entry, or to `floor` for a
+/// tensor whose exact value is 0 (a bias before BatchNorm), where only rounding remains.
+fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, floor: f32) {
+    let ours = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let reference = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(ours.len(), reference.len(), "{what}: sizes");
+    let scale = reference.iter().fold(floor, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
+        assert!(
+            (a - b).abs() <= 2e-4 * scale,
+            "{what}[{i}]: {a} vs autograd {b} (largest {scale})"
+        );
+    }
+}
+
+#[test]
+fn reverse_pass_matches_autograd_in_loss_gradients_and_running_statistics() {
+    // (method, ε, κ, L1 weight, Shi weight); Shi's regulariser runs at half its weight
+    // (ε is half the training ε).
+    let cases = [
+        (Method::Standard, 0.0, 1.0, 0.0, 0.0),
+        (Method::Standard, 0.0, 1.0, 1e-2, 0.0),
+        (Method::Ibp, 0.05, 0.3, 0.0, 0.0),
+        (Method::Ibp, 0.2, 0.0, 1e-2, 0.0),
+        (Method::Ibp, 0.05, 0.5, 0.0, 0.5),
+        (Method::Ibp, 0.02, 0.0, 1e-3, 1.0),
+        // TAPS while ε ramps: IBP's loss alone (κ is not TAPS'), with Shi's regulariser.
+        (Method::Taps, 0.05, 0.7, 1e-3, 0.5),
+    ];
+    for (spec_index, spec) in specs().iter().enumerate() {
+        for &(method, eps, kappa, l1, shi) in &cases {
+            let label = format!("net {spec_index}, {method} ε={eps} κ={kappa} l1={l1} shi={shi}");
+            let mut ours = network(spec);
+            let mut reference = network(spec);
+            let (images, labels) = batch(spec, ours.num_classes());
+            let schedule = ramping(eps, kappa, 0.5);
+            let objective =
+                Objective::for_step(&ours, method, schedule, 0.5 * shi).expect("covered step");
+            let step = loss_and_gradients(&mut ours, &images, &labels, objective, l1).unwrap();
+
+            let config = TrainConfig {
+                l1_reg_weight: l1,
+                shi_reg_weight: shi,
+                ..TrainConfig::default()
+            };
+            let robust = implementation(method);
+            let mut rng = StdRng::seed_from_u64(0);
+            let loss = autograd_loss(
+                &mut reference,
+                robust.as_ref(),
+                method,
+                &config,
+                schedule,
+                2.0 * eps,
+                &images,
+                &labels,
+                &mut rng,
+            )
+            .unwrap();
+            let expected = f64::from(loss.to_scalar::<f32>().unwrap());
+            assert!(
+                (step.loss - expected).abs() <= 1e-4 * expected.abs().max(1.0),
+                "{label}: loss {} vs autograd {expected}",
+                step.loss
+            );
+            let grads = loss.backward().unwrap();
+            let pairs: Vec<_> = ours
+                .named_vars()
+                .iter()
+                .zip(reference.named_vars())
+                .filter(|(mine, _)| mine.trainable)
+                .map(|(mine, theirs)| {
+                    let expected = grads
+                        .get(theirs.var.as_tensor())
+                        .expect("autograd gradient");
+                    let got = step
+                        .gradients
+                        .get(mine.var.as_tensor())
+                        .unwrap_or_else(|| panic!("{label}: no gradient for {}", mine.name));
+                    (mine.name.clone(), got, expected)
+                })
+                .collect();
+            let largest = pairs
+                .iter()
+                .map(|(_, _, g)| {
+                    g.abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                })
+                .fold(0f32, f32::max);
+            for (name, got, expected) in pairs {
+                assert_close(&format!("{label}: ∂{name}"), got, expected, 5e-2 * largest);
+            }
+            for (mine, theirs) in ours.named_vars().iter().zip(reference.named_vars()) {
+                assert_close(
+                    &format!("{label}: {}", mine.name),
+                    mine.var.as_tensor(),
+                    theirs.var.as_tensor(),
+                    1e-6,
+                );
+            }
+            assert_eq!(labels.dtype(), DType::U32);
+        }
+    }
+}
+
+#[test]
+fn shi_regularizer_gradient_agrees_with_finite_differences_when_every_term_is_active() {
+    use crate::kernels::relu_box_gradient;
+    // Widely spread active centres and tightly packed inactive ones make both balance
+    // ratios small, so the tightness and both balance terms carry gradient.
+    let mut rng = StdRng::seed_from_u64(5);
+    let (centres, radii): (Vec<f32>, Vec<f32>) = (0..48)
+        .map(|k| match k % 3 {
+            0 => (
+                rng.random_range(1.0f32..6.0),
+                rng.random_range(0.05f32..0.3),
+            ),
+            1 => (
+                rng.random_range(-0.6f32..-0.5),
+                rng.random_range(0.05f32..0.2),
+            ),
+            _ => (
+                rng.random_range(-0.2f32..0.2),
+                rng.random_range(0.4f32..0.8),
+            ),
+        })
+        .unzip();
+    let tensor = |values: &[f32]| Tensor::new(values, &Device::Cpu).unwrap();
+    let value_at = |c: &[f32], r: &[f32]| {
+        let (c, r) = (tensor(c), tensor(r));
+        shi_regularizer(&[(3, &c, &r)], 0.4, 0.7).unwrap().unwrap()
+    };
+    let (_, gradients) = value_at(&centres, &radii);
+    let zeros = tensor(&vec![0f32; centres.len()]);
+    let (d_centre, d_radius) = relu_box_gradient(
+        &tensor(&centres),
+        &tensor(&radii),
+        &zeros,
+        &zeros,
+        Some(&gradients[&3]),
+    )
+    .unwrap();
+    let (d_centre, d_radius) = (
+        d_centre.to_vec1::<f32>().unwrap(),
+        d_radius.to_vec1::<f32>().unwrap(),
+    );
+    let h = 1e-3f32;
+    for k in 0..centres.len() {
+        for (values, analytic, what) in [
+            (&centres, d_centre[k], "centre"),
+            (&radii, d_radius[k], "radius"),
+        ] {
+            let shifted = |delta: f32| {
+                let mut moved = values.clone();
+                moved[k] += delta;
+                if what == "centre" {
+                    value_at(&moved, &radii).0
+                } else {
+                    value_at(&centres, &moved).0
+                }
+            };
+            let numeric = (shifted(h) - shifted(-h)) / (2.0 * f64::from(h));
+            assert!(
+                (numeric - f64::from(analytic)).abs() <= 2e-3 * numeric.abs().max(1e-2),
+                "∂/∂{what}[{k}]: finite difference {numeric} vs {analytic}"
+            );
+        }
+    }
+}
+
+#[test]
+fn steps_the_reverse_pass_does_not_cover_are_left_to_autograd() {
+    let spec = &specs()[0];
+    let net = network(spec);
+    assert_eq!(
+        Objective::for_step(&net, Method::Sabr, values(0.0, 0.5), 0.0),
+        Some(Objective::Natural),
+        "warm-up steps of every method are natural"
+    );
+    assert_eq!(
+        Objective::for_step(&net, Method::CrownIbp, values(0.1, 0.5), 0.0),
+        None
+    );
+    assert_eq!(
+        Objective::for_step(&net, Method::Sabr, values(0.1, 0.5), 0.0),
+        None
+    );
+    assert_eq!(
+        Objective::for_step(&net, Method::Taps, values(0.1, 0.5), 0.0),
+        None,
+        "TAPS' own loss at full ε"
+    );
+    assert_eq!(
+        Objective::for_step(&net, Method::Taps, ramping(0.05, 0.5, 0.5), 0.2),
+        Some(Objective::Ibp {
+            eps: 0.05,
+            kappa: 0.0,
+            shi_weight: 0.2
+        }),
+        "TAPS ramps on IBP's loss without κ"
+    );
+    assert_eq!(
+        Objective::for_step(&net, Method::Ibp, values(0.1, 0.5), 0.2),
+        Some(Objective::Ibp {
+            eps: 0.1,
+            kappa: 0.5,
+            shi_weight: 0.2
+        })
+    );
+}
