@@ -4,8 +4,8 @@
 
 use candle_core::{Device, Tensor};
 use cthpo::bounds::{
-    BoundMethod, Interval, interval_trace, margin_spec, robust_logits, spec_bounds,
-    spec_lower_bounds,
+    BoundMethod, CrownIntermediate, Interval, crown_spec_bounds, interval_trace, margin_spec,
+    robust_logits, spec_bounds, spec_lower_bounds,
 };
 use cthpo::model::{Initialization, LayerSpec, Net, NetSpec, Normalization};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -171,20 +171,33 @@ fn check_soundness(net: &Net, rng: &mut StdRng, batch: usize, eps: f64, per_samp
         .to_vec2::<f32>()
         .unwrap();
 
-    for method in BoundMethod::ALL {
-        let bounds = spec_bounds(net, &input, &spec, method, Normalization::Population).unwrap();
+    let contains_every_point = |label: &str, bounds: &Interval| -> Vec<Vec<f32>> {
         let lower = bounds.lower.to_vec2::<f32>().unwrap();
         let upper = bounds.upper.to_vec2::<f32>().unwrap();
         for (p, &b) in owner.iter().enumerate() {
             for (row, &value) in margins[p].iter().enumerate() {
                 assert!(
                     lower[b][row] <= value + TOLERANCE && value <= upper[b][row] + TOLERANCE,
-                    "{method}: margin {row} of sample {b} is {value}, outside [{}, {}]",
+                    "{label}: margin {row} of sample {b} is {value}, outside [{}, {}]",
                     lower[b][row],
                     upper[b][row]
                 );
             }
         }
+        lower
+    };
+    let plain = crown_spec_bounds(
+        net,
+        &input,
+        &spec,
+        CrownIntermediate::Plain,
+        Normalization::Population,
+    )
+    .unwrap();
+    contains_every_point("CROWN with plain intermediate bounds", &plain);
+    for method in BoundMethod::ALL {
+        let bounds = spec_bounds(net, &input, &spec, method, Normalization::Population).unwrap();
+        let lower = contains_every_point(method.name(), &bounds);
         // The lower-only path must agree with the two-sided one.
         let lower_only = spec_lower_bounds(net, &input, &spec, method, Normalization::Population)
             .unwrap()

@@ -1,7 +1,7 @@
 //! CROWN: backward propagation of linear bounds with the adaptive ReLU relaxation.
 
 use super::interval::propagate_layer;
-use super::{BoundsError, Interval};
+use super::{BoundsError, CrownIntermediate, Interval};
 use crate::kernels::{channel_affine, conv_transpose2d, relu, spec_mul};
 use crate::model::{Layer, Net, Normalization};
 use candle_core::{DType, Device, Tensor};
@@ -208,13 +208,15 @@ impl ReluRelaxation {
     }
 }
 
-/// Full CROWN bounds on every ReLU input: each unstable neuron gets its own backward pass from
-/// its layer to the input, intersected with the interval image of the refined earlier bounds.
+/// Full CROWN bounds on every ReLU input. `Intersected`: each neuron the interval image of the
+/// refined earlier bounds leaves unstable gets its own backward pass from its layer to the
+/// input, intersected with that image. `Plain`: every neuron gets the backward pass's bound.
 pub(crate) fn crown_relu_bounds(
     net: &Net,
     input: &Interval,
     normalization: Normalization<'_>,
     end: usize,
+    intermediate: CrownIntermediate,
 ) -> Result<ReluBounds, BoundsError> {
     let layers = net.layers();
     let mut relu_bounds: ReluBounds = vec![None; layers.len()];
@@ -226,7 +228,14 @@ pub(crate) fn crown_relu_bounds(
             let refined = if interval_is_exact(net, segment_start, index) {
                 candidate
             } else {
-                refine_unstable(net, index, &candidate, input, &relu_bounds, normalization)?
+                refine(
+                    net,
+                    index,
+                    &candidate,
+                    (input, &relu_bounds),
+                    normalization,
+                    intermediate,
+                )?
             };
             current = propagate_layer(net, index, &refined, normalization)?;
             relu_bounds[index] = Some(refined);
@@ -249,15 +258,17 @@ fn interval_is_exact(net: &Net, start: usize, end: usize) -> bool {
     start == 0 && dense_maps <= 1
 }
 
-/// Tightens the unstable entries of `candidate` (bounds at the input of layer `index`) by CROWN.
-fn refine_unstable(
+/// CROWN bounds at the input of layer `index` from `candidate`, their interval image:
+/// intersected with it on its unstable entries, or (`Plain`) CROWN's bounds on every entry.
+fn refine(
     net: &Net,
     index: usize,
     candidate: &Interval,
-    input: &Interval,
-    relu_bounds: &ReluBounds,
+    (input, relu_bounds): (&Interval, &ReluBounds),
     normalization: Normalization<'_>,
+    intermediate: CrownIntermediate,
 ) -> Result<Interval, BoundsError> {
+    let plain = intermediate == CrownIntermediate::Plain;
     let batch = candidate.lower.dim(0)?;
     let shape = net.shapes()[index];
     let neurons = shape.numel();
@@ -266,7 +277,7 @@ fn refine_unstable(
     let unstable: Vec<Vec<usize>> = (0..batch)
         .map(|b| {
             (0..neurons)
-                .filter(|&n| lower[b][n] < 0.0 && upper[b][n] > 0.0)
+                .filter(|&n| plain || (lower[b][n] < 0.0 && upper[b][n] > 0.0))
                 .collect()
         })
         .collect();
@@ -300,11 +311,16 @@ fn refine_unstable(
             for (b, neurons_of_sample) in unstable.iter().enumerate() {
                 for row in 0..rows {
                     if let Some(&neuron) = neurons_of_sample.get(start + row) {
+                        let (crown_lower, crown_upper) = (chunk_lower[b][row], chunk_upper[b][row]);
                         // Both bounds are sound, so their intersection is too.
-                        refined_lower[b][neuron] =
-                            refined_lower[b][neuron].max(chunk_lower[b][row]);
-                        refined_upper[b][neuron] =
-                            refined_upper[b][neuron].min(chunk_upper[b][row]);
+                        let (lower, upper) =
+                            (&mut refined_lower[b][neuron], &mut refined_upper[b][neuron]);
+                        if plain {
+                            (*lower, *upper) = (crown_lower, crown_upper);
+                        } else {
+                            *lower = lower.max(crown_lower);
+                            *upper = upper.min(crown_upper);
+                        }
                     }
                 }
             }

@@ -181,6 +181,31 @@ pub fn spec_bounds(
     }
 }
 
+/// How CROWN forms the bounds on each ReLU's input that it back-substitutes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrownIntermediate {
+    /// CROWN's bound intersected with the interval image of the earlier refined bounds: what
+    /// [`BoundMethod::Crown`] uses (tighter on most margins, never unsound; not monotone, so a
+    /// few margins come out looser than plain CROWN's).
+    Intersected,
+    /// Every bound CROWN's own, as auto_LiRPA computes CROWN with sparse intermediate bounds
+    /// off: for checking our numbers against auto_LiRPA's.
+    Plain,
+}
+
+/// Bounds of `spec · logits` by CROWN with intermediate bounds formed as `intermediate` says.
+pub fn crown_spec_bounds(
+    net: &Net,
+    input: &Interval,
+    spec: &Tensor,
+    intermediate: CrownIntermediate,
+    normalization: Normalization<'_>,
+) -> Result<Interval, BoundsError> {
+    let end = net.layers().len();
+    let relu_bounds = linear::crown_relu_bounds(net, input, normalization, end, intermediate)?;
+    linear::backward_bounds(net, end, spec, input, &relu_bounds, normalization)
+}
+
 /// Lower bounds only of `spec · logits`: half the backward work of [`spec_bounds`] for CROWN.
 pub fn spec_lower_bounds(
     net: &Net,
@@ -214,7 +239,13 @@ fn relu_bounds_for(
         }
         BoundMethod::Crown => {
             let end = net.layers().len();
-            Ok(linear::crown_relu_bounds(net, input, normalization, end)?)
+            Ok(linear::crown_relu_bounds(
+                net,
+                input,
+                normalization,
+                end,
+                CrownIntermediate::Intersected,
+            )?)
         }
     })
 }
