@@ -105,7 +105,7 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<u64> {
 
 /// Runs `cthpo best`.
 pub fn run(args: BestArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
     let info = store.require_study(&args.name)?;
     let trials = store
         .trials(info.id)

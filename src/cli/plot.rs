@@ -22,7 +22,7 @@ pub struct PlotArgs {
 
 /// Runs `cthpo plot`.
 pub fn run(args: PlotArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
     let out = args.out.unwrap_or_else(|| args.dir.join("plots"));
     let summary = plot::plot_studies(&store, &args.names, &out).context("plotting failed")?;
     for note in &summary.skipped {

@@ -24,7 +24,7 @@ pub struct StatusArgs {
 
 /// Runs `cthpo status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
     let studies = match &args.name {
         Some(name) => vec![store.require_study(name)?],
         None => store.studies()?,

@@ -265,6 +265,16 @@ impl Store {
                 )?;
                 TrialState::Fail
             }
+            TrialOutcome::Interrupted { reason } => {
+                self.set_attr_in(
+                    &tx,
+                    trial.trial_id,
+                    attrs::FAILURE_REASON,
+                    &Value::from(reason.as_str()),
+                )?;
+                self.set_attr_in(&tx, trial.trial_id, attrs::INTERRUPTED, &Value::Bool(true))?;
+                TrialState::Fail
+            }
             TrialOutcome::Pruned => TrialState::Pruned,
         };
         tx.execute(
@@ -276,7 +286,7 @@ impl Store {
     }
 
     /// Marks the study's RUNNING trials whose last heartbeat (or start) is at least
-    /// `older_than` ago as FAIL with `reason` (e.g. "interrupted"), for resuming after a
+    /// `older_than` ago as interrupted ([`TrialOutcome::Interrupted`] with `reason`), for resuming after a
     /// killed process; returns them as they are now. With several processes on one study,
     /// pass a grace period longer than their heartbeat interval.
     pub fn mark_stale_running_as_failed(
@@ -301,6 +311,7 @@ impl Store {
         )?;
         for id in &ids {
             self.set_attr_in(&tx, *id, attrs::FAILURE_REASON, &Value::from(reason))?;
+            self.set_attr_in(&tx, *id, attrs::INTERRUPTED, &Value::Bool(true))?;
             tx.execute(
                 "UPDATE trials SET state = 'FAIL', datetime_complete = ?1 WHERE trial_id = ?2",
                 params![now, id],
