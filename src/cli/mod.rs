@@ -44,8 +44,23 @@ enum Command {
     Plot(plot::PlotArgs),
 }
 
+/// Exit code of a command the user stopped with Ctrl-C (128 + SIGINT, as shells report it).
+const INTERRUPTED_EXIT_CODE: i32 = 130;
+
+/// The error of a command the user stopped with Ctrl-C after it saved its work: exits with
+/// [`INTERRUPTED_EXIT_CODE`] and no further message.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by the user")]
+struct Interrupted;
+
 /// Parses the process arguments, runs the command and turns errors into a non-zero exit code.
 pub fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`cthpo trials | head`) ends the command
+    // quietly, as in other Unix tools, instead of a "Broken pipe" panic.
+    // SAFETY: setting a signal disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
@@ -59,6 +74,7 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<Interrupted>() => ExitCode::from(INTERRUPTED_EXIT_CODE as u8),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
