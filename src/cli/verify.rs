@@ -44,7 +44,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// ℓ∞ radius in [0,1] pixel units (default: the checkpoint's, else 0.1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     eps: Option<f64>,
     /// Certification method.
     #[arg(long, value_enum, default_value_t = VerifyMethod::Cascade)]
@@ -71,6 +71,17 @@ pub struct VerifyArgs {
 
 /// Runs `cthpo verify`.
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
+    if !args.model.exists() {
+        bail!(
+            "--model {}: no such file or directory (give a safetensors file or a run directory written by `cthpo train`)",
+            args.model.display()
+        );
+    }
+    if let Some(eps) = args.eps
+        && !(eps.is_finite() && (0.0..=1.0).contains(&eps))
+    {
+        bail!("--eps {eps} must be in [0, 1] (pixel units)");
+    }
     let sidecar = if args.arch.is_none() && args.net.is_none() {
         let (_, sidecar) = crate::train::checkpoint_files(&args.model);
         match sidecar {
@@ -97,13 +108,8 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     if test.is_empty() {
         bail!("--samples must be at least 1");
     }
-    let expected_shape = net.spec().input_shape;
-    if test.shape() != expected_shape {
-        bail!(
-            "the network expects inputs of shape {expected_shape:?} but {dataset} images are {:?}",
-            test.shape()
-        );
-    }
+    net.spec()
+        .check_input_shape(test.shape(), dataset.as_str())?;
     let (images, labels) = test.tensors()?;
     let mut config = EvalConfig::cascade(eps);
     config.methods = match args.method {
