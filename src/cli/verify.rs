@@ -73,7 +73,7 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     if !args.model.exists() {
         bail!(
-            "--model {}: no such file or directory (give a safetensors file or a run directory written by `cthpo train`)",
+            "--model {}: not found (give a safetensors file or a run directory written by `cthpo train`)",
             args.model.display()
         );
     }

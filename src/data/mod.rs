@@ -53,7 +53,7 @@ pub enum DataError {
         looked_for: String,
     },
     /// The file exists but could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -11,6 +11,15 @@ impl Store {
     /// Optuna's schema if missing; an existing database must be an Optuna v12 database.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let dir = dir.as_ref().to_path_buf();
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Io {
+                path: dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "is a file, not a study directory",
+                ),
+            });
+        }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
             source,

@@ -357,7 +357,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
         return if seconds.is_finite() && seconds > 0.0 {
-            Ok(Duration::from_secs_f64(seconds))
+            within_limit(text, seconds)
         } else {
             Err(format!("`{text}` must be a positive duration"))
         };
@@ -387,5 +387,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "`{text}` is not a duration like 90s, 45m, 2h or 1h30m"
         ));
     }
-    Ok(Duration::from_secs_f64(total))
+    within_limit(text, total)
+}
+
+/// The longest budget or time limit accepted: 100 years (longer ones cannot be stored).
+const MAX_DURATION_SECONDS: f64 = 100.0 * 365.25 * 86400.0;
+
+fn within_limit(text: &str, seconds: f64) -> Result<Duration, String> {
+    if seconds > MAX_DURATION_SECONDS {
+        return Err(format!("`{text}` is longer than 100 years"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
