@@ -162,7 +162,7 @@ pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
             std::process::exit(super::INTERRUPTED_EXIT_CODE);
         }
         eprintln!(
-            "\nstopping after recording the running trial as interrupted (Ctrl-C again to stop at once)"
+            "\nstopping: a trial in training is recorded as interrupted and runs again when the study continues, one being scored is finished first (Ctrl-C again to stop at once)"
         );
     });
     eprintln!(

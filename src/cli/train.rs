@@ -64,6 +64,14 @@ pub struct TrainArgs {
 /// Runs `cthpo train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let created = prepare_run_dir(&args.out, args.force)?;
+    if created {
+        // Ctrl-C before the checkpoint is written leaves no empty run directory behind.
+        let out = args.out.clone();
+        let _ = ctrlc::set_handler(move || {
+            let _ = std::fs::remove_dir(&out);
+            std::process::exit(super::INTERRUPTED_EXIT_CODE);
+        });
+    }
     let result = train(&args);
     if result.is_err() && created {
         // Leave nothing behind: the directory was made for this run and is still empty.
