@@ -136,9 +136,11 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         spec.check_input_shape(dataset.input_shape(), dataset.as_str())
             .with_context(|| format!("--net {}", path.display()))?;
     }
-    spec.check_fits_memory(config.batch_size)?;
     if args.epochs == 0 {
         bail!("--epochs must be at least 1");
+    }
+    if args.val_samples == 0 {
+        bail!("--val-samples must be at least 1: the trained network is scored on them");
     }
     let splits = crate::data::load(dataset, &DataSource::from(args.data_dir.clone()))
         .with_context(|| format!("loading the {dataset} dataset"))?;

@@ -104,10 +104,17 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let (net, weights) = load_network(&args, dataset, sidecar.as_ref())?;
     let splits = crate::data::load(dataset, &source)
         .with_context(|| format!("loading the {dataset} dataset"))?;
-    let test = splits.test.take(args.samples);
-    if test.is_empty() {
+    if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    if args.samples > splits.test.len() {
+        bail!(
+            "--samples {}: the {dataset} test split has {} images",
+            args.samples,
+            splits.test.len()
+        );
+    }
+    let test = splits.test.take(args.samples);
     net.spec()
         .check_input_shape(test.shape(), dataset.as_str())?;
     let (images, labels) = test.tensors()?;
