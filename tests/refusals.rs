@@ -381,7 +381,7 @@ fn train_and_verify_refuse_bad_networks_outputs_and_values_before_work() {
     let missing = dir.join("missing.safetensors");
     refused(
         &cthpo(&["verify", "--model", missing.to_str().unwrap()]),
-        &["missing.safetensors", "no such file"],
+        &["missing.safetensors", "not found"],
     );
     let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
     let bias = tensors["3.bias"].to_vec1::<f32>().unwrap();
@@ -484,5 +484,96 @@ fn output_into_a_closed_pipe_ends_quietly() {
             output.status
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn further_bad_inputs_are_refused_before_any_work() {
+    let dir = temp_dir("further");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.join("studies");
+    let d = d.to_str().unwrap();
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let decay = dir.join("decay.yaml");
+    std::fs::write(&decay, "optimizer: adam\nweight_decay: 0.01\n").unwrap();
+    let run_cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            vec!["--trial-timeout", "1e30"],
+            &["trial_timeout", "100 years"],
+        ),
+        (
+            vec!["--time-budget", "99999999999999999999d"],
+            &["time_budget", "100 years"],
+        ),
+        (
+            vec!["--default", decay.to_str().unwrap()],
+            &["decay.yaml", "weight_decay", "no effect", "adamw"],
+        ),
+    ];
+    for (flags, needles) in run_cases {
+        refused(
+            &cthpo(&tiny("run", &[&["--dir", d], flags.as_slice()].concat())),
+            needles,
+        );
+        assert!(!Path::new(d).exists(), "{flags:?} left {d} behind");
+    }
+    refused(
+        &cthpo(&tiny("run", &["--dir", a_file.to_str().unwrap()])),
+        &["a-file", "is a file"],
+    );
+    let out = dir.join("run");
+    let o = out.to_str().unwrap();
+    refused(
+        &cthpo(&tiny("train", &["--out", o, "--val-samples", "0"])),
+        &["--val-samples", "at least 1"],
+    );
+    assert!(!out.exists());
+    // Ctrl-C during training leaves no empty run directory.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(tiny(
+            "train",
+            &[
+                "--out",
+                o,
+                "--method",
+                "ibp",
+                "--train-samples",
+                "5000",
+                "--epochs",
+                "5",
+            ],
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.exists() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sends SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    assert!(!out.exists(), "Ctrl-C left {o} behind");
+    let made = run_tiny(Path::new(d), &["--trials", "1"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let checkpoint = Path::new(d).join(TINY_NAME).join("trial-0");
+    refused(
+        &cthpo(&[
+            "verify",
+            "--model",
+            checkpoint.to_str().unwrap(),
+            "--samples",
+            "999999",
+        ]),
+        &["--samples 999999", "2000 images"],
+    );
+    refused(
+        &cthpo(&["resume", TINY_NAME, "--dir", d, "--trials", "0"]),
+        &["--trials", "at least 1"],
+    );
+    assert_eq!(trials(Path::new(d), TINY_NAME).len(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
