@@ -483,7 +483,29 @@ fn output_into_a_closed_pipe_ends_quietly() {
             "{args:?}: {:?}",
             output.status
         );
+        // Output that cannot be written (a full disk) is an error, not a panic.
+        if let Ok(full) = std::fs::File::create("/dev/full") {
+            let output = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+                .args(&args)
+                .stdout(full)
+                .output()
+                .unwrap();
+            refused(&output, &["writing to standard output"]);
+        }
     }
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    refused(
+        &cthpo(&[
+            "plot",
+            TINY_NAME,
+            "--dir",
+            d,
+            "--out",
+            a_file.to_str().unwrap(),
+        ]),
+        &["a-file", "is a file"],
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -3,6 +3,27 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// `println!` for command output that returns an error naming standard output, instead of
+/// panicking, when it cannot be written (a full disk); use in functions returning
+/// `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))?
+    }};
+}
+
+/// `print!` for command output, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)
+            .and_then(|()| std::io::stdout().flush())
+            .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))?
+    }};
+}
+
 mod best;
 mod plot;
 mod resume;

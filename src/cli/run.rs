@@ -180,7 +180,7 @@ pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
     let outcome = run_study(spec, dir, &mut display, &CANCEL)
         .with_context(|| format!("running study `{}`", spec.name))?;
     display.clear();
-    println!(
+    outln!(
         "study `{}`: {} completed, {} failed; best objective {}",
         spec.name,
         outcome.completed,
@@ -191,7 +191,7 @@ pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|| "none yet".into())
     );
     if outcome.interrupted {
-        println!(
+        outln!(
             "stopped by the user; run the same command (or `cthpo resume {}`) to continue",
             spec.name
         );

@@ -206,7 +206,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         certified_accuracy: report.certified_accuracy,
     });
     save_checkpoint(&args.out, &net, &sidecar)?;
-    println!(
+    outln!(
         "trained {method} in {:.1} s; on {} validation images: natural {:.2} %, adversarial {:.2} %, certified {:.2} %",
         summary.seconds,
         report.samples,
@@ -214,7 +214,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<()> {
         100.0 * report.adversarial_accuracy,
         100.0 * report.certified_accuracy
     );
-    println!("checkpoint written to {}", args.out.display());
+    outln!("checkpoint written to {}", args.out.display());
     Ok(())
 }
 

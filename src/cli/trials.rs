@@ -39,7 +39,7 @@ pub fn run(args: TrialsArgs) -> anyhow::Result<()> {
     } else {
         trials_table(&trials)
     };
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }
 

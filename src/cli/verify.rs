@@ -141,9 +141,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     .with_context(|| format!("evaluating {}", weights.display()))?;
     progress.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+        outln!("{}", serde_json::to_string_pretty(&report_json(&report))?);
     } else {
-        print_table(&report, &weights);
+        print_table(&report, &weights)?;
     }
     Ok(())
 }
@@ -202,28 +202,28 @@ fn report_json(report: &EvalReport) -> serde_json::Value {
     })
 }
 
-fn print_table(report: &EvalReport, weights: &std::path::Path) {
-    println!(
+fn print_table(report: &EvalReport, weights: &std::path::Path) -> anyhow::Result<()> {
+    outln!(
         "{} on {} samples, ε = {}",
         weights.display(),
         report.samples,
         report.eps
     );
-    println!(
+    outln!(
         "  natural accuracy      {:>7.2} %",
         100.0 * report.natural_accuracy
     );
-    println!(
+    outln!(
         "  adversarial accuracy  {:>7.2} %   (PGD, {:.1} s)",
         100.0 * report.adversarial_accuracy,
         report.attack_seconds
     );
-    println!(
+    outln!(
         "  certified accuracy    {:>7.2} %",
         100.0 * report.certified_accuracy
     );
     for stage in &report.stages {
-        println!(
+        outln!(
             "    {:<10} certified {:>5} of {:>5} attempted  ({:.2} s)",
             stage.method.name(),
             stage.certified,
@@ -231,5 +231,6 @@ fn print_table(report: &EvalReport, weights: &std::path::Path) {
             stage.seconds
         );
     }
-    println!("  total time {:.2} s", report.seconds);
+    outln!("  total time {:.2} s", report.seconds);
+    Ok(())
 }
