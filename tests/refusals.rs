@@ -1,8 +1,8 @@
 //! Hostile but realistic inputs, end to end through the binary: every bad input is refused
-//! before any work with a message naming what is wrong, nothing is written or lost, and Ctrl-C
-//! or a closed pipe end a command cleanly.
+//! before any work with a message naming what is wrong, nothing is written or lost, and a
+//! closed pipe or a full disk end a command cleanly (Ctrl-C in a study: tests/study.rs).
 
-use cthpo::store::{Store, StoredTrial, TrialState, attrs};
+use cthpo::store::{Store, StoredTrial};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -71,74 +71,12 @@ fn run_tiny(dir: &Path, extra: &[&str]) -> Output {
     cthpo(&tiny("run", &[&["--dir", d], extra].concat()))
 }
 
-#[test]
-fn ctrl_c_mid_trial_is_interrupted_and_run_again_first_without_counting() {
-    let dir = temp_dir("sigint");
-    let d = dir.to_str().unwrap();
-    let args = [
-        "run",
-        "--method",
-        "ibp",
-        "--epochs",
-        "4",
-        "--train-samples",
-        "3000",
-        "--val-samples",
-        "40",
-        "--trials",
-        "1",
-        "--dir",
-        d,
-    ];
-    let name = "ibp-mnist-cnn-small-eps0.1";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cthpo"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no trial started"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        let running = Store::open_read_only(&dir)
-            .ok()
-            .and_then(|store| {
-                let study = store.study_by_name(name).ok()??;
-                store.trials(study.id).ok()
-            })
-            .is_some_and(|t| t.iter().any(|t| t.state == TrialState::Running));
-        if running {
-            break;
-        }
-    }
-    // SAFETY: sends SIGINT (what Ctrl-C sends) to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(130), "{}", stderr(&output));
-    let stopped = trials(&dir, name);
-    assert_eq!(stopped.len(), 1);
-    assert_eq!(stopped[0].state, TrialState::Fail);
-    assert!(stopped[0].is_interrupted(), "{:?}", stopped[0].user_attrs);
-    assert!(
-        stopped[0]
-            .user_attr_str(attrs::FAILURE_REASON)
-            .unwrap()
-            .contains("interrupted"),
-    );
-
-    // The same command again: the interrupted configuration runs first, and the budget of one
-    // trial is met by it, not by the interrupted one.
-    let again = cthpo(&args);
-    assert!(again.status.success(), "{}", stderr(&again));
-    let after = trials(&dir, name);
-    assert_eq!(after.len(), 2, "the interrupted trial did not count");
-    assert_eq!(after[1].state, TrialState::Complete);
-    assert_eq!(after[1].params, after[0].params, "same configuration rerun");
-    let _ = std::fs::remove_dir_all(&dir);
+/// A fresh study directory `name` holding the one-trial study [`TINY_NAME`].
+fn tiny_study(name: &str) -> PathBuf {
+    let dir = temp_dir(name);
+    let made = run_tiny(&dir, &["--trials", "1"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    dir
 }
 
 #[test]
@@ -205,9 +143,7 @@ fn a_refused_setting_leaves_no_study_behind() {
 
 #[test]
 fn continuing_a_study_with_other_scoring_is_refused() {
-    let dir = temp_dir("same-scoring");
-    let first = run_tiny(&dir, &["--trials", "1"]);
-    assert!(first.status.success(), "{}", stderr(&first));
+    let dir = tiny_study("same-scoring");
     for (flags, field) in [
         (vec!["--weights", "nat=1,cert=2"], "weights"),
         (vec!["--val-samples", "60"], "val_samples"),
@@ -401,9 +337,7 @@ fn train_and_verify_refuse_bad_networks_outputs_and_values_before_work() {
 
 #[test]
 fn reading_commands_work_on_a_read_only_database_and_write_nothing() {
-    let dir = temp_dir("read-only");
-    let made = run_tiny(&dir, &["--trials", "1"]);
-    assert!(made.status.success(), "{}", stderr(&made));
+    let dir = tiny_study("read-only");
     // As a copy would be: the database alone, without SQLite's -wal and -shm files.
     let copy = temp_dir("read-only-copy");
     std::fs::create_dir_all(&copy).unwrap();
@@ -457,9 +391,7 @@ fn reading_commands_work_on_a_read_only_database_and_write_nothing() {
 
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
-    let dir = temp_dir("pipe");
-    let made = run_tiny(&dir, &["--trials", "1"]);
-    assert!(made.status.success(), "{}", stderr(&made));
+    let dir = tiny_study("pipe");
     let d = dir.to_str().unwrap();
     for args in [
         vec!["status", "--dir", d],

@@ -299,9 +299,9 @@ fn stale_running_trials_become_failed() {
     assert_eq!(by_number(&trials, 1).state, TrialState::Fail);
     assert!(!by_number(&trials, 0).is_interrupted());
     // A trial that fails on its own is not interrupted; one stopped from outside is.
-    let failed = store.start_trial(study, &params("sgd", 1e-4, 4)).unwrap();
+    let failed = store.start_trial(study, &params("sgd", 1e-4, 64)).unwrap();
     fail(&store, &failed, "diverged");
-    let stopped = store.start_trial(study, &params("sgd", 1e-4, 2)).unwrap();
+    let stopped = store.start_trial(study, &params("sgd", 1e-4, 128)).unwrap();
     let outcome = TrialOutcome::Interrupted {
         reason: "stopped by the user".into(),
     };

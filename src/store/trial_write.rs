@@ -256,23 +256,16 @@ impl Store {
                 }
                 TrialState::Complete
             }
-            TrialOutcome::Fail { reason } => {
+            TrialOutcome::Fail { reason } | TrialOutcome::Interrupted { reason } => {
                 self.set_attr_in(
                     &tx,
                     trial.trial_id,
                     attrs::FAILURE_REASON,
                     &Value::from(reason.as_str()),
                 )?;
-                TrialState::Fail
-            }
-            TrialOutcome::Interrupted { reason } => {
-                self.set_attr_in(
-                    &tx,
-                    trial.trial_id,
-                    attrs::FAILURE_REASON,
-                    &Value::from(reason.as_str()),
-                )?;
-                self.set_attr_in(&tx, trial.trial_id, attrs::INTERRUPTED, &Value::Bool(true))?;
+                if matches!(outcome, TrialOutcome::Interrupted { .. }) {
+                    self.set_attr_in(&tx, trial.trial_id, attrs::INTERRUPTED, &Value::Bool(true))?;
+                }
                 TrialState::Fail
             }
             TrialOutcome::Pruned => TrialState::Pruned,
