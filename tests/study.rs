@@ -343,6 +343,24 @@ fn study_settings_parse_with_clear_errors() {
     })
     .unwrap();
     assert_eq!(spec.name, "sabr-mnist-cnn-small-eps0.1");
+    // Every spelling of a method or dataset names one study.
+    for (method, dataset) in [
+        ("crown-ibp", "fmnist"),
+        ("CROWN_IBP", "fashion_mnist"),
+        ("crown_ibp", "Fashion-MNIST"),
+    ] {
+        let spec = StudySpec::resolve(StudyFile {
+            method: Some(method.into()),
+            dataset: Some(dataset.into()),
+            ..StudyFile::default()
+        })
+        .unwrap();
+        assert_eq!(spec.name, "crown_ibp-fashion-mnist-cnn-small-eps0.1");
+        assert_eq!(
+            (spec.method.as_str(), spec.dataset.as_str()),
+            ("crown_ibp", "fashion-mnist")
+        );
+    }
     for file in ["quick", "mnist-0.1", "mnist-0.3", "fashion-mnist-0.1"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("studies/{file}.yaml"));
         StudySpec::resolve(StudyFile::load(&path).unwrap()).unwrap();
