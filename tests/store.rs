@@ -283,22 +283,36 @@ fn stale_running_trials_become_failed() {
         .unwrap();
     assert!(none.is_empty());
     let marked = store
-        .mark_stale_running_as_failed(study, Duration::ZERO, "interrupted")
+        .mark_stale_running_as_failed(study, Duration::ZERO, "its process stopped")
         .unwrap();
     assert_eq!(marked.len(), 1);
     assert_eq!(marked[0].number, killed.number);
     assert_eq!(marked[0].state, TrialState::Fail);
     assert_eq!(
         marked[0].user_attr_str("failure_reason"),
-        Some("interrupted")
+        Some("its process stopped")
     );
+    assert!(marked[0].is_interrupted(), "marked interrupted, not failed");
     assert!(marked[0].datetime_complete.is_some());
     let trials = store.trials(study).unwrap();
     assert_eq!(by_number(&trials, 0).state, TrialState::Complete);
     assert_eq!(by_number(&trials, 1).state, TrialState::Fail);
+    assert!(!by_number(&trials, 0).is_interrupted());
+    // A trial that fails on its own is not interrupted; one stopped from outside is.
+    let failed = store.start_trial(study, &params("sgd", 1e-4, 64)).unwrap();
+    fail(&store, &failed, "diverged");
+    let stopped = store.start_trial(study, &params("sgd", 1e-4, 128)).unwrap();
+    let outcome = TrialOutcome::Interrupted {
+        reason: "stopped by the user".into(),
+    };
+    store.finish_trial(&stopped, &outcome).unwrap();
+    let trials = store.trials(study).unwrap();
+    assert!(!by_number(&trials, failed.number).is_interrupted());
+    assert!(by_number(&trials, stopped.number).is_interrupted());
+    assert_eq!(by_number(&trials, stopped.number).state, TrialState::Fail);
     // The next trial continues the numbering.
     let next = store.start_trial(study, &params("sgd", 1e-4, 8)).unwrap();
-    assert_eq!(next.number, 2);
+    assert_eq!(next.number, 4);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

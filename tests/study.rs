@@ -4,7 +4,7 @@
 use cthpo::store::{Store, TrialState, attrs};
 use cthpo::study::{ObjectiveWeights, StudyFile, StudySpec, parse_duration};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -166,11 +166,9 @@ fn failing_trials_are_recorded_and_the_study_goes_on() {
     }
 }
 
-#[test]
-fn a_killed_study_resumes_without_losing_completed_trials() {
-    let dir = temp_dir("kill");
-    let d = dir.to_str().unwrap();
-    let args = [
+/// `cthpo run` of a study of IBP trials long enough (seconds each) to be stopped mid-trial.
+fn ibp_study<'a>(d: &'a str, trials: &'a str) -> [&'a str; 13] {
+    [
         "run",
         "--method",
         "ibp",
@@ -181,42 +179,92 @@ fn a_killed_study_resumes_without_losing_completed_trials() {
         "--val-samples",
         "40",
         "--trials",
-        "3",
+        trials,
         "--dir",
         d,
-    ];
-    let name = "ibp-mnist-cnn-small-eps0.1";
+    ]
+}
+
+const IBP_NAME: &str = "ibp-mnist-cnn-small-eps0.1";
+
+/// Starts `args` and waits until a trial numbered `min_number` or more is RUNNING; returns the
+/// process and that trial's number.
+fn spawn_until_running(dir: &Path, args: &[&str], min_number: i64) -> (Child, i64) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cthpo"))
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until one trial is complete and the next is running, then SIGKILL.
     let start = Instant::now();
-    let killed_number = loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "study never reached trial 1"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        if !dir.join("cthpo.db").exists() {
-            continue;
+    let number = loop {
+        if start.elapsed() > Duration::from_secs(120) {
+            break None;
         }
-        let Ok(store) = Store::open_existing(&dir) else {
+        std::thread::sleep(Duration::from_millis(100));
+        let Ok(store) = Store::open_read_only(dir) else {
             continue;
         };
-        let Ok(Some(study)) = store.study_by_name(name) else {
+        let Ok(Some(study)) = store.study_by_name(IBP_NAME) else {
             continue;
         };
-        let stored = store.trials(study.id).unwrap();
+        let Ok(stored) = store.trials(study.id) else {
+            continue;
+        };
         if let Some(running) = stored
             .iter()
-            .find(|t| t.state == TrialState::Running && t.number >= 1)
+            .find(|t| t.state == TrialState::Running && t.number >= min_number)
         {
-            break running.number;
+            break Some(running.number);
         }
     };
+    let Some(number) = number else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("study never reached trial {min_number}");
+    };
+    (child, number)
+}
+
+#[test]
+fn ctrl_c_mid_trial_is_interrupted_and_run_again_first_without_counting() {
+    let dir = temp_dir("sigint");
+    let args = ibp_study(dir.to_str().unwrap(), "1");
+    let (child, number) = spawn_until_running(&dir, &args, 0);
+    // SAFETY: sends SIGINT (what Ctrl-C sends) to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130));
+    let stopped = trials(&dir, IBP_NAME);
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0].number, number);
+    assert_eq!(stopped[0].state, TrialState::Fail);
+    assert!(stopped[0].is_interrupted(), "{:?}", stopped[0].user_attrs);
+    let reason = stopped[0].user_attr_str(attrs::FAILURE_REASON).unwrap();
+    assert!(reason.contains("interrupted"), "{reason}");
+
+    // The same command again: the interrupted configuration runs first, and the budget of one
+    // trial is met by it, not by the interrupted one.
+    let again = cthpo(&args);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let after = trials(&dir, IBP_NAME);
+    assert_eq!(after.len(), 2, "the interrupted trial did not count");
+    assert_eq!(after[1].state, TrialState::Complete);
+    assert_eq!(after[1].params, after[0].params, "same configuration rerun");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_killed_study_resumes_without_losing_completed_trials() {
+    let dir = temp_dir("kill");
+    let d = dir.to_str().unwrap();
+    let name = IBP_NAME;
+    // Wait until one trial is complete and the next is running, then SIGKILL.
+    let (mut child, killed_number) = spawn_until_running(&dir, &ibp_study(d, "3"), 1);
     child.kill().unwrap();
     child.wait().unwrap();
     let before = trials(&dir, name);
@@ -246,10 +294,7 @@ fn a_killed_study_resumes_without_losing_completed_trials() {
     }
     let killed = after.iter().find(|t| t.number == killed_number).unwrap();
     assert_eq!(killed.state, TrialState::Fail);
-    assert_eq!(
-        killed.user_attr_str(attrs::FAILURE_REASON),
-        Some("interrupted")
-    );
+    assert!(killed.is_interrupted(), "{:?}", killed.user_attrs);
     let rerun = after
         .iter()
         .find(|t| t.number > killed_number && t.params == killed.params)
@@ -298,6 +343,24 @@ fn study_settings_parse_with_clear_errors() {
     })
     .unwrap();
     assert_eq!(spec.name, "sabr-mnist-cnn-small-eps0.1");
+    // Every spelling of a method or dataset names one study.
+    for (method, dataset) in [
+        ("crown-ibp", "fmnist"),
+        ("CROWN_IBP", "fashion_mnist"),
+        ("crown_ibp", "Fashion-MNIST"),
+    ] {
+        let spec = StudySpec::resolve(StudyFile {
+            method: Some(method.into()),
+            dataset: Some(dataset.into()),
+            ..StudyFile::default()
+        })
+        .unwrap();
+        assert_eq!(spec.name, "crown_ibp-fashion-mnist-cnn-small-eps0.1");
+        assert_eq!(
+            (spec.method.as_str(), spec.dataset.as_str()),
+            ("crown_ibp", "fashion-mnist")
+        );
+    }
     for file in ["quick", "mnist-0.1", "mnist-0.3", "fashion-mnist-0.1"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("studies/{file}.yaml"));
         StudySpec::resolve(StudyFile::load(&path).unwrap()).unwrap();

@@ -105,7 +105,7 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<u64> {
 
 /// Runs `cthpo best`.
 pub fn run(args: BestArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
     let info = store.require_study(&args.name)?;
     let trials = store
         .trials(info.id)
@@ -152,13 +152,13 @@ pub fn run(args: BestArgs) -> anyhow::Result<()> {
         Some(path) => {
             std::fs::write(path, &yaml)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            println!(
+            outln!(
                 "wrote the configuration of trial #{} to {}",
                 best.number,
                 path.display()
             );
         }
-        None => print!("{yaml}"),
+        None => out!("{yaml}"),
     }
     if let Some((from, to)) = checkpoint {
         let bytes = copy_tree(&from, to)?;
@@ -169,7 +169,7 @@ pub fn run(args: BestArgs) -> anyhow::Result<()> {
         );
         // Keep stdout pure YAML when the configuration is printed there.
         if args.export.is_some() {
-            println!("{message}");
+            outln!("{message}");
         } else {
             eprintln!("{message}");
         }

@@ -3,6 +3,27 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// `println!` for command output that returns an error naming standard output, instead of
+/// panicking, when it cannot be written (a full disk); use in functions returning
+/// `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))?
+    }};
+}
+
+/// `print!` for command output, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout(), $($arg)*)
+            .and_then(|()| std::io::stdout().flush())
+            .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))?
+    }};
+}
+
 mod best;
 mod plot;
 mod resume;
@@ -44,8 +65,23 @@ enum Command {
     Plot(plot::PlotArgs),
 }
 
+/// Exit code of a command the user stopped with Ctrl-C (128 + SIGINT, as shells report it).
+const INTERRUPTED_EXIT_CODE: i32 = 130;
+
+/// The error of a command the user stopped with Ctrl-C after it saved its work: exits with
+/// [`INTERRUPTED_EXIT_CODE`] and no further message.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped by the user")]
+struct Interrupted;
+
 /// Parses the process arguments, runs the command and turns errors into a non-zero exit code.
 pub fn main() -> ExitCode {
+    // Output piped into a reader that stops early (`cthpo trials | head`) ends the command
+    // quietly, as in other Unix tools, instead of a "Broken pipe" panic.
+    // SAFETY: setting a signal disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
@@ -59,6 +95,7 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<Interrupted>() => ExitCode::from(INTERRUPTED_EXIT_CODE as u8),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

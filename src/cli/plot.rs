@@ -22,8 +22,14 @@ pub struct PlotArgs {
 
 /// Runs `cthpo plot`.
 pub fn run(args: PlotArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
     let out = args.out.unwrap_or_else(|| args.dir.join("plots"));
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {} is a file; give a folder for the charts",
+            out.display()
+        );
+    }
     let summary = plot::plot_studies(&store, &args.names, &out).context("plotting failed")?;
     for note in &summary.skipped {
         eprintln!("note: skipped a chart: {note}");
@@ -32,7 +38,7 @@ pub fn run(args: PlotArgs) -> anyhow::Result<()> {
         bail!("nothing to plot yet");
     }
     for file in &summary.files {
-        println!("{}", file.display());
+        outln!("{}", file.display());
     }
     Ok(())
 }

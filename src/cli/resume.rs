@@ -32,6 +32,9 @@ pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
     let mut spec: StudySpec = serde_json::from_value(stored.clone())
         .with_context(|| format!("reading the stored settings of study `{}`", args.name))?;
     if let Some(trials) = args.trials {
+        if trials == 0 {
+            bail!("--trials must be at least 1");
+        }
         spec.trials = trials;
     }
     drop(store);

@@ -4,7 +4,7 @@ use crate::space::Config;
 use crate::store::DEFAULT_STUDY_DIR;
 use crate::study::{
     ObjectiveKind, ObjectiveWeights, StudyDisplay, StudyFile, StudySpec, SurrogateKind,
-    TrialFailure, TrialScores, format_duration, run_study,
+    TrialFailure, TrialScores, absolute_path, format_duration, run_study,
 };
 use crate::train::BatchProgress;
 use anyhow::Context;
@@ -61,7 +61,7 @@ pub struct RunArgs {
     #[arg(long)]
     epochs: Option<usize>,
     /// ℓ∞ radius to certify (default 0.1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     eps: Option<f64>,
     /// Dataset: mnist (default, embedded subset), fashion-mnist, cifar10.
     #[arg(long)]
@@ -98,7 +98,7 @@ pub struct RunArgs {
     seed: Option<u64>,
 }
 
-/// Set by Ctrl-C: the running trial stops, is recorded as failed, and the study ends.
+/// Set by Ctrl-C: the running trial stops, is recorded as interrupted, and the study ends.
 static CANCEL: AtomicBool = AtomicBool::new(false);
 
 /// Runs `cthpo run`.
@@ -138,6 +138,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         no_default: args.no_default.then_some(true),
         seed: args.seed,
     };
+    // Paths are stored with the study, which `resume` may continue from anywhere.
+    let here = Path::new("");
+    let overrides = StudyFile {
+        data_dir: overrides.data_dir.map(|p| absolute_path(&p, here)),
+        default_config: overrides.default_config.map(|p| absolute_path(&p, here)),
+        ..overrides
+    };
     let spec = StudySpec::resolve(overrides.over(base))?;
     execute(&spec, &args.dir)
 }
@@ -145,7 +152,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Runs a resolved study with progress display and Ctrl-C handling (shared with `resume`).
 pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
     // A failure to install the handler only loses graceful Ctrl-C; the study still runs.
-    let _ = ctrlc::set_handler(|| CANCEL.store(true, Ordering::SeqCst));
+    let _ = ctrlc::set_handler(|| {
+        if CANCEL.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: stop at once. The running trial stays RUNNING in the database
+            // and is found interrupted (its process gone) and run again by the next run.
+            eprintln!(
+                "\nstopping now; the running trial will run again when the study is continued"
+            );
+            std::process::exit(super::INTERRUPTED_EXIT_CODE);
+        }
+        eprintln!(
+            "\nstopping: a trial in training is recorded as interrupted and runs again when the study continues, one being scored is finished first (Ctrl-C again to stop at once)"
+        );
+    });
     eprintln!(
         "study `{}`: {} on {} ({}, ε = {}), {} trials of {} epochs, results in {}",
         spec.name,
@@ -161,7 +180,7 @@ pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
     let outcome = run_study(spec, dir, &mut display, &CANCEL)
         .with_context(|| format!("running study `{}`", spec.name))?;
     display.clear();
-    println!(
+    outln!(
         "study `{}`: {} completed, {} failed; best objective {}",
         spec.name,
         outcome.completed,
@@ -172,10 +191,11 @@ pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|| "none yet".into())
     );
     if outcome.interrupted {
-        println!(
+        outln!(
             "stopped by the user; run the same command (or `cthpo resume {}`) to continue",
             spec.name
         );
+        return Err(super::Interrupted.into());
     }
     Ok(())
 }

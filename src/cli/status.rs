@@ -24,7 +24,7 @@ pub struct StatusArgs {
 
 /// Runs `cthpo status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
     let studies = match &args.name {
         Some(name) => vec![store.require_study(name)?],
         None => store.studies()?,
@@ -46,19 +46,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
         } else {
             Value::Array(list)
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     match &args.name {
         Some(_) => {
             if let Some((info, trials)) = loaded.first() {
-                print!("{}", describe(&store, info, trials));
+                out!("{}", describe(&store, info, trials));
             }
         }
         None if loaded.is_empty() => {
-            println!("no studies in {}", store.db_path().display());
+            outln!("no studies in {}", store.db_path().display());
         }
-        None => print!("{}", overview(&loaded)),
+        None => out!("{}", overview(&loaded)),
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ pub struct TrainArgs {
     #[arg(long)]
     net: Option<PathBuf>,
     /// ℓ∞ radius to certify, in [0,1] pixel units.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     eps: f64,
     /// YAML map of hyperparameters (e.g. exported by `cthpo best --export`).
     #[arg(long)]
@@ -53,13 +53,70 @@ pub struct TrainArgs {
     /// Seed of the split, initialisation, batch order and attacks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run directory to write model.safetensors and model.json into.
+    /// Run directory to write model.safetensors and model.json into (new or empty).
     #[arg(long)]
     out: PathBuf,
+    /// Replace the checkpoint of a run directory that already holds one.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs `cthpo train`.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    let created = prepare_run_dir(&args.out, args.force)?;
+    if created {
+        // Ctrl-C before the checkpoint is written leaves no empty run directory behind.
+        let out = args.out.clone();
+        let _ = ctrlc::set_handler(move || {
+            let _ = std::fs::remove_dir(&out);
+            std::process::exit(super::INTERRUPTED_EXIT_CODE);
+        });
+    }
+    let result = train(&args);
+    if result.is_err() && created {
+        // Leave nothing behind: the directory was made for this run and is still empty.
+        let _ = std::fs::remove_dir(&args.out);
+    }
+    result
+}
+
+/// Checks before any work that `out` can take the checkpoint: a new directory (created now,
+/// returns true), an empty one, or with `force` one holding an earlier run.
+fn prepare_run_dir(out: &Path, force: bool) -> anyhow::Result<bool> {
+    if out.exists() && !out.is_dir() {
+        bail!(
+            "--out {} is a file; give a directory for model.safetensors and model.json",
+            out.display()
+        );
+    }
+    if out.is_dir() {
+        let mut entries = std::fs::read_dir(out)
+            .with_context(|| format!("reading --out {}", out.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
+        entries.sort();
+        if !entries.is_empty() && !force {
+            bail!(
+                "--out {} is not empty ({}): pass --force to replace its checkpoint, or choose a new directory",
+                out.display(),
+                entries.join(", ")
+            );
+        }
+        let probe = out.join(".cthpo-write-test");
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("--out {} is not writable", out.display()))?;
+        let _ = std::fs::remove_file(probe);
+        return Ok(false);
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating --out {}", out.display()))?;
+    Ok(true)
+}
+
+fn train(args: &TrainArgs) -> anyhow::Result<()> {
+    if !(args.eps.is_finite() && (0.0..=1.0).contains(&args.eps)) {
+        bail!("--eps {} must be in [0, 1] (pixel units)", args.eps);
+    }
     let method: Method = args.method.parse()?;
     let dataset: DatasetName = args.dataset.parse()?;
     let config = load_config(method, args.config.as_deref(), &args.set)?;
@@ -75,14 +132,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             Some(args.arch.clone()),
         ),
     };
+    if let Some(path) = &args.net {
+        spec.check_input_shape(dataset.input_shape(), dataset.as_str())
+            .with_context(|| format!("--net {}", path.display()))?;
+    }
     if args.epochs == 0 {
         bail!("--epochs must be at least 1");
+    }
+    if args.val_samples == 0 {
+        bail!("--val-samples must be at least 1: the trained network is scored on them");
     }
     let splits = crate::data::load(dataset, &DataSource::from(args.data_dir.clone()))
         .with_context(|| format!("loading the {dataset} dataset"))?;
     let (train, validation) = splits
         .train_validation(args.val_samples, args.train_samples, args.seed)
-        .context("--val-samples")?;
+        .context("--val-samples and --train-samples")?;
     let (images, labels) = train.tensors()?;
     let mut net = Net::new(&spec, method.initialization(), args.seed)?;
     let options = TrainOptions {
@@ -142,7 +206,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         certified_accuracy: report.certified_accuracy,
     });
     save_checkpoint(&args.out, &net, &sidecar)?;
-    println!(
+    outln!(
         "trained {method} in {:.1} s; on {} validation images: natural {:.2} %, adversarial {:.2} %, certified {:.2} %",
         summary.seconds,
         report.samples,
@@ -150,7 +214,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         100.0 * report.adversarial_accuracy,
         100.0 * report.certified_accuracy
     );
-    println!("checkpoint written to {}", args.out.display());
+    outln!("checkpoint written to {}", args.out.display());
     Ok(())
 }
 

@@ -24,7 +24,7 @@ pub struct TrialsArgs {
 
 /// Runs `cthpo trials`.
 pub fn run(args: TrialsArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir).context("cannot open the study database")?;
+    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
     let info = store.require_study(&args.name)?;
     let trials = store
         .trials(info.id)
@@ -39,7 +39,7 @@ pub fn run(args: TrialsArgs) -> anyhow::Result<()> {
     } else {
         trials_table(&trials)
     };
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }
 

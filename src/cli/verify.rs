@@ -44,7 +44,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// ℓ∞ radius in [0,1] pixel units (default: the checkpoint's, else 0.1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     eps: Option<f64>,
     /// Certification method.
     #[arg(long, value_enum, default_value_t = VerifyMethod::Cascade)]
@@ -71,6 +71,17 @@ pub struct VerifyArgs {
 
 /// Runs `cthpo verify`.
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
+    if !args.model.exists() {
+        bail!(
+            "--model {}: not found (give a safetensors file or a run directory written by `cthpo train`)",
+            args.model.display()
+        );
+    }
+    if let Some(eps) = args.eps
+        && !(eps.is_finite() && (0.0..=1.0).contains(&eps))
+    {
+        bail!("--eps {eps} must be in [0, 1] (pixel units)");
+    }
     let sidecar = if args.arch.is_none() && args.net.is_none() {
         let (_, sidecar) = crate::train::checkpoint_files(&args.model);
         match sidecar {
@@ -93,17 +104,19 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let (net, weights) = load_network(&args, dataset, sidecar.as_ref())?;
     let splits = crate::data::load(dataset, &source)
         .with_context(|| format!("loading the {dataset} dataset"))?;
-    let test = splits.test.take(args.samples);
-    if test.is_empty() {
+    if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let expected_shape = net.spec().input_shape;
-    if test.shape() != expected_shape {
+    if args.samples > splits.test.len() {
         bail!(
-            "the network expects inputs of shape {expected_shape:?} but {dataset} images are {:?}",
-            test.shape()
+            "--samples {}: the {dataset} test split has {} images",
+            args.samples,
+            splits.test.len()
         );
     }
+    let test = splits.test.take(args.samples);
+    net.spec()
+        .check_input_shape(test.shape(), dataset.as_str())?;
     let (images, labels) = test.tensors()?;
     let mut config = EvalConfig::cascade(eps);
     config.methods = match args.method {
@@ -128,9 +141,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     .with_context(|| format!("evaluating {}", weights.display()))?;
     progress.finish_and_clear();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+        outln!("{}", serde_json::to_string_pretty(&report_json(&report))?);
     } else {
-        print_table(&report, &weights);
+        print_table(&report, &weights)?;
     }
     Ok(())
 }
@@ -189,28 +202,28 @@ fn report_json(report: &EvalReport) -> serde_json::Value {
     })
 }
 
-fn print_table(report: &EvalReport, weights: &std::path::Path) {
-    println!(
+fn print_table(report: &EvalReport, weights: &std::path::Path) -> anyhow::Result<()> {
+    outln!(
         "{} on {} samples, ε = {}",
         weights.display(),
         report.samples,
         report.eps
     );
-    println!(
+    outln!(
         "  natural accuracy      {:>7.2} %",
         100.0 * report.natural_accuracy
     );
-    println!(
+    outln!(
         "  adversarial accuracy  {:>7.2} %   (PGD, {:.1} s)",
         100.0 * report.adversarial_accuracy,
         report.attack_seconds
     );
-    println!(
+    outln!(
         "  certified accuracy    {:>7.2} %",
         100.0 * report.certified_accuracy
     );
     for stage in &report.stages {
-        println!(
+        outln!(
             "    {:<10} certified {:>5} of {:>5} attempted  ({:.2} s)",
             stage.method.name(),
             stage.certified,
@@ -218,5 +231,6 @@ fn print_table(report: &EvalReport, weights: &std::path::Path) {
             stage.seconds
         );
     }
-    println!("  total time {:.2} s", report.seconds);
+    outln!("  total time {:.2} s", report.seconds);
+    Ok(())
 }

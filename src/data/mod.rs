@@ -53,7 +53,7 @@ pub enum DataError {
         looked_for: String,
     },
     /// The file exists but could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -165,6 +165,21 @@ pub enum DataError {
         validation: usize,
         /// Images in the training split.
         available: usize,
+    },
+    /// More (or fewer than one) training images asked for than the split leaves.
+    #[error(
+        "{requested} training images asked for, but the training split has {available} images \
+         and {validation} of them are held out for validation, leaving {left} to train on"
+    )]
+    TrainingImages {
+        /// Training images asked for.
+        requested: usize,
+        /// Images in the training split.
+        available: usize,
+        /// Validation images held out of it.
+        validation: usize,
+        /// Images left to train on.
+        left: usize,
     },
 }
 
@@ -289,7 +304,8 @@ pub struct Splits {
 
 impl Splits {
     /// The training and validation sets of a run: `validation` images of the training split
-    /// held out by `seed`, and of the rest at most `train_samples` (all if `None`) to train on.
+    /// held out by `seed`, and of the rest `train_samples` (all if `None`) to train on; asking
+    /// for none, or for more than are left, is an error saying how many there are.
     pub fn train_validation(
         &self,
         validation: usize,
@@ -300,6 +316,15 @@ impl Splits {
             return Err(DataError::NoTrainingImages {
                 validation,
                 available: self.train.len(),
+            });
+        }
+        let left = self.train.len() - validation;
+        if let Some(requested) = train_samples.filter(|&n| n == 0 || n > left) {
+            return Err(DataError::TrainingImages {
+                requested,
+                available: self.train.len(),
+                validation,
+                left,
             });
         }
         let (train, validation) = self.train.split(validation, seed);

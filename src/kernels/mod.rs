@@ -22,7 +22,7 @@ pub use interval::{relu_box_centre, relu_box_radius};
 pub use linear::{
     abs_linear, abs_linear_weight_gradient, linear, linear_input_gradient, linear_weight_gradient,
 };
-pub use memory::retain_freed_memory;
+pub use memory::{memory_and_swap_bytes, retain_freed_memory};
 pub use moments::channel_moments;
 pub use relu::{relu, relu_gradient};
 pub use reverse::{

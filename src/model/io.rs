@@ -27,8 +27,8 @@ impl Net {
         })
     }
 
-    /// Loads a safetensors checkpoint for `spec`, failing with every missing, unexpected or
-    /// wrongly shaped key listed.
+    /// Loads a safetensors checkpoint for `spec`, failing with every missing, unexpected,
+    /// wrongly shaped or non-finite (NaN, infinity) key listed.
     pub fn load(spec: &NetSpec, path: &Path) -> Result<Net, ModelError> {
         let checkpoint_error = |problem: String| ModelError::Checkpoint {
             path: path.to_path_buf(),
@@ -41,6 +41,7 @@ impl Net {
             .map_err(|e| checkpoint_error(format!("not a readable safetensors file: {e}")))?;
         let shapes = spec.activation_shapes()?;
         let mut problems = Vec::new();
+        let mut non_finite = Vec::new();
         let mut parameters = Vec::new();
         for slot in parameter_slots(spec, &shapes) {
             match tensors.remove(&slot.name) {
@@ -51,7 +52,15 @@ impl Net {
                     tensor.dims(),
                     slot.dims
                 )),
-                Some(tensor) => parameters.push((slot.name, tensor.to_dtype(DType::F32)?)),
+                Some(tensor) => {
+                    let tensor = tensor.to_dtype(DType::F32)?;
+                    let values = tensor.flatten_all()?.to_vec1::<f32>()?;
+                    let bad = values.iter().filter(|v| !v.is_finite()).count();
+                    if bad > 0 {
+                        non_finite.push(format!("{}: {bad} of {} values", slot.name, values.len()));
+                    }
+                    parameters.push((slot.name, tensor));
+                }
             }
         }
         let mut batch_norm_steps = Vec::new();
@@ -75,6 +84,12 @@ impl Net {
             return Err(checkpoint_error(format!(
                 "does not match the architecture:\n  {}",
                 problems.join("\n  ")
+            )));
+        }
+        if !non_finite.is_empty() {
+            return Err(checkpoint_error(format!(
+                "holds non-finite weights (NaN or infinity), which cannot be scored:\n  {}",
+                non_finite.join("\n  ")
             )));
         }
         let mut net = Net::from_parameters(spec, shapes, parameters)?;

@@ -49,6 +49,36 @@ pub enum ModelError {
         /// What is wrong.
         problem: String,
     },
+    /// The network's inputs are not the shape of the data it is given.
+    #[error("the network expects inputs of shape {expected:?} but {dataset} images are {actual:?}")]
+    InputShape {
+        /// The network's `input_shape`.
+        expected: [usize; 3],
+        /// The shape of the data's images.
+        actual: [usize; 3],
+        /// The data's name.
+        dataset: String,
+    },
+    /// The network cannot fit in this machine's memory.
+    #[error(
+        "the network is too large: {parameters} parameters (layer {layer} holds the most) and \
+         {activations} activation values per sample need at least {needed_gb:.1} GB to train \
+         with batches of {batch}, more than this machine's {available_gb:.1} GB of memory and swap"
+    )]
+    TooLarge {
+        /// Parameters of the whole network.
+        parameters: u128,
+        /// The layer with the most parameters.
+        layer: usize,
+        /// Activation values of one sample, summed over layers.
+        activations: u128,
+        /// Samples per step the estimate is for.
+        batch: usize,
+        /// The least memory it needs, in GB.
+        needed_gb: f64,
+        /// Memory and swap of the machine, in GB.
+        available_gb: f64,
+    },
     /// A tensor operation failed (shape mismatch or similar).
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -166,6 +166,40 @@ pub fn parameter_slots(spec: &NetSpec, shapes: &[ActivationShape]) -> Vec<Parame
     slots
 }
 
+impl NetSpec {
+    /// Refuses a network that cannot fit in this machine's memory and swap when trained with
+    /// `batch` samples per step: its weights, their gradients and one batch's activations are
+    /// a floor on what training needs, checked before anything is allocated (an allocation
+    /// that fails aborts the process).
+    pub fn check_fits_memory(&self, batch: usize) -> Result<(), ModelError> {
+        let shapes = self.activation_shapes()?;
+        let mut per_layer = vec![0u128; self.layers.len()];
+        for slot in parameter_slots(self, &shapes) {
+            per_layer[slot.layer] += slot.dims.iter().map(|&d| d as u128).product::<u128>();
+        }
+        let parameters: u128 = per_layer.iter().sum();
+        let activations: u128 = shapes.iter().map(|s| s.numel() as u128).sum();
+        let needed = 4 * (2 * parameters + batch.max(1) as u128 * activations);
+        let Some(available) = crate::kernels::memory_and_swap_bytes() else {
+            return Ok(());
+        };
+        if needed <= available as u128 {
+            return Ok(());
+        }
+        let layer = (0..per_layer.len())
+            .max_by_key(|&i| per_layer[i])
+            .unwrap_or(0);
+        Err(ModelError::TooLarge {
+            parameters,
+            layer,
+            activations,
+            batch,
+            needed_gb: needed as f64 / 1e9,
+            available_gb: available as f64 / 1e9,
+        })
+    }
+}
+
 /// A feed-forward network built from a [`NetSpec`].
 #[derive(Debug, Clone)]
 pub struct Net {
@@ -179,6 +213,7 @@ pub struct Net {
 impl Net {
     /// Builds a network with freshly initialised parameters drawn from a seeded generator.
     pub fn new(spec: &NetSpec, init: Initialization, seed: u64) -> Result<Net, ModelError> {
+        spec.check_fits_memory(1)?;
         let shapes = spec.activation_shapes()?;
         let mut rng = ParameterRng::new(seed);
         let last_affine = spec

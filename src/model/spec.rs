@@ -104,6 +104,9 @@ pub struct NetSpec {
     pub layers: Vec<LayerSpec>,
 }
 
+/// The most values one layer may produce per sample (2³²; far beyond any memory).
+const MAX_ACTIVATION: usize = 1 << 32;
+
 /// Names of the builtin architectures accepted by [`NetSpec::builtin`].
 pub const BUILTIN_ARCHITECTURES: &[&str] = &["fc", "cnn-small", "cnn-medium", "cnn7"];
 
@@ -300,6 +303,22 @@ impl NetSpec {
                     )));
                 }
             };
+            let values = match shape {
+                ActivationShape::Image {
+                    channels,
+                    height,
+                    width,
+                } => channels
+                    .checked_mul(height)
+                    .and_then(|n| n.checked_mul(width)),
+                ActivationShape::Flat(n) => Some(n),
+            };
+            if values.is_none_or(|n| n > MAX_ACTIVATION) {
+                return Err(invalid(format!(
+                    "{} layer produces more than {MAX_ACTIVATION} values per sample",
+                    layer.kind()
+                )));
+            }
             shapes.push(shape);
         }
         match shape {
@@ -309,6 +328,19 @@ impl NetSpec {
                 problem: "the network must end in a flat vector of logits (flatten + linear)"
                     .into(),
             }),
+        }
+    }
+
+    /// Checks that `data`'s images (`actual`, named `dataset`) are the network's input shape.
+    pub fn check_input_shape(&self, actual: [usize; 3], dataset: &str) -> Result<(), ModelError> {
+        if self.input_shape == actual {
+            Ok(())
+        } else {
+            Err(ModelError::InputShape {
+                expected: self.input_shape,
+                actual,
+                dataset: dataset.to_string(),
+            })
         }
     }
 

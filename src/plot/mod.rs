@@ -29,7 +29,7 @@ pub enum PlotError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The output folder could not be created.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The folder.
         path: PathBuf,

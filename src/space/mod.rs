@@ -109,6 +109,11 @@ impl Space {
         &self.params
     }
 
+    /// The conditions that switch parameters on and off, in file order.
+    pub fn conditions(&self) -> &[Condition] {
+        &self.conditions
+    }
+
     /// The searched (non-constant) parameters: the unit cube's axes, in order.
     pub fn searched(&self) -> Vec<&Param> {
         self.params
@@ -208,10 +213,27 @@ pub fn load_config_file(space: &Space, path: &Path) -> Result<Config, SpaceError
         origin: path.display().to_string(),
         problem: format!("not a YAML map of hyperparameters: {e}"),
     })?;
-    space.complete(&values).map_err(|e| SpaceError::File {
+    let config = space.complete(&values).map_err(|e| SpaceError::File {
         origin: path.display().to_string(),
         problem: e.to_string(),
-    })
+    })?;
+    // A value the configuration's conditions switch off would be silently dropped.
+    if let Some(key) = values.keys().find(|k| !config.contains_key(*k)) {
+        let parents: Vec<String> = space
+            .conditions()
+            .iter()
+            .filter(|c| &c.child == key)
+            .map(|c| format!("{} is one of {}", c.parent, c.values.join(", ")))
+            .collect();
+        return Err(SpaceError::File {
+            origin: path.display().to_string(),
+            problem: format!(
+                "`{key}` has no effect in this configuration: it is used only when {}",
+                parents.join(" and ")
+            ),
+        });
+    }
+    Ok(config)
 }
 
 /// The trainer's view of a configuration: `key → JSON value`.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The study directory could not be created or read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The directory or file.
         path: PathBuf,
@@ -51,7 +51,7 @@ pub enum StoreError {
         found: String,
     },
     /// Any other SQLite failure.
-    #[error("{path}: SQLite: {source}")]
+    #[error("{path}: SQLite")]
     Sqlite {
         /// The database file.
         path: PathBuf,

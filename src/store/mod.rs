@@ -64,6 +64,9 @@ pub mod attrs {
     pub const DURATION_SECONDS: &str = "duration_seconds";
     /// How the optimiser chose the trial's configuration (initial design, surrogate, random).
     pub const PROPOSAL: &str = "proposal";
+    /// `true` on a FAIL trial that was interrupted (Ctrl-C, killed process), not failed on its
+    /// own: it does not count against the budget and its configuration runs again.
+    pub const INTERRUPTED: &str = "interrupted";
 }
 
 /// Handle on one study directory's database.
@@ -113,12 +116,12 @@ fn decode_value(value: Option<f64>, value_type: &str) -> Option<f64> {
     }
 }
 
-/// Checks that a study name can be a folder name and fits Optuna's column.
+/// Checks that a study name can be a folder name (at most 255 bytes) and fits Optuna's column.
 pub fn validate_study_name(name: &str) -> Result<(), StoreError> {
     let reason = if name.is_empty() {
         Some("it is empty")
-    } else if name.len() > 512 {
-        Some("it is longer than 512 bytes")
+    } else if name.len() > 255 {
+        Some("it is longer than 255 bytes, the longest folder name file systems allow")
     } else if name == "." || name == ".." {
         Some("it is a special folder name")
     } else if name.contains(['/', '\\', '\0']) {

@@ -11,6 +11,15 @@ impl Store {
     /// Optuna's schema if missing; an existing database must be an Optuna v12 database.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let dir = dir.as_ref().to_path_buf();
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::Io {
+                path: dir,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotADirectory,
+                    "is a file, not a study directory",
+                ),
+            });
+        }
         std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
             path: dir.clone(),
             source,
@@ -26,6 +35,50 @@ impl Store {
             return Err(StoreError::Missing { path: db_path });
         }
         Store::open_impl(dir, false)
+    }
+
+    /// Opens the database of an existing study directory for reading only: nothing is created
+    /// or written (not even SQLite's `-wal`/`-shm` files when the directory is read-only), so
+    /// a copy on a read-only mount or another user's database can be inspected.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let db_path = dir.join(DB_FILE_NAME);
+        if !db_path.is_file() {
+            return Err(StoreError::Missing { path: db_path });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let open = |target: &str| -> Result<Store, StoreError> {
+            let conn = Connection::open_with_flags(target, flags).map_err(|source| {
+                StoreError::Sqlite {
+                    path: db_path.clone(),
+                    source,
+                }
+            })?;
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .map_err(|source| StoreError::Sqlite {
+                    path: db_path.clone(),
+                    source,
+                })?;
+            let store = Store {
+                conn,
+                dir: dir.clone(),
+                db_path: db_path.clone(),
+            };
+            store.check_schema()?;
+            Ok(store)
+        };
+        match open(&db_path.to_string_lossy()) {
+            // A WAL database needs its `-shm` file; where it cannot be created (read-only
+            // directory) and no writer has it open, SQLite reads the file as immutable.
+            Err(StoreError::Sqlite { source, .. })
+                if source.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) =>
+            {
+                open(&immutable_uri(&db_path))
+            }
+            other => other,
+        }
     }
 
     fn open_impl(dir: PathBuf, create: bool) -> Result<Store, StoreError> {
@@ -209,4 +262,17 @@ impl Store {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(|e| self.sql_err(e))
     }
+}
+
+/// `file:PATH?immutable=1`, with the characters a URI gives meaning to escaped.
+fn immutable_uri(path: &Path) -> String {
+    let mut uri = String::from("file:");
+    for ch in path.to_string_lossy().chars() {
+        match ch {
+            '%' | '?' | '#' => uri.push_str(&format!("%{:02X}", ch as u32)),
+            _ => uri.push(ch),
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }

@@ -256,13 +256,16 @@ impl Store {
                 }
                 TrialState::Complete
             }
-            TrialOutcome::Fail { reason } => {
+            TrialOutcome::Fail { reason } | TrialOutcome::Interrupted { reason } => {
                 self.set_attr_in(
                     &tx,
                     trial.trial_id,
                     attrs::FAILURE_REASON,
                     &Value::from(reason.as_str()),
                 )?;
+                if matches!(outcome, TrialOutcome::Interrupted { .. }) {
+                    self.set_attr_in(&tx, trial.trial_id, attrs::INTERRUPTED, &Value::Bool(true))?;
+                }
                 TrialState::Fail
             }
             TrialOutcome::Pruned => TrialState::Pruned,
@@ -276,7 +279,7 @@ impl Store {
     }
 
     /// Marks the study's RUNNING trials whose last heartbeat (or start) is at least
-    /// `older_than` ago as FAIL with `reason` (e.g. "interrupted"), for resuming after a
+    /// `older_than` ago as interrupted ([`TrialOutcome::Interrupted`] with `reason`), for resuming after a
     /// killed process; returns them as they are now. With several processes on one study,
     /// pass a grace period longer than their heartbeat interval.
     pub fn mark_stale_running_as_failed(
@@ -301,6 +304,7 @@ impl Store {
         )?;
         for id in &ids {
             self.set_attr_in(&tx, *id, attrs::FAILURE_REASON, &Value::from(reason))?;
+            self.set_attr_in(&tx, *id, attrs::INTERRUPTED, &Value::Bool(true))?;
             tx.execute(
                 "UPDATE trials SET state = 'FAIL', datetime_complete = ?1 WHERE trial_id = ?2",
                 params![now, id],

@@ -200,6 +200,13 @@ pub enum TrialOutcome {
         /// Human-readable cause (divergence, panic message, time limit, interrupted…).
         reason: String,
     },
+    /// Stopped from outside (Ctrl-C, a killed process) before it could finish: stored as FAIL
+    /// with `reason` and the user attribute `interrupted` = true (see
+    /// [`StoredTrial::is_interrupted`]).
+    Interrupted {
+        /// Human-readable cause.
+        reason: String,
+    },
     /// Stopped early by a pruner.
     Pruned,
 }
@@ -291,4 +298,16 @@ impl StoredTrial {
     pub fn user_attr_str(&self, key: &str) -> Option<&str> {
         self.user_attrs.get(key).and_then(Value::as_str)
     }
+
+    /// Whether the trial was interrupted rather than failed on its own: a FAIL stored as
+    /// [`TrialOutcome::Interrupted`] (or, in databases older than that attribute, with the
+    /// failure reason `interrupted`).
+    pub fn is_interrupted(&self) -> bool {
+        self.state == TrialState::Fail
+            && (self.user_attrs.get(super::attrs::INTERRUPTED) == Some(&Value::Bool(true))
+                || self.user_attr_str(super::attrs::FAILURE_REASON) == Some(LEGACY_INTERRUPTED))
+    }
 }
+
+/// The failure reason that marked an interrupted trial before [`super::attrs::INTERRUPTED`].
+const LEGACY_INTERRUPTED: &str = "interrupted";

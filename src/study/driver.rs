@@ -2,7 +2,8 @@
 //!
 //! Every trial is RUNNING in the database before training starts and is finished (COMPLETE or
 //! FAIL with a reason) as soon as it ends, so a killed process leaves evidence: on the next run
-//! its trial is marked FAIL "interrupted" and its configuration is run again first. The
+//! its trial is marked interrupted and its configuration is run again first, as is the
+//! configuration of a trial stopped with Ctrl-C. The
 //! optimiser is rebuilt from the stored trials before every ask, so two processes on one study
 //! share what they learn and never propose a configuration the other is running.
 
@@ -23,8 +24,8 @@ use std::time::{Duration, Instant};
 
 /// Study user attribute holding the resolved [`StudySpec`] (what `cthpo resume` reruns).
 pub const SPEC_ATTRIBUTE: &str = "cthpo_spec";
-/// Failure reason of a trial whose process died; such trials are run again.
-pub const INTERRUPTED: &str = "interrupted";
+/// Failure reason of a trial whose process died (stored as interrupted, so it runs again).
+pub const PROCESS_STOPPED: &str = "interrupted: the process running it stopped";
 /// A RUNNING trial whose heartbeat is older than this belongs to a dead process.
 const STALE_AFTER: Duration = Duration::from_secs(120);
 /// How often a running trial refreshes its heartbeat.
@@ -75,7 +76,11 @@ pub fn run_study(
         ),
         None => None,
     };
+    // Everything a trial needs (the data loads, the sample counts fit, the network builds on
+    // its images) is checked before the study is created or its settings are written.
+    let data = StudyData::load(spec)?;
     let store = Store::open(dir)?;
+    check_same_study(&store, spec)?;
     let directions = match spec.objective {
         ObjectiveKind::Weighted => vec![Direction::Maximize],
         ObjectiveKind::Pareto => vec![Direction::Maximize, Direction::Maximize],
@@ -84,21 +89,25 @@ pub fn run_study(
     let mut study_attrs = BTreeMap::new();
     study_attrs.insert(SPEC_ATTRIBUTE.to_string(), spec_json);
     let study = store.create_or_load_study(&spec.name, &directions, &study_attrs)?;
-    check_same_study(&store, spec)?;
 
     let mut stale = fail_dead_local_trials(&store, study)?;
-    stale.extend(store.mark_stale_running_as_failed(study, STALE_AFTER, INTERRUPTED)?);
-    let mut rerun: VecDeque<Config> = stale
-        .iter()
+    stale.extend(store.mark_stale_running_as_failed(study, STALE_AFTER, PROCESS_STOPPED)?);
+    if !stale.is_empty() {
+        display.note(&format!(
+            "{} trial(s) left running by a stopped process were marked interrupted",
+            stale.len()
+        ));
+    }
+    let mut rerun: VecDeque<Config> = interrupted_not_rerun(&store.trials(study)?)
+        .into_iter()
         .filter_map(|t| stored_config(&space, t))
         .collect();
     if !rerun.is_empty() {
         display.note(&format!(
-            "{} trial(s) left running by a stopped process were marked failed (interrupted) and will run again",
+            "{} interrupted trial(s) will run again first",
             rerun.len()
         ));
     }
-    let data = StudyData::load(spec)?;
     let start = Instant::now();
     let previously_spent: f64 = store
         .trials(study)?
@@ -108,7 +117,7 @@ pub fn run_study(
     let mut interrupted = false;
     loop {
         let trials = store.trials(study)?;
-        let counted = trials.iter().filter(|t| !is_interrupted(t)).count();
+        let counted = trials.iter().filter(|t| !t.is_interrupted()).count();
         if counted >= spec.trials {
             break;
         }
@@ -135,6 +144,11 @@ pub fn run_study(
                 (config, how)
             }
         };
+        // Ctrl-C while the optimiser was thinking: stop before a trial is started.
+        if cancel.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
         let params = stored_params(&space, &config)?;
         let handle = store.start_trial(study, &params)?;
         store.set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())?;
@@ -174,7 +188,7 @@ pub fn run_study(
             .count(),
         failed: trials
             .iter()
-            .filter(|t| t.state == TrialState::Fail && !is_interrupted(t))
+            .filter(|t| t.state == TrialState::Fail && !t.is_interrupted())
             .count(),
         best_objective: best_objective(&trials, &directions),
         interrupted,
@@ -221,8 +235,8 @@ fn fail_dead_local_trials(
                 trial_id: trial.trial_id,
                 number: trial.number,
             };
-            let outcome = TrialOutcome::Fail {
-                reason: INTERRUPTED.into(),
+            let outcome = TrialOutcome::Interrupted {
+                reason: PROCESS_STOPPED.into(),
             };
             // Another process may have finished it in the meantime: then it is not ours to fail.
             if store.finish_trial(&handle, &outcome).is_ok() {
@@ -244,12 +258,39 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
     let Ok(stored) = serde_json::from_value::<StudySpec>(stored.clone()) else {
         return Ok(());
     };
+    let samples = |n: Option<usize>| n.map_or_else(|| "all".to_string(), |n| n.to_string());
+    let weights = |w: &super::ObjectiveWeights| {
+        format!(
+            "nat={},adv={},cert={}",
+            w.natural, w.adversarial, w.certified
+        )
+    };
+    let dataset = |name: &str| super::canonical_dataset(name).unwrap_or_else(|_| name.into());
+    // Every setting that changes how a trial is trained or scored: trials that differ in one
+    // of them are not comparable, and `best` would pick among them.
     for (field, ours, theirs) in [
         ("method", spec.method.clone(), stored.method.clone()),
-        ("dataset", spec.dataset.clone(), stored.dataset.clone()),
+        ("dataset", dataset(&spec.dataset), dataset(&stored.dataset)),
         ("arch", spec.arch.clone(), stored.arch.clone()),
         ("eps", spec.eps.to_string(), stored.eps.to_string()),
         ("epochs", spec.epochs.to_string(), stored.epochs.to_string()),
+        (
+            "train_samples",
+            samples(spec.train_samples),
+            samples(stored.train_samples),
+        ),
+        (
+            "val_samples",
+            spec.val_samples.to_string(),
+            stored.val_samples.to_string(),
+        ),
+        ("seed", spec.seed.to_string(), stored.seed.to_string()),
+        (
+            "objective",
+            format!("{:?}", spec.objective).to_lowercase(),
+            format!("{:?}", stored.objective).to_lowercase(),
+        ),
+        ("weights", weights(&spec.weights), weights(&stored.weights)),
     ] {
         if ours != theirs {
             return Err(StudyError::invalid(
@@ -264,9 +305,18 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
     Ok(())
 }
 
-fn is_interrupted(trial: &StoredTrial) -> bool {
-    trial.state == TrialState::Fail
-        && trial.user_attr_str(attrs::FAILURE_REASON) == Some(INTERRUPTED)
+/// Interrupted trials (Ctrl-C, a stopped process) whose configuration no later trial has
+/// run or is running: the configurations to run again first, oldest first.
+fn interrupted_not_rerun(trials: &[StoredTrial]) -> Vec<&StoredTrial> {
+    trials
+        .iter()
+        .filter(|t| {
+            t.is_interrupted()
+                && !trials
+                    .iter()
+                    .any(|later| later.number > t.number && later.params == t.params)
+        })
+        .collect()
 }
 
 /// The weighted objective of the study's best trial (the store's rule, [`crate::store::best_trial`]).
@@ -306,7 +356,7 @@ fn rebuild_optimizer(
                 optimizer.tell(&config, outcome);
             }
             (TrialState::Running, _) => optimizer.mark_pending(&config),
-            _ if is_interrupted(trial) => {}
+            _ if trial.is_interrupted() => {}
             _ => optimizer.tell(&config, Outcome::Failed),
         }
     }
@@ -418,6 +468,9 @@ fn finish(
                 values: scores.values.clone(),
             }
         }
+        Err(failure) if failure.interrupted => TrialOutcome::Interrupted {
+            reason: failure.reason.clone(),
+        },
         Err(failure) => TrialOutcome::Fail {
             reason: failure.reason.clone(),
         },

@@ -4,14 +4,14 @@ mod driver;
 mod spec;
 mod trial;
 
-pub use driver::{INTERRUPTED, SPEC_ATTRIBUTE, StudyDisplay, StudyOutcome, run_study};
+pub use driver::{PROCESS_STOPPED, SPEC_ATTRIBUTE, StudyDisplay, StudyOutcome, run_study};
 
 pub use spec::{
-    ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, default_study_name,
-    parse_duration,
+    ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, absolute_path,
+    canonical_dataset, default_study_name, parse_duration,
 };
 
-pub use trial::{INTERRUPTED_BY_USER, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
+pub use trial::{StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 
 use crate::data::DataError;
 use crate::store::StoreError;

@@ -1,6 +1,9 @@
 //! What a study is: the study file (`studies/*.yaml`) merged with command-line overrides.
 
 use super::StudyError;
+use crate::data::DatasetName;
+use crate::model::BUILTIN_ARCHITECTURES;
+use crate::train::Method;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,12 +63,6 @@ impl ObjectiveWeights {
             let value: f64 = value.trim().parse().map_err(|_| {
                 StudyError::invalid("--weights", format!("`{value}` is not a number"))
             })?;
-            if !value.is_finite() || value < 0.0 {
-                return Err(StudyError::invalid(
-                    "--weights",
-                    format!("weight {value} must be finite and ≥ 0"),
-                ));
-            }
             match key.trim() {
                 "nat" | "natural" => weights.natural = value,
                 "adv" | "adversarial" => weights.adversarial = value,
@@ -78,13 +75,29 @@ impl ObjectiveWeights {
                 }
             }
         }
-        if weights.natural + weights.adversarial + weights.certified <= 0.0 {
-            return Err(StudyError::invalid(
-                "--weights",
-                "all weights are zero".into(),
-            ));
-        }
+        weights.validate("--weights")?;
         Ok(weights)
+    }
+
+    /// Checks that every weight is finite and ≥ 0 and that one is positive; `field` names
+    /// where the weights came from (`--weights`, or the study file's `weights`).
+    pub fn validate(&self, field: &str) -> Result<(), StudyError> {
+        for (key, value) in [
+            ("natural", self.natural),
+            ("adversarial", self.adversarial),
+            ("certified", self.certified),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(StudyError::invalid(
+                    field,
+                    format!("weight {key} = {value} must be finite and ≥ 0"),
+                ));
+            }
+        }
+        if self.natural + self.adversarial + self.certified <= 0.0 {
+            return Err(StudyError::invalid(field, "all weights are zero".into()));
+        }
+        Ok(())
     }
 }
 
@@ -140,7 +153,14 @@ impl StudyFile {
             source,
         };
         let text = std::fs::read_to_string(path).map_err(|e| file_error(e.into()))?;
-        serde_saphyr::from_str(&text).map_err(|e| file_error(e.into()))
+        let file: StudyFile = serde_saphyr::from_str(&text).map_err(|e| file_error(e.into()))?;
+        // The file's paths mean what they say wherever cthpo runs: relative to the file.
+        let base = path.parent().unwrap_or(Path::new(""));
+        Ok(StudyFile {
+            data_dir: file.data_dir.map(|p| absolute_path(&p, base)),
+            default_config: file.default_config.map(|p| absolute_path(&p, base)),
+            ..file
+        })
     }
 
     /// Fields set here replace those of `base` (command line over study file).
@@ -166,6 +186,16 @@ impl StudyFile {
             seed: self.seed.or(base.seed),
         }
     }
+}
+
+/// `path` as an absolute path: `~/…` under the home directory, a relative path under `base`
+/// (itself taken from the working directory when relative). Nothing needs to exist.
+pub fn absolute_path(path: &Path, base: &Path) -> PathBuf {
+    let path = match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => base.join(path),
+    };
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// A fully resolved study: what `cthpo run` executes.
@@ -218,8 +248,23 @@ impl StudySpec {
                 "no method given: pass --method or set `method:` in the study file".into(),
             )
         })?;
-        let dataset = file.dataset.unwrap_or_else(|| "mnist".into());
+        // Canonical names, so that `fmnist` and `fashion-mnist` are one study.
+        let method = method
+            .parse::<Method>()
+            .map_err(|e| StudyError::setting("method", e))?
+            .name()
+            .to_string();
+        let dataset = canonical_dataset(file.dataset.as_deref().unwrap_or("mnist"))?;
         let arch = file.arch.unwrap_or_else(|| "cnn-small".into());
+        if !BUILTIN_ARCHITECTURES.contains(&arch.as_str()) {
+            return Err(StudyError::invalid(
+                "arch",
+                format!(
+                    "unknown architecture `{arch}` (known: {})",
+                    BUILTIN_ARCHITECTURES.join(", ")
+                ),
+            ));
+        }
         let eps = file.eps.unwrap_or(0.1);
         if !(eps > 0.0 && eps <= 1.0) {
             return Err(StudyError::invalid(
@@ -242,6 +287,14 @@ impl StudySpec {
                 "must be at least 1".into(),
             ));
         }
+        if file.train_samples == Some(0) {
+            return Err(StudyError::invalid(
+                "train_samples",
+                "must be at least 1 (leave it out to train on the whole training split)".into(),
+            ));
+        }
+        let weights = file.weights.unwrap_or_default();
+        weights.validate("weights")?;
         let time_budget = file
             .time_budget
             .as_deref()
@@ -254,12 +307,12 @@ impl StudySpec {
             .transpose()?;
         let name = match file.name {
             Some(name) => {
-                if name.trim().is_empty() || name.contains(['/', '\\']) {
-                    return Err(StudyError::invalid(
-                        "name",
-                        format!("`{name}` must be non-empty and contain no path separators"),
-                    ));
+                if name.trim().is_empty() {
+                    return Err(StudyError::invalid("name", "must not be blank".into()));
                 }
+                // The name is a folder of the study directory (trial checkpoints).
+                crate::store::validate_study_name(&name)
+                    .map_err(|e| StudyError::setting("name", e))?;
                 name
             }
             None => default_study_name(&method, &dataset, &arch, eps),
@@ -279,12 +332,19 @@ impl StudySpec {
             trial_timeout,
             surrogate: file.surrogate.unwrap_or_default(),
             objective: file.objective.unwrap_or_default(),
-            weights: file.weights.unwrap_or_default(),
+            weights,
             default_config: file.default_config,
             no_default: file.no_default.unwrap_or(false),
             seed: file.seed.unwrap_or(0),
         })
     }
+}
+
+/// The canonical name of a dataset (`fmnist` → `fashion-mnist`), refusing unknown ones.
+pub fn canonical_dataset(name: &str) -> Result<String, StudyError> {
+    name.parse::<DatasetName>()
+        .map(|d| d.as_str().to_string())
+        .map_err(|e| StudyError::setting("dataset", e))
 }
 
 /// The name a study gets when none is given: running the same command twice continues it.
@@ -297,7 +357,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
         return if seconds.is_finite() && seconds > 0.0 {
-            Ok(Duration::from_secs_f64(seconds))
+            within_limit(text, seconds)
         } else {
             Err(format!("`{text}` must be a positive duration"))
         };
@@ -327,5 +387,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "`{text}` is not a duration like 90s, 45m, 2h or 1h30m"
         ));
     }
-    Ok(Duration::from_secs_f64(total))
+    within_limit(text, total)
+}
+
+/// The longest budget or time limit accepted: 100 years (longer ones cannot be stored).
+const MAX_DURATION_SECONDS: f64 = 100.0 * 365.25 * 86400.0;
+
+fn within_limit(text: &str, seconds: f64) -> Result<Duration, String> {
+    if seconds > MAX_DURATION_SECONDS {
+        return Err(format!("`{text}` is longer than 100 years"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }

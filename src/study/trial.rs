@@ -41,7 +41,13 @@ impl StudyData {
         let splits = crate::data::load(dataset, &DataSource::from(spec.data_dir.clone()))?;
         let (train, validation) = splits
             .train_validation(spec.val_samples, spec.train_samples, spec.seed)
-            .map_err(|e| StudyError::setting("val_samples", e))?;
+            .map_err(|e| {
+                let field = match e {
+                    crate::data::DataError::TrainingImages { .. } => "train_samples",
+                    _ => "val_samples",
+                };
+                StudyError::setting(field, e)
+            })?;
         let net = NetSpec::builtin(
             &spec.arch,
             dataset.input_shape(),
@@ -93,7 +99,8 @@ pub trait TrialHooks {
 pub struct TrialFailure {
     /// Human-readable reason.
     pub reason: String,
-    /// The user asked to stop the study (Ctrl-C) rather than the trial failing on its own.
+    /// The user asked to stop the study (Ctrl-C) rather than the trial failing on its own:
+    /// stored as interrupted ([`crate::store::TrialOutcome::Interrupted`]), run again first.
     pub interrupted: bool,
 }
 
@@ -144,14 +151,11 @@ struct Observer<'a> {
     validation: (&'a Tensor, &'a Tensor),
 }
 
-/// Reason text of a trial stopped by Ctrl-C.
-pub const INTERRUPTED_BY_USER: &str = "interrupted by the user";
-
 impl TrainObserver for Observer<'_> {
     fn on_batch(&mut self, progress: &BatchProgress) -> Control {
         self.hooks.on_batch(progress);
         if self.cancel.load(Ordering::SeqCst) {
-            return Control::Stop(INTERRUPTED_BY_USER.into());
+            return Control::Interrupt;
         }
         if let Some((deadline, limit)) = self.deadline
             && Instant::now() > deadline
@@ -224,7 +228,7 @@ fn train_and_score(
         &mut observer,
     )
     .map_err(|e| TrialFailure {
-        interrupted: matches!(&e, TrainError::Stopped(r) if r == INTERRUPTED_BY_USER),
+        interrupted: matches!(e, TrainError::Interrupted),
         reason: e.to_string(),
     })?;
     let eval_start = Instant::now();

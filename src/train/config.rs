@@ -324,6 +324,16 @@ impl TrainConfig {
                 });
             }
         }
+        for (key, value) in values {
+            // YAML's `.nan`/`.inf` and an empty value all arrive as JSON null.
+            if value.is_null() {
+                return Err(TrainError::Config {
+                    key: key.clone(),
+                    problem: "has no value, or one that is not a finite number (NaN, infinity)"
+                        .into(),
+                });
+            }
+        }
         let defaults = serde_json::to_value(TrainConfig::defaults(method))
             .map_err(|e| TrainError::internal(e.to_string()))?;
         let with = |entries: &mut dyn Iterator<Item = (&String, &serde_json::Value)>| {
@@ -344,6 +354,19 @@ impl TrainConfig {
         }
         let config = with(&mut values.iter()).map_err(|e| TrainError::internal(e.to_string()))?;
         config.validate()?;
+        if values.contains_key("weight_decay") && config.optimizer != OptimizerKind::Adamw {
+            return Err(TrainError::Config {
+                key: "weight_decay".into(),
+                problem: format!(
+                    "only AdamW uses weight decay, and the optimizer is {}: set optimizer to \
+                     adamw or leave weight_decay out",
+                    serde_json::to_value(config.optimizer)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
+            });
+        }
         Ok(config)
     }
 
@@ -354,16 +377,23 @@ impl TrainConfig {
             problem: "expected key=value".into(),
         })?;
         let value = value.trim();
+        let key = key.trim();
         let parsed = if let Ok(i) = value.parse::<i64>() {
             serde_json::Value::from(i)
         } else if let Ok(f) = value.parse::<f64>() {
+            if !f.is_finite() {
+                return Err(TrainError::Config {
+                    key: key.to_string(),
+                    problem: format!("`{value}` is not a finite number"),
+                });
+            }
             serde_json::Value::from(f)
         } else if let Ok(b) = value.parse::<bool>() {
             serde_json::Value::from(b)
         } else {
             serde_json::Value::from(value)
         };
-        Ok((key.trim().to_string(), parsed))
+        Ok((key.to_string(), parsed))
     }
 
     /// Checks ranges that would make training meaningless or crash.
@@ -378,6 +408,12 @@ impl TrainConfig {
                 })
             }
         };
+        // Non-finite floats serialise as null: name the first one.
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(self)
+            && let Some((key, _)) = map.iter().find(|(_, v)| v.is_null())
+        {
+            return check(key, false, "must be a finite number");
+        }
         let unit = |x: f64| (0.0..=1.0).contains(&x);
         check(
             "learning_rate",

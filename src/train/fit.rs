@@ -65,6 +65,19 @@ pub enum Control {
     Continue,
     /// Stop now with this reason (reported as [`TrainError::Stopped`]).
     Stop(String),
+    /// Stop now because the user asked to (reported as [`TrainError::Interrupted`]).
+    Interrupt,
+}
+
+impl Control {
+    /// The error that ends training for this answer, if it is not [`Control::Continue`].
+    fn stop_error(self) -> Option<TrainError> {
+        match self {
+            Control::Continue => None,
+            Control::Stop(reason) => Some(TrainError::Stopped(reason)),
+            Control::Interrupt => Some(TrainError::Interrupted),
+        }
+    }
 }
 
 /// Receives progress; the study driver uses it for progress bars, learning curves, time limits.
@@ -117,6 +130,16 @@ pub fn fit(
             labels.dim(0)?
         )));
     }
+    if let [_, channels, height, width] = *images.dims() {
+        net.spec()
+            .check_input_shape([channels, height, width], "the training")?;
+    } else {
+        return Err(TrainError::Data(format!(
+            "training images of shape {:?}, not [N, C, H, W]",
+            images.dims()
+        )));
+    }
+    net.spec().check_fits_memory(config.batch_size.min(count))?;
     let labels = labels.to_dtype(DType::U32)?;
     let start = Instant::now();
     let batch_size = config.batch_size.min(count);
@@ -170,8 +193,8 @@ pub fn fit(
                 loss: loss_value,
                 eps: values.eps,
             };
-            if let Control::Stop(reason) = observer.on_batch(&progress) {
-                return Err(TrainError::Stopped(reason));
+            if let Some(stop) = observer.on_batch(&progress).stop_error() {
+                return Err(stop);
             }
         }
         let seconds = epoch_start.elapsed().as_secs_f64();
@@ -184,8 +207,8 @@ pub fn fit(
             seconds,
             samples_per_second: count as f64 / seconds.max(1e-9),
         };
-        if let Control::Stop(reason) = observer.on_epoch(&report, net) {
-            return Err(TrainError::Stopped(reason));
+        if let Some(stop) = observer.on_epoch(&report, net).stop_error() {
+            return Err(stop);
         }
         reports.push(report);
     }

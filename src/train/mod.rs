@@ -38,6 +38,9 @@ pub enum TrainError {
     /// An observer asked to stop.
     #[error("training stopped: {0}")]
     Stopped(String),
+    /// An observer passed on the user's request to stop (Ctrl-C).
+    #[error("training interrupted by the user")]
+    Interrupted,
     /// The method name is not one of ours.
     #[error("unknown method `{name}` (known: {known})")]
     UnknownMethod {
