@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+mod common;
+
 /// Ends a trial as COMPLETE with these values.
 fn complete(store: &Store, trial: &TrialHandle, values: Vec<f64>) {
     store
@@ -49,15 +51,7 @@ struct Db {
     storage: Storage,
     dir: PathBuf,
     /// The PostgreSQL database created for the test.
-    pg_database: Option<String>,
-}
-
-/// The PostgreSQL server for tests, or a failure that says how to provide one.
-fn postgres_admin_url() -> String {
-    std::env::var("CTHPO_TEST_POSTGRES_URL").expect(
-        "set CTHPO_TEST_POSTGRES_URL=postgresql://user:password@host:port/db (a user that may \
-         create databases), e.g. from `scripts/postgres-local.sh start /tmp/cthpo-pg`",
-    )
+    pg: Option<common::PgDatabase>,
 }
 
 impl Db {
@@ -68,28 +62,17 @@ impl Db {
             url: storage.to_string(),
             storage,
             dir,
-            pg_database: None,
+            pg: None,
         }
     }
 
     fn postgres(name: &str) -> Db {
-        let admin = postgres_admin_url();
-        let database = format!("cthpo_test_{}_{name}", std::process::id()).to_lowercase();
-        let mut client = ::postgres::Client::connect(&admin, ::postgres::NoTls)
-            .expect("connect to CTHPO_TEST_POSTGRES_URL");
-        client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-            .unwrap();
-        client
-            .batch_execute(&format!("CREATE DATABASE {database}"))
-            .unwrap();
-        let base = admin.rsplit_once('/').expect("URL with a database").0;
-        let url = format!("{base}/{database}");
+        let pg = common::PgDatabase::create(name);
         Db {
-            storage: Storage::parse(&url).unwrap(),
-            url,
+            storage: Storage::parse(&pg.url).unwrap(),
+            url: pg.url.clone(),
             dir: temp_dir(&format!("pg-{name}")),
-            pg_database: Some(database),
+            pg: Some(pg),
         }
     }
 
@@ -102,7 +85,7 @@ impl Db {
     }
 
     fn is_sqlite(&self) -> bool {
-        self.pg_database.is_none()
+        self.pg.is_none()
     }
 
     /// What tests/python/optuna_check.py takes: the SQLite file or the PostgreSQL URL.
@@ -117,13 +100,6 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(database) = &self.pg_database
-            && let Ok(mut client) =
-                ::postgres::Client::connect(&postgres_admin_url(), ::postgres::NoTls)
-        {
-            let _ =
-                client.batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"));
-        }
     }
 }
 
@@ -619,41 +595,6 @@ fn foreign_and_garbage_files_are_refused() {
 
 // ------------------------------------------------------------------ Optuna compatibility
 
-/// Python with optuna 5.0.0: `CTHPO_OPTUNA_PYTHON`, else `./.venv/bin/python`. The test that
-/// needs it is ignored by default, so running it without one is a failure, never a silent pass.
-fn optuna_python() -> PathBuf {
-    let candidate = std::env::var_os("CTHPO_OPTUNA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(
-        candidate.exists(),
-        "no Python with optuna at {} (set CTHPO_OPTUNA_PYTHON or run \
-         `python3 -m venv .venv && .venv/bin/pip install optuna==5.0.0`)",
-        candidate.display()
-    );
-    candidate
-}
-
-fn run_python(python: &Path, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/optuna_check.py");
-    let output = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "optuna_check.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "optuna_check.py printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
 /// The schema rows of a database, with whitespace normalised.
 fn schema_rows(db: &Path) -> Vec<(String, String, String)> {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -713,7 +654,7 @@ fn optuna_reads_our_postgres_studies_and_we_read_optunas() {
 /// Optuna reads what cthpo wrote to `ours`, writes into it, and creates `theirs`, which must
 /// have exactly our schema and which cthpo must read.
 fn optuna_round_trip(ours: &Db, theirs: &Db) {
-    let python = optuna_python();
+    let python = common::optuna_python();
     let db_arg = ours.python_arg();
     let db_text = db_arg.as_str();
     {
@@ -766,7 +707,7 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
         assert_eq!(running.number, 3);
     }
 
-    let single = run_python(&python, &["dump", db_text, "single"]);
+    let single = common::run_python(&python, &["dump", db_text, "single"]);
     assert_eq!(single["studies"], json!(["single", "multi"]));
     assert_eq!(single["directions"], json!(["MINIMIZE"]));
     assert_eq!(single["user_attrs"], json!({"method": "ibp"}));
@@ -812,7 +753,7 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
     assert!(trials.iter().all(|t| t["has_complete"] == json!(true)));
     assert_eq!(single["best_number"], json!(2));
 
-    let multi = run_python(&python, &["dump", db_text, "multi"]);
+    let multi = common::run_python(&python, &["dump", db_text, "multi"]);
     assert_eq!(multi["directions"], json!(["MAXIMIZE", "MAXIMIZE"]));
     let trials = multi["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 4);
@@ -821,7 +762,7 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
     assert_eq!(multi["best_numbers"], json!([0, 1]));
 
     // Optuna writes into our study (checking our distributions against its own) and we read it.
-    let told = run_python(&python, &["tell", db_text, "multi"]);
+    let told = common::run_python(&python, &["tell", db_text, "multi"]);
     assert_eq!(told["number"], json!(4));
     let store = ours.open_existing();
     let info = store.require_study("multi").unwrap();
@@ -840,7 +781,7 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
         .start_trial(info.id, &params("sgd", 1e-3, 10))
         .unwrap();
     assert_eq!(next.number, 5);
-    let told = run_python(&python, &["tell", db_text, "single"]);
+    let told = common::run_python(&python, &["tell", db_text, "single"]);
     assert_eq!(told["number"], json!(4));
     let info = store.require_study("single").unwrap();
     let trials = store.trials(info.id).unwrap();
@@ -850,7 +791,7 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
     store.integrity_check().unwrap();
 
     // A database Optuna creates has exactly our schema, and we read its study.
-    run_python(&python, &["create", &theirs.python_arg()]);
+    common::run_python(&python, &["create", &theirs.python_arg()]);
     match (&ours.storage, &theirs.storage) {
         (Storage::Sqlite { path: a }, Storage::Sqlite { path: b }) => {
             assert_eq!(schema_rows(b), schema_rows(a));
