@@ -404,11 +404,11 @@ impl<'a> FromSql<'a> for Sql {
 
 /// True for PostgreSQL errors that running the transaction again resolves.
 fn is_conflict(error: &StoreError) -> bool {
-    let StoreError::Postgres { source, .. } = error else {
+    let StoreError::Postgres { error, .. } = error else {
         return false;
     };
     matches!(
-        source.code(),
+        error.code(),
         Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
             || *code == SqlState::T_R_DEADLOCK_DETECTED
             || *code == SqlState::UNIQUE_VIOLATION
@@ -431,9 +431,9 @@ impl Store {
                     }
                 }
             }
-            DbError::Postgres(source) => StoreError::Postgres {
+            DbError::Postgres(error) => StoreError::Postgres {
                 location: self.location(),
-                source,
+                error,
             },
             DbError::Type(what) => self.corrupt(what),
         }

@@ -61,12 +61,12 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// Any other PostgreSQL failure.
-    #[error("{location}: PostgreSQL: {source}")]
+    #[error("{location}: PostgreSQL: {error}")]
     Postgres {
         /// The server and database (URL without password).
         location: String,
-        /// The cause.
-        source: postgres::Error,
+        /// The cause (shown in the message: its own text already includes its causes).
+        error: postgres::Error,
     },
     /// The PostgreSQL server stayed unreachable for [`crate::store::RECONNECT_FOR`].
     #[error(

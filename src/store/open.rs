@@ -71,9 +71,9 @@ impl Store {
                 (Conn::Sqlite(conn), path.clone())
             }
             Storage::Postgres(target) => {
-                let pg = Pg::connect(target).map_err(|source| StoreError::Postgres {
+                let pg = Pg::connect(target).map_err(|error| StoreError::Postgres {
                     location: target.redacted().to_string(),
-                    source,
+                    error,
                 })?;
                 (
                     Conn::Postgres(RefCell::new(pg)),
