@@ -1,10 +1,11 @@
 //! The study loop: ask → train → score → store → tell until the trial or time budget is spent.
 //!
 //! Every trial is RUNNING in the database before training starts and is finished (COMPLETE or
-//! FAIL with a reason) as soon as it ends, so a killed process leaves evidence: on the next run
-//! its trial is marked FAIL "interrupted" and its configuration is run again first. The
-//! optimiser is rebuilt from the stored trials before every ask, so two processes on one study
-//! share what they learn and never propose a configuration the other is running.
+//! FAIL with a reason) as soon as it ends, so a killed worker leaves evidence: the next worker
+//! to look (or the next run) marks its trial FAIL "interrupted" and runs its configuration
+//! again. The optimiser is rebuilt from the stored trials before every ask, so workers on one
+//! study (processes, or machines sharing a PostgreSQL server) share what they learn and never
+//! run a configuration another one is running.
 
 use super::StudyError;
 use super::spec::{ObjectiveKind, StudySpec};
