@@ -889,30 +889,24 @@ fn inspection_commands_report_and_export_the_best_trial(db: &Db) {
         detail.contains("68.0%"),
         "certified accuracy of the best: {detail}"
     );
-    let status: Value = serde_json::from_str(&stdout_of(&[
-        "status",
-        "cli-study",
-        "--dir",
-        d,
-        "--storage",
-        storage,
-        "--json",
-    ]))
-    .unwrap();
+    let json_of = |command: &str| -> Value {
+        let args = [
+            command,
+            "cli-study",
+            "--dir",
+            d,
+            "--storage",
+            storage,
+            "--json",
+        ];
+        serde_json::from_str(&stdout_of(&args)).unwrap()
+    };
+    let status = json_of("status");
     assert_eq!(status["states"]["COMPLETE"], json!(3));
     assert_eq!(status["states"]["FAIL"], json!(1));
     assert_eq!(status["best"]["number"], json!(1));
 
-    let list: Value = serde_json::from_str(&stdout_of(&[
-        "trials",
-        "cli-study",
-        "--dir",
-        d,
-        "--storage",
-        storage,
-        "--json",
-    ]))
-    .unwrap();
+    let list = json_of("trials");
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 4);
     assert_eq!(

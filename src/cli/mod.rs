@@ -56,7 +56,7 @@ pub struct StorageArgs {
     pub dir: PathBuf,
     /// Study database: sqlite:///path/to/cthpo.db, or postgresql://user:password@host:port/db
     /// to share a study between machines (without a password in the URL, $PGPASSWORD is used)
-    /// [default: sqlite:///<dir>/cthpo.db].
+    /// [default: sqlite:///DIR/cthpo.db].
     #[arg(long, value_name = "URL")]
     pub storage: Option<String>,
 }

@@ -39,7 +39,7 @@ pub(super) enum Conn {
     /// An SQLite file.
     Sqlite(rusqlite::Connection),
     /// A PostgreSQL server (queries need `&mut`; a `Store` is used by one thread).
-    Postgres(RefCell<Pg>),
+    Postgres(Box<RefCell<Pg>>),
 }
 
 /// A PostgreSQL connection with what it needs to reconnect and its prepared statements.
@@ -437,6 +437,21 @@ impl Store {
             },
             DbError::Type(what) => self.corrupt(what),
         }
+    }
+
+    /// The first column of a query's first row as an integer (`None` when there is no row).
+    pub(super) fn query_int(
+        &self,
+        tx: &mut Tx<'_>,
+        sql: &str,
+        params: &[Sql],
+    ) -> Result<Option<i64>, StoreError> {
+        let e = |err| self.db_err(err);
+        tx.query_opt(sql, params)
+            .map_err(e)?
+            .map(|r| r.int(0))
+            .transpose()
+            .map_err(e)
     }
 
     /// Runs `f` in a write transaction (SQLite: the write lock taken up front; PostgreSQL:

@@ -76,7 +76,7 @@ impl Store {
                     error,
                 })?;
                 (
-                    Conn::Postgres(RefCell::new(pg)),
+                    Conn::Postgres(Box::new(RefCell::new(pg))),
                     PathBuf::from(target.redacted()),
                 )
             }

@@ -16,7 +16,7 @@ pub enum Storage {
         path: PathBuf,
     },
     /// A database on a PostgreSQL server.
-    Postgres(PostgresTarget),
+    Postgres(Box<PostgresTarget>),
 }
 
 /// Connection settings of a PostgreSQL storage, with the password kept out of every display.
@@ -86,7 +86,10 @@ impl Storage {
                     ));
                 }
                 let shown = redacted_url(&config);
-                Ok(Storage::Postgres(PostgresTarget { config, shown }))
+                Ok(Storage::Postgres(Box::new(PostgresTarget {
+                    config,
+                    shown,
+                })))
             }
             _ => Err(invalid(
                 "unknown scheme: use sqlite:///path/to/cthpo.db or postgresql://user:password@host:port/database",

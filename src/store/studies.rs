@@ -33,15 +33,11 @@ impl Store {
         }
         self.write(|tx| {
             let e = |err| self.db_err(err);
-            let existing = tx
-                .query_opt(
-                    "SELECT study_id FROM studies WHERE study_name = ?1",
-                    &[name.into()],
-                )
-                .map_err(e)?
-                .map(|r| r.int(0))
-                .transpose()
-                .map_err(e)?;
+            let existing = self.query_int(
+                tx,
+                "SELECT study_id FROM studies WHERE study_name = ?1",
+                &[name.into()],
+            )?;
             let study_id = match existing {
                 Some(id) => {
                     let stored = self.directions_in(tx, StudyId(id))?;
@@ -57,16 +53,12 @@ impl Store {
                 }
                 None => {
                     validate_study_name(name)?;
-                    let id = tx
-                        .query(
+                    let id = self
+                        .query_int(
+                            tx,
                             "INSERT INTO studies (study_name) VALUES (?1) RETURNING study_id",
                             &[name.into()],
-                        )
-                        .map_err(e)?
-                        .first()
-                        .map(|r| r.int(0))
-                        .transpose()
-                        .map_err(e)?
+                        )?
                         .ok_or_else(|| self.corrupt("no id for the new study"))?;
                     for (objective, direction) in directions.iter().enumerate() {
                         tx.execute(

@@ -86,27 +86,20 @@ impl Store {
     ) -> Result<TrialHandle, StoreError> {
         let e = |err| self.db_err(err);
         let now = now_utc();
-        let trial_id = tx
-            .query(
+        let trial_id = self
+            .query_int(
+                tx,
                 "INSERT INTO trials (number, study_id, state, datetime_start) \
                  VALUES (NULL, ?1, 'RUNNING', ?2) RETURNING trial_id",
                 &[study.0.into(), now.as_str().into()],
-            )
-            .map_err(e)?
-            .first()
-            .map(|r| r.int(0))
-            .transpose()
-            .map_err(e)?
+            )?
             .ok_or_else(|| self.corrupt("no id for the new trial"))?;
-        let number = tx
-            .query_opt(
+        let number = self
+            .query_int(
+                tx,
                 "SELECT count(*) FROM trials WHERE study_id = ?1 AND trial_id < ?2",
                 &[study.0.into(), trial_id.into()],
-            )
-            .map_err(e)?
-            .map(|r| r.int(0))
-            .transpose()
-            .map_err(e)?
+            )?
             .unwrap_or(0);
         tx.execute(
             "UPDATE trials SET number = ?1 WHERE trial_id = ?2",
@@ -185,9 +178,9 @@ impl Store {
         study: StudyId,
         uncounted_reason: Option<&str>,
     ) -> Result<i64, StoreError> {
-        let e = |err| self.db_err(err);
         let reason = uncounted_reason.map(|r| encode_json(&Value::from(r)));
-        tx.query_opt(
+        self.query_int(
+            tx,
             "SELECT count(*) FROM trials t WHERE t.study_id = ?1 AND NOT (t.state = 'FAIL' \
              AND EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id \
              AND a.key = ?2 AND a.value_json = ?3))",
@@ -197,10 +190,6 @@ impl Store {
                 Sql::from(reason),
             ],
         )
-        .map_err(e)?
-        .map(|r| r.int(0))
-        .transpose()
-        .map_err(e)
         .map(Option::unwrap_or_default)
     }
 
@@ -457,12 +446,11 @@ impl Store {
         reason: &str,
     ) -> Result<Option<(StoredTrial, TrialHandle)>, StoreError> {
         self.write(|tx| {
-            let e = |err| self.db_err(err);
-            tx.query(
+            self.query_int(
+                tx,
                 "SELECT study_id FROM studies WHERE study_id = ?1 FOR UPDATE",
                 &[study.0.into()],
-            )
-            .map_err(e)?;
+            )?;
             let ids = self.fail_stale_in(tx, study, older_than, dead, reason, 1)?;
             let Some(&id) = ids.first() else {
                 return Ok(None);
