@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 pub const SPEC_ATTRIBUTE: &str = "cthpo_spec";
 /// Failure reason of a trial whose process died; such trials are run again.
 pub const INTERRUPTED: &str = "interrupted";
+/// Proposals in a row that may clash with stored trials before a random one is asked for.
+const MAX_DUPLICATES: usize = 20;
 /// How often a running trial refreshes its heartbeat by default.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(20);
 /// A RUNNING trial whose heartbeat is this many intervals old belongs to a dead worker.
@@ -134,6 +136,7 @@ pub fn run_study(
         .sum();
     let mut interrupted = false;
     let mut waiting_noted = false;
+    let mut duplicates = 0;
     let rules = StartRules {
         budget: Some(spec.trials),
         uncounted_reason: Some(INTERRUPTED),
@@ -144,6 +147,7 @@ pub fn run_study(
         workspace,
         store: &store,
         data: &data,
+        directions: &directions,
         cancel,
     };
     loop {
@@ -212,16 +216,27 @@ pub fn run_study(
             }
         }
         let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
-        let config = optimizer.ask();
+        // A proposal that keeps clashing with stored trials (ones the rebuilt optimiser cannot
+        // read back) gives way to a random configuration.
+        let config = if duplicates < MAX_DUPLICATES {
+            optimizer.ask()
+        } else {
+            optimizer.ask_random()
+        };
         let proposal = optimizer.last_proposal().map_or("design", |p| p.describe());
         let params = stored_params(&space, &config)?;
         // Declined starts (another worker took this configuration or the last place in the
         // budget) go round again with the fresh history.
-        if let Started::Trial(handle) = store.start_trial_checked(study, &params, rules)?
-            && run.trial(handle, &config, proposal, counted, display)?
-        {
-            interrupted = true;
-            break;
+        match store.start_trial_checked(study, &params, rules)? {
+            Started::Trial(handle) => {
+                duplicates = 0;
+                if run.trial(handle, &config, proposal, counted, display)? {
+                    interrupted = true;
+                    break;
+                }
+            }
+            Started::Duplicate { .. } => duplicates += 1,
+            Started::BudgetSpent => {}
         }
     }
     let trials = store.trials(study)?;
@@ -258,6 +273,7 @@ struct Run<'a> {
     workspace: &'a Workspace,
     store: &'a Store,
     data: &'a StudyData,
+    directions: &'a [Direction],
     cancel: &'a AtomicBool,
 }
 
@@ -273,12 +289,6 @@ impl Run<'_> {
         display: &mut dyn StudyDisplay,
     ) -> Result<bool, StudyError> {
         let (store, spec) = (self.store, self.spec);
-        let directions = store
-            .studies()?
-            .into_iter()
-            .find(|s| s.id == handle.study_id)
-            .map(|s| s.directions)
-            .unwrap_or_default();
         store.set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())?;
         store.set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())?;
         display.trial_started(handle.number, counted, spec.trials, config);
@@ -310,7 +320,7 @@ impl Run<'_> {
             }
             other => other?,
         }
-        let best = best_objective(&store.trials(handle.study_id)?, &directions);
+        let best = best_objective(&store.trials(handle.study_id)?, self.directions);
         display.trial_finished(handle.number, &result, best);
         Ok(matches!(&result, Err(failure) if failure.interrupted))
     }
