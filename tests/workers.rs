@@ -4,6 +4,9 @@
 //!
 //! Needs a PostgreSQL server (`CTHPO_TEST_POSTGRES_URL`) and Python with optuna and psycopg2
 //! (`./.venv` or `CTHPO_OPTUNA_PYTHON`); ignored by default, `.ci/run` runs it with `--ignored`.
+//! The restart test also needs the server's directory and port (`CTHPO_TEST_POSTGRES_DIR`,
+//! `CTHPO_TEST_POSTGRES_PORT`, as `scripts/postgres-local.sh start` took them) and stops the
+//! server for a while, so the tests run one at a time (`--test-threads 1`).
 
 use cthpo::store::{Storage, Store, StoredTrial, TrialState, attrs};
 use serde_json::json;
@@ -167,6 +170,15 @@ fn four_workers_share_a_study_and_rerun_a_killed_workers_trial_once() {
     );
     assert_ne!(owner_pid(reruns[0]), Some(killed_pid), "by another worker");
 
+    // The password is in no stored attribute.
+    let password = pg.password().unwrap_or("\u{0}");
+    let store = Store::open_existing_at(&storage, &root).unwrap();
+    let study = store.require_study(STUDY).unwrap();
+    assert!(!format!("{:?}", study.user_attrs).contains(password));
+    for t in &stored {
+        assert!(!format!("{:?}{:?}", t.user_attrs, t.system_attrs).contains(password));
+    }
+
     // Optuna reads the study the workers wrote.
     let python = common::optuna_python();
     let dump = common::run_python(&python, &["dump", &pg.url, STUDY]);
@@ -174,4 +186,59 @@ fn four_workers_share_a_study_and_rerun_a_killed_workers_trial_once() {
     assert_eq!(theirs.len(), TRIALS + 1);
     assert_eq!(theirs[killed_trial as usize]["state"], json!("FAIL"));
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Runs `scripts/postgres-local.sh` with these arguments.
+fn local_server(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres-local.sh");
+    let out = Command::new(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "postgres-local.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server started by scripts/postgres-local.sh \
+            (CTHPO_TEST_POSTGRES_URL, _DIR, _PORT) that it may restart; .ci/run runs it"]
+fn a_worker_rides_out_a_server_restart() {
+    let server = std::env::var("CTHPO_TEST_POSTGRES_DIR")
+        .expect("CTHPO_TEST_POSTGRES_DIR: the directory given to scripts/postgres-local.sh start");
+    let port = std::env::var("CTHPO_TEST_POSTGRES_PORT").expect("CTHPO_TEST_POSTGRES_PORT");
+    let pg = common::PgDatabase::create("restart");
+    let storage = Storage::parse(&pg.url).unwrap();
+    let dir = std::env::temp_dir().join(format!("cthpo-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = worker(&pg.url, &dir);
+    let start = Instant::now();
+    while trials(&storage, &dir).len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no trial started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Down for a few seconds mid-study (connections are cut at once), then back.
+    local_server(&["stop", &server]);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the study ended before the server stopped"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    local_server(&["start", &server, &port]);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the worker stopped:\n{stderr}");
+    let stored = trials(&storage, &dir);
+    assert_eq!(stored.len(), TRIALS, "{stderr}");
+    for t in &stored {
+        assert_eq!(
+            t.state,
+            TrialState::Complete,
+            "trial {}: {stderr}",
+            t.number
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
