@@ -30,18 +30,13 @@ fn trials(storage: &Storage, dir: &Path) -> Vec<StoredTrial> {
     store.trials(study.id).unwrap_or_default()
 }
 
-/// One worker, as on its own machine: its own checkpoint directory, the shared database.
-fn worker(url: &str, dir: &Path) -> Child {
+/// One worker, as on its own machine: its own checkpoint directory, the shared database;
+/// `method` trains `train_samples` images for one epoch per trial.
+fn worker(url: &str, dir: &Path, method: &str, train_samples: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_cthpo"))
-        .args(["run", "--method", "standard", "--name", STUDY])
-        .args([
-            "--epochs",
-            "1",
-            "--train-samples",
-            "200",
-            "--val-samples",
-            "50",
-        ])
+        .args(["run", "--method", method, "--name", STUDY])
+        .args(["--epochs", "1", "--train-samples", train_samples])
+        .args(["--val-samples", "50"])
         .args(["--trials", &TRIALS.to_string(), "--heartbeat", "1s"])
         .arg("--dir")
         .arg(dir)
@@ -50,6 +45,17 @@ fn worker(url: &str, dir: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Fails the test, naming the trial, its failure and `context`, unless the trial is COMPLETE.
+fn assert_complete(t: &StoredTrial, context: &str) {
+    assert_eq!(
+        t.state,
+        TrialState::Complete,
+        "trial {} ({:?}) {context}",
+        t.number,
+        t.user_attr_str(attrs::FAILURE_REASON)
+    );
 }
 
 fn owner_pid(trial: &StoredTrial) -> Option<u32> {
@@ -70,7 +76,10 @@ fn four_workers_share_a_study_and_rerun_a_killed_workers_trial_once() {
     let root = std::env::temp_dir().join(format!("cthpo-workers-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let dirs: Vec<PathBuf> = (0..4).map(|i| root.join(format!("machine-{i}"))).collect();
-    let mut workers: Vec<Option<Child>> = dirs.iter().map(|d| Some(worker(&pg.url, d))).collect();
+    let mut workers: Vec<Option<Child>> = dirs
+        .iter()
+        .map(|d| Some(worker(&pg.url, d, "standard", "200")))
+        .collect();
 
     // Kill -9 a worker while its trial runs (after a few trials are done).
     let start = Instant::now();
@@ -141,13 +150,7 @@ fn four_workers_share_a_study_and_rerun_a_killed_workers_trial_once() {
     let counted: Vec<&StoredTrial> = stored.iter().filter(|t| t.number != killed_trial).collect();
     assert_eq!(counted.len(), TRIALS, "the budget is kept across workers");
     for t in &counted {
-        assert_eq!(
-            t.state,
-            TrialState::Complete,
-            "trial {} failed: {:?}",
-            t.number,
-            t.user_attr_str(attrs::FAILURE_REASON)
-        );
+        assert_complete(t, "");
         // Checkpoints are files on the machine that ran the trial, named in checkpoint_path.
         let path = t.user_attr_str(attrs::CHECKPOINT_PATH).unwrap();
         let (host, local) = cthpo::store::split_checkpoint_host(path);
@@ -199,6 +202,25 @@ fn local_server(args: &[&str]) {
     );
 }
 
+/// The test server stopped; dropping it starts the server again (also when the test fails).
+struct Outage<'a> {
+    server: &'a str,
+    port: &'a str,
+}
+
+impl<'a> Outage<'a> {
+    fn begin(server: &'a str, port: &'a str) -> Outage<'a> {
+        local_server(&["stop", server]);
+        Outage { server, port }
+    }
+}
+
+impl Drop for Outage<'_> {
+    fn drop(&mut self) {
+        local_server(&["start", self.server, self.port]);
+    }
+}
+
 #[test]
 #[ignore = "needs a PostgreSQL server started by scripts/postgres-local.sh \
             (CTHPO_TEST_POSTGRES_URL, _DIR, _PORT) that it may restart; .ci/run runs it"]
@@ -210,7 +232,8 @@ fn a_worker_rides_out_a_server_restart() {
     let storage = Storage::parse(&pg.url).unwrap();
     let dir = std::env::temp_dir().join(format!("cthpo-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = worker(&pg.url, &dir);
+    // IBP trials of about a second each, so that the study outlasts the outage.
+    let mut child = worker(&pg.url, &dir, "ibp", "2000");
     let start = Instant::now();
     while trials(&storage, &dir).len() < 2 {
         assert!(
@@ -220,25 +243,20 @@ fn a_worker_rides_out_a_server_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Down for a few seconds mid-study (connections are cut at once), then back.
-    local_server(&["stop", &server]);
+    let outage = Outage::begin(&server, &port);
     assert!(
         child.try_wait().unwrap().is_none(),
         "the study ended before the server stopped"
     );
     std::thread::sleep(Duration::from_secs(4));
-    local_server(&["start", &server, &port]);
+    drop(outage);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the worker stopped:\n{stderr}");
     let stored = trials(&storage, &dir);
     assert_eq!(stored.len(), TRIALS, "{stderr}");
     for t in &stored {
-        assert_eq!(
-            t.state,
-            TrialState::Complete,
-            "trial {}: {stderr}",
-            t.number
-        );
+        assert_complete(t, &stderr);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
