@@ -1,14 +1,21 @@
 //! Store tests: round trips, resume, concurrency, bad files, and Optuna reading our databases.
+//!
+//! The suite runs on both engines: each engine-independent test is a function of a [`Db`],
+//! run as `sqlite::<name>` and as `postgres::<name>`. The PostgreSQL variants need a server
+//! (`CTHPO_TEST_POSTGRES_URL`, a URL whose user may create databases); they are ignored by
+//! default and `.ci/run` runs them with `--ignored` against a server it starts.
 
 use cthpo::store::{
-    self, Direction, ParamDistribution, ParamValue, Store, StoreError, StoredParam, StoredTrial,
-    TrialHandle, TrialOutcome, TrialState,
+    self, Direction, ParamDistribution, ParamValue, StartRules, Started, Storage, Store,
+    StoreError, StoredParam, StoredTrial, TrialHandle, TrialOutcome, TrialState,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+mod common;
 
 /// Ends a trial as COMPLETE with these values.
 fn complete(store: &Store, trial: &TrialHandle, values: Vec<f64>) {
@@ -37,6 +44,98 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh, empty study database of one engine for one test (dropped afterwards).
+struct Db {
+    /// The storage URL with its password (what `--storage` takes).
+    url: String,
+    storage: Storage,
+    dir: PathBuf,
+    /// The PostgreSQL database created for the test.
+    pg: Option<common::PgDatabase>,
+}
+
+impl Db {
+    fn sqlite(name: &str) -> Db {
+        let dir = temp_dir(name);
+        let storage = Storage::sqlite_in(&dir);
+        Db {
+            url: storage.to_string(),
+            storage,
+            dir,
+            pg: None,
+        }
+    }
+
+    fn postgres(name: &str) -> Db {
+        let pg = common::PgDatabase::create(name);
+        Db {
+            storage: Storage::parse(&pg.url).unwrap(),
+            url: pg.url.clone(),
+            dir: temp_dir(&format!("pg-{name}")),
+            pg: Some(pg),
+        }
+    }
+
+    fn open(&self) -> Store {
+        Store::open_at(&self.storage, &self.dir).unwrap()
+    }
+
+    fn open_existing(&self) -> Store {
+        Store::open_existing_at(&self.storage, &self.dir).unwrap()
+    }
+
+    fn is_sqlite(&self) -> bool {
+        self.pg.is_none()
+    }
+
+    /// What tests/python/optuna_check.py takes: the SQLite file or the PostgreSQL URL.
+    fn python_arg(&self) -> String {
+        match &self.storage {
+            Storage::Sqlite { path } => path.display().to_string(),
+            Storage::Postgres(_) => self.url.clone(),
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs each named test function on SQLite (`sqlite::name`) and PostgreSQL (`postgres::name`).
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(&super::Db::sqlite(stringify!($name)));
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                #[ignore = "needs a PostgreSQL server (CTHPO_TEST_POSTGRES_URL); .ci/run runs it with --ignored"]
+                fn $name() {
+                    super::$name(&super::Db::postgres(stringify!($name)));
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    round_trip_complete_failed_running,
+    invalid_inputs_are_refused_without_writing,
+    stale_running_trials_become_failed,
+    concurrent_writers_get_distinct_numbers,
+    concurrent_processes_get_distinct_numbers,
+    checked_starts_respect_budget_and_uniqueness,
+    inspection_commands_report_and_export_the_best_trial,
+);
+
 fn params(optimizer: &str, lr: f64, width: i64) -> Vec<StoredParam> {
     vec![
         StoredParam::categorical("optimizer", &["sgd", "adam"], optimizer).unwrap(),
@@ -56,12 +155,12 @@ fn by_number(trials: &[StoredTrial], number: i64) -> &StoredTrial {
     trials.iter().find(|t| t.number == number).unwrap()
 }
 
-#[test]
-fn round_trip_complete_failed_running() {
-    let dir = temp_dir("roundtrip");
+fn round_trip_complete_failed_running(db: &Db) {
+    let dir = &db.dir;
     {
-        let store = Store::open(&dir).unwrap();
-        assert_eq!(store.journal_mode().unwrap(), "wal");
+        let store = db.open();
+        let journal = if db.is_sqlite() { "wal" } else { "server" };
+        assert_eq!(store.journal_mode().unwrap(), journal);
         let study = store
             .create_or_load_study(
                 "mnist-sabr",
@@ -114,7 +213,7 @@ fn round_trip_complete_failed_running() {
     }
 
     // Reopen and read everything back.
-    let store = Store::open_existing(&dir).unwrap();
+    let store = db.open_existing();
     let names: Vec<String> = store
         .studies()
         .unwrap()
@@ -200,13 +299,10 @@ fn round_trip_complete_failed_running() {
     let info = store.require_study("mnist-sabr").unwrap();
     assert_eq!(info.user_attrs["method"], json!("sabr"));
     assert_eq!(info.user_attrs["extra"], json!(1));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn invalid_inputs_are_refused_without_writing() {
-    let dir = temp_dir("invalid");
-    let store = Store::open(&dir).unwrap();
+fn invalid_inputs_are_refused_without_writing(db: &Db) {
+    let store = db.open();
     let study = store
         .create_or_load_study("s", &[Direction::Minimize], &BTreeMap::new())
         .unwrap();
@@ -261,13 +357,10 @@ fn invalid_inputs_are_refused_without_writing() {
     assert_eq!(trials.len(), 1);
     assert_eq!(trials[0].state, TrialState::Running);
     assert_eq!(trials[0].values, None);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn stale_running_trials_become_failed() {
-    let dir = temp_dir("stale");
-    let store = Store::open(&dir).unwrap();
+fn stale_running_trials_become_failed(db: &Db) {
+    let store = db.open();
     let study = store
         .create_or_load_study("resume-me", &[Direction::Minimize], &BTreeMap::new())
         .unwrap();
@@ -276,7 +369,7 @@ fn stale_running_trials_become_failed() {
     let killed = store.start_trial(study, &params("adam", 1e-2, 32)).unwrap();
     drop(store);
 
-    let store = Store::open(&dir).unwrap();
+    let store = db.open();
     // A generous grace period leaves the recent trial alone.
     let none = store
         .mark_stale_running_as_failed(study, Duration::from_secs(3600), "interrupted")
@@ -313,18 +406,57 @@ fn stale_running_trials_become_failed() {
     // The next trial continues the numbering.
     let next = store.start_trial(study, &params("sgd", 1e-4, 8)).unwrap();
     assert_eq!(next.number, 4);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn concurrent_writers_get_distinct_numbers() {
-    let dir = temp_dir("concurrent");
+fn checked_starts_respect_budget_and_uniqueness(db: &Db) {
+    let store = db.open();
+    let study = store
+        .create_or_load_study("checked", &[Direction::Minimize], &BTreeMap::new())
+        .unwrap();
+    let rules = StartRules {
+        budget: Some(3),
+        interrupted_uncounted: true,
+        unique: true,
+    };
+    let started = |p: Vec<StoredParam>| store.start_trial_checked(study, &p, rules).unwrap();
+    let Started::Trial(a) = started(params("sgd", 1e-3, 8)) else {
+        panic!("first start declined");
+    };
+    // The same configuration while trial 0 runs (and after it completes) is declined.
+    assert_eq!(
+        started(params("sgd", 1e-3, 8)),
+        Started::Duplicate { number: 0 }
+    );
+    complete(&store, &a, vec![0.5]);
+    assert_eq!(
+        started(params("sgd", 1e-3, 8)),
+        Started::Duplicate { number: 0 }
+    );
+    // A failed configuration may run again (it is how an interrupted trial is re-run).
+    let Started::Trial(b) = started(params("adam", 1e-3, 8)) else {
+        panic!("second start declined");
+    };
+    fail(&store, &b, "interrupted");
+    let Started::Trial(c) = started(params("adam", 1e-3, 8)) else {
+        panic!("re-run of a failed configuration declined");
+    };
+    assert_eq!(c.number, 2);
+    // Interrupted trials do not count against the budget of 3; others do.
+    let Started::Trial(d) = started(params("sgd", 1e-2, 9)) else {
+        panic!("third counted start declined");
+    };
+    fail(&store, &d, "diverged");
+    assert_eq!(started(params("sgd", 1e-2, 10)), Started::BudgetSpent);
+    assert_eq!(store.trials(study).unwrap().len(), 4);
+}
+
+fn concurrent_writers_get_distinct_numbers(db: &Db) {
     // Both writers open (and so possibly create) the database at the same time.
     let workers: Vec<_> = (0..2)
         .map(|w| {
-            let dir = dir.clone();
+            let (storage, dir) = (db.storage.clone(), db.dir.clone());
             std::thread::spawn(move || {
-                let store = Store::open(&dir).unwrap();
+                let store = Store::open_at(&storage, &dir).unwrap();
                 let study = store
                     .create_or_load_study("shared", &[Direction::Minimize], &BTreeMap::new())
                     .unwrap();
@@ -349,23 +481,25 @@ fn concurrent_writers_get_distinct_numbers() {
     numbers.sort();
     assert_eq!(numbers, (0..40).collect::<Vec<i64>>());
 
-    let store = Store::open_existing(&dir).unwrap();
+    let store = db.open_existing();
     let study = store.require_study("shared").unwrap();
     let trials = store.trials(study.id).unwrap();
     assert_eq!(trials.len(), 40);
     assert!(trials.iter().all(|t| t.state == TrialState::Complete));
     store.integrity_check().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Helper run in a child process by `concurrent_processes_get_distinct_numbers`; does nothing
 /// when run as a normal test.
 #[test]
 fn child_writer_process() {
-    let Some(dir) = std::env::var_os("CTHPO_STORE_CHILD_DIR") else {
+    let (Ok(url), Some(dir)) = (
+        std::env::var("CTHPO_STORE_CHILD_STORAGE"),
+        std::env::var_os("CTHPO_STORE_CHILD_DIR"),
+    ) else {
         return;
     };
-    let store = Store::open(&dir).unwrap();
+    let store = Store::open_at(&Storage::parse(&url).unwrap(), dir).unwrap();
     let study = store
         .create_or_load_study("procs", &[Direction::Minimize], &BTreeMap::new())
         .unwrap();
@@ -378,15 +512,14 @@ fn child_writer_process() {
     }
 }
 
-#[test]
-fn concurrent_processes_get_distinct_numbers() {
-    let dir = temp_dir("processes");
+fn concurrent_processes_get_distinct_numbers(db: &Db) {
     let exe = std::env::current_exe().unwrap();
     let spawned: Vec<_> = (0..2)
         .map(|_| {
             Command::new(&exe)
                 .args(["--exact", "child_writer_process", "--test-threads", "1"])
-                .env("CTHPO_STORE_CHILD_DIR", &dir)
+                .env("CTHPO_STORE_CHILD_DIR", &db.dir)
+                .env("CTHPO_STORE_CHILD_STORAGE", &db.url)
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -402,7 +535,7 @@ fn concurrent_processes_get_distinct_numbers() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let store = Store::open_existing(&dir).unwrap();
+    let store = db.open_existing();
     let study = store.require_study("procs").unwrap();
     let mut numbers: Vec<i64> = store
         .trials(study.id)
@@ -413,7 +546,6 @@ fn concurrent_processes_get_distinct_numbers() {
     numbers.sort();
     assert_eq!(numbers, (0..40).collect::<Vec<i64>>());
     store.integrity_check().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -477,41 +609,6 @@ fn foreign_and_garbage_files_are_refused() {
 
 // ------------------------------------------------------------------ Optuna compatibility
 
-/// Python with optuna 5.0.0: `CTHPO_OPTUNA_PYTHON`, else `./.venv/bin/python`. The test that
-/// needs it is ignored by default, so running it without one is a failure, never a silent pass.
-fn optuna_python() -> PathBuf {
-    let candidate = std::env::var_os("CTHPO_OPTUNA_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(
-        candidate.exists(),
-        "no Python with optuna at {} (set CTHPO_OPTUNA_PYTHON or run \
-         `python3 -m venv .venv && .venv/bin/pip install optuna==5.0.0`)",
-        candidate.display()
-    );
-    candidate
-}
-
-fn run_python(python: &Path, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/optuna_check.py");
-    let output = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "optuna_check.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "optuna_check.py printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    })
-}
-
 /// The schema rows of a database, with whitespace normalised.
 fn schema_rows(db: &Path) -> Vec<(String, String, String)> {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -527,15 +624,55 @@ fn schema_rows(db: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// The PostgreSQL schema of a database as comparable lines: columns with types, nullability
+/// and defaults, constraints, indexes, enum types and sequences.
+fn postgres_schema(url: &str) -> Vec<String> {
+    let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    let mut lines = Vec::new();
+    for sql in [
+        "SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' ' || \
+         udt_name || ' ' || is_nullable || ' ' || coalesce(column_default, '') || ' ' || \
+         coalesce(character_maximum_length::text, '') FROM information_schema.columns \
+         WHERE table_schema = 'public'",
+        "SELECT 'constraint ' || conrelid::regclass::text || ' ' || conname::text || ' ' || \
+         pg_get_constraintdef(oid) FROM pg_constraint WHERE connamespace = 'public'::regnamespace",
+        "SELECT 'index ' || indexname::text || ' ' || indexdef FROM pg_indexes \
+         WHERE schemaname = 'public'",
+        "SELECT 'enum ' || t.typname::text || ' ' || \
+         string_agg(e.enumlabel::text, ',' ORDER BY e.enumsortorder) \
+         FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid GROUP BY t.typname",
+        "SELECT 'sequence ' || sequencename::text || ' ' || data_type::text FROM pg_sequences \
+         WHERE schemaname = 'public'",
+    ] {
+        for row in client.query(sql, &[]).unwrap() {
+            lines.push(row.get::<_, String>(0));
+        }
+    }
+    lines.sort();
+    lines
+}
+
 #[test]
 #[ignore = "needs Python with optuna 5.0.0 (./.venv or CTHPO_OPTUNA_PYTHON); .ci/run runs it with --ignored"]
 fn optuna_reads_our_studies_and_we_read_optunas() {
-    let python = optuna_python();
-    let dir = temp_dir("optuna");
-    let db = dir.join(store::DB_FILE_NAME);
-    let db_text = db.to_str().unwrap();
+    optuna_round_trip(&Db::sqlite("optuna"), &Db::sqlite("optuna-made"));
+}
+
+#[test]
+#[ignore = "needs Python with optuna 5.0.0 and psycopg2 (./.venv or CTHPO_OPTUNA_PYTHON) and a \
+            PostgreSQL server (CTHPO_TEST_POSTGRES_URL); .ci/run runs it with --ignored"]
+fn optuna_reads_our_postgres_studies_and_we_read_optunas() {
+    optuna_round_trip(&Db::postgres("optuna"), &Db::postgres("optuna_made"));
+}
+
+/// Optuna reads what cthpo wrote to `ours`, writes into it, and creates `theirs`, which must
+/// have exactly our schema and which cthpo must read.
+fn optuna_round_trip(ours: &Db, theirs: &Db) {
+    let python = common::optuna_python();
+    let db_arg = ours.python_arg();
+    let db_text = db_arg.as_str();
     {
-        let store = Store::open(&dir).unwrap();
+        let store = ours.open();
         // Single objective: complete, fail, complete with intermediate values.
         let single = store
             .create_or_load_study(
@@ -584,7 +721,7 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
         assert_eq!(running.number, 3);
     }
 
-    let single = run_python(&python, &["dump", db_text, "single"]);
+    let single = common::run_python(&python, &["dump", db_text, "single"]);
     assert_eq!(single["studies"], json!(["single", "multi"]));
     assert_eq!(single["directions"], json!(["MINIMIZE"]));
     assert_eq!(single["user_attrs"], json!({"method": "ibp"}));
@@ -630,7 +767,7 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
     assert!(trials.iter().all(|t| t["has_complete"] == json!(true)));
     assert_eq!(single["best_number"], json!(2));
 
-    let multi = run_python(&python, &["dump", db_text, "multi"]);
+    let multi = common::run_python(&python, &["dump", db_text, "multi"]);
     assert_eq!(multi["directions"], json!(["MAXIMIZE", "MAXIMIZE"]));
     let trials = multi["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 4);
@@ -639,9 +776,9 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
     assert_eq!(multi["best_numbers"], json!([0, 1]));
 
     // Optuna writes into our study (checking our distributions against its own) and we read it.
-    let told = run_python(&python, &["tell", db_text, "multi"]);
+    let told = common::run_python(&python, &["tell", db_text, "multi"]);
     assert_eq!(told["number"], json!(4));
-    let store = Store::open_existing(&dir).unwrap();
+    let store = ours.open_existing();
     let info = store.require_study("multi").unwrap();
     let trials = store.trials(info.id).unwrap();
     let t4 = by_number(&trials, 4);
@@ -658,7 +795,7 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
         .start_trial(info.id, &params("sgd", 1e-3, 10))
         .unwrap();
     assert_eq!(next.number, 5);
-    let told = run_python(&python, &["tell", db_text, "single"]);
+    let told = common::run_python(&python, &["tell", db_text, "single"]);
     assert_eq!(told["number"], json!(4));
     let info = store.require_study("single").unwrap();
     let trials = store.trials(info.id).unwrap();
@@ -668,11 +805,14 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
     store.integrity_check().unwrap();
 
     // A database Optuna creates has exactly our schema, and we read its study.
-    let optuna_dir = temp_dir("optuna-made");
-    let optuna_db = optuna_dir.join(store::DB_FILE_NAME);
-    run_python(&python, &["create", optuna_db.to_str().unwrap()]);
-    assert_eq!(schema_rows(&optuna_db), schema_rows(&db));
-    let theirs = Store::open_existing(&optuna_dir).unwrap();
+    common::run_python(&python, &["create", &theirs.python_arg()]);
+    match (&ours.storage, &theirs.storage) {
+        (Storage::Sqlite { path: a }, Storage::Sqlite { path: b }) => {
+            assert_eq!(schema_rows(b), schema_rows(a));
+        }
+        _ => assert_eq!(postgres_schema(&theirs.url), postgres_schema(&ours.url)),
+    }
+    let theirs = theirs.open_existing();
     let info = theirs.require_study("from-optuna").unwrap();
     assert_eq!(info.directions, vec![Direction::Maximize]);
     let trials = theirs.trials(info.id).unwrap();
@@ -690,8 +830,6 @@ fn optuna_reads_our_studies_and_we_read_optunas() {
             Some(ParamValue::Choice(Value::String(_)))
         ));
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&optuna_dir);
 }
 
 // ------------------------------------------------------------------ inspection commands
@@ -713,12 +851,12 @@ fn stdout_of(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn inspection_commands_report_and_export_the_best_trial() {
-    let dir = temp_dir("cli");
+fn inspection_commands_report_and_export_the_best_trial(db: &Db) {
+    let dir = &db.dir;
     let d = dir.to_str().unwrap();
+    let storage = db.url.as_str();
     {
-        let store = Store::open(&dir).unwrap();
+        let store = db.open();
         let study = store
             .create_or_load_study("cli-study", &[Direction::Minimize], &BTreeMap::new())
             .unwrap();
@@ -756,23 +894,33 @@ fn inspection_commands_report_and_export_the_best_trial() {
         fail(&store, &failed, "out, of \"time\"");
     }
 
-    let overview = stdout_of(&["status", "--dir", d]);
+    let overview = stdout_of(&["status", "--dir", d, "--storage", storage]);
     assert!(overview.contains("cli-study"), "{overview}");
     assert!(overview.contains("#1"), "{overview}");
-    let detail = stdout_of(&["status", "cli-study", "--dir", d]);
+    let detail = stdout_of(&["status", "cli-study", "--dir", d, "--storage", storage]);
     assert!(detail.contains("best trial  #1"), "{detail}");
     assert!(
         detail.contains("68.0%"),
         "certified accuracy of the best: {detail}"
     );
-    let status: Value =
-        serde_json::from_str(&stdout_of(&["status", "cli-study", "--dir", d, "--json"])).unwrap();
+    let json_of = |command: &str| -> Value {
+        let args = [
+            command,
+            "cli-study",
+            "--dir",
+            d,
+            "--storage",
+            storage,
+            "--json",
+        ];
+        serde_json::from_str(&stdout_of(&args)).unwrap()
+    };
+    let status = json_of("status");
     assert_eq!(status["states"]["COMPLETE"], json!(3));
     assert_eq!(status["states"]["FAIL"], json!(1));
     assert_eq!(status["best"]["number"], json!(1));
 
-    let list: Value =
-        serde_json::from_str(&stdout_of(&["trials", "cli-study", "--dir", d, "--json"])).unwrap();
+    let list = json_of("trials");
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 4);
     assert_eq!(
@@ -780,7 +928,15 @@ fn inspection_commands_report_and_export_the_best_trial() {
         json!({"optimizer": "adam", "lr": 2.5e-4, "width": 128})
     );
     assert_eq!(list[3]["state"], json!("FAIL"));
-    let csv = stdout_of(&["trials", "cli-study", "--dir", d, "--csv"]);
+    let csv = stdout_of(&[
+        "trials",
+        "cli-study",
+        "--dir",
+        d,
+        "--storage",
+        storage,
+        "--csv",
+    ]);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 5, "{csv}");
     assert!(lines[0].starts_with("number,state,"), "{csv}");
@@ -791,7 +947,7 @@ fn inspection_commands_report_and_export_the_best_trial() {
         lines[4].contains("\"out, of \"\"time\"\"\""),
         "CSV quoting: {csv}"
     );
-    let table = stdout_of(&["trials", "cli-study", "--dir", d]);
+    let table = stdout_of(&["trials", "cli-study", "--dir", d, "--storage", storage]);
     assert!(table.contains("failed: out, of \"time\""), "{table}");
 
     let yaml_path = dir.join("best.yaml");
@@ -803,6 +959,8 @@ fn inspection_commands_report_and_export_the_best_trial() {
         "cli-study",
         "--dir",
         d,
+        "--storage",
+        storage,
         "--export",
         y,
         "--checkpoint",
@@ -823,20 +981,35 @@ fn inspection_commands_report_and_export_the_best_trial() {
         "epoch 1"
     );
     // A non-empty destination is never overwritten.
-    let again = cthpo(&["best", "cli-study", "--dir", d, "--checkpoint", c]);
+    let again = cthpo(&[
+        "best",
+        "cli-study",
+        "--dir",
+        d,
+        "--storage",
+        storage,
+        "--checkpoint",
+        c,
+    ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("best-checkpoint"));
     // Printing to stdout gives the same YAML.
-    let printed: Value =
-        serde_saphyr::from_str(&stdout_of(&["best", "cli-study", "--dir", d])).unwrap();
+    let printed: Value = serde_saphyr::from_str(&stdout_of(&[
+        "best",
+        "cli-study",
+        "--dir",
+        d,
+        "--storage",
+        storage,
+    ]))
+    .unwrap();
     assert_eq!(printed, exported);
 
     // Clear errors for a wrong directory or study name.
     let missing = cthpo(&["status", "--dir", dir.join("nope").to_str().unwrap()]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cthpo.db"));
-    let unknown = cthpo(&["trials", "no-such-study", "--dir", d]);
+    let unknown = cthpo(&["trials", "no-such-study", "--dir", d, "--storage", storage]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("cli-study"));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,6 @@
 //! `cthpo best`: exports a study's best configuration (and checkpoint).
 
-use crate::store::{self, Store, StoredTrial, attrs};
+use crate::store::{self, StoredTrial, attrs};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 pub struct BestArgs {
     /// Study name.
     pub name: String,
-    /// Study directory holding cthpo.db.
-    #[arg(long, default_value = store::DEFAULT_STUDY_DIR)]
-    pub dir: PathBuf,
+    /// Study database and directory.
+    #[command(flatten)]
+    pub place: super::StorageArgs,
     /// Write the best configuration to this YAML file (name: value); without it, print it.
     #[arg(long, value_name = "FILE")]
     pub export: Option<PathBuf>,
@@ -105,7 +105,7 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<u64> {
 
 /// Runs `cthpo best`.
 pub fn run(args: BestArgs) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
+    let store = args.place.open_existing()?;
     let info = store.require_study(&args.name)?;
     let trials = store
         .trials(info.id)
@@ -115,7 +115,7 @@ pub fn run(args: BestArgs) -> anyhow::Result<()> {
             "study {:?} has no completed trial yet ({} trials in {})",
             args.name,
             trials.len(),
-            store.db_path().display()
+            store.location()
         );
     };
     // Check the checkpoint request before writing anything.
@@ -132,8 +132,12 @@ pub fn run(args: BestArgs) -> anyhow::Result<()> {
             };
             let from = store.resolve_checkpoint_path(stored);
             if !from.is_dir() {
+                let on_host = match store::split_checkpoint_host(stored) {
+                    (Some(host), _) => format!(" on this machine (it was written on {host})"),
+                    (None, _) => String::new(),
+                };
                 bail!(
-                    "checkpoint folder {} of trial #{} does not exist",
+                    "checkpoint folder {} of trial #{} does not exist{on_host}",
                     from.display(),
                     best.number
                 );

@@ -1,6 +1,9 @@
 //! Command-line interface: clap commands, each a thin call into the library.
 
-use clap::{Parser, Subcommand};
+use crate::store::{DEFAULT_STUDY_DIR, Storage, Store};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// `println!` for command output that returns an error naming standard output, instead of
@@ -73,6 +76,37 @@ const INTERRUPTED_EXIT_CODE: i32 = 130;
 #[derive(Debug, thiserror::Error)]
 #[error("stopped by the user")]
 struct Interrupted;
+
+/// Where a study command finds the study database and the checkpoints (`--dir`, `--storage`).
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Study directory: this machine's checkpoints and, without --storage, the SQLite database
+    /// cthpo.db.
+    #[arg(long, default_value = DEFAULT_STUDY_DIR)]
+    pub dir: PathBuf,
+    /// Study database: sqlite:///path/to/cthpo.db, or postgresql://user:password@host:port/db
+    /// to share a study between machines (without a password in the URL, $PGPASSWORD is used)
+    /// [default: sqlite:///DIR/cthpo.db].
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
+}
+
+impl StorageArgs {
+    /// The storage: `--storage`, else the directory's SQLite database.
+    pub fn storage(&self) -> anyhow::Result<Storage> {
+        match &self.storage {
+            Some(url) => Ok(Storage::parse(url)?),
+            None => Ok(Storage::sqlite_in(&self.dir)),
+        }
+    }
+
+    /// Opens the existing study database for reading only (reading commands never create or
+    /// write one).
+    pub fn open_existing(&self) -> anyhow::Result<Store> {
+        Store::open_read_only_at(&self.storage()?, &self.dir)
+            .context("cannot open the study database")
+    }
+}
 
 /// Parses the process arguments, runs the command and turns errors into a non-zero exit code.
 pub fn main() -> ExitCode {

@@ -1,7 +1,6 @@
 //! `cthpo plot`: draws Pareto fronts and optimisation history.
 
 use crate::plot;
-use crate::store::{self, Store};
 use anyhow::{Context, bail};
 use clap::Args;
 use std::path::PathBuf;
@@ -12,9 +11,9 @@ pub struct PlotArgs {
     /// Studies to draw; with two or more, their fronts are also compared on one chart.
     #[arg(required = true, num_args = 1..)]
     pub names: Vec<String>,
-    /// Study directory holding cthpo.db.
-    #[arg(long, default_value = store::DEFAULT_STUDY_DIR)]
-    pub dir: PathBuf,
+    /// Study database and directory.
+    #[command(flatten)]
+    pub place: super::StorageArgs,
     /// Output folder for the PNG and SVG files [default: <dir>/plots].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -22,8 +21,8 @@ pub struct PlotArgs {
 
 /// Runs `cthpo plot`.
 pub fn run(args: PlotArgs) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
-    let out = args.out.unwrap_or_else(|| args.dir.join("plots"));
+    let store = args.place.open_existing()?;
+    let out = args.out.unwrap_or_else(|| args.place.dir.join("plots"));
     if out.exists() && !out.is_dir() {
         bail!(
             "--out {} is a file; give a folder for the charts",

@@ -1,19 +1,20 @@
 //! `cthpo resume`: continues a stored study by name with the settings it was started with.
 
-use crate::store::{DEFAULT_STUDY_DIR, Store};
 use crate::study::{SPEC_ATTRIBUTE, StudySpec};
 use anyhow::{Context, bail};
 use clap::Args;
-use std::path::PathBuf;
 
 /// Arguments of `cthpo resume`.
 #[derive(Debug, Args)]
 pub struct ResumeArgs {
     /// The study to continue.
     name: String,
-    /// Study directory holding cthpo.db.
-    #[arg(long, default_value = DEFAULT_STUDY_DIR)]
-    dir: PathBuf,
+    /// Study database and directory.
+    #[command(flatten)]
+    place: super::StorageArgs,
+    /// Heartbeat interval of this worker's trials, e.g. 20s (see `cthpo run --help`).
+    #[arg(long, value_name = "DURATION")]
+    heartbeat: Option<String>,
     /// Raise the trial budget.
     #[arg(long)]
     trials: Option<usize>,
@@ -21,7 +22,7 @@ pub struct ResumeArgs {
 
 /// Runs `cthpo resume`.
 pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
-    let store = Store::open_existing(&args.dir)?;
+    let store = args.place.open_existing()?;
     let info = store.require_study(&args.name)?;
     let Some(stored) = info.user_attrs.get(SPEC_ATTRIBUTE) else {
         bail!(
@@ -38,5 +39,6 @@ pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
         spec.trials = trials;
     }
     drop(store);
-    super::run::execute(&spec, &args.dir)
+    let workspace = super::run::workspace(&args.place, args.heartbeat.as_deref())?;
+    super::run::execute(&spec, &workspace)
 }

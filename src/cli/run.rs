@@ -1,10 +1,10 @@
 //! `cthpo run`: runs or continues a study.
 
 use crate::space::Config;
-use crate::store::DEFAULT_STUDY_DIR;
 use crate::study::{
-    ObjectiveKind, ObjectiveWeights, StudyDisplay, StudyFile, StudySpec, SurrogateKind,
-    TrialFailure, TrialScores, absolute_path, format_duration, run_study,
+    HEARTBEAT_EVERY, ObjectiveKind, ObjectiveWeights, StudyDisplay, StudyFile, StudySpec,
+    SurrogateKind, TrialFailure, TrialScores, Workspace, absolute_path, format_duration,
+    parse_duration, run_study,
 };
 use crate::train::BatchProgress;
 use anyhow::Context;
@@ -45,9 +45,14 @@ pub struct RunArgs {
     /// Study name (default: <method>-<dataset>-<arch>-eps<ε>, so rerunning continues it).
     #[arg(long)]
     name: Option<String>,
-    /// Study directory holding cthpo.db and the trials' checkpoints.
-    #[arg(long, default_value = DEFAULT_STUDY_DIR)]
-    dir: PathBuf,
+    /// Study database and directory.
+    #[command(flatten)]
+    place: super::StorageArgs,
+    /// Heartbeat interval of this worker's running trial, e.g. 20s (default); a RUNNING trial
+    /// whose heartbeat is 6 intervals old is taken for a dead worker's, failed as interrupted
+    /// and run again. Give all workers of a study the same value.
+    #[arg(long, value_name = "DURATION")]
+    heartbeat: Option<String>,
     /// Trial budget (trials already stored count).
     #[arg(long)]
     trials: Option<usize>,
@@ -146,11 +151,30 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ..overrides
     };
     let spec = StudySpec::resolve(overrides.over(base))?;
-    execute(&spec, &args.dir)
+    let workspace = workspace(&args.place, args.heartbeat.as_deref())?;
+    execute(&spec, &workspace)
+}
+
+/// The workspace of `--dir`, `--storage` and `--heartbeat` (shared with `resume`).
+pub(crate) fn workspace(
+    place: &super::StorageArgs,
+    heartbeat: Option<&str>,
+) -> anyhow::Result<Workspace> {
+    let heartbeat = match heartbeat {
+        Some(text) => {
+            parse_duration(text).map_err(|problem| anyhow::anyhow!("--heartbeat: {problem}"))?
+        }
+        None => HEARTBEAT_EVERY,
+    };
+    Ok(Workspace {
+        storage: place.storage()?,
+        dir: place.dir.clone(),
+        heartbeat,
+    })
 }
 
 /// Runs a resolved study with progress display and Ctrl-C handling (shared with `resume`).
-pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn execute(spec: &StudySpec, workspace: &Workspace) -> anyhow::Result<()> {
     // A failure to install the handler only loses graceful Ctrl-C; the study still runs.
     let _ = ctrlc::set_handler(|| {
         if CANCEL.swap(true, Ordering::SeqCst) {
@@ -166,7 +190,7 @@ pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
         );
     });
     eprintln!(
-        "study `{}`: {} on {} ({}, ε = {}), {} trials of {} epochs, results in {}",
+        "study `{}`: {} on {} ({}, ε = {}), {} trials of {} epochs, database {}, checkpoints in {}",
         spec.name,
         spec.method,
         spec.dataset,
@@ -174,10 +198,11 @@ pub(crate) fn execute(spec: &StudySpec, dir: &Path) -> anyhow::Result<()> {
         spec.eps,
         spec.trials,
         spec.epochs,
-        dir.display()
+        workspace.storage,
+        workspace.dir.display()
     );
     let mut display = BarDisplay::new();
-    let outcome = run_study(spec, dir, &mut display, &CANCEL)
+    let outcome = run_study(spec, workspace, &mut display, &CANCEL)
         .with_context(|| format!("running study `{}`", spec.name))?;
     display.clear();
     outln!(

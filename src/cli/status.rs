@@ -7,16 +7,15 @@ use crate::store::{self, Store, StoredTrial, StudyInfo, TrialState, attrs};
 use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 
 /// Arguments of `cthpo status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Study to describe; without it, one line per study in the database.
     pub name: Option<String>,
-    /// Study directory holding cthpo.db.
-    #[arg(long, default_value = store::DEFAULT_STUDY_DIR)]
-    pub dir: PathBuf,
+    /// Study database and directory.
+    #[command(flatten)]
+    pub place: super::StorageArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -24,7 +23,7 @@ pub struct StatusArgs {
 
 /// Runs `cthpo status`.
 pub fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
+    let store = args.place.open_existing()?;
     let studies = match &args.name {
         Some(name) => vec![store.require_study(name)?],
         None => store.studies()?,
@@ -56,7 +55,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             }
         }
         None if loaded.is_empty() => {
-            outln!("no studies in {}", store.db_path().display());
+            outln!("no studies in {}", store.location());
         }
         None => out!("{}", overview(&loaded)),
     }
@@ -128,7 +127,7 @@ fn overview(studies: &[(StudyInfo, Vec<StoredTrial>)]) -> String {
 
 fn describe(store: &Store, info: &StudyInfo, trials: &[StoredTrial]) -> String {
     let mut out = format!("study       {}\n", info.name);
-    out += &format!("database    {}\n", store.db_path().display());
+    out += &format!("database    {}\n", store.location());
     out += &format!("directions  {}\n", directions_text(info));
     for (key, value) in &info.user_attrs {
         out += &format!("  {key}: {}\n", cell(value));

@@ -1,19 +1,18 @@
 //! `cthpo trials`: lists a study's trials as a table, JSON or CSV.
 
-use crate::store::{self, Store, StoredTrial, attrs, json_number};
+use crate::store::{StoredTrial, attrs, json_number};
 use anyhow::Context;
 use clap::Args;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 
 /// Arguments of `cthpo trials`.
 #[derive(Debug, Args)]
 pub struct TrialsArgs {
     /// Study name.
     pub name: String,
-    /// Study directory holding cthpo.db.
-    #[arg(long, default_value = store::DEFAULT_STUDY_DIR)]
-    pub dir: PathBuf,
+    /// Study database and directory.
+    #[command(flatten)]
+    pub place: super::StorageArgs,
     /// Print JSON (one array of trials) instead of a table.
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
@@ -24,7 +23,7 @@ pub struct TrialsArgs {
 
 /// Runs `cthpo trials`.
 pub fn run(args: TrialsArgs) -> anyhow::Result<()> {
-    let store = Store::open_read_only(&args.dir).context("cannot open the study database")?;
+    let store = args.place.open_existing()?;
     let info = store.require_study(&args.name)?;
     let trials = store
         .trials(info.id)

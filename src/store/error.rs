@@ -1,10 +1,12 @@
-//! The store's error type: every variant names the database file (or study name) it concerns.
+//! The store's error type: every variant names the database (file, or server URL without
+//! password) or study name it concerns.
 
 use super::schema;
 use super::types::TrialState;
 use std::path::PathBuf;
 
-/// Errors of the store; each names the database file it concerns.
+/// Errors of the store; each names the database it concerns (for PostgreSQL, `path` holds the
+/// URL without password).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The study directory could not be created or read.
@@ -16,7 +18,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// `open_existing` found no database.
-    #[error("{path}: no study database here (run `cthpo run` first, or check --dir)")]
+    #[error("{path}: no study database here (run `cthpo run` first, or check --dir / --storage)")]
     Missing {
         /// The expected database file.
         path: PathBuf,
@@ -39,14 +41,14 @@ pub enum StoreError {
     },
     /// An Optuna database of another schema version.
     #[error(
-        "{path}: Optuna schema {found}, but cthpo reads schema version {} (alembic {}); \
-         upgrade it with `optuna storage upgrade --storage sqlite:///{path}` if it is older",
+        "{storage}: Optuna schema {found}, but cthpo reads schema version {} (alembic {}); \
+         upgrade it with `optuna storage upgrade --storage {storage}` if it is older",
         schema::SCHEMA_VERSION,
         schema::ALEMBIC_VERSION
     )]
     SchemaVersion {
-        /// The database file.
-        path: PathBuf,
+        /// The storage URL (without password).
+        storage: String,
         /// What it records.
         found: String,
     },
@@ -57,6 +59,33 @@ pub enum StoreError {
         path: PathBuf,
         /// The cause.
         source: rusqlite::Error,
+    },
+    /// Any other PostgreSQL failure.
+    #[error("{location}: PostgreSQL: {error}")]
+    Postgres {
+        /// The server and database (URL without password).
+        location: String,
+        /// The cause (shown in the message: its own text already includes its causes).
+        error: postgres::Error,
+    },
+    /// The PostgreSQL server stayed unreachable for [`crate::store::RECONNECT_FOR`].
+    #[error(
+        "{location}: lost the connection to the database server and could not reconnect \
+         within {waited} s; stopping (a trial left RUNNING is re-run by the next worker)"
+    )]
+    ConnectionLost {
+        /// The server and database (URL without password).
+        location: String,
+        /// Seconds spent trying.
+        waited: u64,
+        /// The last failure.
+        source: Box<StoreError>,
+    },
+    /// A `--storage` URL cthpo cannot use (the message never repeats the password).
+    #[error("invalid storage URL: {reason}")]
+    InvalidStorage {
+        /// What is wrong.
+        reason: String,
     },
     /// No study of that name.
     #[error("{path}: no study named {name:?} (known: {known})")]

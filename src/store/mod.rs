@@ -1,22 +1,28 @@
-//! SQLite trial storage in Optuna's RDB schema (v12), committed as each trial changes state.
+//! Trial storage in Optuna's RDB schema (v12), on SQLite or PostgreSQL, committed as each trial
+//! changes state.
 //!
-//! A study directory holds one database, [`DB_FILE_NAME`], which may hold several studies, and
-//! one checkpoint folder per trial under `<study-name>/trial-<number>/`. The tables are
-//! exactly Optuna's (see [`schema`]), so `optuna.load_study(study_name=...,
-//! storage="sqlite:///<dir>/cthpo.db")` and `optuna-dashboard` read cthpo studies, and cthpo
-//! reads studies Optuna wrote. cthpo's own data lives in trial user attributes (keys in
-//! [`attrs`]) and intermediate values (one per epoch).
+//! A study directory holds the default database, [`DB_FILE_NAME`] (SQLite), which may hold
+//! several studies, and one checkpoint folder per trial under `<study-name>/trial-<number>/`.
+//! A [`Storage`] may instead name a PostgreSQL server, which workers on many machines share;
+//! checkpoints stay files under each worker's study directory. The tables are exactly
+//! Optuna's (see [`schema`]), so `optuna.load_study(study_name=..., storage=...)` and
+//! `optuna-dashboard` read cthpo studies, and cthpo reads studies Optuna wrote. cthpo's own
+//! data lives in trial user attributes (keys in [`attrs`]) and intermediate values (one per
+//! epoch).
 //!
-//! Every write is one short `BEGIN IMMEDIATE` transaction, and the connection waits up to
-//! [`BUSY_TIMEOUT`] for a lock, so several processes can run trials of one study in the same
-//! directory: trial numbers are assigned inside the transaction, as Optuna does.
+//! Every write is one short transaction (SQLite: `BEGIN IMMEDIATE`, waiting up to
+//! [`BUSY_TIMEOUT`] for the lock; PostgreSQL: rows locked with `FOR UPDATE`), so several
+//! processes can run trials of one study: trial numbers are assigned inside the transaction,
+//! as Optuna does. The SQL that differs between the engines lives in `engine` and [`schema`].
 
 #![warn(missing_docs)]
 
 mod distribution;
+mod engine;
 mod error;
 mod open;
 pub mod schema;
+mod storage;
 mod studies;
 mod summary;
 mod time;
@@ -25,14 +31,18 @@ mod trial_write;
 mod types;
 
 pub use distribution::{ParamDistribution, ParamValue, json_number};
+pub use engine::RECONNECT_FOR;
 pub use error::StoreError;
+pub use open::split_checkpoint_host;
+pub use storage::{PostgresTarget, Storage};
 pub use summary::{best_trial, pareto_front_indices, pareto_optimal, state_counts};
 pub use time::now_utc;
 pub use types::{
-    Direction, StoredParam, StoredTrial, StudyId, StudyInfo, TrialHandle, TrialOutcome, TrialState,
+    Direction, StartRules, Started, StoredParam, StoredTrial, StudyId, StudyInfo, TrialHandle,
+    TrialOutcome, TrialState,
 };
 
-use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior};
+use engine::Conn;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,14 +79,26 @@ pub mod attrs {
     pub const INTERRUPTED: &str = "interrupted";
 }
 
-/// Handle on one study directory's database.
+/// Handle on one study database (an SQLite file or a PostgreSQL database) and the study
+/// directory that holds this process's checkpoints.
 ///
-/// Not `Sync`: open one `Store` per thread or process; they cooperate through SQLite locks.
-#[derive(Debug)]
+/// Not `Sync`: open one `Store` per thread or process; they cooperate through the database's
+/// locks.
 pub struct Store {
-    conn: Connection,
+    conn: Conn,
+    storage: Storage,
     dir: PathBuf,
+    /// The SQLite file, or the PostgreSQL URL without password (what error messages name).
     db_path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("storage", &self.storage)
+            .field("dir", &self.dir)
+            .finish()
+    }
 }
 
 /// Encodes an attribute value as JSON text (Optuna's `value_json`).
@@ -141,48 +163,10 @@ pub fn validate_study_name(name: &str) -> Result<(), StoreError> {
 }
 
 impl Store {
-    fn sql_err(&self, source: rusqlite::Error) -> StoreError {
-        if source.sqlite_error_code() == Some(ErrorCode::NotADatabase) {
-            return StoreError::NotADatabase {
-                path: self.db_path.clone(),
-            };
-        }
-        StoreError::Sqlite {
-            path: self.db_path.clone(),
-            source,
-        }
-    }
-
     fn corrupt(&self, what: impl Into<String>) -> StoreError {
         StoreError::Corrupt {
             path: self.db_path.clone(),
             what: what.into(),
         }
-    }
-
-    /// A write transaction that takes the write lock up front (no upgrade deadlocks).
-    fn write_tx(&self) -> Result<Transaction<'_>, StoreError> {
-        Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
-            .map_err(|e| self.sql_err(e))
-    }
-
-    /// A read transaction: one consistent snapshot for several queries.
-    fn read_tx(&self) -> Result<Transaction<'_>, StoreError> {
-        Transaction::new_unchecked(&self.conn, TransactionBehavior::Deferred)
-            .map_err(|e| self.sql_err(e))
-    }
-
-    /// Runs a query and maps every row.
-    fn query_rows<T>(
-        &self,
-        conn: &Connection,
-        sql: &str,
-        params: impl rusqlite::Params,
-        map: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut stmt = conn.prepare(sql).map_err(|e| self.sql_err(e))?;
-        stmt.query_map(params, map)
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.sql_err(e))
     }
 }

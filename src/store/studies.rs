@@ -1,8 +1,8 @@
 //! Studies: creating or loading one, its directions and user attributes, listing studies.
 
+use super::engine::Tx;
 use super::types::{Direction, StudyId, StudyInfo};
 use super::{Store, StoreError, decode_json, encode_json, validate_study_name};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -31,55 +31,64 @@ impl Store {
                 requested: "a study needs at least one direction".to_string(),
             });
         }
-        let tx = self.write_tx()?;
-        let e = |err| self.sql_err(err);
-        let existing: Option<i64> = tx
-            .query_row(
+        self.write(|tx| {
+            let e = |err| self.db_err(err);
+            let existing = self.query_int(
+                tx,
                 "SELECT study_id FROM studies WHERE study_name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(e)?;
-        let study_id = match existing {
-            Some(id) => {
-                let stored = self.directions_in(&tx, StudyId(id))?;
-                if stored != directions {
-                    return Err(StoreError::DirectionMismatch {
-                        path: self.db_path.clone(),
-                        name: name.to_string(),
-                        stored: directions_text(&stored),
-                        requested: directions_text(directions),
-                    });
+                &[name.into()],
+            )?;
+            let study_id = match existing {
+                Some(id) => {
+                    let stored = self.directions_in(tx, StudyId(id))?;
+                    if stored != directions {
+                        return Err(StoreError::DirectionMismatch {
+                            path: self.db_path.clone(),
+                            name: name.to_string(),
+                            stored: directions_text(&stored),
+                            requested: directions_text(directions),
+                        });
+                    }
+                    id
                 }
-                id
-            }
-            None => {
-                validate_study_name(name)?;
-                tx.execute("INSERT INTO studies (study_name) VALUES (?1)", [name])
-                    .map_err(e)?;
-                let id = tx.last_insert_rowid();
-                for (objective, direction) in directions.iter().enumerate() {
-                    tx.execute(
-                        "INSERT INTO study_directions (direction, study_id, objective) \
-                         VALUES (?1, ?2, ?3)",
-                        params![direction.as_optuna_str(), id, objective as i64],
-                    )
-                    .map_err(e)?;
+                None => {
+                    validate_study_name(name)?;
+                    let id = self
+                        .query_int(
+                            tx,
+                            "INSERT INTO studies (study_name) VALUES (?1) RETURNING study_id",
+                            &[name.into()],
+                        )?
+                        .ok_or_else(|| self.corrupt("no id for the new study"))?;
+                    for (objective, direction) in directions.iter().enumerate() {
+                        tx.execute(
+                            "INSERT INTO study_directions (direction, study_id, objective) \
+                             VALUES (?1, ?2, ?3)",
+                            &[
+                                direction.as_optuna_str().into(),
+                                id.into(),
+                                (objective as i64).into(),
+                            ],
+                        )
+                        .map_err(e)?;
+                    }
+                    id
                 }
-                id
+            };
+            for (key, value) in user_attrs {
+                tx.execute(
+                    "INSERT INTO study_user_attributes (study_id, key, value_json) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT (study_id, key) DO NOTHING",
+                    &[
+                        study_id.into(),
+                        key.as_str().into(),
+                        encode_json(value).into(),
+                    ],
+                )
+                .map_err(e)?;
             }
-        };
-        for (key, value) in user_attrs {
-            tx.execute(
-                "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (study_id, key) DO NOTHING",
-                params![study_id, key, encode_json(value)],
-            )
-            .map_err(e)?;
-        }
-        tx.commit().map_err(e)?;
-        Ok(StudyId(study_id))
+            Ok(StudyId(study_id))
+        })
     }
 
     /// Sets (or replaces) one study user attribute.
@@ -89,73 +98,81 @@ impl Store {
         key: &str,
         value: &Value,
     ) -> Result<(), StoreError> {
-        let tx = self.write_tx()?;
-        tx.execute(
-            "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (study_id, key) DO UPDATE SET value_json = excluded.value_json",
-            params![study.0, key, encode_json(value)],
-        )
-        .map_err(|e| self.sql_err(e))?;
-        tx.commit().map_err(|e| self.sql_err(e))
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (study_id, key) DO UPDATE SET value_json = excluded.value_json",
+                &[study.0.into(), key.into(), encode_json(value).into()],
+            )
+            .map_err(|e| self.db_err(e))?;
+            Ok(())
+        })
     }
 
     pub(super) fn directions_in(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         study: StudyId,
     ) -> Result<Vec<Direction>, StoreError> {
-        let texts: Vec<String> = self.query_rows(
-            conn,
-            "SELECT direction FROM study_directions WHERE study_id = ?1 ORDER BY objective",
-            [study.0],
-            |r| r.get(0),
-        )?;
-        texts
-            .iter()
-            .map(|t| {
-                Direction::from_optuna_str(t)
-                    .ok_or_else(|| self.corrupt(format!("study direction {t:?}")))
+        let rows = tx
+            .query(
+                "SELECT direction FROM study_directions WHERE study_id = ?1 ORDER BY objective",
+                &[study.0.into()],
+            )
+            .map_err(|e| self.db_err(e))?;
+        rows.iter()
+            .map(|r| {
+                let text = r.text(0).map_err(|e| self.db_err(e))?;
+                Direction::from_optuna_str(&text)
+                    .ok_or_else(|| self.corrupt(format!("study direction {text:?}")))
             })
             .collect()
     }
 
     fn study_user_attrs_in(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         study: StudyId,
     ) -> Result<BTreeMap<String, Value>, StoreError> {
-        let rows: Vec<(Option<String>, Option<String>)> = self.query_rows(
-            conn,
-            "SELECT key, value_json FROM study_user_attributes WHERE study_id = ?1",
-            [study.0],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, v)| (k.unwrap_or_default(), decode_json(v)))
-            .collect())
+        let e = |err| self.db_err(err);
+        let rows = tx
+            .query(
+                "SELECT key, value_json FROM study_user_attributes WHERE study_id = ?1",
+                &[study.0.into()],
+            )
+            .map_err(e)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.opt_text(0).map_err(e)?.unwrap_or_default(),
+                    decode_json(r.opt_text(1).map_err(e)?),
+                ))
+            })
+            .collect()
     }
 
     /// All studies, by id.
     pub fn studies(&self) -> Result<Vec<StudyInfo>, StoreError> {
-        let tx = self.read_tx()?;
-        let rows: Vec<(i64, String)> = self.query_rows(
-            &tx,
-            "SELECT study_id, study_name FROM studies ORDER BY study_id",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let mut studies = Vec::with_capacity(rows.len());
-        for (id, name) in rows {
-            studies.push(StudyInfo {
-                id: StudyId(id),
-                name,
-                directions: self.directions_in(&tx, StudyId(id))?,
-                user_attrs: self.study_user_attrs_in(&tx, StudyId(id))?,
-            });
-        }
-        tx.commit().map_err(|e| self.sql_err(e))?;
-        Ok(studies)
+        self.read(|tx| {
+            let e = |err| self.db_err(err);
+            let rows = tx
+                .query(
+                    "SELECT study_id, study_name FROM studies ORDER BY study_id",
+                    &[],
+                )
+                .map_err(e)?;
+            let mut studies = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id = StudyId(row.int(0).map_err(e)?);
+                studies.push(StudyInfo {
+                    id,
+                    name: row.text(1).map_err(e)?,
+                    directions: self.directions_in(tx, id)?,
+                    user_attrs: self.study_user_attrs_in(tx, id)?,
+                });
+            }
+            Ok(studies)
+        })
     }
 
     /// The study of that name, if any.

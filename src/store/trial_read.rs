@@ -1,9 +1,10 @@
 //! Trial reads: every trial of a study with its params, values, attributes and intermediate
 //! values, each table read in one query and attached to its trial.
 
+use super::engine::{Row, Tx};
+use super::time::parse_utc;
 use super::types::{StoredParam, StoredTrial, StudyId, TrialState};
 use super::{ParamDistribution, Store, StoreError, decode_json, decode_value};
-use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
 
 /// A study's trials in number order, found by trial id while their details are attached.
@@ -32,17 +33,30 @@ impl Trials {
 impl Store {
     /// All trials of a study, by number, with params, values, attributes and intermediate values.
     pub fn trials(&self, study: StudyId) -> Result<Vec<StoredTrial>, StoreError> {
-        let tx = self.read_tx()?;
-        let trials = self.trials_in(&tx, study)?;
-        tx.commit().map_err(|e| self.sql_err(e))?;
-        Ok(trials)
+        self.read(|tx| self.trials_in(tx, study))
+    }
+
+    /// Runs a query of a study's rows and decodes each row with `decode`.
+    fn study_rows<T>(
+        &self,
+        tx: &mut Tx<'_>,
+        sql: &str,
+        study: StudyId,
+        decode: impl Fn(&Row) -> Result<T, super::engine::DbError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = tx
+            .query(sql, &[study.0.into()])
+            .map_err(|e| self.db_err(e))?;
+        rows.iter()
+            .map(|r| decode(r).map_err(|e| self.db_err(e)))
+            .collect()
     }
 
     /// Rows `(trial_id, key, value)` of a float table (`trial_values` or
     /// `trial_intermediate_values`) for a study's trials, decoded from Optuna's value types.
     fn float_rows(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         table: &str,
         key: &str,
         value: &str,
@@ -52,10 +66,9 @@ impl Store {
             "SELECT v.trial_id, v.{key}, v.{value}, v.{value}_type FROM {table} v \
              JOIN trials t ON t.trial_id = v.trial_id WHERE t.study_id = ?1"
         );
-        let rows: Vec<(i64, i64, Option<f64>, String)> =
-            self.query_rows(conn, &sql, [study.0], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
+        let rows = self.study_rows(tx, &sql, study, |r| {
+            Ok((r.int(0)?, r.int(1)?, r.opt_float(2)?, r.text(3)?))
+        })?;
         rows.into_iter()
             .map(|(trial_id, k, v, value_type)| {
                 decode_value(v, &value_type)
@@ -71,91 +84,79 @@ impl Store {
     /// table attached to its trial.
     pub(super) fn trials_in(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         study: StudyId,
     ) -> Result<Vec<StoredTrial>, StoreError> {
-        let mut trials = Trials::new(self.trial_rows(conn, study)?);
-        self.attach_params(conn, study, &mut trials)?;
-        self.attach_values(conn, study, &mut trials)?;
-        self.attach_intermediate_values(conn, study, &mut trials)?;
-        self.attach_attrs(conn, study, &mut trials)?;
+        let mut trials = Trials::new(self.trial_rows(tx, study)?);
+        self.attach_params(tx, study, &mut trials)?;
+        self.attach_values(tx, study, &mut trials)?;
+        self.attach_intermediate_values(tx, study, &mut trials)?;
+        self.attach_attrs(tx, study, &mut trials)?;
         Ok(trials.list)
     }
 
     /// The study's trials from the `trials` table (with duration and heartbeat), details empty.
-    fn trial_rows(
-        &self,
-        conn: &Connection,
-        study: StudyId,
-    ) -> Result<Vec<StoredTrial>, StoreError> {
-        type TrialRow = (
-            i64,
-            Option<i64>,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<f64>,
-            Option<String>,
-        );
-        let rows: Vec<TrialRow> = self.query_rows(
-            conn,
+    fn trial_rows(&self, tx: &mut Tx<'_>, study: StudyId) -> Result<Vec<StoredTrial>, StoreError> {
+        let rows = self.study_rows(
+            tx,
             "SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete, \
-             (julianday(t.datetime_complete) - julianday(t.datetime_start)) * 86400.0, \
              h.heartbeat \
              FROM trials t LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id \
              WHERE t.study_id = ?1 ORDER BY t.number, t.trial_id",
-            [study.0],
+            study,
             |r| {
                 Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
+                    r.int(0)?,
+                    r.opt_int(1)?,
+                    r.text(2)?,
+                    r.opt_text(3)?,
+                    r.opt_text(4)?,
+                    r.opt_text(5)?,
                 ))
             },
         )?;
         rows.into_iter()
-            .map(
-                |(trial_id, number, state, start, complete, duration, heartbeat)| {
-                    let state = TrialState::from_optuna_str(&state)
-                        .ok_or_else(|| self.corrupt(format!("trial {trial_id} state {state:?}")))?;
-                    Ok(StoredTrial {
-                        trial_id,
-                        number: number.unwrap_or(-1),
-                        state,
-                        params: Vec::new(),
-                        values: None,
-                        user_attrs: BTreeMap::new(),
-                        system_attrs: BTreeMap::new(),
-                        intermediate_values: BTreeMap::new(),
-                        datetime_start: start,
-                        datetime_complete: complete,
-                        duration_seconds: duration,
-                        heartbeat,
-                    })
-                },
-            )
+            .map(|(trial_id, number, state, start, complete, heartbeat)| {
+                let duration = match (&start, &complete) {
+                    (Some(start), Some(complete)) => parse_utc(complete)
+                        .zip(parse_utc(start))
+                        .map(|(c, s)| (c - s) as f64 / 1e6),
+                    _ => None,
+                };
+                let state = TrialState::from_optuna_str(&state)
+                    .ok_or_else(|| self.corrupt(format!("trial {trial_id} state {state:?}")))?;
+                Ok(StoredTrial {
+                    trial_id,
+                    number: number.unwrap_or(-1),
+                    state,
+                    params: Vec::new(),
+                    values: None,
+                    user_attrs: BTreeMap::new(),
+                    system_attrs: BTreeMap::new(),
+                    intermediate_values: BTreeMap::new(),
+                    datetime_start: start,
+                    datetime_complete: complete,
+                    duration_seconds: duration,
+                    heartbeat,
+                })
+            })
             .collect()
     }
 
     /// Adds `trial_params` rows, in storage order, to their trials.
     fn attach_params(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         study: StudyId,
         trials: &mut Trials,
     ) -> Result<(), StoreError> {
-        type ParamRow = (i64, Option<String>, Option<f64>, Option<String>);
-        let params: Vec<ParamRow> = self.query_rows(
-            conn,
+        let params = self.study_rows(
+            tx,
             "SELECT p.trial_id, p.param_name, p.param_value, p.distribution_json \
              FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id \
              WHERE t.study_id = ?1 ORDER BY p.param_id",
-            [study.0],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            study,
+            |r| Ok((r.int(0)?, r.opt_text(1)?, r.opt_float(2)?, r.opt_text(3)?)),
         )?;
         for (trial_id, name, value, dist) in params {
             let name = name.unwrap_or_default();
@@ -180,12 +181,12 @@ impl Store {
     /// Adds `trial_values` to their trials, one slot per objective.
     fn attach_values(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         study: StudyId,
         trials: &mut Trials,
     ) -> Result<(), StoreError> {
         for (trial_id, objective, value) in
-            self.float_rows(conn, "trial_values", "objective", "value", study)?
+            self.float_rows(tx, "trial_values", "objective", "value", study)?
         {
             if let (Some(trial), Ok(objective)) =
                 (trials.get_mut(trial_id), usize::try_from(objective))
@@ -203,12 +204,12 @@ impl Store {
     /// Adds `trial_intermediate_values` to their trials, by step.
     fn attach_intermediate_values(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         study: StudyId,
         trials: &mut Trials,
     ) -> Result<(), StoreError> {
         for (trial_id, step, value) in self.float_rows(
-            conn,
+            tx,
             "trial_intermediate_values",
             "step",
             "intermediate_value",
@@ -224,7 +225,7 @@ impl Store {
     /// Adds user and system attributes, JSON-decoded, to their trials.
     fn attach_attrs(
         &self,
-        conn: &Connection,
+        tx: &mut Tx<'_>,
         study: StudyId,
         trials: &mut Trials,
     ) -> Result<(), StoreError> {
@@ -236,10 +237,9 @@ impl Store {
                 "SELECT a.trial_id, a.key, a.value_json FROM {table} a \
                  JOIN trials t ON t.trial_id = a.trial_id WHERE t.study_id = ?1"
             );
-            let rows: Vec<(i64, Option<String>, Option<String>)> =
-                self.query_rows(conn, &sql, [study.0], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
+            let rows = self.study_rows(tx, &sql, study, |r| {
+                Ok((r.int(0)?, r.opt_text(1)?, r.opt_text(2)?))
+            })?;
             for (trial_id, key, value) in rows {
                 if let Some(trial) = trials.get_mut(trial_id) {
                     let map = if system {

@@ -222,6 +222,34 @@ pub struct TrialHandle {
     pub number: i64,
 }
 
+/// Conditions under which [`crate::store::Store::start_trial_checked`] declines to start a
+/// trial, checked inside the transaction that assigns its number (so concurrent workers agree).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartRules {
+    /// Decline once the study counts this many trials.
+    pub budget: Option<usize>,
+    /// Whether interrupted trials ([`StoredTrial::is_interrupted`]) are left out of the
+    /// budget's count (their re-runs count instead).
+    pub interrupted_uncounted: bool,
+    /// Decline when a trial of the study that did not fail has exactly these params (another
+    /// worker runs, or ran, this configuration).
+    pub unique: bool,
+}
+
+/// What [`crate::store::Store::start_trial_checked`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    /// The trial is recorded as RUNNING.
+    Trial(TrialHandle),
+    /// Trial `number` already has these params; nothing was written.
+    Duplicate {
+        /// The trial with the same params.
+        number: i64,
+    },
+    /// The study's trial budget is spent; nothing was written.
+    BudgetSpent,
+}
+
 /// A study row with its directions and attributes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StudyInfo {
@@ -310,4 +338,4 @@ impl StoredTrial {
 }
 
 /// The failure reason that marked an interrupted trial before [`super::attrs::INTERRUPTED`].
-const LEGACY_INTERRUPTED: &str = "interrupted";
+pub(crate) const LEGACY_INTERRUPTED: &str = "interrupted";

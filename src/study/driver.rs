@@ -1,11 +1,11 @@
 //! The study loop: ask → train → score → store → tell until the trial or time budget is spent.
 //!
 //! Every trial is RUNNING in the database before training starts and is finished (COMPLETE or
-//! FAIL with a reason) as soon as it ends, so a killed process leaves evidence: on the next run
-//! its trial is marked interrupted and its configuration is run again first, as is the
-//! configuration of a trial stopped with Ctrl-C. The
-//! optimiser is rebuilt from the stored trials before every ask, so two processes on one study
-//! share what they learn and never propose a configuration the other is running.
+//! FAIL with a reason) as soon as it ends, so a killed worker leaves evidence: the next worker
+//! to look (or the next run) marks its trial interrupted and runs its configuration again, as
+//! it does for a trial stopped with Ctrl-C. The optimiser is rebuilt from the stored trials
+//! before every ask, so workers on one study (processes, or machines sharing a PostgreSQL
+//! server) share what they learn and never run a configuration another one is running.
 
 use super::StudyError;
 use super::spec::{ObjectiveKind, StudySpec};
@@ -13,23 +13,26 @@ use super::trial::{StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 use crate::opt::{Optimizer, OptimizerOptions, Outcome};
 use crate::space::{Config, ParamKind, Space, Value};
 use crate::store::{
-    Direction, ParamDistribution, ParamValue, Store, StoredParam, StoredTrial, TrialHandle,
-    TrialOutcome, TrialState, attrs,
+    Direction, ParamDistribution, ParamValue, StartRules, Started, Storage, Store, StoreError,
+    StoredParam, StoredTrial, TrialHandle, TrialOutcome, TrialState, attrs,
 };
 use crate::train::BatchProgress;
 use std::collections::{BTreeMap, VecDeque};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Study user attribute holding the resolved [`StudySpec`] (what `cthpo resume` reruns).
 pub const SPEC_ATTRIBUTE: &str = "cthpo_spec";
-/// Failure reason of a trial whose process died (stored as interrupted, so it runs again).
-pub const PROCESS_STOPPED: &str = "interrupted: the process running it stopped";
-/// A RUNNING trial whose heartbeat is older than this belongs to a dead process.
-const STALE_AFTER: Duration = Duration::from_secs(120);
-/// How often a running trial refreshes its heartbeat.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(20);
+/// Failure reason of a trial whose worker died; such trials are stored as interrupted and run
+/// again.
+pub const INTERRUPTED: &str = "interrupted";
+/// Proposals in a row that may clash with stored trials before a random one is asked for.
+const MAX_DUPLICATES: usize = 20;
+/// How often a running trial refreshes its heartbeat by default.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(20);
+/// A RUNNING trial whose heartbeat is this many intervals old belongs to a dead worker.
+pub const STALE_AFTER_BEATS: u32 = 6;
 
 /// What the driver reports to a display (progress bars, logs).
 pub trait StudyDisplay {
@@ -61,10 +64,48 @@ pub struct StudyOutcome {
     pub interrupted: bool,
 }
 
-/// Runs (or continues) the study `spec` in the study directory `dir`.
+/// Where a study runs: its database, this worker's checkpoint directory, and how often this
+/// worker's running trial proves it is alive.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The study database (SQLite file or PostgreSQL server).
+    pub storage: Storage,
+    /// The study directory: this worker's checkpoints (and the default SQLite database).
+    pub dir: PathBuf,
+    /// How often a running trial refreshes its heartbeat; a RUNNING trial whose heartbeat is
+    /// [`STALE_AFTER_BEATS`] intervals old belongs to a dead worker. Give every worker of a
+    /// study the same interval.
+    pub heartbeat: Duration,
+}
+
+impl Workspace {
+    /// The default workspace of a study directory: `<dir>/cthpo.db`, default heartbeat.
+    pub fn in_dir(dir: impl Into<PathBuf>) -> Workspace {
+        let dir = dir.into();
+        Workspace {
+            storage: Storage::sqlite_in(&dir),
+            dir,
+            heartbeat: HEARTBEAT_EVERY,
+        }
+    }
+
+    /// How old a RUNNING trial's heartbeat must be before the trial counts as abandoned.
+    pub fn stale_after(&self) -> Duration {
+        self.heartbeat * STALE_AFTER_BEATS
+    }
+}
+
+/// Runs (or continues) the study `spec` in `workspace`, as one of possibly many workers.
+///
+/// Each round, the worker first takes over one trial a dead worker left RUNNING (failed as
+/// `interrupted` and re-run here, by exactly one worker); else it rebuilds the optimiser from
+/// the shared history, asks it for a configuration and starts the trial only if the budget
+/// allows and no other trial has that configuration (both checked in the transaction that
+/// assigns the trial's number). Once the budget is reached, the worker waits for the other
+/// workers' running trials, so that one of theirs that dies is still re-run.
 pub fn run_study(
     spec: &StudySpec,
-    dir: &Path,
+    workspace: &Workspace,
     display: &mut dyn StudyDisplay,
     cancel: &AtomicBool,
 ) -> Result<StudyOutcome, StudyError> {
@@ -79,7 +120,7 @@ pub fn run_study(
     // Everything a trial needs (the data loads, the sample counts fit, the network builds on
     // its images) is checked before the study is created or its settings are written.
     let data = StudyData::load(spec)?;
-    let store = Store::open(dir)?;
+    let store = Store::open_at(&workspace.storage, &workspace.dir)?;
     check_same_study(&store, spec)?;
     let directions = match spec.objective {
         ObjectiveKind::Weighted => vec![Direction::Maximize],
@@ -90,14 +131,8 @@ pub fn run_study(
     study_attrs.insert(SPEC_ATTRIBUTE.to_string(), spec_json);
     let study = store.create_or_load_study(&spec.name, &directions, &study_attrs)?;
 
-    let mut stale = fail_dead_local_trials(&store, study)?;
-    stale.extend(store.mark_stale_running_as_failed(study, STALE_AFTER, PROCESS_STOPPED)?);
-    if !stale.is_empty() {
-        display.note(&format!(
-            "{} trial(s) left running by a stopped process were marked interrupted",
-            stale.len()
-        ));
-    }
+    // Trials stopped by Ctrl-C (and dead workers' trials taken over but not re-run) run again
+    // first; a worker that finds one already re-run by another gets a duplicate and moves on.
     let mut rerun: VecDeque<Config> = interrupted_not_rerun(&store.trials(study)?)
         .into_iter()
         .filter_map(|t| stored_config(&space, t))
@@ -115,11 +150,75 @@ pub fn run_study(
         .filter_map(|t| t.duration_seconds)
         .sum();
     let mut interrupted = false;
+    let mut waiting_noted = false;
+    let mut duplicates = 0;
+    let rules = StartRules {
+        budget: Some(spec.trials),
+        interrupted_uncounted: true,
+        unique: true,
+    };
+    let run = Run {
+        spec,
+        workspace,
+        store: &store,
+        data: &data,
+        directions: &directions,
+        cancel,
+    };
     loop {
-        let trials = store.trials(study)?;
-        let counted = trials.iter().filter(|t| !t.is_interrupted()).count();
-        if counted >= spec.trials {
+        if cancel.load(Ordering::SeqCst) {
+            interrupted = true;
             break;
+        }
+        // Liveness: heartbeats, and on SQLite (one machine) also whether the owner still exists.
+        let dead = if workspace.storage.is_server() {
+            Vec::new()
+        } else {
+            dead_local_trials(&store.trials(study)?)
+        };
+        if let Some((old, handle)) =
+            store.take_over_trial(study, workspace.stale_after(), &dead, INTERRUPTED)?
+        {
+            display.note(&format!(
+                "trial {} was left running by a stopped worker: marked failed (interrupted), running it again as trial {}",
+                old.number, handle.number
+            ));
+            let counted = count_trials(&store.trials(study)?);
+            match stored_config(&space, &old) {
+                Some(config) => {
+                    let proposal = "rerun of an interrupted trial";
+                    if run.trial(handle, &config, proposal, counted, display)? {
+                        interrupted = true;
+                        break;
+                    }
+                }
+                None => store.finish_trial(
+                    &handle,
+                    &TrialOutcome::Fail {
+                        reason: "its configuration does not fit the method's space".into(),
+                    },
+                )?,
+            }
+            continue;
+        }
+        let trials = store.trials(study)?;
+        let counted = count_trials(&trials);
+        if counted >= spec.trials {
+            let running = trials
+                .iter()
+                .filter(|t| t.state == TrialState::Running)
+                .count();
+            if running == 0 {
+                break;
+            }
+            if !waiting_noted {
+                display.note(&format!(
+                    "trial budget reached; waiting for {running} running trial(s) of other workers"
+                ));
+                waiting_noted = true;
+            }
+            sleep_unless_cancelled(workspace.heartbeat, cancel);
+            continue;
         }
         if let Some(budget) = spec.time_budget {
             let spent = previously_spent + start.elapsed().as_secs_f64();
@@ -131,53 +230,40 @@ pub fn run_study(
                 break;
             }
         }
-        if cancel.load(Ordering::SeqCst) {
-            interrupted = true;
-            break;
-        }
-        let (config, proposal) = match rerun.pop_front() {
-            Some(config) => (config, "rerun of an interrupted trial"),
-            None => {
-                let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
-                let config = optimizer.ask();
-                let how = optimizer.last_proposal().map_or("design", |p| p.describe());
-                (config, how)
-            }
+        let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
+        let rerun_config = rerun.pop_front();
+        let rerunning = rerun_config.is_some();
+        // A proposal that keeps clashing with stored trials (ones the rebuilt optimiser cannot
+        // read back) gives way to a random configuration.
+        let config = match rerun_config {
+            Some(config) => config,
+            None if duplicates < MAX_DUPLICATES => optimizer.ask(),
+            None => optimizer.ask_random(),
         };
         // Ctrl-C while the optimiser was thinking: stop before a trial is started.
         if cancel.load(Ordering::SeqCst) {
             interrupted = true;
             break;
         }
-        let params = stored_params(&space, &config)?;
-        let handle = store.start_trial(study, &params)?;
-        store.set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())?;
-        store.set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())?;
-        display.trial_started(handle.number, counted, spec.trials, &config);
-        let checkpoint = store.checkpoint_dir(&spec.name, handle.number);
-        let mut hooks = Hooks {
-            store: &store,
-            handle,
-            display: &mut *display,
-            last_heartbeat: Instant::now(),
+        let proposal = if rerunning {
+            "rerun of an interrupted trial"
+        } else {
+            optimizer.last_proposal().map_or("design", |p| p.describe())
         };
-        let trial_start = Instant::now();
-        let result = run_trial(
-            spec,
-            &data,
-            &crate::space::to_json_map(&config),
-            &checkpoint,
-            &mut hooks,
-            cancel,
-        );
-        finish(&store, &handle, spec, &result, trial_start.elapsed())?;
-        let best = best_objective(&store.trials(study)?, &directions);
-        display.trial_finished(handle.number, &result, best);
-        if let Err(failure) = &result
-            && failure.interrupted
-        {
-            interrupted = true;
-            break;
+        let params = stored_params(&space, &config)?;
+        // Declined starts (another worker took this configuration or the last place in the
+        // budget) go round again with the fresh history.
+        match store.start_trial_checked(study, &params, rules)? {
+            Started::Trial(handle) => {
+                duplicates = 0;
+                if run.trial(handle, &config, proposal, counted, display)? {
+                    interrupted = true;
+                    break;
+                }
+            }
+            Started::Duplicate { .. } if rerunning => {}
+            Started::Duplicate { .. } => duplicates += 1,
+            Started::BudgetSpent => {}
         }
     }
     let trials = store.trials(study)?;
@@ -195,6 +281,106 @@ pub fn run_study(
     })
 }
 
+/// Trials that count against the trial budget (all but interrupted ones).
+fn count_trials(trials: &[StoredTrial]) -> usize {
+    trials.iter().filter(|t| !t.is_interrupted()).count()
+}
+
+/// Sleeps for `duration`, waking early when the user cancels.
+fn sleep_unless_cancelled(duration: Duration, cancel: &AtomicBool) {
+    let until = Instant::now() + duration;
+    while Instant::now() < until && !cancel.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+    }
+}
+
+/// What every trial of one worker's run shares.
+struct Run<'a> {
+    spec: &'a StudySpec,
+    workspace: &'a Workspace,
+    store: &'a Store,
+    data: &'a StudyData,
+    directions: &'a [Direction],
+    cancel: &'a AtomicBool,
+}
+
+impl Run<'_> {
+    /// Runs a started trial: trains and scores `config` while a thread keeps the trial's
+    /// heartbeat fresh, then stores the result. Returns true when the user stopped it.
+    fn trial(
+        &self,
+        handle: TrialHandle,
+        config: &Config,
+        proposal: &str,
+        counted: usize,
+        display: &mut dyn StudyDisplay,
+    ) -> Result<bool, StudyError> {
+        let (store, spec) = (self.store, self.spec);
+        store.set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())?;
+        store.set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())?;
+        display.trial_started(handle.number, counted, spec.trials, config);
+        let checkpoint = store.checkpoint_dir(&spec.name, handle.number);
+        let beating = Heartbeat::start(store, handle, self.workspace.heartbeat)?;
+        let mut hooks = Hooks {
+            store,
+            handle,
+            display: &mut *display,
+        };
+        let trial_start = Instant::now();
+        let result = run_trial(
+            spec,
+            self.data,
+            &crate::space::to_json_map(config),
+            &checkpoint,
+            &mut hooks,
+            self.cancel,
+        );
+        beating.stop();
+        match finish(self, &handle, &result, trial_start.elapsed()) {
+            Err(StudyError::Store(StoreError::TrialNotRunning { .. })) => {
+                display.note(&format!(
+                    "trial {} was taken over by another worker while this one could not refresh \
+                     its heartbeat; its result is dropped (the re-run counts)",
+                    handle.number
+                ));
+                return Ok(false);
+            }
+            other => other?,
+        }
+        let best = best_objective(&store.trials(handle.study_id)?, self.directions);
+        display.trial_finished(handle.number, &result, best);
+        Ok(matches!(&result, Err(failure) if failure.interrupted))
+    }
+}
+
+/// A thread that refreshes a running trial's heartbeat on its own connection, so a trial stays
+/// alive through long epochs and evaluations.
+struct Heartbeat {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Heartbeat {
+    fn start(store: &Store, handle: TrialHandle, every: Duration) -> Result<Heartbeat, StoreError> {
+        let beat_store = store.reopen()?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                // A missed beat is retried at the next one; only a long outage lets another
+                // worker take the trial over.
+                let _ = beat_store.record_heartbeat(&handle);
+            }
+        });
+        Ok(Heartbeat { stop, thread })
+    }
+
+    fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
 /// Trial user attribute `host:pid` of the process running it, so a rerun on the same machine
 /// can tell at once that a RUNNING trial's process is gone (kill -9, power loss).
 pub const OWNER_ATTRIBUTE: &str = "cthpo_owner";
@@ -210,41 +396,25 @@ fn owner() -> String {
     format!("{}:{}", hostname(), std::process::id())
 }
 
-/// Marks FAIL "interrupted" the RUNNING trials of this machine whose process no longer exists
-/// (other machines' trials are left to the heartbeat rule).
-fn fail_dead_local_trials(
-    store: &Store,
-    study: crate::store::StudyId,
-) -> Result<Vec<StoredTrial>, StudyError> {
-    let host = hostname();
-    let mut failed = Vec::new();
-    for trial in store.trials(study)? {
-        if trial.state != TrialState::Running {
-            continue;
-        }
-        let Some((trial_host, pid)) = trial
-            .user_attr_str(OWNER_ATTRIBUTE)
-            .and_then(|o| o.rsplit_once(':'))
-        else {
-            continue;
-        };
-        let alive = Path::new(&format!("/proc/{pid}")).exists();
-        if trial_host == host && !alive && Path::new("/proc/self").exists() {
-            let handle = TrialHandle {
-                study_id: study,
-                trial_id: trial.trial_id,
-                number: trial.number,
-            };
-            let outcome = TrialOutcome::Interrupted {
-                reason: PROCESS_STOPPED.into(),
-            };
-            // Another process may have finished it in the meantime: then it is not ours to fail.
-            if store.finish_trial(&handle, &outcome).is_ok() {
-                failed.push(trial);
-            }
-        }
+/// Ids of the RUNNING trials of this machine whose process no longer exists (other machines'
+/// trials are left to the heartbeat rule).
+fn dead_local_trials(trials: &[StoredTrial]) -> Vec<i64> {
+    if !Path::new("/proc/self").exists() {
+        return Vec::new();
     }
-    Ok(failed)
+    let host = hostname();
+    trials
+        .iter()
+        .filter(|t| t.state == TrialState::Running)
+        .filter(|t| {
+            t.user_attr_str(OWNER_ATTRIBUTE)
+                .and_then(|o| o.rsplit_once(':'))
+                .is_some_and(|(trial_host, pid)| {
+                    trial_host == host && !Path::new(&format!("/proc/{pid}")).exists()
+                })
+        })
+        .map(|t| t.trial_id)
+        .collect()
 }
 
 /// A study name reused with different settings would mix incomparable trials: refuse it.
@@ -442,12 +612,12 @@ fn stored_config(space: &Space, trial: &StoredTrial) -> Option<Config> {
 }
 
 fn finish(
-    store: &Store,
+    run: &Run<'_>,
     handle: &TrialHandle,
-    spec: &StudySpec,
     result: &Result<TrialScores, TrialFailure>,
     duration: Duration,
 ) -> Result<(), StudyError> {
+    let store = run.store;
     let set = |key: &str, value: serde_json::Value| store.set_trial_user_attr(handle, key, &value);
     set(attrs::DURATION_SECONDS, duration.as_secs_f64().into())?;
     let outcome = match result {
@@ -459,10 +629,9 @@ fn finish(
             )?;
             set(attrs::CERTIFIED_ACCURACY, scores.certified_accuracy.into())?;
             set(attrs::OBJECTIVE, scores.objective.into())?;
-            let checkpoint = Store::checkpoint_rel_path(&spec.name, handle.number);
             set(
                 attrs::CHECKPOINT_PATH,
-                checkpoint.display().to_string().into(),
+                checkpoint_attribute(run, handle).into(),
             )?;
             TrialOutcome::Complete {
                 values: scores.values.clone(),
@@ -478,11 +647,23 @@ fn finish(
     Ok(store.finish_trial(handle, &outcome)?)
 }
 
+/// The trial's `checkpoint_path`: relative to the study directory on SQLite; with a server
+/// storage, whose workers run on several machines, `host:/absolute/path`, naming the machine
+/// that holds the files.
+fn checkpoint_attribute(run: &Run<'_>, handle: &TrialHandle) -> String {
+    let relative = Store::checkpoint_rel_path(&run.spec.name, handle.number);
+    if !run.workspace.storage.is_server() {
+        return relative.display().to_string();
+    }
+    let absolute = std::path::absolute(run.store.dir().join(&relative))
+        .unwrap_or_else(|_| run.store.dir().join(&relative));
+    format!("{}:{}", hostname(), absolute.display())
+}
+
 struct Hooks<'a> {
     store: &'a Store,
     handle: TrialHandle,
     display: &'a mut dyn StudyDisplay,
-    last_heartbeat: Instant,
 }
 
 impl TrialHooks for Hooks<'_> {
@@ -491,14 +672,9 @@ impl TrialHooks for Hooks<'_> {
         let _ = self
             .store
             .report_intermediate(&self.handle, epoch as i64, validation_accuracy);
-        self.last_heartbeat = Instant::now();
     }
 
     fn on_batch(&mut self, progress: &BatchProgress) {
         self.display.batch(progress);
-        if self.last_heartbeat.elapsed() >= HEARTBEAT_EVERY {
-            let _ = self.store.record_heartbeat(&self.handle);
-            self.last_heartbeat = Instant::now();
-        }
     }
 }

@@ -4,7 +4,10 @@ mod driver;
 mod spec;
 mod trial;
 
-pub use driver::{PROCESS_STOPPED, SPEC_ATTRIBUTE, StudyDisplay, StudyOutcome, run_study};
+pub use driver::{
+    HEARTBEAT_EVERY, INTERRUPTED, SPEC_ATTRIBUTE, STALE_AFTER_BEATS, StudyDisplay, StudyOutcome,
+    Workspace, run_study,
+};
 
 pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, absolute_path,

@@ -1,6 +1,8 @@
 """Reads and writes cthpo study databases with Optuna itself (used by tests/store.rs).
 
 Usage:
+DB is an SQLite file or a postgresql:// URL.
+
   optuna_check.py dump DB STUDY    print the study as Optuna sees it (JSON on stdout)
   optuna_check.py tell DB STUDY    add one COMPLETE trial with Optuna (params as in trial 0)
   optuna_check.py create DB        create a study "from-optuna" with Optuna in a new DB
@@ -26,6 +28,9 @@ def clean(x):
 
 
 def storage(db):
+    """A storage URL as it is, else an SQLite file path."""
+    if "://" in db:
+        return db.replace("postgresql://", "postgresql+psycopg2://", 1)
     return "sqlite:///" + db
 
 
