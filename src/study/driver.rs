@@ -27,6 +27,8 @@ pub const SPEC_ATTRIBUTE: &str = "cthpo_spec";
 /// Failure reason of a trial whose worker died; such trials are stored as interrupted and run
 /// again.
 pub const INTERRUPTED: &str = "interrupted";
+/// How the trial user attribute `proposal` names the re-run of an interrupted trial.
+const RERUN_PROPOSAL: &str = "rerun of an interrupted trial";
 /// Proposals in a row that may clash with stored trials before a random one is asked for.
 const MAX_DUPLICATES: usize = 20;
 /// How often a running trial refreshes its heartbeat by default.
@@ -133,7 +135,8 @@ pub fn run_study(
 
     // Trials stopped by Ctrl-C (and dead workers' trials taken over but not re-run) run again
     // first; a worker that finds one already re-run by another gets a duplicate and moves on.
-    let mut rerun: VecDeque<Config> = interrupted_not_rerun(&store.trials(study)?)
+    let stored = store.trials(study)?;
+    let mut rerun: VecDeque<Config> = interrupted_not_rerun(&stored)
         .into_iter()
         .filter_map(|t| stored_config(&space, t))
         .collect();
@@ -144,11 +147,7 @@ pub fn run_study(
         ));
     }
     let start = Instant::now();
-    let previously_spent: f64 = store
-        .trials(study)?
-        .iter()
-        .filter_map(|t| t.duration_seconds)
-        .sum();
+    let previously_spent: f64 = stored.iter().filter_map(|t| t.duration_seconds).sum();
     let mut interrupted = false;
     let mut waiting_noted = false;
     let mut duplicates = 0;
@@ -186,8 +185,7 @@ pub fn run_study(
             let counted = count_trials(&store.trials(study)?);
             match stored_config(&space, &old) {
                 Some(config) => {
-                    let proposal = "rerun of an interrupted trial";
-                    if run.trial(handle, &config, proposal, counted, display)? {
+                    if run.trial(handle, &config, RERUN_PROPOSAL, counted, display)? {
                         interrupted = true;
                         break;
                     }
@@ -230,26 +228,28 @@ pub fn run_study(
                 break;
             }
         }
-        let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
         let rerun_config = rerun.pop_front();
         let rerunning = rerun_config.is_some();
-        // A proposal that keeps clashing with stored trials (ones the rebuilt optimiser cannot
-        // read back) gives way to a random configuration.
-        let config = match rerun_config {
-            Some(config) => config,
-            None if duplicates < MAX_DUPLICATES => optimizer.ask(),
-            None => optimizer.ask_random(),
+        let (config, proposal) = match rerun_config {
+            Some(config) => (config, RERUN_PROPOSAL),
+            None => {
+                let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
+                // A proposal that keeps clashing with stored trials (ones the rebuilt optimiser
+                // cannot read back) gives way to a random configuration.
+                let config = if duplicates < MAX_DUPLICATES {
+                    optimizer.ask()
+                } else {
+                    optimizer.ask_random()
+                };
+                let proposal = optimizer.last_proposal().map_or("design", |p| p.describe());
+                (config, proposal)
+            }
         };
         // Ctrl-C while the optimiser was thinking: stop before a trial is started.
         if cancel.load(Ordering::SeqCst) {
             interrupted = true;
             break;
         }
-        let proposal = if rerunning {
-            "rerun of an interrupted trial"
-        } else {
-            optimizer.last_proposal().map_or("design", |p| p.describe())
-        };
         let params = stored_params(&space, &config)?;
         // Declined starts (another worker took this configuration or the last place in the
         // budget) go round again with the fresh history.
