@@ -206,7 +206,7 @@ fn round_trip_complete_failed_running(db: &Db) {
 
         // A finished trial cannot change any more.
         let err = store
-            .finish_trial(&a, &TrialOutcome::Pruned)
+            .finish_trial(&a, &TrialOutcome::Pruned { values: vec![] })
             .expect_err("finishing twice");
         assert!(matches!(err, StoreError::TrialNotRunning { number: 0, .. }));
         assert!(store.set_trial_user_attr(&b, "late", &json!(1)).is_err());
@@ -697,7 +697,9 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
             .unwrap();
         complete(&store, &t2, vec![0.1]);
         let t3 = store.start_trial(single, &params("adam", 0.1, 9)).unwrap();
-        store.finish_trial(&t3, &TrialOutcome::Pruned).unwrap();
+        store
+            .finish_trial(&t3, &TrialOutcome::Pruned { values: vec![] })
+            .unwrap();
 
         // Multi-objective: maximise certified and natural accuracy.
         let multi = store

@@ -79,7 +79,7 @@ impl Store {
 
     /// Inserts a RUNNING trial with its params and first heartbeat; its number is the count of
     /// the study's earlier trials (the caller holds the study's lock).
-    fn insert_trial(
+    pub(super) fn insert_trial(
         &self,
         tx: &mut Tx<'_>,
         study: StudyId,
@@ -173,7 +173,7 @@ impl Store {
 
     /// The study's trials that count against a budget: all, or (`interrupted_uncounted`) all
     /// but the interrupted ones, as [`StoredTrial::is_interrupted`] tells them.
-    fn counted_trials(
+    pub(super) fn counted_trials(
         &self,
         tx: &mut Tx<'_>,
         study: StudyId,
@@ -363,7 +363,9 @@ impl Store {
             let e = |err| self.db_err(err);
             let (number, study_id) = self.require_running(tx, trial.trial_id)?;
             let state = match outcome {
-                TrialOutcome::Complete { values } => {
+                TrialOutcome::Complete { values } | TrialOutcome::Pruned { values }
+                    if !values.is_empty() || matches!(outcome, TrialOutcome::Complete { .. }) =>
+                {
                     let n_directions = self.directions_in(tx, StudyId(study_id))?.len();
                     let bad = |reason: String| StoreError::InvalidValues {
                         path: self.db_path.clone(),
@@ -395,7 +397,11 @@ impl Store {
                         )
                         .map_err(e)?;
                     }
-                    TrialState::Complete
+                    if matches!(outcome, TrialOutcome::Pruned { .. }) {
+                        TrialState::Pruned
+                    } else {
+                        TrialState::Complete
+                    }
                 }
                 TrialOutcome::Fail { reason } | TrialOutcome::Interrupted { reason } => {
                     self.set_attr_in(
@@ -414,7 +420,8 @@ impl Store {
                     }
                     TrialState::Fail
                 }
-                TrialOutcome::Pruned => TrialState::Pruned,
+                TrialOutcome::Pruned { .. } => TrialState::Pruned,
+                TrialOutcome::Complete { .. } => unreachable!("complete trials are stored above"),
             };
             tx.execute(
                 "UPDATE trials SET state = ?1, datetime_complete = ?2 WHERE trial_id = ?3",

@@ -435,6 +435,8 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
             w.natural, w.adversarial, w.certified
         )
     };
+    let fidelity =
+        |f: &super::Fidelity| serde_json::to_string(f).unwrap_or_else(|_| format!("{f:?}"));
     let dataset = |name: &str| super::canonical_dataset(name).unwrap_or_else(|_| name.into());
     // Every setting that changes how a trial is trained or scored: trials that differ in one
     // of them are not comparable, and `best` would pick among them.
@@ -461,6 +463,11 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
             format!("{:?}", stored.objective).to_lowercase(),
         ),
         ("weights", weights(&spec.weights), weights(&stored.weights)),
+        (
+            "fidelity",
+            fidelity(&spec.fidelity),
+            fidelity(&stored.fidelity),
+        ),
     ] {
         if ours != theirs {
             return Err(StudyError::invalid(

@@ -1,6 +1,7 @@
 //! The study driver: ask → train → score → store → tell, with budgets, failure isolation and resume.
 
 mod driver;
+mod fidelity;
 mod spec;
 mod trial;
 
@@ -8,6 +9,8 @@ pub use driver::{
     HEARTBEAT_EVERY, INTERRUPTED, SPEC_ATTRIBUTE, STALE_AFTER_BEATS, StudyDisplay, StudyOutcome,
     Workspace, run_study,
 };
+
+pub use fidelity::{Bracket, Fidelity, FidelityKind, RungEntry, next_promotion, promotion_order};
 
 pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, absolute_path,
