@@ -464,7 +464,9 @@ impl Store {
     /// `reason`, and in the same transaction starts its re-run, a new RUNNING trial with the
     /// same params. Of several workers calling this at once, exactly one takes over each dead
     /// trial, and the study's count of trials never drops in between (so no other worker fills
-    /// the place of the re-run). Returns the failed trial and the re-run's handle.
+    /// the place of the re-run). The re-run keeps the failed trial's rung attributes
+    /// ([`attrs::BRACKET`], [`attrs::RUNG`], [`attrs::RUNG_EPOCHS`], [`attrs::CONTINUES`]).
+    /// Returns the failed trial and the re-run's handle.
     pub fn take_over_trial(
         &self,
         study: StudyId,
@@ -490,6 +492,17 @@ impl Store {
                 return Ok(None);
             };
             let handle = self.insert_trial(tx, study, &failed.params)?;
+            // A multi-fidelity re-run trains the same rung from the same checkpoint.
+            for key in [
+                attrs::BRACKET,
+                attrs::RUNG,
+                attrs::RUNG_EPOCHS,
+                attrs::CONTINUES,
+            ] {
+                if let Some(value) = failed.user_attrs.get(key) {
+                    self.set_attr_in(tx, handle.trial_id, key, value)?;
+                }
+            }
             Ok(Some((failed, handle)))
         })
     }

@@ -2,6 +2,7 @@
 
 mod driver;
 mod fidelity;
+mod rungs;
 mod spec;
 mod trial;
 
@@ -17,7 +18,7 @@ pub use spec::{
     canonical_dataset, default_study_name, parse_duration,
 };
 
-pub use trial::{StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
+pub use trial::{Segment, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 
 use crate::data::DataError;
 use crate::store::StoreError;
