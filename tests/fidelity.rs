@@ -167,6 +167,32 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
         all.iter().any(|t| t.state == TrialState::Complete),
         "a configuration reached the full budget"
     );
+    // `trials`, `status` and the history plot show the rungs and the pruned trials.
+    let output = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = output(&["trials", NAME, "--dir", d]);
+    assert!(listed.contains("PRUNED"), "{listed}");
+    let promotion = format!("rung 1 (2 epochs), continues #{}", best.number);
+    assert!(listed.contains(&promotion), "{listed}");
+    let status = output(&["status", NAME, "--dir", d]);
+    assert!(
+        status.contains("rung  epochs  pruned  complete  running"),
+        "{status}"
+    );
+    output(&["plot", NAME, "--dir", d]);
+    let svg =
+        std::fs::read_to_string(dir.join("plots").join(format!("{NAME}-history.svg"))).unwrap();
+    assert!(svg.contains("pruned trial (rung score)"));
     // Other fidelity settings under the same name are refused, not mixed in.
     let mut clash = halving_study(d, "10");
     clash[4] = "hyperband";

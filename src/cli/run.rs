@@ -236,10 +236,15 @@ pub(crate) fn execute(spec: &StudySpec, workspace: &Workspace) -> anyhow::Result
         .with_context(|| format!("running study `{}`", spec.name))?;
     display.clear();
     outln!(
-        "study `{}`: {} completed, {} failed; best objective {}",
+        "study `{}`: {} completed, {} failed{}; best objective {}",
         spec.name,
         outcome.completed,
         outcome.failed,
+        if spec.fidelity.is_multi_fidelity() {
+            format!(", {} pruned at a rung", outcome.pruned)
+        } else {
+            String::new()
+        },
         outcome
             .best_objective
             .map(|b| format!("{b:.4}"))
