@@ -29,10 +29,7 @@ impl Chart for HistoryChart {
             entries.push(("best so far".into(), Marker::Line(BEST)));
         }
         if !self.series.pruned.is_empty() {
-            entries.push((
-                "pruned trial (rung score)".into(),
-                Marker::Ring(PALETTE[1].into()),
-            ));
+            entries.push(("pruned trial (rung score)".into(), Marker::Ring(PALETTE[1])));
         }
         if !self.series.failed.is_empty() {
             entries.push(("failed trial".into(), Marker::Cross(BLACK)));

@@ -263,22 +263,24 @@ fn crowding_distances(values: &[Vec<f64>], front: &[usize]) -> Vec<f64> {
         // One objective: the front is one value, nothing to spread.
         return distance;
     }
-    for objective in 0..objectives {
+    let columns = (0..objectives).map(|objective| {
+        front
+            .iter()
+            .map(|&i| values[i][objective])
+            .collect::<Vec<f64>>()
+    });
+    for column in columns {
         let mut sorted: Vec<usize> = (0..front.len()).collect();
-        sorted
-            .sort_by(|&a, &b| values[front[a]][objective].total_cmp(&values[front[b]][objective]));
-        let low = values[front[sorted[0]]][objective];
-        let high = values[front[*sorted.last().unwrap_or(&0)]][objective];
-        distance[sorted[0]] = f64::INFINITY;
-        distance[*sorted.last().unwrap_or(&0)] = f64::INFINITY;
-        let span = high - low;
+        sorted.sort_by(|&a, &b| column[a].total_cmp(&column[b]));
+        let (first, last) = (sorted[0], sorted[sorted.len() - 1]);
+        distance[first] = f64::INFINITY;
+        distance[last] = f64::INFINITY;
+        let span = column[last] - column[first];
         if span <= 0.0 {
             continue;
         }
         for k in 1..sorted.len().saturating_sub(1) {
-            let gap =
-                values[front[sorted[k + 1]]][objective] - values[front[sorted[k - 1]]][objective];
-            distance[sorted[k]] += gap / span;
+            distance[sorted[k]] += (column[sorted[k + 1]] - column[sorted[k - 1]]) / span;
         }
     }
     distance
