@@ -206,7 +206,7 @@ fn round_trip_complete_failed_running(db: &Db) {
 
         // A finished trial cannot change any more.
         let err = store
-            .finish_trial(&a, &TrialOutcome::Pruned)
+            .finish_trial(&a, &TrialOutcome::Pruned { values: vec![] })
             .expect_err("finishing twice");
         assert!(matches!(err, StoreError::TrialNotRunning { number: 0, .. }));
         assert!(store.set_trial_user_attr(&b, "late", &json!(1)).is_err());
@@ -696,8 +696,15 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
             .start_trial(single, &params("sgd", 2e-5, 200))
             .unwrap();
         complete(&store, &t2, vec![0.1]);
+        // Stopped at a rung as a multi-fidelity study stops it: its rung score is its last
+        // intermediate value and its value, better than every complete one (Optuna's best
+        // trial must still be a complete one).
         let t3 = store.start_trial(single, &params("adam", 0.1, 9)).unwrap();
-        store.finish_trial(&t3, &TrialOutcome::Pruned).unwrap();
+        store.report_intermediate(&t3, 3, 0.05).unwrap();
+        store.set_trial_user_attr(&t3, "rung", &json!(1)).unwrap();
+        store
+            .finish_trial(&t3, &TrialOutcome::Pruned { values: vec![0.05] })
+            .unwrap();
 
         // Multi-objective: maximise certified and natural accuracy.
         let multi = store
@@ -763,6 +770,9 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
         trials[2]["params"],
         json!({"optimizer": "sgd", "lr": 2e-5, "width": 200})
     );
+    assert_eq!(trials[3]["values"], json!([0.05]));
+    assert_eq!(trials[3]["intermediate_values"], json!({"3": 0.05}));
+    assert_eq!(trials[3]["user_attrs"], json!({"rung": 1}));
     assert!(trials.iter().all(|t| t["has_start"] == json!(true)));
     assert!(trials.iter().all(|t| t["has_complete"] == json!(true)));
     assert_eq!(single["best_number"], json!(2));
@@ -802,6 +812,9 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
     let t4 = by_number(&trials, 4);
     assert_eq!(t4.values, Some(vec![0.5]));
     assert_eq!(t4.intermediate_values.get(&0), Some(&0.25));
+    let pruned = by_number(&trials, 3);
+    assert_eq!(pruned.state, TrialState::Pruned);
+    assert_eq!(pruned.values, Some(vec![0.05]));
     store.integrity_check().unwrap();
 
     // A database Optuna creates has exactly our schema, and we read its study.

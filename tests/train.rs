@@ -8,8 +8,8 @@ use cthpo::data::embedded_mnist;
 use cthpo::eval::{EvalConfig, EvalReport, evaluate};
 use cthpo::model::{Net, NetSpec};
 use cthpo::train::{
-    Method, NoObserver, Schedule, Sidecar, TrainConfig, TrainError, TrainOptions, fit,
-    load_checkpoint, save_checkpoint, smoothed_ramp,
+    Method, NoObserver, OptimizerKind, Schedule, Sidecar, TrainConfig, TrainError, TrainOptions,
+    TrainState, fit, fit_epochs, load_checkpoint, save_checkpoint, smoothed_ramp,
 };
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -393,4 +393,150 @@ fn checkpoints_round_trip_with_their_sidecar() {
         .unwrap_err()
         .to_string();
     assert!(missing.contains("nothing-here"), "{missing}");
+}
+
+/// An empty directory of this test process under the system's temporary directory.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cthpo-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every parameter and buffer of `net`, flattened.
+fn all_values(net: &Net) -> Vec<Vec<f32>> {
+    net.named_vars()
+        .iter()
+        .map(|v| v.var.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_run_continued_from_a_saved_state_equals_the_uninterrupted_run() {
+    let (images, labels) = &data().train;
+    let images = images.narrow(0, 0, 256).unwrap();
+    let labels = labels.narrow(0, 0, 256).unwrap();
+    let spec = NetSpec::builtin("cnn-small", [1, 28, 28], 10, None).unwrap();
+    let options = TrainOptions {
+        epochs: 3,
+        eps: 0.1,
+        seed: 5,
+    };
+    // IBP runs the hand-written reverse pass; SABR runs candle's autograd and draws random
+    // attack starts; RAdam's rectification depends on the step count.
+    for (method, optimizer) in [
+        (Method::Ibp, OptimizerKind::Adam),
+        (Method::Sabr, OptimizerKind::Radam),
+    ] {
+        let config = TrainConfig {
+            optimizer,
+            ..quick_config()
+        };
+        let mut whole = Net::new(&spec, method.initialization(), 5).unwrap();
+        let (_, whole_state) = fit_epochs(
+            &mut whole,
+            method,
+            &config,
+            &options,
+            (&images, &labels),
+            None,
+            3,
+            &mut NoObserver,
+        )
+        .unwrap();
+        let dir = scratch_dir(&format!("continue-{method:?}"));
+        let mut first = Net::new(&spec, method.initialization(), 5).unwrap();
+        let (summary, state) = fit_epochs(
+            &mut first,
+            method,
+            &config,
+            &options,
+            (&images, &labels),
+            None,
+            1,
+            &mut NoObserver,
+        )
+        .unwrap();
+        assert_eq!(summary.epochs.len(), 1);
+        assert_ne!(all_values(&first), all_values(&whole), "{method:?}");
+        first.save(&dir.join("w.safetensors")).unwrap();
+        state.save(&dir).unwrap();
+        drop(first);
+        let mut continued = Net::load(&spec, &dir.join("w.safetensors")).unwrap();
+        let loaded = TrainState::load(&dir).unwrap();
+        assert_eq!(loaded.epochs_done, 1);
+        let (summary, continued_state) = fit_epochs(
+            &mut continued,
+            method,
+            &config,
+            &options,
+            (&images, &labels),
+            Some(loaded),
+            3,
+            &mut NoObserver,
+        )
+        .unwrap();
+        assert_eq!(
+            summary.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert_eq!(
+            all_values(&continued),
+            all_values(&whole),
+            "{method:?}: continued weights differ from the uninterrupted run's"
+        );
+        assert_eq!(
+            continued_state.optimizer_steps, whole_state.optimizer_steps,
+            "{method:?}"
+        );
+    }
+}
+
+#[test]
+fn a_training_state_that_does_not_fit_the_run_is_refused() {
+    let (images, labels) = &data().train;
+    let images = images.narrow(0, 0, 64).unwrap();
+    let labels = labels.narrow(0, 0, 64).unwrap();
+    let spec = NetSpec::builtin("cnn-small", [1, 28, 28], 10, None).unwrap();
+    let options = TrainOptions {
+        epochs: 2,
+        eps: 0.1,
+        seed: 0,
+    };
+    let mut net = Net::new(&spec, Method::Ibp.initialization(), 0).unwrap();
+    let state = TrainState {
+        epochs_done: 1,
+        optimizer_steps: 1,
+        moments: Vec::new(),
+    };
+    let data = (&images, &labels);
+    let config = quick_config();
+    let result = fit_epochs(
+        &mut net,
+        Method::Ibp,
+        &config,
+        &options,
+        data,
+        Some(state),
+        2,
+        &mut NoObserver,
+    );
+    assert!(result.is_err(), "an empty optimiser state was accepted");
+    // Epochs beyond the run's budget are refused, not trained.
+    let result = fit_epochs(
+        &mut net,
+        Method::Ibp,
+        &config,
+        &options,
+        data,
+        None,
+        3,
+        &mut NoObserver,
+    );
+    assert!(matches!(result, Err(TrainError::Config { .. })));
+    let dir = scratch_dir("no-state");
+    assert!(matches!(
+        TrainState::load(&dir),
+        Err(TrainError::Checkpoint { .. })
+    ));
 }

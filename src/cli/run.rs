@@ -2,8 +2,8 @@
 
 use crate::space::Config;
 use crate::study::{
-    HEARTBEAT_EVERY, ObjectiveKind, ObjectiveWeights, StudyDisplay, StudyFile, StudySpec,
-    SurrogateKind, TrialFailure, TrialScores, Workspace, absolute_path, format_duration,
+    FidelityKind, HEARTBEAT_EVERY, ObjectiveKind, ObjectiveWeights, StudyDisplay, StudyFile,
+    StudySpec, SurrogateKind, TrialFailure, TrialScores, Workspace, absolute_path, format_duration,
     parse_duration, run_study,
 };
 use crate::train::BatchProgress;
@@ -101,6 +101,29 @@ pub struct RunArgs {
     /// Seed of split, design, initialisation and batch order (default 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Multi-fidelity scheme (default none): successive-halving or hyperband stop weak
+    /// configurations at rungs of --min-epochs·η^i epochs (--epochs is the largest budget);
+    /// promoted ones continue from their checkpoint.
+    #[arg(long, value_enum)]
+    fidelity: Option<FidelityArg>,
+    /// Epochs of the smallest rung (default 1).
+    #[arg(long)]
+    min_epochs: Option<usize>,
+    /// Reduction factor η of the rungs (default 3): each rung trains η times longer and keeps
+    /// the best 1/η.
+    #[arg(long)]
+    eta: Option<usize>,
+}
+
+/// `--fidelity` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FidelityArg {
+    /// Every trial trains for --epochs.
+    None,
+    /// One bracket from the smallest rung (asynchronous successive halving).
+    SuccessiveHalving,
+    /// Brackets from every rung (asynchronous Hyperband).
+    Hyperband,
 }
 
 /// Set by Ctrl-C: the running trial stops, is recorded as interrupted, and the study ends.
@@ -142,6 +165,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         default_config: args.default.clone(),
         no_default: args.no_default.then_some(true),
         seed: args.seed,
+        fidelity: args.fidelity.map(|f| match f {
+            FidelityArg::None => FidelityKind::None,
+            FidelityArg::SuccessiveHalving => FidelityKind::SuccessiveHalving,
+            FidelityArg::Hyperband => FidelityKind::Hyperband,
+        }),
+        min_epochs: args.min_epochs,
+        eta: args.eta,
     };
     // Paths are stored with the study, which `resume` may continue from anywhere.
     let here = Path::new("");
@@ -206,10 +236,15 @@ pub(crate) fn execute(spec: &StudySpec, workspace: &Workspace) -> anyhow::Result
         .with_context(|| format!("running study `{}`", spec.name))?;
     display.clear();
     outln!(
-        "study `{}`: {} completed, {} failed; best objective {}",
+        "study `{}`: {} completed, {} failed{}; best objective {}",
         spec.name,
         outcome.completed,
         outcome.failed,
+        if spec.fidelity.is_multi_fidelity() {
+            format!(", {} pruned at a rung", outcome.pruned)
+        } else {
+            String::new()
+        },
         outcome
             .best_objective
             .map(|b| format!("{b:.4}"))

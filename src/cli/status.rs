@@ -125,6 +125,40 @@ fn overview(studies: &[(StudyInfo, Vec<StoredTrial>)]) -> String {
     )
 }
 
+/// Trials per rung of a multi-fidelity study (None for other studies): how many were
+/// stopped there (PRUNED), completed it, or are training towards it.
+fn rungs_table(trials: &[StoredTrial]) -> Option<String> {
+    let mut rungs: std::collections::BTreeMap<(i64, i64), [usize; 3]> = Default::default();
+    for t in trials.iter().filter(|t| !t.is_interrupted()) {
+        let Some(rung) = t.user_attr_f64(attrs::RUNG) else {
+            continue;
+        };
+        let epochs = t.user_attr_f64(attrs::RUNG_EPOCHS).unwrap_or(f64::NAN);
+        let slot = match t.state {
+            TrialState::Pruned => 0,
+            TrialState::Complete => 1,
+            TrialState::Running => 2,
+            _ => continue,
+        };
+        rungs.entry((rung as i64, epochs as i64)).or_default()[slot] += 1;
+    }
+    if rungs.is_empty() {
+        return None;
+    }
+    let rows: Vec<Vec<String>> = rungs
+        .into_iter()
+        .map(|((rung, epochs), counts)| {
+            let mut row = vec![rung.to_string(), epochs.to_string()];
+            row.extend(counts.iter().map(|c| c.to_string()));
+            row
+        })
+        .collect();
+    Some(format_table(
+        &["rung", "epochs", "pruned", "complete", "running"],
+        &rows,
+    ))
+}
+
 fn describe(store: &Store, info: &StudyInfo, trials: &[StoredTrial]) -> String {
     let mut out = format!("study       {}\n", info.name);
     out += &format!("database    {}\n", store.location());
@@ -141,6 +175,10 @@ fn describe(store: &Store, info: &StudyInfo, trials: &[StoredTrial]) -> String {
         .collect();
     out += &format_table(&["state", "trials"], &rows);
     out += "\n";
+    if let Some(table) = rungs_table(trials) {
+        out += &table;
+        out += "\n";
+    }
     let Some(best) = store::best_trial(trials, &info.directions) else {
         out += "no completed trial yet\n";
         return out;

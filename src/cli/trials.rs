@@ -234,6 +234,18 @@ pub(super) fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `rung 1 (3 epochs), continues #4` for a trial of a multi-fidelity study.
+fn rung_text(t: &StoredTrial) -> Option<String> {
+    let rung = t.user_attr_f64(attrs::RUNG)?;
+    let epochs = t
+        .user_attr_f64(attrs::RUNG_EPOCHS)
+        .map_or_else(String::new, |e| format!(" ({e} epochs)"));
+    let continues = t
+        .user_attr_f64(attrs::CONTINUES)
+        .map_or_else(String::new, |n| format!(", continues #{n}"));
+    Some(format!("rung {rung}{epochs}{continues}"))
+}
+
 fn trials_table(trials: &[StoredTrial]) -> String {
     let rows: Vec<Vec<String>> = trials
         .iter()
@@ -248,6 +260,10 @@ fn trials_table(trials: &[StoredTrial]) -> String {
                 .user_attr_str(attrs::FAILURE_REASON)
                 .map(|r| format!("failed: {r}"))
                 .unwrap_or(params);
+            let note = match rung_text(t) {
+                Some(rung) => format!("{rung}; {note}"),
+                None => note,
+            };
             vec![
                 t.number.to_string(),
                 t.state.to_string(),

@@ -52,6 +52,16 @@ impl AdamMoments {
             second: vec![0.0; len],
         }
     }
+
+    /// Moments restored from a saved training state (first and second estimates).
+    pub fn from_parts(first: Vec<f32>, second: Vec<f32>) -> AdamMoments {
+        AdamMoments { first, second }
+    }
+
+    /// The first and second moment estimates, for saving a training state.
+    pub fn parts(&self) -> (&[f32], &[f32]) {
+        (&self.first, &self.second)
+    }
 }
 
 struct AdamOp<'a> {

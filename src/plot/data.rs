@@ -72,6 +72,9 @@ pub struct HistorySeries {
     pub direction: Direction,
     /// (trial number, value) of COMPLETE trials with a finite value.
     pub points: Vec<(i64, f64)>,
+    /// (trial number, rung score) of PRUNED trials with a finite value (multi-fidelity studies
+    /// stop configurations at rungs below the full budget).
+    pub pruned: Vec<(i64, f64)>,
     /// Numbers of FAIL trials.
     pub failed: Vec<i64>,
 }
@@ -103,20 +106,19 @@ pub fn history_series(info: &StudyInfo, trials: &[StoredTrial]) -> HistorySeries
         format!("objective ({better})")
     };
     let mut points = Vec::new();
+    let mut pruned = Vec::new();
     let mut failed = Vec::new();
     for t in trials {
-        match t.state {
-            TrialState::Complete => {
-                let value = if weighted {
-                    t.user_attr_f64(attrs::OBJECTIVE)
-                } else {
-                    t.values.as_ref().and_then(|v| v.first().copied())
-                };
-                if let Some(v) = value.filter(|v| v.is_finite()) {
-                    points.push((t.number, v));
-                }
-            }
-            TrialState::Fail => failed.push(t.number),
+        let value = if weighted {
+            t.user_attr_f64(attrs::OBJECTIVE)
+        } else {
+            t.values.as_ref().and_then(|v| v.first().copied())
+        };
+        let value = value.filter(|v| v.is_finite());
+        match (t.state, value) {
+            (TrialState::Complete, Some(v)) => points.push((t.number, v)),
+            (TrialState::Pruned, Some(v)) => pruned.push((t.number, v)),
+            (TrialState::Fail, _) => failed.push(t.number),
             _ => {}
         }
     }
@@ -126,6 +128,7 @@ pub fn history_series(info: &StudyInfo, trials: &[StoredTrial]) -> HistorySeries
         label,
         direction,
         points,
+        pruned,
         failed,
     }
 }

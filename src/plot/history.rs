@@ -28,6 +28,9 @@ impl Chart for HistoryChart {
             entries.push(("completed trial".into(), Marker::Dot(PALETTE[0].mix(0.7))));
             entries.push(("best so far".into(), Marker::Line(BEST)));
         }
+        if !self.series.pruned.is_empty() {
+            entries.push(("pruned trial (rung score)".into(), Marker::Ring(PALETTE[1])));
+        }
         if !self.series.failed.is_empty() {
             entries.push(("failed trial".into(), Marker::Cross(BLACK)));
         }
@@ -39,7 +42,8 @@ impl Chart for HistoryChart {
         DB::ErrorType: 'static,
     {
         let s = &self.series;
-        let (y0, y1) = padded_range(s.points.iter().map(|p| p.1)).unwrap_or((0.0, 1.0));
+        let (y0, y1) =
+            padded_range(s.points.iter().chain(&s.pruned).map(|p| p.1)).unwrap_or((0.0, 1.0));
         let x1 = self.last_number.max(1) as f64 + 0.5;
         let mut chart = ChartBuilder::on(area)
             .margin(16)
@@ -65,6 +69,14 @@ impl Chart for HistoryChart {
             )
             .map_err(backend)?;
 
+        // Pruned trials' rung scores are not full-budget results: open rings, not in the best.
+        chart
+            .draw_series(
+                s.pruned
+                    .iter()
+                    .map(|&(n, v)| Circle::new((n as f64, v), 5, PALETTE[1].stroke_width(2))),
+            )
+            .map_err(backend)?;
         // Running best as a step line that extends to the last trial.
         let line = best_so_far(s, self.last_number);
         if !line.is_empty() {
@@ -86,7 +98,8 @@ impl Chart for HistoryChart {
 }
 
 /// Writes `<stem>.png` and `<stem>.svg`: the objective of each COMPLETE trial by trial number,
-/// the running best as a step line, and FAIL trials as crosses along the bottom.
+/// the running best as a step line, PRUNED trials' rung scores as open rings, and FAIL trials
+/// as crosses along the bottom.
 pub fn history_chart(
     info: &StudyInfo,
     trials: &[StoredTrial],

@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+mod continuation;
 mod distribution;
 mod engine;
 mod error;
@@ -30,6 +31,7 @@ mod trial_read;
 mod trial_write;
 mod types;
 
+pub use continuation::Continuation;
 pub use distribution::{ParamDistribution, ParamValue, json_number};
 pub use engine::RECONNECT_FOR;
 pub use error::StoreError;
@@ -77,6 +79,16 @@ pub mod attrs {
     /// `true` on a FAIL trial that was interrupted (Ctrl-C, killed process), not failed on its
     /// own: it does not count against the budget and its configuration runs again.
     pub const INTERRUPTED: &str = "interrupted";
+    /// Multi-fidelity studies: the Hyperband bracket of the trial's configuration (0 starts at
+    /// the smallest rung).
+    pub const BRACKET: &str = "bracket";
+    /// Multi-fidelity studies: the rung (from 0, the smallest budget) the trial trains up to.
+    pub const RUNG: &str = "rung";
+    /// Multi-fidelity studies: the epochs trained when the trial ends (its rung's budget).
+    pub const RUNG_EPOCHS: &str = "rung_epochs";
+    /// Multi-fidelity studies: the number of the PRUNED trial whose checkpoint this trial
+    /// continues (a promotion to the next rung).
+    pub const CONTINUES: &str = "continues_trial";
 }
 
 /// Handle on one study database (an SQLite file or a PostgreSQL database) and the study

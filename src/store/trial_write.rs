@@ -79,7 +79,7 @@ impl Store {
 
     /// Inserts a RUNNING trial with its params and first heartbeat; its number is the count of
     /// the study's earlier trials (the caller holds the study's lock).
-    fn insert_trial(
+    pub(super) fn insert_trial(
         &self,
         tx: &mut Tx<'_>,
         study: StudyId,
@@ -173,7 +173,7 @@ impl Store {
 
     /// The study's trials that count against a budget: all, or (`interrupted_uncounted`) all
     /// but the interrupted ones, as [`StoredTrial::is_interrupted`] tells them.
-    fn counted_trials(
+    pub(super) fn counted_trials(
         &self,
         tx: &mut Tx<'_>,
         study: StudyId,
@@ -363,7 +363,9 @@ impl Store {
             let e = |err| self.db_err(err);
             let (number, study_id) = self.require_running(tx, trial.trial_id)?;
             let state = match outcome {
-                TrialOutcome::Complete { values } => {
+                TrialOutcome::Complete { values } | TrialOutcome::Pruned { values }
+                    if !values.is_empty() || matches!(outcome, TrialOutcome::Complete { .. }) =>
+                {
                     let n_directions = self.directions_in(tx, StudyId(study_id))?.len();
                     let bad = |reason: String| StoreError::InvalidValues {
                         path: self.db_path.clone(),
@@ -395,7 +397,11 @@ impl Store {
                         )
                         .map_err(e)?;
                     }
-                    TrialState::Complete
+                    if matches!(outcome, TrialOutcome::Pruned { .. }) {
+                        TrialState::Pruned
+                    } else {
+                        TrialState::Complete
+                    }
                 }
                 TrialOutcome::Fail { reason } | TrialOutcome::Interrupted { reason } => {
                     self.set_attr_in(
@@ -414,7 +420,8 @@ impl Store {
                     }
                     TrialState::Fail
                 }
-                TrialOutcome::Pruned => TrialState::Pruned,
+                TrialOutcome::Pruned { .. } => TrialState::Pruned,
+                TrialOutcome::Complete { .. } => unreachable!("complete trials are stored above"),
             };
             tx.execute(
                 "UPDATE trials SET state = ?1, datetime_complete = ?2 WHERE trial_id = ?3",
@@ -457,7 +464,9 @@ impl Store {
     /// `reason`, and in the same transaction starts its re-run, a new RUNNING trial with the
     /// same params. Of several workers calling this at once, exactly one takes over each dead
     /// trial, and the study's count of trials never drops in between (so no other worker fills
-    /// the place of the re-run). Returns the failed trial and the re-run's handle.
+    /// the place of the re-run). The re-run keeps the failed trial's rung attributes
+    /// ([`attrs::BRACKET`], [`attrs::RUNG`], [`attrs::RUNG_EPOCHS`], [`attrs::CONTINUES`]).
+    /// Returns the failed trial and the re-run's handle.
     pub fn take_over_trial(
         &self,
         study: StudyId,
@@ -483,6 +492,17 @@ impl Store {
                 return Ok(None);
             };
             let handle = self.insert_trial(tx, study, &failed.params)?;
+            // A multi-fidelity re-run trains the same rung from the same checkpoint.
+            for key in [
+                attrs::BRACKET,
+                attrs::RUNG,
+                attrs::RUNG_EPOCHS,
+                attrs::CONTINUES,
+            ] {
+                if let Some(value) = failed.user_attrs.get(key) {
+                    self.set_attr_in(tx, handle.trial_id, key, value)?;
+                }
+            }
             Ok(Some((failed, handle)))
         })
     }

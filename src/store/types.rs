@@ -207,8 +207,12 @@ pub enum TrialOutcome {
         /// Human-readable cause.
         reason: String,
     },
-    /// Stopped early by a pruner.
-    Pruned,
+    /// Stopped early by a pruner, with the values it scored when it stopped (one per study
+    /// direction, as Optuna keeps a pruned trial's last intermediate value; or none).
+    Pruned {
+        /// The objective values at the stop, in the order of the study's directions, or empty.
+        values: Vec<f64>,
+    },
 }
 
 /// A new trial just recorded as RUNNING.

@@ -8,8 +8,9 @@
 //! server) share what they learn and never run a configuration another one is running.
 
 use super::StudyError;
+use super::rungs;
 use super::spec::{ObjectiveKind, StudySpec};
-use super::trial::{StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
+use super::trial::{Segment, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 use crate::opt::{Optimizer, OptimizerOptions, Outcome};
 use crate::space::{Config, ParamKind, Space, Value};
 use crate::store::{
@@ -29,6 +30,8 @@ pub const SPEC_ATTRIBUTE: &str = "cthpo_spec";
 pub const INTERRUPTED: &str = "interrupted";
 /// How the trial user attribute `proposal` names the re-run of an interrupted trial.
 const RERUN_PROPOSAL: &str = "rerun of an interrupted trial";
+/// How the trial user attribute `proposal` names a promotion to the next rung.
+const PROMOTION_PROPOSAL: &str = "promotion to the next rung";
 /// Proposals in a row that may clash with stored trials before a random one is asked for.
 const MAX_DUPLICATES: usize = 20;
 /// How often a running trial refreshes its heartbeat by default.
@@ -60,6 +63,8 @@ pub struct StudyOutcome {
     pub completed: usize,
     /// Trials failed (all runs, not counting interrupted ones).
     pub failed: usize,
+    /// Trials stopped at a rung below the full budget (multi-fidelity studies).
+    pub pruned: usize,
     /// Best weighted objective so far.
     pub best_objective: Option<f64>,
     /// The user stopped the run (Ctrl-C).
@@ -228,6 +233,25 @@ pub fn run_study(
                 break;
             }
         }
+        if spec.fidelity.is_multi_fidelity()
+            && let Some((from, handle)) = rungs::promote(spec, &store, study, rules)?
+        {
+            match stored_config(&space, &from) {
+                Some(config) => {
+                    if run.trial(handle, &config, PROMOTION_PROPOSAL, counted, display)? {
+                        interrupted = true;
+                        break;
+                    }
+                }
+                None => store.finish_trial(
+                    &handle,
+                    &TrialOutcome::Fail {
+                        reason: "its configuration does not fit the method's space".into(),
+                    },
+                )?,
+            }
+            continue;
+        }
         let rerun_config = rerun.pop_front();
         let rerunning = rerun_config.is_some();
         let (config, proposal) = match rerun_config {
@@ -276,6 +300,10 @@ pub fn run_study(
             .iter()
             .filter(|t| t.state == TrialState::Fail && !t.is_interrupted())
             .count(),
+        pruned: trials
+            .iter()
+            .filter(|t| t.state == TrialState::Pruned)
+            .count(),
         best_objective: best_objective(&trials, &directions),
         interrupted,
     })
@@ -318,6 +346,14 @@ impl Run<'_> {
         let (store, spec) = (self.store, self.spec);
         store.set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())?;
         store.set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())?;
+        let segment = if spec.fidelity.is_multi_fidelity() {
+            let trials = store.trials(handle.study_id)?;
+            let plan = rungs::plan(spec, store, &trials, &handle)?;
+            display.note(&plan.describe(handle.number));
+            plan.segment
+        } else {
+            Segment::whole(spec.epochs)
+        };
         display.trial_started(handle.number, counted, spec.trials, config);
         let checkpoint = store.checkpoint_dir(&spec.name, handle.number);
         let beating = Heartbeat::start(store, handle, self.workspace.heartbeat)?;
@@ -325,18 +361,20 @@ impl Run<'_> {
             store,
             handle,
             display: &mut *display,
+            learning_curve: !spec.fidelity.is_multi_fidelity(),
         };
         let trial_start = Instant::now();
         let result = run_trial(
             spec,
             self.data,
             &crate::space::to_json_map(config),
+            &segment,
             &checkpoint,
             &mut hooks,
             self.cancel,
         );
         beating.stop();
-        match finish(self, &handle, &result, trial_start.elapsed()) {
+        match finish(self, &handle, &segment, &result, trial_start.elapsed()) {
             Err(StudyError::Store(StoreError::TrialNotRunning { .. })) => {
                 display.note(&format!(
                     "trial {} was taken over by another worker while this one could not refresh \
@@ -435,6 +473,8 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
             w.natural, w.adversarial, w.certified
         )
     };
+    let fidelity =
+        |f: &super::Fidelity| serde_json::to_string(f).unwrap_or_else(|_| format!("{f:?}"));
     let dataset = |name: &str| super::canonical_dataset(name).unwrap_or_else(|_| name.into());
     // Every setting that changes how a trial is trained or scored: trials that differ in one
     // of them are not comparable, and `best` would pick among them.
@@ -461,6 +501,11 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
             format!("{:?}", stored.objective).to_lowercase(),
         ),
         ("weights", weights(&spec.weights), weights(&stored.weights)),
+        (
+            "fidelity",
+            fidelity(&spec.fidelity),
+            fidelity(&stored.fidelity),
+        ),
     ] {
         if ours != theirs {
             return Err(StudyError::invalid(
@@ -511,12 +556,12 @@ fn rebuild_optimizer(
         ..OptimizerOptions::default()
     };
     let mut optimizer = Optimizer::new(space.clone(), options);
-    for trial in trials {
+    for trial in rungs::latest_per_configuration(trials) {
         let Some(config) = stored_config(space, trial) else {
             continue;
         };
         match (trial.state, &trial.values) {
-            (TrialState::Complete, Some(values)) => {
+            (TrialState::Complete | TrialState::Pruned, Some(values)) if !values.is_empty() => {
                 let costs: Vec<f64> = values.iter().map(|v| -v).collect();
                 let outcome = if costs.len() == 1 {
                     Outcome::Cost(costs[0])
@@ -614,6 +659,7 @@ fn stored_config(space: &Space, trial: &StoredTrial) -> Option<Config> {
 fn finish(
     run: &Run<'_>,
     handle: &TrialHandle,
+    segment: &Segment,
     result: &Result<TrialScores, TrialFailure>,
     duration: Duration,
 ) -> Result<(), StudyError> {
@@ -633,8 +679,20 @@ fn finish(
                 attrs::CHECKPOINT_PATH,
                 checkpoint_attribute(run, handle).into(),
             )?;
-            TrialOutcome::Complete {
-                values: scores.values.clone(),
+            if segment.until < run.spec.epochs {
+                // A rung below the full budget: the rung score is the trial's last
+                // intermediate value and its values, as Optuna keeps them for pruned trials.
+                store.report_intermediate(handle, segment.until as i64, scores.objective)?;
+                TrialOutcome::Pruned {
+                    values: scores.values.clone(),
+                }
+            } else {
+                if run.spec.fidelity.is_multi_fidelity() {
+                    store.report_intermediate(handle, segment.until as i64, scores.objective)?;
+                }
+                TrialOutcome::Complete {
+                    values: scores.values.clone(),
+                }
             }
         }
         Err(failure) if failure.interrupted => TrialOutcome::Interrupted {
@@ -664,10 +722,16 @@ struct Hooks<'a> {
     store: &'a Store,
     handle: TrialHandle,
     display: &'a mut dyn StudyDisplay,
+    /// Whether each epoch's validation accuracy is an intermediate value (not in
+    /// multi-fidelity studies, whose intermediate values are the rung scores).
+    learning_curve: bool,
 }
 
 impl TrialHooks for Hooks<'_> {
     fn on_epoch(&mut self, epoch: usize, validation_accuracy: f64) {
+        if !self.learning_curve {
+            return;
+        }
         // A failed write of a learning-curve point must not kill the trial.
         let _ = self
             .store

@@ -1,6 +1,8 @@
 //! The study driver: ask → train → score → store → tell, with budgets, failure isolation and resume.
 
 mod driver;
+mod fidelity;
+mod rungs;
 mod spec;
 mod trial;
 
@@ -9,12 +11,14 @@ pub use driver::{
     Workspace, run_study,
 };
 
+pub use fidelity::{Bracket, Fidelity, FidelityKind, RungEntry, next_promotion, promotion_order};
+
 pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, absolute_path,
     canonical_dataset, default_study_name, parse_duration,
 };
 
-pub use trial::{StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
+pub use trial::{Segment, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 
 use crate::data::DataError;
 use crate::store::StoreError;

@@ -1,6 +1,7 @@
 //! What a study is: the study file (`studies/*.yaml`) merged with command-line overrides.
 
 use super::StudyError;
+use super::fidelity::{Fidelity, FidelityKind};
 use crate::data::DatasetName;
 use crate::model::BUILTIN_ARCHITECTURES;
 use crate::train::Method;
@@ -143,6 +144,12 @@ pub struct StudyFile {
     pub no_default: Option<bool>,
     /// Seed for data split, design, initialisation and batch order.
     pub seed: Option<u64>,
+    /// Multi-fidelity scheme: none, successive-halving or hyperband.
+    pub fidelity: Option<FidelityKind>,
+    /// Epochs of the smallest rung of a multi-fidelity study.
+    pub min_epochs: Option<usize>,
+    /// Reduction factor η of a multi-fidelity study.
+    pub eta: Option<usize>,
 }
 
 impl StudyFile {
@@ -184,6 +191,9 @@ impl StudyFile {
             default_config: self.default_config.or(base.default_config),
             no_default: self.no_default.or(base.no_default),
             seed: self.seed.or(base.seed),
+            fidelity: self.fidelity.or(base.fidelity),
+            min_epochs: self.min_epochs.or(base.min_epochs),
+            eta: self.eta.or(base.eta),
         }
     }
 }
@@ -237,6 +247,9 @@ pub struct StudySpec {
     pub no_default: bool,
     /// Seed of everything random in the study.
     pub seed: u64,
+    /// Multi-fidelity settings (none in studies stored before they existed).
+    #[serde(default)]
+    pub fidelity: Fidelity,
 }
 
 impl StudySpec {
@@ -293,6 +306,13 @@ impl StudySpec {
                 "must be at least 1 (leave it out to train on the whole training split)".into(),
             ));
         }
+        let defaults = Fidelity::default();
+        let fidelity = Fidelity {
+            kind: file.fidelity.unwrap_or(defaults.kind),
+            min_epochs: file.min_epochs.unwrap_or(defaults.min_epochs),
+            eta: file.eta.unwrap_or(defaults.eta),
+        };
+        fidelity.validate(epochs)?;
         let weights = file.weights.unwrap_or_default();
         weights.validate("weights")?;
         let time_budget = file
@@ -336,6 +356,7 @@ impl StudySpec {
             default_config: file.default_config,
             no_default: file.no_default.unwrap_or(false),
             seed: file.seed.unwrap_or(0),
+            fidelity,
         })
     }
 }

@@ -1,5 +1,6 @@
-//! One trial: a configuration trained from scratch and scored on the validation subset, with
-//! time limits, cancellation and panics turned into failures instead of crashes.
+//! One trial: a configuration trained (from scratch, or on from an earlier trial's checkpoint
+//! in a multi-fidelity study) and scored on the validation subset, with time limits,
+//! cancellation and panics turned into failures instead of crashes.
 
 use super::StudyError;
 use super::spec::{ObjectiveKind, StudySpec};
@@ -8,7 +9,7 @@ use crate::eval::{EvalConfig, evaluate};
 use crate::model::{ModelError, Net, NetSpec};
 use crate::train::{
     BatchProgress, CheckpointMetrics, Control, EpochReport, Method, Sidecar, TrainConfig,
-    TrainError, TrainObserver, TrainOptions, fit, save_checkpoint,
+    TrainError, TrainObserver, TrainOptions, TrainState, WEIGHTS_FILE, fit_epochs, save_checkpoint,
 };
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -86,6 +87,27 @@ pub struct TrialScores {
     pub eval_seconds: f64,
 }
 
+/// How far a trial trains: up to `until` epochs of the study's schedules (which span the
+/// study's full epoch budget), from scratch or from the checkpoint and training state in
+/// `continue_from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    /// Epochs trained when the trial ends.
+    pub until: usize,
+    /// Checkpoint directory (weights and training state) of the trial this one continues.
+    pub continue_from: Option<std::path::PathBuf>,
+}
+
+impl Segment {
+    /// A whole run from scratch to `epochs`.
+    pub fn whole(epochs: usize) -> Segment {
+        Segment {
+            until: epochs,
+            continue_from: None,
+        }
+    }
+}
+
 /// Hooks the driver gives a running trial.
 pub trait TrialHooks {
     /// After every epoch: the validation natural accuracy as a learning-curve point.
@@ -119,6 +141,7 @@ pub fn run_trial(
     spec: &StudySpec,
     data: &StudyData,
     values: &BTreeMap<String, serde_json::Value>,
+    segment: &Segment,
     checkpoint_dir: &Path,
     hooks: &mut dyn TrialHooks,
     cancel: &AtomicBool,
@@ -129,7 +152,13 @@ pub fn run_trial(
         .map_err(|e: TrainError| TrialFailure::failed(e))?;
     let config = TrainConfig::from_map(method, values).map_err(TrialFailure::failed)?;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        train_and_score(spec, data, method, &config, checkpoint_dir, hooks, cancel)
+        let run = TrialRun {
+            method,
+            config: &config,
+            segment,
+            checkpoint_dir,
+        };
+        train_and_score(spec, data, &run, hooks, cancel)
     }));
     match outcome {
         Ok(result) => result,
@@ -195,17 +224,42 @@ fn natural_accuracy(net: &Net, images: &Tensor, labels: &Tensor) -> Result<f64, 
     Ok(correct as f64 / total.max(1) as f64)
 }
 
+/// What [`train_and_score`] trains, besides the study's settings.
+struct TrialRun<'a> {
+    method: Method,
+    config: &'a TrainConfig,
+    segment: &'a Segment,
+    checkpoint_dir: &'a Path,
+}
+
 fn train_and_score(
     spec: &StudySpec,
     data: &StudyData,
-    method: Method,
-    config: &TrainConfig,
-    checkpoint_dir: &Path,
+    run: &TrialRun<'_>,
     hooks: &mut dyn TrialHooks,
     cancel: &AtomicBool,
 ) -> Result<TrialScores, TrialFailure> {
-    let mut net =
-        Net::new(&data.net, method.initialization(), spec.seed).map_err(TrialFailure::failed)?;
+    let TrialRun {
+        method,
+        config,
+        segment,
+        checkpoint_dir,
+    } = *run;
+    let (mut net, resume) = match &segment.continue_from {
+        None => (
+            Net::new(&data.net, method.initialization(), spec.seed)
+                .map_err(TrialFailure::failed)?,
+            None,
+        ),
+        Some(dir) => {
+            let net =
+                Net::load(&data.net, &dir.join(WEIGHTS_FILE)).map_err(TrialFailure::failed)?;
+            (
+                net,
+                Some(TrainState::load(dir).map_err(TrialFailure::failed)?),
+            )
+        }
+    };
     let options = TrainOptions {
         epochs: spec.epochs,
         eps: spec.eps,
@@ -218,13 +272,14 @@ fn train_and_score(
         deadline: spec.trial_timeout.map(|limit| (start + limit, limit)),
         validation: (&data.validation_images, &data.validation_labels),
     };
-    let summary = fit(
+    let (summary, state) = fit_epochs(
         &mut net,
         method,
         config,
         &options,
-        &data.train_images,
-        &data.train_labels,
+        (&data.train_images, &data.train_labels),
+        resume,
+        segment.until,
         &mut observer,
     )
     .map_err(|e| TrialFailure {
@@ -257,7 +312,7 @@ fn train_and_score(
         method,
         config,
         spec.eps,
-        spec.epochs,
+        segment.until,
         spec.seed,
         summary.seconds,
     );
@@ -268,6 +323,10 @@ fn train_and_score(
         certified_accuracy: report.certified_accuracy,
     });
     save_checkpoint(checkpoint_dir, &net, &sidecar).map_err(TrialFailure::failed)?;
+    if segment.until < spec.epochs {
+        // A trial stopped at a rung may be continued later.
+        state.save(checkpoint_dir).map_err(TrialFailure::failed)?;
+    }
     Ok(TrialScores {
         natural_accuracy: report.natural_accuracy,
         adversarial_accuracy: report.adversarial_accuracy,

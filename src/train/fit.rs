@@ -7,6 +7,7 @@ use super::config::{Method, TrainConfig};
 use super::methods::{StepContext, TrainingMethod, implementation};
 use super::optim::{GradientSource, Optimizer};
 use super::regularizer::{l1_penalty, shi_regularizer};
+use super::resume::TrainState;
 use super::schedule::{Schedule, ScheduleValues};
 use crate::model::Net;
 use candle_core::{DType, Tensor};
@@ -116,6 +117,47 @@ pub fn fit(
     labels: &Tensor,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary, TrainError> {
+    let data = (images, labels);
+    fit_epochs(
+        net,
+        method,
+        config,
+        options,
+        data,
+        None,
+        options.epochs,
+        observer,
+    )
+    .map(|(summary, _)| summary)
+}
+
+/// Trains `net` in place from the state `resume` (None: from the first epoch) up to and
+/// including epoch `until` of the `options.epochs`-epoch run, with the schedules of the whole
+/// run; returns the summary of the epochs trained and the state to continue from. Continuing
+/// from a returned state (with the weights it was returned with) gives the weights of one
+/// uninterrupted run.
+#[allow(clippy::too_many_arguments)]
+pub fn fit_epochs(
+    net: &mut Net,
+    method: Method,
+    config: &TrainConfig,
+    options: &TrainOptions,
+    (images, labels): (&Tensor, &Tensor),
+    resume: Option<TrainState>,
+    until: usize,
+    observer: &mut dyn TrainObserver,
+) -> Result<(TrainSummary, TrainState), TrainError> {
+    let from = resume.as_ref().map_or(0, |state| state.epochs_done);
+    if until > options.epochs || from > until {
+        return Err(TrainError::Config {
+            key: "epochs".into(),
+            problem: format!(
+                "cannot train epochs {}..={until} of a {}-epoch run",
+                from + 1,
+                options.epochs
+            ),
+        });
+    }
     config.validate()?;
     if !options.eps.is_finite() || options.eps < 0.0 {
         return Err(TrainError::Config {
@@ -153,10 +195,15 @@ pub fn fit(
     );
     let robust = implementation(method);
     let mut optimizer = Optimizer::new(config.optimizer, config.weight_decay, net.trainable_vars());
-    let mut rng = StdRng::seed_from_u64(options.seed ^ 0x5eed_a77a_c4ed);
-    let mut reports = Vec::with_capacity(options.epochs);
-    for epoch in 0..options.epochs {
+    if let Some(state) = resume {
+        optimizer.restore(state.optimizer_steps, state.moments)?;
+    }
+    let mut reports = Vec::with_capacity(until - from);
+    for epoch in from..until {
         let epoch_start = Instant::now();
+        // One generator per epoch, so a run continued from a saved state draws what an
+        // uninterrupted one would.
+        let mut rng = epoch_rng(options.seed, epoch);
         let batches = crate::data::shuffled_batches(
             count,
             batch_size,
@@ -212,10 +259,24 @@ pub fn fit(
         }
         reports.push(report);
     }
-    Ok(TrainSummary {
+    let (optimizer_steps, moments) = optimizer.state();
+    let summary = TrainSummary {
         epochs: reports,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    let state = TrainState {
+        epochs_done: until,
+        optimizer_steps,
+        moments,
+    };
+    Ok((summary, state))
+}
+
+/// The random generator of epoch `epoch` (from 0) of a run seeded `seed`.
+fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(
+        (seed ^ 0x5eed_a77a_c4ed).wrapping_add((epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    )
 }
 
 /// What one training step needs besides the network, the optimiser and the random generator.

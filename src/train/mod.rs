@@ -10,6 +10,7 @@ mod fit;
 mod methods;
 mod optim;
 mod regularizer;
+mod resume;
 mod schedule;
 
 pub use checkpoint::{
@@ -18,8 +19,10 @@ pub use checkpoint::{
 };
 pub use config::{Method, OptimizerKind, TrainConfig};
 pub use fit::{
-    BatchProgress, Control, EpochReport, NoObserver, TrainObserver, TrainOptions, TrainSummary, fit,
+    BatchProgress, Control, EpochReport, NoObserver, TrainObserver, TrainOptions, TrainSummary,
+    fit, fit_epochs,
 };
+pub use resume::{STATE_FILE, STATE_TENSORS_FILE, TrainState};
 pub use schedule::{Schedule, ScheduleValues, smoothed_ramp};
 
 use std::path::PathBuf;

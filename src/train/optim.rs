@@ -55,6 +55,36 @@ impl Optimizer {
         }
     }
 
+    /// Steps taken and moment estimates, what a saved training state holds.
+    pub(super) fn state(&self) -> (i64, Vec<AdamMoments>) {
+        (i64::from(self.steps), self.moments.clone())
+    }
+
+    /// Continues from a saved state: `steps` taken and one moment pair per variable.
+    pub(super) fn restore(
+        &mut self,
+        steps: i64,
+        moments: Vec<AdamMoments>,
+    ) -> Result<(), TrainError> {
+        let fits = moments.len() == self.vars.len()
+            && moments
+                .iter()
+                .zip(&self.vars)
+                .all(|(m, v)| m.parts().0.len() == v.as_tensor().elem_count());
+        if !fits {
+            return Err(TrainError::internal(format!(
+                "a training state of {} moment pairs does not fit an optimiser of {} variables \
+                 of these sizes",
+                moments.len(),
+                self.vars.len()
+            )));
+        }
+        self.steps = i32::try_from(steps)
+            .map_err(|_| TrainError::internal(format!("{steps} optimiser steps")))?;
+        self.moments = moments;
+        Ok(())
+    }
+
     /// Global L2 norm of the gradients (vars without a gradient count as zero).
     pub fn gradient_norm(&self, grads: &dyn GradientSource) -> Result<f64, TrainError> {
         let mut total = 0.0f64;

@@ -1,0 +1,201 @@
+//! Do rung scores rank configurations as their full-budget scores do? Trains random
+//! configurations of one method to the full budget, scoring each at every rung on the way.
+//!
+//! `cargo run --release --example rung_correlation -- [--method ibp] [--configs 20]
+//! [--epochs 9] [--min-epochs 1] [--eta 3] [--train-samples 5000] [--val-samples 300]
+//! [--eps 0.1] [--seed 0] [--per-rung]`
+//!
+//! Each configuration trains with the schedules of the full budget and is scored (weighted
+//! objective: natural + PGD + certified accuracy, on the validation split) at every rung, as a
+//! multi-fidelity study scores it. With `--per-rung` each rung is also trained separately from
+//! scratch with schedules compressed into the rung's epochs (the alternative design). Prints
+//! one row per configuration and the Spearman rank correlation of each rung with the full
+//! budget.
+
+#[path = "common/args.rs"]
+mod args;
+
+use args::Args;
+use cthpo::data::{DataSource, DatasetName, load};
+use cthpo::eval::{EvalConfig, evaluate};
+use cthpo::model::{Net, NetSpec};
+use cthpo::opt::{Optimizer, OptimizerOptions};
+use cthpo::space::{Space, to_json_map};
+use cthpo::study::{Fidelity, FidelityKind};
+use cthpo::train::{Method, NoObserver, TrainConfig, TrainOptions, fit_epochs};
+
+fn main() {
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "0") };
+    }
+    cthpo::kernels::retain_freed_memory();
+    let args = Args::from_env();
+    let method: Method = args
+        .value("--method", "ibp")
+        .parse()
+        .expect("a method name");
+    let configs: u64 = args.parsed("--configs", "20");
+    let epochs: usize = args.parsed("--epochs", "9");
+    let fidelity = Fidelity {
+        kind: FidelityKind::SuccessiveHalving,
+        min_epochs: args.parsed("--min-epochs", "1"),
+        eta: args.parsed("--eta", "3"),
+    };
+    let train_samples: usize = args.parsed("--train-samples", "5000");
+    let val_samples: usize = args.parsed("--val-samples", "300");
+    let eps: f64 = args.parsed("--eps", "0.1");
+    let seed: u64 = args.parsed("--seed", "0");
+    let per_rung = args.has("--per-rung");
+    let splits = load(DatasetName::Mnist, &DataSource::default()).expect("embedded MNIST");
+    let (train, validation) = splits
+        .train_validation(val_samples, Some(train_samples), seed)
+        .expect("split");
+    let (images, labels) = train.tensors().expect("tensors");
+    let (val_images, val_labels) = validation.tensors().expect("tensors");
+    let spec = NetSpec::builtin(
+        "cnn-small",
+        [1, 28, 28],
+        10,
+        DatasetName::Mnist.normalization(),
+    )
+    .expect("cnn-small");
+    let space = Space::builtin(method.name()).expect("space");
+    let rungs = fidelity.rung_epochs(epochs);
+    let score = |net: &Net| {
+        let mut eval = EvalConfig::cascade(eps);
+        eval.seed = seed;
+        let r = evaluate(net, &val_images, &val_labels, &eval, |_, _| {}).expect("evaluation");
+        r.natural_accuracy + r.adversarial_accuracy + r.certified_accuracy
+    };
+    // scores[c][r]: configuration c at rung r (mid-schedule); separate[c][r]: rung r trained
+    // alone with its own schedules.
+    let mut scores: Vec<Vec<f64>> = Vec::new();
+    let mut separate: Vec<Vec<f64>> = Vec::new();
+    println!(
+        "| config | {} |",
+        rungs
+            .iter()
+            .map(|e| format!("{e} ep"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    for c in 0..configs {
+        let config = Optimizer::new(
+            space.clone(),
+            OptimizerOptions {
+                seed: seed.wrapping_add(c * 7919),
+                ..OptimizerOptions::default()
+            },
+        )
+        .ask_random();
+        let config = TrainConfig::from_map(method, &to_json_map(&config)).expect("config");
+        let options = TrainOptions { epochs, eps, seed };
+        let mut net = Net::new(&spec, method.initialization(), seed).expect("net");
+        let mut state = None;
+        let mut row = Vec::new();
+        for &until in &rungs {
+            let result = fit_epochs(
+                &mut net,
+                method,
+                &config,
+                &options,
+                (&images, &labels),
+                state.take(),
+                until,
+                &mut NoObserver,
+            );
+            match result {
+                Ok((_, next)) => {
+                    state = Some(next);
+                    row.push(score(&net));
+                }
+                Err(_) => break,
+            }
+        }
+        if row.len() < rungs.len() {
+            eprintln!("configuration {c} diverged; left out");
+            continue;
+        }
+        if per_rung {
+            let mut alone = Vec::new();
+            for &budget in &rungs[..rungs.len() - 1] {
+                let mut net = Net::new(&spec, method.initialization(), seed).expect("net");
+                let options = TrainOptions {
+                    epochs: budget,
+                    eps,
+                    seed,
+                };
+                let ok = fit_epochs(
+                    &mut net,
+                    method,
+                    &config,
+                    &options,
+                    (&images, &labels),
+                    None,
+                    budget,
+                    &mut NoObserver,
+                )
+                .is_ok();
+                alone.push(if ok { score(&net) } else { f64::NAN });
+            }
+            alone.push(row[row.len() - 1]);
+            separate.push(alone);
+        }
+        println!(
+            "| {c} | {} |",
+            row.iter()
+                .map(|s| format!("{s:.3}"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        scores.push(row);
+    }
+    let last = rungs.len() - 1;
+    let column = |table: &[Vec<f64>], r: usize| table.iter().map(|row| row[r]).collect::<Vec<_>>();
+    for (r, budget) in rungs.iter().enumerate().take(last) {
+        println!(
+            "Spearman(rung {budget} ep mid-schedule, {} ep) = {:.3} over {} configurations",
+            rungs[last],
+            spearman(&column(&scores, r), &column(&scores, last)),
+            scores.len()
+        );
+        if per_rung {
+            println!(
+                "Spearman(rung {budget} ep own schedule, {} ep) = {:.3}",
+                rungs[last],
+                spearman(&column(&separate, r), &column(&separate, last))
+            );
+        }
+    }
+}
+
+/// Ranks from 1 with ties sharing their mean rank (NaN last).
+fn ranks(values: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let mut ranks = vec![0.0; values.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
+            j += 1;
+        }
+        for &k in &order[i..=j] {
+            ranks[k] = (i + j) as f64 / 2.0 + 1.0;
+        }
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation: Pearson's correlation of the ranks.
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let (ra, rb) = (ranks(a), ranks(b));
+    let n = ra.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}

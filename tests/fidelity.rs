@@ -1,0 +1,241 @@
+//! Multi-fidelity studies end to end: configurations stop (PRUNED) at rungs and promotions
+//! continue their checkpoints, a study stopped mid-bracket resumes the same brackets, and two
+//! processes on one study never continue a trial twice.
+
+use cthpo::store::{Store, StoredTrial, TrialState, attrs};
+use cthpo::train::read_sidecar;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cthpo-fidelity-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+const NAME: &str = "standard-mnist-cnn-small-eps0.1";
+
+/// Successive halving over rungs of 1, 2 and 4 epochs (η = 2) with fast standard training.
+fn halving_study<'a>(d: &'a str, trials: &'a str) -> Vec<&'a str> {
+    vec![
+        "run",
+        "--method",
+        "standard",
+        "--fidelity",
+        "successive-halving",
+        "--epochs",
+        "4",
+        "--min-epochs",
+        "1",
+        "--eta",
+        "2",
+        "--train-samples",
+        "300",
+        "--val-samples",
+        "30",
+        "--trials",
+        trials,
+        "--dir",
+        d,
+    ]
+}
+
+fn cthpo(args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn trials(dir: &Path) -> Vec<StoredTrial> {
+    let store = Store::open_existing(dir).unwrap();
+    let study = store.require_study(NAME).unwrap();
+    store.trials(study.id).unwrap()
+}
+
+fn attr(trial: &StoredTrial, key: &str) -> Option<i64> {
+    trial.user_attr_f64(key).map(|v| v as i64)
+}
+
+/// What every multi-fidelity study of [`halving_study`] must satisfy (`sequential`: run by one
+/// worker at a time); returns the numbers of the trials continued.
+fn check_rungs(dir: &Path, trials: &[StoredTrial], sequential: bool) -> Vec<i64> {
+    let rung_epochs: [i64; 3] = [1, 2, 4];
+    let mut continued = Vec::new();
+    for trial in trials.iter().filter(|t| !t.is_interrupted()) {
+        let rung = attr(trial, attrs::RUNG).expect("every trial has a rung") as usize;
+        assert_eq!(attr(trial, attrs::BRACKET), Some(0), "one bracket");
+        assert_eq!(attr(trial, attrs::RUNG_EPOCHS), Some(rung_epochs[rung]));
+        let expected = if rung < 2 {
+            TrialState::Pruned
+        } else {
+            TrialState::Complete
+        };
+        assert_eq!(trial.state, expected, "trial {}", trial.number);
+        // The rung score is the last intermediate value and (one objective) the value.
+        let values = trial.values.clone().unwrap();
+        assert_eq!(
+            trial.intermediate_values.get(&rung_epochs[rung]),
+            Some(&values[0])
+        );
+        let checkpoint = dir.join(trial.user_attr_str(attrs::CHECKPOINT_PATH).unwrap());
+        let sidecar = read_sidecar(&checkpoint.join("model.json")).unwrap();
+        assert_eq!(
+            sidecar.epochs as i64, rung_epochs[rung],
+            "trial {}",
+            trial.number
+        );
+        match attr(trial, attrs::CONTINUES) {
+            None => assert_eq!(rung, 0, "a new configuration starts at the first rung"),
+            Some(from) => {
+                let source = trials.iter().find(|t| t.number == from).unwrap();
+                assert_eq!(source.state, TrialState::Pruned);
+                assert_eq!(attr(source, attrs::RUNG), Some(rung as i64 - 1));
+                assert_eq!(source.params, trial.params, "same configuration");
+                assert!(source.number < trial.number);
+                // The continuation's learning curve starts with the source's rung scores.
+                for (step, value) in &source.intermediate_values {
+                    assert_eq!(trial.intermediate_values.get(step), Some(value));
+                }
+                continued.push(from);
+            }
+        }
+    }
+    let mut unique = continued.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        continued.len(),
+        "a trial was continued twice: {continued:?}"
+    );
+    if sequential {
+        // One worker: when continuation `c` started, the trials that had reached its source's
+        // rung were those numbered below `c`; the source ranked in the top ⌊n/η⌋ of them.
+        for trial in trials.iter().filter(|t| !t.is_interrupted()) {
+            let Some(from) = attr(trial, attrs::CONTINUES) else {
+                continue;
+            };
+            let rung = attr(trial, attrs::RUNG).unwrap() - 1;
+            let score = |t: &StoredTrial| t.values.as_ref().unwrap()[0];
+            let mut reached: Vec<&StoredTrial> = trials
+                .iter()
+                .filter(|t| t.number < trial.number && t.state == TrialState::Pruned)
+                .filter(|t| attr(t, attrs::RUNG) == Some(rung))
+                .collect();
+            reached.sort_by(|a, b| score(b).total_cmp(&score(a)));
+            let places = reached.len() / 2;
+            assert!(
+                reached[..places].iter().any(|t| t.number == from),
+                "trial {from} promoted by trial {} outside the top {places} of rung {rung}",
+                trial.number
+            );
+        }
+    }
+    continued
+}
+
+#[test]
+fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
+    let dir = temp_dir("resume");
+    let d = dir.to_str().unwrap();
+    cthpo(&halving_study(d, "3"));
+    let first = trials(&dir);
+    assert_eq!(first.len(), 3);
+    // Two configurations at the first rung; the better one goes on to the second.
+    let continued = check_rungs(&dir, &first, true);
+    assert_eq!(continued.len(), 1);
+    let best = first[..2]
+        .iter()
+        .max_by(|a, b| a.values.as_ref().unwrap()[0].total_cmp(&b.values.as_ref().unwrap()[0]))
+        .unwrap();
+    assert_eq!(continued, [best.number]);
+    assert!(first.iter().all(|t| t.state == TrialState::Pruned));
+
+    // `resume` continues the stored brackets (it takes the settings from the study).
+    cthpo(&["resume", NAME, "--dir", d, "--trials", "9"]);
+    let all = trials(&dir);
+    assert_eq!(all.len(), 9);
+    assert_eq!(&all[..3], &first[..], "stored trials are left alone");
+    check_rungs(&dir, &all, true);
+    assert!(
+        all.iter().any(|t| t.state == TrialState::Complete),
+        "a configuration reached the full budget"
+    );
+    // `trials`, `status` and the history plot show the rungs and the pruned trials.
+    let output = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = output(&["trials", NAME, "--dir", d]);
+    assert!(listed.contains("PRUNED"), "{listed}");
+    let promotion = format!("rung 1 (2 epochs), continues #{}", best.number);
+    assert!(listed.contains(&promotion), "{listed}");
+    let status = output(&["status", NAME, "--dir", d]);
+    assert!(
+        status.contains("rung  epochs  pruned  complete  running"),
+        "{status}"
+    );
+    output(&["plot", NAME, "--dir", d]);
+    let svg =
+        std::fs::read_to_string(dir.join("plots").join(format!("{NAME}-history.svg"))).unwrap();
+    assert!(svg.contains("pruned trial (rung score)"));
+    // Other fidelity settings under the same name are refused, not mixed in.
+    let mut clash = halving_study(d, "10");
+    clash[4] = "hyperband";
+    let output = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(&clash)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("fidelity"));
+}
+
+#[test]
+fn two_processes_never_continue_one_trial_twice() {
+    let dir = temp_dir("workers");
+    let d = dir.to_str().unwrap();
+    // Create the study first so that both workers join it.
+    cthpo(&halving_study(d, "1"));
+    let args = halving_study(d, "16");
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_cthpo"))
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let all = trials(&dir);
+    assert_eq!(all.len(), 16);
+    let owners: std::collections::BTreeSet<_> = all
+        .iter()
+        .filter_map(|t| t.user_attr_str("cthpo_owner"))
+        .collect();
+    assert!(owners.len() >= 2, "both workers ran trials: {owners:?}");
+    let continued = check_rungs(&dir, &all, false);
+    assert!(continued.len() >= 4, "promotions happened: {continued:?}");
+}
