@@ -126,6 +126,17 @@ pub(super) struct CleanPass {
     pub(super) batch_norms: HashMap<usize, BatchNormAffine>,
 }
 
+impl CleanPass {
+    /// A clean pass not run (its logits unread, no BatchNorm): nothing kept, no logits.
+    pub(super) fn skipped() -> Result<CleanPass, TrainError> {
+        Ok(CleanPass {
+            logits: Tensor::zeros(0, candle_core::DType::F32, &candle_core::Device::Cpu)?,
+            saved: Vec::new(),
+            batch_norms: HashMap::new(),
+        })
+    }
+}
+
 /// The clean forward pass over `layers` (the net's), with BatchNorm maps from `norms` (updating
 /// the running statistics when they are this batch's).
 pub(super) fn forward(

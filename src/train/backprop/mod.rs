@@ -28,7 +28,7 @@ use crate::bounds::{Interval, margin_spec};
 use crate::kernels::{BoxGradient, l1_penalty_gradient};
 use crate::model::{Layer, Net};
 use candle_core::{Tensor, TensorId};
-use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanSaved};
+use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanPass, CleanSaved};
 pub(crate) use input::{InputGradientPass, fixed_batch_norms};
 use interval::{BoxSaved, MarginBounds};
 use loss::{cross_entropy_gradient, robust_cross_entropy_gradient, scaled};
@@ -229,11 +229,22 @@ pub fn loss_and_gradients(
 ) -> Result<StepGradients, TrainError> {
     let layers: Vec<Layer> = net.layers().to_vec();
     let label_values = labels.to_vec1::<u32>()?;
-    let clean = clean::forward(BatchNorms::Own(net), &layers, images)?;
-    let (batch, classes) = clean.logits.dims2()?;
-    let (natural_loss, natural_gradient) =
-        cross_entropy_gradient(&clean.logits.to_vec2::<f32>()?, &label_values)?;
     let (natural_weight, box_weight, point_weight) = objective.weights();
+    let (batch, classes) = (images.dim(0)?, net.num_classes());
+    // The clean pass matters for the natural loss and for BatchNorm's batch statistics only.
+    let has_batch_norm = layers
+        .iter()
+        .any(|layer| matches!(layer, Layer::BatchNorm { .. }));
+    let clean = if natural_weight != 0.0 || has_batch_norm {
+        clean::forward(BatchNorms::Own(net), &layers, images)?
+    } else {
+        CleanPass::skipped()?
+    };
+    let (natural_loss, natural_gradient) = if natural_weight != 0.0 {
+        cross_entropy_gradient(&clean.logits.to_vec2::<f32>()?, &label_values)?
+    } else {
+        (0.0, Vec::new())
+    };
 
     // Attacks and the attack point's pass read the clean batch's maps as constants; the
     // gradient through its statistics reaches them by the BatchNorm sums.
