@@ -1,6 +1,6 @@
 //! PGD adversarial attacks in the ℓ∞ ball, batched.
 //!
-//! The attack reads the network through an [`InputGradient`]: candle autograd on a detached copy
+//! The attack reads the network through an input-gradient source: candle autograd on a detached copy
 //! of the network (evaluation), or the training reverse pass's input-gradient pass (training
 //! attacks). Neither records parameter gradients nor disturbs BatchNorm statistics.
 

@@ -1,15 +1,18 @@
-//! A hand-written reverse pass for the natural and IBP training losses.
+//! A hand-written reverse pass for the natural, IBP, SABR, PGD-AT and MTL-IBP training losses,
+//! and the input-gradient pass of training attacks.
 //!
 //! candle's autograd gives every input of every graph node a zero-filled gradient tensor and
 //! adds each contribution into it, and BatchNorm takes several nodes (moments, affine, ReLU),
 //! each adding into the activation's gradient again: on a `cnn7` step about 2 GB of memory
 //! traffic that computes nothing. Here the forward passes run the same kernels, each layer keeps
-//! what its backward needs, and each gradient is written once. The two passes of an IBP step
-//! (clean in [`clean`], interval in [`interval`]) run backward in lockstep, layer by layer,
-//! because BatchNorm's batch statistics join them; [`shi`] differentiates Shi et al.'s
-//! regulariser on the interval pass and [`loss`] the losses at the top. Steps this pass does not
-//! cover (other methods' robust losses, or a net whose last layer is not linear) use autograd;
-//! the unit tests in `tests.rs` check that both give the same loss and gradients.
+//! what its backward needs, and each gradient is written once. A step runs up to three passes
+//! (clean in [`clean`], interval over a box in [`interval`], clean again at an attack point with
+//! the clean batch's BatchNorm maps) and runs them backward in lockstep, layer by layer, because
+//! BatchNorm's batch statistics join them; [`shi`] differentiates Shi et al.'s regulariser on the
+//! interval pass and [`loss`] the losses at the top. [`input`] is the clean pass's input-only
+//! backward that every training attack differentiates through. Steps this pass does not cover
+//! (CROWN-IBP's and TAPS' losses, or a net whose last layer is not linear) use autograd; the
+//! unit tests in `tests.rs` check that both give the same loss and gradients.
 
 mod clean;
 mod conv;
