@@ -1,9 +1,20 @@
 #!/usr/bin/env python3
 """PyTorch reference timings for `examples/bench_train.rs` (run by hand, never by CI).
 
-Times the same training steps cthpo's bench_train times (same nets, batch, thread count):
-`standard` (cross-entropy) and `ibp` (interval bound propagation with the margin spec folded
-into the last layer, robust cross-entropy), each as forward + loss + backward + Adam step.
+Times the same training steps cthpo's bench_train times (same nets, batch, thread count, full
+ε, cthpo's default hyperparameters), each as forward + loss + backward + Adam step, written
+plainly after the papers:
+- `standard`: cross-entropy;
+- `ibp`: interval bound propagation with the margin spec folded into the last layer, robust
+  cross-entropy (mixed with the natural loss);
+- `pgd` (Madry et al.): cross-entropy at the PGD point (8 steps of 0.5ε from a random start,
+  the highest-loss iterate kept, as CTRAIN's training attack);
+- `sabr` (Müller et al.): the same attack with its step size ×0.1 after steps 4 and 7, then IBP
+  on the box of radius 0.4ε around the point (kept inside the ε-box);
+- `mtl_ibp` (De Palma et al.): 0.02·IBP loss + 0.98·cross-entropy at the PGD point;
+- `crown_ibp` (Zhang et al.) with β = 1: IBP for the ReLUs' input bounds, then CROWN's backward
+  linear relaxation from the margin spec for the output bounds.
+The attacks take input gradients only (`torch.autograd.grad` with respect to the input).
 
     python3 -m venv ../venv-ref && ../venv-ref/bin/pip install torch   # any folder outside the repository
     export PYTHON=$PWD/../venv-ref/bin/python
@@ -34,9 +45,13 @@ def build(arch):
 
 
 def ibp_loss(net, x, y, eps):
-    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    layers = list(net)
-    for layer in layers[:-1]:
+    return box_loss(net, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1), y)
+
+
+def interval_bounds(layers, lower, upper):
+    """IBP through `layers`; returns the output box and each ReLU's input box."""
+    relu_inputs = []
+    for layer in layers:
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             c, r = (upper + lower) / 2, (upper - lower) / 2
             if isinstance(layer, nn.Conv2d):
@@ -46,8 +61,6 @@ def ibp_loss(net, x, y, eps):
                 c, r = layer(c), F.linear(r, layer.weight.abs())
             lower, upper = c - r, c + r
         elif isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            # Batch statistics of the clean batch are what training uses; here the bound's own
-            # centre stands in, which costs the same.
             c, r = (upper + lower) / 2, (upper - lower) / 2
             scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
             shape = (1, -1) + (1,) * (c.dim() - 2)
@@ -55,23 +68,142 @@ def ibp_loss(net, x, y, eps):
             r = r * scale.abs().view(shape)
             lower, upper = c - r, c + r
         elif isinstance(layer, nn.ReLU):
+            relu_inputs.append((lower, upper))
             lower, upper = lower.relu(), upper.relu()
         else:
             lower, upper = layer(lower), layer(upper)
+    return lower, upper, relu_inputs
+
+
+def margin_spec(y, classes=10):
+    eye = torch.eye(classes)
+    return eye[y].unsqueeze(1) - eye.unsqueeze(0)  # [B, K, K], row y is zero
+
+
+def crown_ibp_loss(net, x, y, eps):
+    """CROWN-IBP (β = 1): CROWN's lower bounds of the margins, the ReLUs bounded by IBP."""
+    layers = list(net)
+    x_lower, x_upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    _, _, relu_inputs = interval_bounds(layers, x_lower, x_upper)
+    spec = margin_spec(y)
+    batch, specs = spec.shape[:2]
+    shapes, h = [], x
+    with torch.no_grad():
+        for layer in layers:
+            shapes.append(h.shape[1:])
+            h = layer(h)
+    a = spec  # [B, S, out]
+    bias = torch.zeros(batch, specs)
+    relu = len(relu_inputs)
+    for index in reversed(range(len(layers))):
+        layer = layers[index]
+        if isinstance(layer, nn.Linear):
+            bias = bias + a @ layer.bias
+            a = a @ layer.weight
+        elif isinstance(layer, nn.Conv2d):
+            a4 = a.reshape(batch * specs, *layer_out_shape(layers, shapes, index))
+            bias = bias + (a4.sum((2, 3)) @ layer.bias).reshape(batch, specs)
+            out = F.conv_transpose2d(a4, layer.weight, None, layer.stride, layer.padding)
+            c, height, width = shapes[index]
+            pad = (0, width - out.shape[3], 0, height - out.shape[2])
+            a = F.pad(out, pad).reshape(batch, specs, -1)
+        elif isinstance(layer, nn.ReLU):
+            relu -= 1
+            lower, upper = (t.flatten(1).unsqueeze(1) for t in relu_inputs[relu])
+            a = a.reshape(batch, specs, -1)
+            slope = (upper.clamp(min=0) / (upper - lower).clamp(min=1e-12)).where(lower < 0, (lower >= 0).float())
+            slope = slope.where(upper > 0, torch.zeros_like(slope))
+            lower_slope = (upper > -lower).float().where(lower < 0, (lower >= 0).float())
+            lower_slope = lower_slope.where(upper > 0, torch.zeros_like(lower_slope))
+            intercept = (-slope * lower).where((lower < 0) & (upper > 0), torch.zeros_like(slope))
+            positive, negative = a.clamp(min=0), a.clamp(max=0)
+            bias = bias + (negative * intercept).sum(2)
+            a = positive * lower_slope + negative * slope
+        elif isinstance(layer, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
+            shift = layer.bias - layer.running_mean * scale
+            per = shapes[index].numel() // scale.numel()
+            a = a.reshape(batch, specs, scale.numel(), per)
+            bias = bias + (a.sum(3) * shift).sum(2)
+            a = (a * scale.view(1, 1, -1, 1)).reshape(batch, specs, -1)
+        else:
+            a = a.reshape(batch, specs, -1)
+    a = a.reshape(batch, specs, -1)
+    centre = ((x_upper + x_lower) / 2).flatten(1).unsqueeze(2)
+    radius = ((x_upper - x_lower) / 2).flatten(1).unsqueeze(2)
+    margin = (a @ centre).squeeze(2) - (a.abs() @ radius).squeeze(2) + bias
+    return F.cross_entropy(-margin, y)
+
+
+def layer_out_shape(layers, shapes, index):
+    return shapes[index + 1] if index + 1 < len(shapes) else None
+
+
+def pgd_point(net, x, y, eps, steps=8, alpha=0.5, decays=(), factor=0.1):
+    """CTRAIN's training attack: cross-entropy ascent from a random start, no early stop, the
+    highest-loss iterate kept; input gradients only."""
+    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    point = lower + torch.rand_like(x) * (upper - lower)
+    best, best_loss = x.clone(), torch.full((x.shape[0],), -float("inf"))
+    step_size = alpha * eps
+    for step in range(steps + 1):
+        point.requires_grad_(True)
+        losses = F.cross_entropy(net(point), y, reduction="none")
+        if step > 0:
+            better = losses.detach() > best_loss
+            best_loss = torch.where(better, losses.detach(), best_loss)
+            best = torch.where(better.view(-1, 1, 1, 1), point.detach(), best)
+        if step == steps:
+            break
+        (gradient,) = torch.autograd.grad(losses.sum(), point)
+        point = torch.min(torch.max(point.detach() + step_size * gradient.sign(), lower), upper)
+        if step + 1 in decays:
+            step_size *= factor
+    return best
+
+
+def sabr_loss(net, x, y, eps, ratio=0.4):
+    point = pgd_point(net, x, y, eps, decays=(4, 7))
+    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    small = ratio * eps
+    centre = torch.min(torch.max(point, lower + small), upper - small)
+    return box_loss(net, (centre - small).clamp(min=lower), (centre + small).clamp(max=upper), y)
+
+
+def box_loss(net, lower, upper, y):
+    """Robust cross-entropy of IBP margin bounds over the box, the spec folded into the last layer."""
+    layers = list(net)
+    lower, upper, _ = interval_bounds(layers[:-1], lower, upper)
     last = layers[-1]
-    eye = torch.eye(10)
-    spec = (eye[y].unsqueeze(1) - eye.unsqueeze(0))  # [B, 10, 10], row y is zero
-    w = spec @ last.weight  # [B, 10, in]
-    b = spec @ last.bias
+    spec = margin_spec(y)
+    w, b = spec @ last.weight, spec @ last.bias
     c, r = (upper + lower) / 2, (upper - lower) / 2
     margin = (w @ c.unsqueeze(2)).squeeze(2) + b - (w.abs() @ r.unsqueeze(2)).squeeze(2)
     return F.cross_entropy(-margin, y)
 
 
+def step_loss(method, net, x, y, eps):
+    if method == "standard":
+        return F.cross_entropy(net(x), y)
+    if method == "ibp":
+        return 0.5 * F.cross_entropy(net(x), y) + 0.5 * ibp_loss(net, x, y, eps)
+    if method == "pgd":
+        return F.cross_entropy(net(pgd_point(net, x, y, eps)), y)
+    if method == "sabr":
+        return sabr_loss(net, x, y, eps)
+    if method == "mtl_ibp":
+        adversarial = F.cross_entropy(net(pgd_point(net, x, y, eps)), y)
+        return 0.02 * ibp_loss(net, x, y, eps) + 0.98 * adversarial
+    if method == "crown_ibp":
+        return crown_ibp_loss(net, x, y, eps)
+    raise SystemExit(f"unknown method {method}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="cnn-small")
-    ap.add_argument("--method", default="ibp", choices=["standard", "ibp"])
+    ap.add_argument("--method", default="ibp",
+                    choices=["standard", "ibp", "pgd", "sabr", "mtl_ibp", "crown_ibp"])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
@@ -86,10 +218,7 @@ def main():
     times = []
     for step in range(args.steps + 3):
         start = time.perf_counter()
-        if args.method == "standard":
-            loss = F.cross_entropy(net(x), y)
-        else:
-            loss = 0.5 * F.cross_entropy(net(x), y) + 0.5 * ibp_loss(net, x, y, 0.1)
+        loss = step_loss(args.method, net, x, y, 0.1)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)

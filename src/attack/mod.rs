@@ -1,7 +1,8 @@
 //! PGD adversarial attacks in the ℓ∞ ball, batched.
 //!
-//! The attack runs on a detached copy of the network (no parameter gradients are recorded) with
-//! BatchNorm in evaluation behaviour, so attacking never disturbs training statistics.
+//! The attack reads the network through an input-gradient source: candle autograd on a detached copy
+//! of the network (evaluation), or the training reverse pass's input-gradient pass (training
+//! attacks). Neither records parameter gradients nor disturbs BatchNorm statistics.
 
 use crate::model::{ModelError, Net, Normalization};
 use candle_core::{D, DType, Device, Tensor, Var};
@@ -122,6 +123,58 @@ pub enum AttackError {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The input-gradient pass failed.
+    #[error("input-gradient pass failed: {0}")]
+    Gradient(String),
+}
+
+/// How an attack evaluates the network and differentiates its objective in the input.
+pub(crate) trait InputGradient {
+    /// The logits at `x` and, with `target`, the gradient at `x` of the objective summed over
+    /// the batch (each sample's gradient independent of the others').
+    fn logits_and_gradient(
+        &self,
+        x: &Tensor,
+        target: Option<(&Tensor, AttackLoss)>,
+    ) -> Result<(Tensor, Option<Tensor>), AttackError>;
+}
+
+/// Input gradients by candle autograd on a detached copy of the network.
+pub(crate) struct Autograd<'a> {
+    net: Net,
+    normalization: Normalization<'a>,
+}
+
+impl<'a> Autograd<'a> {
+    /// Autograd through `net` (detached) with BatchNorm normalising by `normalization`.
+    pub(crate) fn new(net: &Net, normalization: Normalization<'a>) -> Autograd<'a> {
+        Autograd {
+            net: net.detached(),
+            normalization,
+        }
+    }
+}
+
+impl InputGradient for Autograd<'_> {
+    fn logits_and_gradient(
+        &self,
+        x: &Tensor,
+        target: Option<(&Tensor, AttackLoss)>,
+    ) -> Result<(Tensor, Option<Tensor>), AttackError> {
+        let Some((labels, loss)) = target else {
+            return Ok((self.net.forward_with(x, self.normalization)?, None));
+        };
+        let variable = Var::from_tensor(x)?;
+        let logits = self
+            .net
+            .forward_with(variable.as_tensor(), self.normalization)?;
+        let objective = attack_loss(&logits, labels, loss)?;
+        let gradient = match objective.backward()?.get(variable.as_tensor()) {
+            Some(gradient) => gradient.clone(),
+            None => x.zeros_like()?,
+        };
+        Ok((logits.detach(), Some(gradient)))
+    }
 }
 
 /// Attacks `inputs` (`[B, C, H, W]` in [0, 1], labels `[B]`) inside `B(x, eps) ∩ [0, 1]` by PGD.
@@ -155,10 +208,22 @@ pub fn pgd_attack_in_box(
     normalization: Normalization<'_>,
     rng: &mut StdRng,
 ) -> Result<AttackOutcome, AttackError> {
+    let network = Autograd::new(net, normalization);
+    pgd_attack_through(&network, inputs, labels, eps, config, rng)
+}
+
+/// PGD as [`pgd_attack`] on the network as `network` evaluates and differentiates it.
+pub(crate) fn pgd_attack_through(
+    network: &dyn InputGradient,
+    inputs: &Tensor,
+    labels: &Tensor,
+    eps: f64,
+    config: &PgdConfig,
+    rng: &mut StdRng,
+) -> Result<AttackOutcome, AttackError> {
     if !eps.is_finite() || eps < 0.0 {
         return Err(AttackError::InvalidEpsilon(eps));
     }
-    let net = net.detached();
     let inputs = inputs.detach();
     let batch = inputs.dim(0)?;
     let lower = (&inputs - eps)?.clamp(0.0, 1.0)?;
@@ -166,7 +231,7 @@ pub fn pgd_attack_in_box(
     let labels = labels.to_dtype(DType::U32)?;
     let label_values = labels.to_vec1::<u32>()?;
 
-    let clean_predictions = predictions(&net.forward_with(&inputs, normalization)?)?;
+    let clean_predictions = predictions(&network.logits_and_gradient(&inputs, None)?.0)?;
     let mut robust: Vec<bool> = clean_predictions
         .iter()
         .zip(&label_values)
@@ -206,8 +271,8 @@ pub fn pgd_attack_in_box(
             inputs.index_select(&index, 0)?
         };
         for step in 0..=config.steps {
-            let variable = Var::from_tensor(&x)?;
-            let logits = net.forward_with(variable.as_tensor(), normalization)?;
+            let target = (step < config.steps).then_some((&active_labels, config.loss));
+            let (logits, gradient) = network.logits_and_gradient(&x, target)?;
             if keep_best && step > 0 {
                 // Without early stop every sample stays in the batch, so rows are samples.
                 let losses = per_sample_loss(&logits, &label_values, config.loss)?;
@@ -231,11 +296,9 @@ pub fn pgd_attack_in_box(
             if step == config.steps {
                 break;
             }
-            let loss = attack_loss(&logits, &active_labels, config.loss)?;
-            let gradient = match loss.backward()?.get(variable.as_tensor()) {
-                Some(gradient) => gradient.clone(),
-                None => x.zeros_like()?,
-            };
+            let gradient = gradient.ok_or_else(|| {
+                AttackError::Gradient("no input gradient before the last step".into())
+            })?;
             let step_size = config.step_size_at(step, eps);
             x = (x + (gradient.sign()? * step_size)?)?
                 .maximum(&lo)?

@@ -313,15 +313,15 @@ fn train_step(
     } else {
         0.0
     };
-    let objective = Objective::for_step(net, method, values, shi_weight);
+    let objective = Objective::for_step(net, method, values, shi_weight, config);
     let (loss_value, grads): (f64, Box<dyn GradientSource>) = match objective {
         Some(objective) => {
             let step = loss_and_gradients(
                 net,
-                batch_images,
-                batch_labels,
-                objective,
+                (batch_images, batch_labels),
+                &objective,
                 config.l1_reg_weight,
+                rng,
             )?;
             (step.loss, Box::new(step.gradients))
         }

@@ -13,19 +13,82 @@ use crate::train::TrainError;
 use candle_core::Tensor;
 use std::collections::HashMap;
 
-/// BatchNorm at one layer as the affine map it applies with this batch's statistics.
-pub(super) struct BatchNormAffine {
+/// BatchNorm at one layer as the affine map it applies, with the statistics it was built from
+/// when this pass took them from its own batch.
+pub(crate) struct BatchNormAffine {
     scale: Vec<f32>,
     shift: Vec<f32>,
     /// The per-channel scale γ/σ.
     pub(super) scale_tensor: Tensor,
     /// The per-channel shift β − μ·γ/σ.
     pub(super) shift_tensor: Tensor,
+    /// `None` for a map fixed from outside (another pass's batch, or the running statistics).
+    moments: Option<Moments>,
+}
+
+/// The batch statistics a BatchNorm map was built from, which its backward differentiates.
+struct Moments {
     mean: Vec<f32>,
     sigma: Vec<f32>,
     gamma: Vec<f32>,
     /// Elements per channel the statistics were taken over.
     count: usize,
+}
+
+impl BatchNormAffine {
+    /// A fixed map `x ↦ scale·x + shift` (per channel); its backward yields scale and shift
+    /// gradient sums for the pass that owns the statistics, if any.
+    pub(crate) fn fixed(scale: &Tensor, shift: &Tensor) -> Result<BatchNormAffine, TrainError> {
+        let (scale, shift) = (scale.detach(), shift.detach());
+        Ok(BatchNormAffine {
+            scale: scale.to_vec1()?,
+            shift: shift.to_vec1()?,
+            scale_tensor: scale,
+            shift_tensor: shift,
+            moments: None,
+        })
+    }
+
+    /// The same map held fixed (an attack point's pass reads the clean batch's statistics as
+    /// constants and hands its scale and shift sums to the clean pass).
+    pub(super) fn held_fixed(&self) -> BatchNormAffine {
+        BatchNormAffine {
+            scale: self.scale.clone(),
+            shift: self.shift.clone(),
+            scale_tensor: self.scale_tensor.clone(),
+            shift_tensor: self.shift_tensor.clone(),
+            moments: None,
+        }
+    }
+}
+
+/// Where a clean pass's BatchNorm layers take their affine maps from.
+pub(super) enum BatchNorms<'a> {
+    /// This batch's statistics, which also update the net's running ones.
+    Own(&'a mut Net),
+    /// Maps fixed beforehand, by layer index.
+    Fixed(&'a HashMap<usize, BatchNormAffine>),
+}
+
+/// Per BatchNorm layer, the gradient sums of its scale and shift from the passes that read its
+/// map without owning its statistics (interval boxes, attack points).
+pub(super) type BatchNormSums = HashMap<usize, (Vec<f32>, Vec<f32>)>;
+
+/// Adds a pass's scale and shift gradient sums at BatchNorm `index` into `sums`.
+pub(super) fn accumulate_sums(
+    sums: &mut BatchNormSums,
+    index: usize,
+    (d_scale, d_shift): (Vec<f32>, Vec<f32>),
+) {
+    match sums.get_mut(&index) {
+        Some((scale, shift)) => {
+            add_into(scale, &d_scale);
+            add_into(shift, &d_shift);
+        }
+        None => {
+            sums.insert(index, (d_scale, d_shift));
+        }
+    }
 }
 
 /// What a clean layer (or BatchNorm fused with its ReLU) keeps for its backward.
@@ -63,9 +126,21 @@ pub(super) struct CleanPass {
     pub(super) batch_norms: HashMap<usize, BatchNormAffine>,
 }
 
-/// The clean forward pass over `layers` (the net's), updating BatchNorm running statistics.
+impl CleanPass {
+    /// A clean pass not run (its logits unread, no BatchNorm): nothing kept, no logits.
+    pub(super) fn skipped() -> Result<CleanPass, TrainError> {
+        Ok(CleanPass {
+            logits: Tensor::zeros(0, candle_core::DType::F32, &candle_core::Device::Cpu)?,
+            saved: Vec::new(),
+            batch_norms: HashMap::new(),
+        })
+    }
+}
+
+/// The clean forward pass over `layers` (the net's), with BatchNorm maps from `norms` (updating
+/// the running statistics when they are this batch's).
 pub(super) fn forward(
-    net: &mut Net,
+    mut norms: BatchNorms<'_>,
     layers: &[Layer],
     images: &Tensor,
 ) -> Result<CleanPass, TrainError> {
@@ -96,14 +171,23 @@ pub(super) fn forward(
                 (y, CleanSaved::Linear { input: x }, 1)
             }
             Layer::BatchNorm { weight, bias, .. } => {
-                let affine = batch_norm_affine(net, index, &x, weight, bias)?;
                 let relu = matches!(layers.get(index + 1), Some(Layer::Relu));
-                let y = if relu {
-                    channel_affine_relu(&x, &affine.scale_tensor, &affine.shift_tensor)?
-                } else {
-                    channel_affine(&x, &affine.scale_tensor, &affine.shift_tensor)?
+                let apply = |affine: &BatchNormAffine| {
+                    if relu {
+                        channel_affine_relu(&x, &affine.scale_tensor, &affine.shift_tensor)
+                    } else {
+                        channel_affine(&x, &affine.scale_tensor, &affine.shift_tensor)
+                    }
                 };
-                batch_norms.insert(index, affine);
+                let y = match &mut norms {
+                    BatchNorms::Own(net) => {
+                        let affine = batch_norm_affine(net, index, &x, weight, bias)?;
+                        let y = apply(&affine)?;
+                        batch_norms.insert(index, affine);
+                        y
+                    }
+                    BatchNorms::Fixed(maps) => apply(&maps[&index])?,
+                };
                 (
                     y,
                     CleanSaved::BatchNorm { input: x, relu },
@@ -111,7 +195,7 @@ pub(super) fn forward(
                 )
             }
             Layer::Relu => (relu(&x)?, CleanSaved::Relu { input: x }, 1),
-            Layer::Flatten if net.flatten_is_implicit(index, count) => (x, CleanSaved::Implicit, 1),
+            Layer::Flatten if flatten_is_implicit(layers, index) => (x, CleanSaved::Implicit, 1),
             Layer::Flatten => {
                 let dims = x.dims().to_vec();
                 (x.flatten_from(1)?, CleanSaved::Flatten { dims }, 1)
@@ -159,23 +243,31 @@ fn batch_norm_affine(
         shift_tensor: Tensor::new(shift.as_slice(), device)?,
         scale,
         shift,
-        mean,
-        sigma,
-        gamma,
-        count: x.elem_count() / x.dim(1)?.max(1),
+        moments: Some(Moments {
+            mean,
+            sigma,
+            gamma,
+            count: x.elem_count() / x.dim(1)?.max(1),
+        }),
     })
 }
 
-/// Backward of one clean step; returns the gradient of its input (unchanged if not needed).
+/// Backward of the clean step starting at layer `index`; returns the gradient of its input
+/// (unchanged if not needed). Without `gradients` only the input gradient is computed (an
+/// attack's). A BatchNorm whose map this pass owns reads the other passes' sums at `index`; a
+/// fixed one adds its own to them.
 pub(super) fn backward(
-    layer: &Layer,
+    (index, layer): (usize, &Layer),
     saved: CleanSaved,
     g: Tensor,
     batch_norm: Option<&BatchNormAffine>,
-    interval_sums: Option<(Vec<f32>, Vec<f32>)>,
+    sums: &mut BatchNormSums,
     needs_input: bool,
-    gradients: &mut Gradients,
+    gradients: Option<&mut Gradients>,
 ) -> Result<Tensor, TrainError> {
+    let Some(gradients) = gradients else {
+        return input_only(layer, saved, g, batch_norm);
+    };
     Ok(match (layer, saved) {
         (Layer::Normalize { .. }, CleanSaved::Normalize { scale }) => {
             channel_affine(&g, &scale, &scale.zeros_like()?)?
@@ -209,11 +301,19 @@ pub(super) fn backward(
         }
         (Layer::BatchNorm { weight, bias, .. }, CleanSaved::BatchNorm { input, relu }) => {
             let affine = batch_norm.expect("every BatchNorm has its affine map");
-            let (mut d_scale, mut d_shift) =
-                channel_gradient_sums(&input, &affine.scale, &affine.shift, &g, relu)?;
-            if let Some((interval_scale, interval_shift)) = interval_sums {
-                add_into(&mut d_scale, &interval_scale);
-                add_into(&mut d_shift, &interval_shift);
+            let sums_here = channel_gradient_sums(&input, &affine.scale, &affine.shift, &g, relu)?;
+            let Some(moments) = &affine.moments else {
+                accumulate_sums(sums, index, sums_here);
+                return Ok(if needs_input {
+                    fixed_batch_norm_input_gradient(&input, affine, &g, relu)?
+                } else {
+                    g
+                });
+            };
+            let (mut d_scale, mut d_shift) = sums_here;
+            if let Some((other_scale, other_shift)) = sums.remove(&index) {
+                add_into(&mut d_scale, &other_scale);
+                add_into(&mut d_shift, &other_shift);
             }
             let channels = affine.scale.len();
             let (mut d_gamma, mut a, mut b) = (
@@ -221,18 +321,18 @@ pub(super) fn backward(
                 vec![0f32; channels],
                 vec![0f32; channels],
             );
-            let count = affine.count.max(1) as f32;
+            let count = moments.count.max(1) as f32;
             for c in 0..channels {
                 // shift = β − μ·scale and scale = γ/σ: the scale's total gradient includes the
                 // path through the shift.
-                let d_scale_total = d_scale[c] - d_shift[c] * affine.mean[c];
-                let sigma = affine.sigma[c];
+                let d_scale_total = d_scale[c] - d_shift[c] * moments.mean[c];
+                let sigma = moments.sigma[c];
                 d_gamma[c] = d_scale_total / sigma;
-                let d_sigma = -d_scale_total * affine.gamma[c] / (sigma * sigma);
+                let d_sigma = -d_scale_total * moments.gamma[c] / (sigma * sigma);
                 let d_variance = d_sigma / (2.0 * sigma);
                 let d_mean = -affine.scale[c] * d_shift[c];
                 a[c] = 2.0 * d_variance / count;
-                b[c] = d_mean / count - a[c] * affine.mean[c];
+                b[c] = d_mean / count - a[c] * moments.mean[c];
             }
             let device = g.device().clone();
             gradients.add(weight, Tensor::new(d_gamma.as_slice(), &device)?)?;
@@ -254,6 +354,64 @@ pub(super) fn backward(
         (Layer::Flatten, CleanSaved::Implicit) => g,
         _ => unreachable!("saved state matches its layer"),
     })
+}
+
+/// The input gradient alone of one clean step (no parameter gradients: an attack's pass).
+fn input_only(
+    layer: &Layer,
+    saved: CleanSaved,
+    g: Tensor,
+    batch_norm: Option<&BatchNormAffine>,
+) -> Result<Tensor, TrainError> {
+    Ok(match (layer, saved) {
+        (Layer::Normalize { .. }, CleanSaved::Normalize { scale }) => {
+            channel_affine(&g, &scale, &scale.zeros_like()?)?
+        }
+        (
+            Layer::Conv2d {
+                weight,
+                stride,
+                padding,
+                ..
+            },
+            CleanSaved::Conv { input },
+        ) => input_gradient(&g, &weight.detach(), *stride, *padding, &input)?,
+        (Layer::Linear { weight, .. }, CleanSaved::Linear { input }) => {
+            linear_input_gradient(&g, &weight.detach(), input.dims())?
+        }
+        (Layer::BatchNorm { .. }, CleanSaved::BatchNorm { input, relu }) => {
+            let affine = batch_norm.expect("every BatchNorm has its affine map");
+            fixed_batch_norm_input_gradient(&input, affine, &g, relu)?
+        }
+        (Layer::Relu, CleanSaved::Relu { input }) => relu_gradient(&input, &g)?,
+        (Layer::Flatten, CleanSaved::Flatten { dims }) => g.reshape(dims)?,
+        (Layer::Flatten, CleanSaved::Implicit) => g,
+        _ => unreachable!("saved state matches its layer"),
+    })
+}
+
+/// The input gradient of a BatchNorm (and the ReLU fused into it) at a map held fixed.
+fn fixed_batch_norm_input_gradient(
+    input: &Tensor,
+    affine: &BatchNormAffine,
+    g: &Tensor,
+    relu: bool,
+) -> Result<Tensor, TrainError> {
+    let zeros = vec![0f32; affine.scale.len()];
+    Ok(batch_norm_input_gradient(
+        input,
+        (&affine.scale, &affine.shift),
+        (&zeros, &zeros),
+        g,
+        relu,
+    )?)
+}
+
+/// Whether layer `index` is a Flatten the next (linear) layer reads through, as
+/// [`Net::flatten_is_implicit`] decides for a whole net.
+pub(super) fn flatten_is_implicit(layers: &[Layer], index: usize) -> bool {
+    matches!(layers[index], Layer::Flatten)
+        && matches!(layers.get(index + 1), Some(Layer::Linear { .. }))
 }
 
 /// Adds `values` element-wise into `sum`.

@@ -3,14 +3,14 @@
 //! and the backward of both.
 
 use super::Gradients;
-use super::clean::BatchNormAffine;
+use super::clean::{BatchNormAffine, BatchNormSums, accumulate_sums, flatten_is_implicit};
 use super::conv::{ConvInput, convolve, input_gradient, kernel_gradient};
 use crate::kernels::{
     BoxGradient, abs_linear_weight_gradient, channel_affine, channel_affine_gradient, channel_sum,
     linear, linear_input_gradient, linear_weight_gradient, relu_box_centre, relu_box_gradient,
     relu_box_radius,
 };
-use crate::model::{Layer, Net};
+use crate::model::Layer;
 use crate::train::TrainError;
 use candle_core::Tensor;
 use std::collections::HashMap;
@@ -70,20 +70,16 @@ impl IntervalPass {
     }
 }
 
-/// IBP through every layer but the last over the ε-box around `images` (clipped to [0, 1]),
-/// with BatchNorm at the clean batch's statistics.
+/// IBP through every layer but the last over the input box `[lower, upper]`, with BatchNorm at
+/// the clean batch's statistics.
 pub(super) fn forward(
-    net: &Net,
     layers: &[Layer],
-    images: &Tensor,
-    eps: f64,
+    (lower, upper): (&Tensor, &Tensor),
     batch_norms: &HashMap<usize, BatchNormAffine>,
 ) -> Result<IntervalPass, TrainError> {
     let count = layers.len();
-    let lower = (images - eps)?.clamp(0.0, 1.0)?;
-    let upper = (images + eps)?.clamp(0.0, 1.0)?;
-    let mut centre = ((&upper + &lower)? * 0.5)?;
-    let mut radius = ((&upper - &lower)? * 0.5)?;
+    let mut centre = ((upper + lower)? * 0.5)?;
+    let mut radius = ((upper - lower)? * 0.5)?;
     // Shi's tightness term compares against the input radius in the units the first
     // non-normalising layer sees (auto_LiRPA and CTRAIN normalise in the data loader).
     let mut input_radius = None;
@@ -155,7 +151,7 @@ pub(super) fn forward(
                 );
                 (next, BoxSaved::Relu { centre, radius })
             }
-            Layer::Flatten if net.flatten_is_implicit(index, count) => {
+            Layer::Flatten if flatten_is_implicit(layers, index) => {
                 ((centre, radius), BoxSaved::Implicit)
             }
             Layer::Flatten => {
@@ -266,7 +262,7 @@ pub(super) fn backward(
     (batch_norm, extra): (Option<&BatchNormAffine>, Option<&BoxGradient>),
     needs_input: bool,
     gradients: &mut Gradients,
-    interval_sums: &mut HashMap<usize, (Vec<f32>, Vec<f32>)>,
+    interval_sums: &mut BatchNormSums,
     index: usize,
 ) -> Result<Option<(Tensor, Tensor)>, TrainError> {
     let next = match (layer, saved) {
@@ -340,7 +336,11 @@ pub(super) fn backward(
             let (dr, d_absolute, _) =
                 channel_affine_gradient(radius, &absolute, &zero, &gr, false)?;
             let d_scale = (d_scale + through_absolute(&affine.scale_tensor, &d_absolute)?)?;
-            interval_sums.insert(index, (d_scale.to_vec1()?, d_shift.to_vec1()?));
+            accumulate_sums(
+                interval_sums,
+                index,
+                (d_scale.to_vec1()?, d_shift.to_vec1()?),
+            );
             (dc, dr)
         }
         (Layer::Relu, BoxSaved::Relu { centre, radius }) => {

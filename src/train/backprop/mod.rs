@@ -1,18 +1,22 @@
-//! A hand-written reverse pass for the natural and IBP training losses.
+//! A hand-written reverse pass for the natural, IBP, SABR, PGD-AT and MTL-IBP training losses,
+//! and the input-gradient pass of training attacks.
 //!
 //! candle's autograd gives every input of every graph node a zero-filled gradient tensor and
 //! adds each contribution into it, and BatchNorm takes several nodes (moments, affine, ReLU),
 //! each adding into the activation's gradient again: on a `cnn7` step about 2 GB of memory
 //! traffic that computes nothing. Here the forward passes run the same kernels, each layer keeps
-//! what its backward needs, and each gradient is written once. The two passes of an IBP step
-//! (clean in [`clean`], interval in [`interval`]) run backward in lockstep, layer by layer,
-//! because BatchNorm's batch statistics join them; [`shi`] differentiates Shi et al.'s
-//! regulariser on the interval pass and [`loss`] the losses at the top. Steps this pass does not
-//! cover (other methods' robust losses, or a net whose last layer is not linear) use autograd;
-//! the unit tests in `tests.rs` check that both give the same loss and gradients.
+//! what its backward needs, and each gradient is written once. A step runs up to three passes
+//! (clean in [`clean`], interval over a box in [`interval`], clean again at an attack point with
+//! the clean batch's BatchNorm maps) and runs them backward in lockstep, layer by layer, because
+//! BatchNorm's batch statistics join them; [`shi`] differentiates Shi et al.'s regulariser on the
+//! interval pass and [`loss`] the losses at the top. [`input`] is the clean pass's input-only
+//! backward that every training attack differentiates through. Steps this pass does not cover
+//! (CROWN-IBP's and TAPS' losses, or a net whose last layer is not linear) use autograd; the
+//! unit tests in `tests.rs` check that both give the same loss and gradients.
 
 mod clean;
 mod conv;
+mod input;
 mod interval;
 mod loss;
 mod shi;
@@ -20,15 +24,18 @@ mod shi;
 mod tests;
 
 use super::TrainError;
-use super::config::Method;
+use super::config::{Method, TrainConfig};
+use super::methods::{PointSearch, small_box_around};
 use super::schedule::ScheduleValues;
-use crate::bounds::margin_spec;
+use crate::bounds::{Interval, margin_spec};
 use crate::kernels::{BoxGradient, l1_penalty_gradient};
 use crate::model::{Layer, Net};
 use candle_core::{Tensor, TensorId};
-use clean::{BatchNormAffine, CleanSaved};
+use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanPass, CleanSaved};
+pub(crate) use input::{InputGradientPass, fixed_batch_norms};
 use interval::{BoxSaved, MarginBounds};
 use loss::{cross_entropy_gradient, robust_cross_entropy_gradient, scaled};
+use rand::rngs::StdRng;
 use std::collections::HashMap;
 
 /// Parameter gradients by tensor id, read by the optimiser as it reads candle's `GradStore`.
@@ -52,7 +59,7 @@ impl Gradients {
 }
 
 /// The loss of one step this pass covers.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Objective {
     /// Cross-entropy of the clean logits.
     Natural,
@@ -65,33 +72,141 @@ pub enum Objective {
         /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
         shi_weight: f64,
     },
+    /// SABR: robust cross-entropy of IBP margins over a box of radius `ratio·ε` around a PGD
+    /// point (its centre kept inside the ε-box).
+    Sabr {
+        /// Radius of the full ℓ∞ box.
+        eps: f64,
+        /// The small box's radius as a fraction of ε.
+        ratio: f64,
+        /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
+        shi_weight: f64,
+        /// The centre search.
+        search: PointSearch,
+    },
+    /// PGD adversarial training: cross-entropy at a PGD point.
+    Pgd {
+        /// The attack.
+        search: PointSearch,
+    },
+    /// MTL-IBP: `α·` robust cross-entropy of IBP margins over the ε-box `+ (1 − α)·`
+    /// cross-entropy at a PGD point.
+    MtlIbp {
+        /// Radius of the ℓ∞ input box.
+        eps: f64,
+        /// Weight of the IBP loss.
+        alpha: f64,
+        /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
+        shi_weight: f64,
+        /// The attack.
+        search: PointSearch,
+    },
 }
 
 impl Objective {
     /// The objective of a step of `method` with the schedule at `values` (Shi's regulariser
-    /// weighted by `shi_weight`), or `None` when autograd must run it (a robust loss other than
-    /// IBP's, or no final linear layer).
+    /// weighted by `shi_weight`), or `None` when autograd must run it (CROWN-IBP's or TAPS'
+    /// loss, or no final linear layer).
     pub fn for_step(
         net: &Net,
         method: Method,
         values: ScheduleValues,
         shi_weight: f64,
+        config: &TrainConfig,
     ) -> Option<Objective> {
         let eps = values.eps;
         if method == Method::Standard || eps <= 0.0 {
             return Some(Objective::Natural);
         }
-        let kappa = match method {
-            Method::Ibp => values.kappa,
+        let objective = match method {
+            Method::Ibp => Objective::Ibp {
+                eps,
+                kappa: values.kappa,
+                shi_weight,
+            },
             // TAPS trains on the plain IBP loss while ε ramps (its own loss starts at full ε).
-            Method::Taps if values.ramp_progress < 1.0 => 0.0,
+            Method::Taps if values.ramp_progress < 1.0 => Objective::Ibp {
+                eps,
+                kappa: 0.0,
+                shi_weight,
+            },
+            Method::Sabr => Objective::Sabr {
+                eps,
+                ratio: config.subselection_ratio,
+                shi_weight,
+                search: PointSearch::sabr(
+                    eps,
+                    config.pgd_eps_factor,
+                    config.pgd_steps,
+                    config.pgd_alpha,
+                ),
+            },
+            Method::Pgd => Objective::Pgd {
+                search: PointSearch::training(eps, config.pgd_steps, config.pgd_alpha),
+            },
+            Method::MtlIbp => Objective::MtlIbp {
+                eps,
+                alpha: config.mtl_ibp_alpha,
+                shi_weight,
+                search: PointSearch::training(
+                    eps * config.mtl_ibp_eps_factor,
+                    config.pgd_steps,
+                    config.pgd_alpha,
+                ),
+            },
             _ => return None,
         };
         let last_is_linear = matches!(net.layers().last(), Some(Layer::Linear { .. }));
-        last_is_linear.then_some(Objective::Ibp {
-            eps,
-            kappa,
-            shi_weight,
+        last_is_linear.then_some(objective)
+    }
+
+    /// The weights of the step's terms: the natural loss, the IBP loss over the box, the
+    /// cross-entropy at the attack point.
+    fn weights(&self) -> (f64, f64, f64) {
+        match self {
+            Objective::Natural => (1.0, 0.0, 0.0),
+            Objective::Ibp { kappa, .. } => (*kappa, 1.0 - kappa, 0.0),
+            Objective::Sabr { .. } => (0.0, 1.0, 0.0),
+            Objective::Pgd { .. } => (0.0, 0.0, 1.0),
+            Objective::MtlIbp { alpha, .. } => (0.0, *alpha, 1.0 - alpha),
+        }
+    }
+
+    /// The attack the step runs, if any.
+    fn search(&self) -> Option<&PointSearch> {
+        match self {
+            Objective::Sabr { search, .. }
+            | Objective::Pgd { search }
+            | Objective::MtlIbp { search, .. } => Some(search),
+            Objective::Natural | Objective::Ibp { .. } => None,
+        }
+    }
+
+    /// The box the interval pass bounds (`point`: the attack's), with Shi's weight on it.
+    fn input_box(
+        &self,
+        images: &Tensor,
+        point: Option<&Tensor>,
+    ) -> Result<Option<(Interval, f64)>, TrainError> {
+        Ok(match self {
+            Objective::Natural | Objective::Pgd { .. } => None,
+            Objective::Ibp {
+                eps, shi_weight, ..
+            }
+            | Objective::MtlIbp {
+                eps, shi_weight, ..
+            } => Some((Interval::linf_ball(images, *eps)?, *shi_weight)),
+            Objective::Sabr {
+                eps,
+                ratio,
+                shi_weight,
+                ..
+            } => {
+                let point = point.ok_or_else(|| {
+                    TrainError::internal("SABR's small box without its centre search".into())
+                })?;
+                Some((small_box_around(images, point, *eps, *ratio)?, *shi_weight))
+            }
         })
     }
 }
@@ -106,38 +221,59 @@ pub struct StepGradients {
 }
 
 /// Loss and gradients of `objective` on one batch, updating BatchNorm running statistics as
-/// [`Net::forward_train`] does. `labels` are `u32`; `l1_weight` scales `Σ |W|`.
+/// [`Net::forward_train`] does. `labels` are `u32`; `l1_weight` scales `Σ |W|`; `rng` draws the
+/// attack's random start.
 pub fn loss_and_gradients(
     net: &mut Net,
-    images: &Tensor,
-    labels: &Tensor,
-    objective: Objective,
+    (images, labels): (&Tensor, &Tensor),
+    objective: &Objective,
     l1_weight: f64,
+    rng: &mut StdRng,
 ) -> Result<StepGradients, TrainError> {
     let layers: Vec<Layer> = net.layers().to_vec();
     let label_values = labels.to_vec1::<u32>()?;
-    let clean = clean::forward(net, &layers, images)?;
-    let (batch, classes) = clean.logits.dims2()?;
-    let (natural_loss, natural_gradient) =
-        cross_entropy_gradient(&clean.logits.to_vec2::<f32>()?, &label_values)?;
+    let (natural_weight, box_weight, point_weight) = objective.weights();
+    let (batch, classes) = (images.dim(0)?, net.num_classes());
+    // The clean pass matters for the natural loss and for BatchNorm's batch statistics only.
+    let has_batch_norm = layers
+        .iter()
+        .any(|layer| matches!(layer, Layer::BatchNorm { .. }));
+    let clean = if natural_weight != 0.0 || has_batch_norm {
+        clean::forward(BatchNorms::Own(net), &layers, images)?
+    } else {
+        CleanPass::skipped()?
+    };
+    let (natural_loss, natural_gradient) = if natural_weight != 0.0 {
+        cross_entropy_gradient(&clean.logits.to_vec2::<f32>()?, &label_values)?
+    } else {
+        (0.0, Vec::new())
+    };
 
-    let mut loss = natural_loss;
-    let mut kappa = 1.0;
+    // Attacks and the attack point's pass read the clean batch's maps as constants; the
+    // gradient through its statistics reaches them by the BatchNorm sums.
+    let fixed: HashMap<usize, BatchNormAffine> = clean
+        .batch_norms
+        .iter()
+        .map(|(index, affine)| (*index, affine.held_fixed()))
+        .collect();
+    let point = match objective.search() {
+        Some(search) => {
+            let network = InputGradientPass::new(&layers, &fixed);
+            Some(search.run(&network, images, labels, rng)?)
+        }
+        None => None,
+    };
+
+    let mut loss = natural_weight * natural_loss;
     let mut gradients = Gradients::default();
     let mut robust = None;
-    if let Objective::Ibp {
-        eps,
-        kappa: mix,
-        shi_weight,
-    } = objective
-    {
-        kappa = mix;
+    if let Some((input, shi_weight)) = objective.input_box(images, point.as_ref())? {
         let Some(Layer::Linear { weight, bias }) = layers.last() else {
             return Err(TrainError::Data(
                 "the IBP reverse pass needs a final linear layer".into(),
             ));
         };
-        let pass = interval::forward(net, &layers, images, eps, &clean.batch_norms)?;
+        let pass = interval::forward(&layers, (&input.lower, &input.upper), &clean.batch_norms)?;
         let shi = if shi_weight > 0.0 {
             let input_radius = pass.input_radius.ok_or_else(|| {
                 TrainError::internal("an IBP step on a network of normalisations only".into())
@@ -156,7 +292,7 @@ pub fn loss_and_gradients(
         )?;
         let (robust_loss, margin_gradient) =
             robust_cross_entropy_gradient(&bounds.margins.to_vec2::<f32>()?, &label_values)?;
-        loss = kappa * natural_loss + (1.0 - kappa) * robust_loss;
+        loss += box_weight * robust_loss;
         let shi_gradients = match shi {
             Some((value, gradients)) => {
                 loss += value;
@@ -165,7 +301,7 @@ pub fn loss_and_gradients(
             None => HashMap::new(),
         };
         let margin_gradient = Tensor::from_vec(
-            scaled(&margin_gradient, 1.0 - kappa),
+            scaled(&margin_gradient, box_weight),
             (batch, classes - 1),
             images.device(),
         )?;
@@ -178,19 +314,34 @@ pub fn loss_and_gradients(
             shi_gradients,
         });
     }
-    let clean_gradient = Tensor::from_vec(
-        scaled(&natural_gradient, kappa),
-        (batch, classes),
-        images.device(),
-    )?;
-    backward(
-        &layers,
-        clean.saved,
-        &clean.batch_norms,
-        clean_gradient,
+    let mut attacked = None;
+    if let Some(point) = point.filter(|_| point_weight > 0.0) {
+        let pass = clean::forward(BatchNorms::Fixed(&fixed), &layers, &point)?;
+        let (point_loss, point_gradient) =
+            cross_entropy_gradient(&pass.logits.to_vec2::<f32>()?, &label_values)?;
+        loss += point_weight * point_loss;
+        let gradient = Tensor::from_vec(
+            scaled(&point_gradient, point_weight),
+            (batch, classes),
+            images.device(),
+        )?;
+        attacked = Some((pass.saved, gradient));
+    }
+    let clean_gradient = (natural_weight != 0.0)
+        .then(|| {
+            Tensor::from_vec(
+                scaled(&natural_gradient, natural_weight),
+                (batch, classes),
+                images.device(),
+            )
+        })
+        .transpose()?;
+    let tops = Tops {
+        clean: (clean.saved, clean_gradient),
         robust,
-        &mut gradients,
-    )?;
+        attacked,
+    };
+    backward(&layers, tops, (&clean.batch_norms, &fixed), &mut gradients)?;
     if l1_weight > 0.0 {
         for layer in &layers {
             if let Layer::Conv2d { weight, .. } | Layer::Linear { weight, .. } = layer {
@@ -212,14 +363,24 @@ struct RobustTop {
     shi_gradients: HashMap<usize, BoxGradient>,
 }
 
-/// Both passes backward from the top, interval layer `i` before the clean step starting at `i`
-/// (a BatchNorm's clean backward reads its interval backward's scale and shift sums).
+/// What each pass kept and the gradient of its output: the clean pass (`None`: its output
+/// does not reach the loss), the interval pass, the attack point's clean pass.
+struct Tops {
+    clean: (Vec<(usize, CleanSaved)>, Option<Tensor>),
+    robust: Option<RobustTop>,
+    attacked: Option<(Vec<(usize, CleanSaved)>, Tensor)>,
+}
+
+/// Every pass backward from the top, layer by layer: at each layer the interval pass and the
+/// attack point's before the clean step starting there (a BatchNorm's clean backward reads the
+/// others' scale and shift sums). `batch_norms` are the clean batch's maps, owned and fixed.
 fn backward(
     layers: &[Layer],
-    clean: Vec<(usize, CleanSaved)>,
-    batch_norms: &HashMap<usize, BatchNormAffine>,
-    clean_gradient: Tensor,
-    robust: Option<RobustTop>,
+    tops: Tops,
+    (owned, fixed): (
+        &HashMap<usize, BatchNormAffine>,
+        &HashMap<usize, BatchNormAffine>,
+    ),
     gradients: &mut Gradients,
 ) -> Result<(), TrainError> {
     let count = layers.len();
@@ -232,13 +393,18 @@ fn backward(
             )
         })
         .unwrap_or(count);
-    let (boxes, mut box_gradient, shi_gradients) = match robust {
+    let (boxes, mut box_gradient, shi_gradients) = match tops.robust {
         Some(top) => (top.boxes, Some(top.box_gradient), top.shi_gradients),
         None => (Vec::new(), None, HashMap::new()),
     };
-    let mut g = clean_gradient;
-    let mut interval_sums: HashMap<usize, (Vec<f32>, Vec<f32>)> = HashMap::new();
+    let (clean, mut g) = tops.clean;
     let mut clean_steps = clean.into_iter().rev().peekable();
+    let (attacked, mut attack_g) = match tops.attacked {
+        Some((saved, gradient)) => (saved, Some(gradient)),
+        None => (Vec::new(), None),
+    };
+    let mut attack_steps = attacked.into_iter().rev().peekable();
+    let mut sums = BatchNormSums::new();
     for index in (first_parameter..count).rev() {
         let needs_input = index > first_parameter;
         if index < count - 1
@@ -248,24 +414,51 @@ fn backward(
                 &layers[index],
                 &boxes[index],
                 box_gradients,
-                (batch_norms.get(&index), shi_gradients.get(&index)),
+                (owned.get(&index), shi_gradients.get(&index)),
                 needs_input,
                 gradients,
-                &mut interval_sums,
+                &mut sums,
                 index,
             )?;
         }
+        if attack_steps.peek().map(|(start, _)| *start) == Some(index) {
+            let (_, saved) = attack_steps.next().expect("peeked");
+            if let Some(gradient) = attack_g.take() {
+                attack_g = Some(clean::backward(
+                    (index, &layers[index]),
+                    saved,
+                    gradient,
+                    fixed.get(&index),
+                    &mut sums,
+                    needs_input,
+                    Some(gradients),
+                )?);
+            }
+        }
         if clean_steps.peek().map(|(start, _)| *start) == Some(index) {
             let (_, saved) = clean_steps.next().expect("peeked");
-            g = clean::backward(
-                &layers[index],
-                saved,
-                g,
-                batch_norms.get(&index),
-                interval_sums.remove(&index),
-                needs_input,
-                gradients,
-            )?;
+            // A clean pass whose output the loss does not read matters from its first BatchNorm
+            // down, through the batch statistics the other passes read.
+            let gradient = match g.take() {
+                Some(gradient) => Some(gradient),
+                None => match &saved {
+                    CleanSaved::BatchNorm { input, .. } if sums.contains_key(&index) => {
+                        Some(input.zeros_like()?)
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(gradient) = gradient {
+                g = Some(clean::backward(
+                    (index, &layers[index]),
+                    saved,
+                    gradient,
+                    owned.get(&index),
+                    &mut sums,
+                    needs_input,
+                    Some(gradients),
+                )?);
+            }
         }
     }
     Ok(())

@@ -146,6 +146,14 @@ fn reverse_pass_matches_autograd_in_loss_gradients_and_running_statistics() {
         (Method::Ibp, 0.02, 0.0, 1e-3, 1.0),
         // TAPS while ε ramps: IBP's loss alone (κ is not TAPS'), with Shi's regulariser.
         (Method::Taps, 0.05, 0.7, 1e-3, 0.5),
+        // The attacking methods: their attack points by the input-gradient pass (the same
+        // random starts on both sides), then the losses at them.
+        (Method::Sabr, 0.1, 0.5, 0.0, 0.0),
+        (Method::Sabr, 0.05, 0.5, 1e-3, 0.5),
+        (Method::Pgd, 0.1, 0.5, 0.0, 0.0),
+        (Method::Pgd, 0.05, 0.5, 1e-3, 0.0),
+        (Method::MtlIbp, 0.1, 0.5, 0.0, 0.0),
+        (Method::MtlIbp, 0.05, 0.5, 1e-3, 0.5),
     ];
     for (spec_index, spec) in specs().iter().enumerate() {
         for &(method, eps, kappa, l1, shi) in &cases {
@@ -154,15 +162,18 @@ fn reverse_pass_matches_autograd_in_loss_gradients_and_running_statistics() {
             let mut reference = network(spec);
             let (images, labels) = batch(spec, ours.num_classes());
             let schedule = ramping(eps, kappa, 0.5);
-            let objective =
-                Objective::for_step(&ours, method, schedule, 0.5 * shi).expect("covered step");
-            let step = loss_and_gradients(&mut ours, &images, &labels, objective, l1).unwrap();
-
             let config = TrainConfig {
                 l1_reg_weight: l1,
                 shi_reg_weight: shi,
+                mtl_ibp_alpha: 0.3,
                 ..TrainConfig::default()
             };
+            let objective = Objective::for_step(&ours, method, schedule, 0.5 * shi, &config)
+                .expect("covered step");
+            let mut rng = StdRng::seed_from_u64(0);
+            let step = loss_and_gradients(&mut ours, (&images, &labels), &objective, l1, &mut rng)
+                .unwrap();
+
             let robust = implementation(method);
             let mut rng = StdRng::seed_from_u64(0);
             let loss = autograd_loss(
@@ -296,26 +307,42 @@ fn shi_regularizer_gradient_agrees_with_finite_differences_when_every_term_is_ac
 fn steps_the_reverse_pass_does_not_cover_are_left_to_autograd() {
     let spec = &specs()[0];
     let net = network(spec);
+    let config = TrainConfig::default();
+    let objective = |method, values, shi| Objective::for_step(&net, method, values, shi, &config);
     assert_eq!(
-        Objective::for_step(&net, Method::Sabr, values(0.0, 0.5), 0.0),
+        objective(Method::Sabr, values(0.0, 0.5), 0.0),
         Some(Objective::Natural),
         "warm-up steps of every method are natural"
     );
+    assert_eq!(objective(Method::CrownIbp, values(0.1, 0.5), 0.0), None);
+    assert!(matches!(
+        objective(Method::Sabr, values(0.1, 0.5), 0.0),
+        Some(Objective::Sabr { eps: 0.1, .. })
+    ));
+    assert!(matches!(
+        objective(Method::MtlIbp, values(0.1, 0.5), 0.0),
+        Some(Objective::MtlIbp { eps: 0.1, .. })
+    ));
+    assert!(matches!(
+        objective(Method::Pgd, values(0.1, 0.5), 0.0),
+        Some(Objective::Pgd { .. })
+    ));
     assert_eq!(
-        Objective::for_step(&net, Method::CrownIbp, values(0.1, 0.5), 0.0),
-        None
-    );
-    assert_eq!(
-        Objective::for_step(&net, Method::Sabr, values(0.1, 0.5), 0.0),
-        None
-    );
-    assert_eq!(
-        Objective::for_step(&net, Method::Taps, values(0.1, 0.5), 0.0),
+        objective(Method::Taps, values(0.1, 0.5), 0.0),
         None,
         "TAPS' own loss at full ε"
     );
+    assert_eq!(objective(Method::Staps, values(0.1, 0.5), 0.0), None);
+    let mut no_final_linear = spec.clone();
+    no_final_linear.layers.push(LayerSpec::Relu);
+    let net = Net::new(&no_final_linear, Initialization::Default, 3).unwrap();
     assert_eq!(
-        Objective::for_step(&net, Method::Taps, ramping(0.05, 0.5, 0.5), 0.2),
+        Objective::for_step(&net, Method::Sabr, values(0.1, 0.5), 0.0, &config),
+        None,
+        "a net not ending in a linear layer"
+    );
+    assert_eq!(
+        objective(Method::Taps, ramping(0.05, 0.5, 0.5), 0.2),
         Some(Objective::Ibp {
             eps: 0.05,
             kappa: 0.0,
@@ -324,11 +351,84 @@ fn steps_the_reverse_pass_does_not_cover_are_left_to_autograd() {
         "TAPS ramps on IBP's loss without κ"
     );
     assert_eq!(
-        Objective::for_step(&net, Method::Ibp, values(0.1, 0.5), 0.2),
+        objective(Method::Ibp, values(0.1, 0.5), 0.2),
         Some(Objective::Ibp {
             eps: 0.1,
             kappa: 0.5,
             shi_weight: 0.2
         })
     );
+}
+
+#[test]
+fn input_gradient_pass_matches_autograd_in_logits_and_input_gradients() {
+    use crate::attack::{AttackLoss, Autograd, InputGradient};
+    use crate::model::Normalization;
+    for (spec_index, spec) in specs().iter().enumerate() {
+        let mut net = network(spec);
+        let (images, labels) = batch(spec, net.num_classes());
+        let (_, statistics) = net.forward_train(&images).unwrap();
+        let statistics = statistics.detached();
+        for normalization in [Normalization::Population, Normalization::Batch(&statistics)] {
+            let maps = fixed_batch_norms(&net, normalization).unwrap();
+            let ours = InputGradientPass::new(net.layers(), &maps);
+            let reference = Autograd::new(&net, normalization);
+            for loss in [AttackLoss::CrossEntropy, AttackLoss::Margin] {
+                let label = format!("net {spec_index}, {normalization:?}, {loss:?}");
+                let target = Some((&labels, loss));
+                let (logits, gradient) = ours.logits_and_gradient(&images, target).unwrap();
+                let (expected_logits, expected) =
+                    reference.logits_and_gradient(&images, target).unwrap();
+                assert_close(&format!("{label}: logits"), &logits, &expected_logits, 1e-6);
+                assert_close(
+                    &format!("{label}: input gradient"),
+                    &gradient.unwrap(),
+                    &expected.unwrap(),
+                    1e-6,
+                );
+                let (plain, none) = ours.logits_and_gradient(&images, None).unwrap();
+                assert!(none.is_none(), "{label}: a gradient nobody asked for");
+                assert_close(&format!("{label}: plain logits"), &plain, &logits, 1e-6);
+            }
+        }
+    }
+}
+
+#[test]
+fn attacks_through_the_input_gradient_pass_find_what_autograd_attacks_find() {
+    use crate::attack::{PgdConfig, pgd_attack_in_box, pgd_attack_through};
+    use crate::model::Normalization;
+    let training = PgdConfig::training(5, 0.3).with_decays_after_steps(&[2, 4], 0.1);
+    let evaluation = PgdConfig {
+        steps: 6,
+        restarts: 2,
+        ..PgdConfig::evaluation()
+    };
+    for (spec_index, spec) in specs().iter().enumerate() {
+        let mut net = network(spec);
+        let (images, labels) = batch(spec, net.num_classes());
+        let (_, statistics) = net.forward_train(&images).unwrap();
+        let statistics = statistics.detached();
+        for (config, normalization) in [
+            (&training, Normalization::Batch(&statistics)),
+            (&evaluation, Normalization::Population),
+        ] {
+            let label = format!("net {spec_index}, {config:?}");
+            let maps = fixed_batch_norms(&net, normalization).unwrap();
+            let pass = InputGradientPass::new(net.layers(), &maps);
+            let mut rng = StdRng::seed_from_u64(9);
+            let ours = pgd_attack_through(&pass, &images, &labels, 0.2, config, &mut rng).unwrap();
+            let mut rng = StdRng::seed_from_u64(9);
+            let expected =
+                pgd_attack_in_box(&net, &images, &labels, 0.2, config, normalization, &mut rng)
+                    .unwrap();
+            assert_eq!(ours.robust, expected.robust, "{label}: robust samples");
+            assert_close(
+                &format!("{label}: adversarial points"),
+                &ours.adversarial,
+                &expected.adversarial,
+                1.0,
+            );
+        }
+    }
 }

@@ -12,9 +12,10 @@ mod standard;
 mod taps;
 
 use super::TrainError;
+use super::backprop::{InputGradientPass, fixed_batch_norms};
 use super::config::{Method, TrainConfig};
 use super::schedule::ScheduleValues;
-use crate::attack::{PgdConfig, pgd_attack_in_box};
+use crate::attack::{InputGradient, PgdConfig, pgd_attack_through};
 use crate::bounds::{
     Interval, IntervalTrace, interval_spec_bounds, interval_trace, margin_spec, robust_logits,
 };
@@ -94,53 +95,74 @@ const SABR_DECAY_STEPS: [usize; 2] = [4, 7];
 /// Step-size multiplier at each of [`SABR_DECAY_STEPS`].
 const SABR_DECAY_FACTOR: f64 = 0.1;
 
-/// A training PGD point inside `B(x, radius) ∩ [0,1]`: cross-entropy ascent from a random
-/// start, no early stop, the highest-loss iterate kept (CTRAIN).
+/// A training attack: its radius and settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PointSearch {
+    /// Radius of the ℓ∞ ball searched.
+    pub radius: f64,
+    /// The PGD settings.
+    pub attack: PgdConfig,
+}
+
+impl PointSearch {
+    /// A training PGD point inside `B(x, radius) ∩ [0,1]`: cross-entropy ascent from a random
+    /// start, no early stop, the highest-loss iterate kept (CTRAIN).
+    pub(crate) fn training(radius: f64, steps: usize, step_size: f64) -> PointSearch {
+        PointSearch {
+            radius,
+            attack: PgdConfig::training(steps.max(1), step_size),
+        }
+    }
+
+    /// SABR's centre search over `B(x, ε·eps_factor)`, its step size decayed as CTRAIN's.
+    pub(crate) fn sabr(eps: f64, eps_factor: f64, steps: usize, step_size: f64) -> PointSearch {
+        let mut search = PointSearch::training(eps * eps_factor, steps, step_size);
+        search.attack = search
+            .attack
+            .with_decays_after_steps(&SABR_DECAY_STEPS, SABR_DECAY_FACTOR);
+        search
+    }
+
+    /// The point found for `images` on the net as `network` differentiates it.
+    pub(crate) fn run(
+        &self,
+        network: &dyn InputGradient,
+        images: &Tensor,
+        labels: &Tensor,
+        rng: &mut StdRng,
+    ) -> Result<Tensor, TrainError> {
+        let outcome = pgd_attack_through(network, images, labels, self.radius, &self.attack, rng)?;
+        Ok(outcome.adversarial)
+    }
+}
+
+/// The attack point of `search` on the context's net at the clean batch's statistics, its input
+/// gradients by the reverse pass's input-gradient pass.
+fn attack_with(context: &mut StepContext<'_>, search: &PointSearch) -> Result<Tensor, TrainError> {
+    let batch_norms = fixed_batch_norms(context.net, Normalization::Batch(context.statistics))?;
+    let network = InputGradientPass::new(context.net.layers(), &batch_norms);
+    search.run(&network, context.images, context.labels, context.rng)
+}
+
+/// A training PGD point of `B(x, radius)` (see [`PointSearch::training`]).
 pub(crate) fn attack_point(
     context: &mut StepContext<'_>,
     radius: f64,
     steps: usize,
     step_size: f64,
 ) -> Result<Tensor, TrainError> {
-    attack_with(
-        context,
-        radius,
-        PgdConfig::training(steps.max(1), step_size),
-    )
+    attack_with(context, &PointSearch::training(radius, steps, step_size))
 }
 
-fn attack_with(
-    context: &mut StepContext<'_>,
-    radius: f64,
-    config: PgdConfig,
-) -> Result<Tensor, TrainError> {
-    let statistics = context.statistics.detached();
-    let outcome = pgd_attack_in_box(
-        context.net,
-        context.images,
-        context.labels,
-        radius,
-        &config,
-        Normalization::Batch(&statistics),
-        context.rng,
-    )?;
-    Ok(outcome.adversarial)
-}
-
-/// SABR's small box: radius `λ·ε` around the attack point, its centre pulled inside the
-/// clipped ε-box so the small box never leaves it.
-pub(crate) fn small_box(
-    context: &mut StepContext<'_>,
+/// SABR's small box: radius `λ·ε` (`ratio`) around the attack point, its centre pulled inside
+/// the clipped ε-box so the small box never leaves it.
+pub(crate) fn small_box_around(
+    images: &Tensor,
+    point: &Tensor,
+    eps: f64,
     ratio: f64,
-    steps: usize,
-    step_size: f64,
-    eps_factor: f64,
 ) -> Result<Interval, TrainError> {
-    let eps = context.schedule.eps;
-    let full = Interval::linf_ball(context.images, eps)?;
-    let attack = PgdConfig::training(steps.max(1), step_size)
-        .with_decays_after_steps(&SABR_DECAY_STEPS, SABR_DECAY_FACTOR);
-    let point = attack_with(context, eps * eps_factor, attack)?;
+    let full = Interval::linf_ball(images, eps)?;
     let small = eps * ratio;
     let centre = point
         .maximum(&(&full.lower + small)?)?
@@ -149,4 +171,19 @@ pub(crate) fn small_box(
         lower: (&centre - small)?.maximum(&full.lower)?,
         upper: (&centre + small)?.minimum(&full.upper)?,
     })
+}
+
+/// SABR's small box of the context's batch (see [`small_box_around`]) after a centre search of
+/// `steps` steps of `step_size·ε` over `B(x, ε·eps_factor)`.
+pub(crate) fn small_box(
+    context: &mut StepContext<'_>,
+    ratio: f64,
+    steps: usize,
+    step_size: f64,
+    eps_factor: f64,
+) -> Result<Interval, TrainError> {
+    let eps = context.schedule.eps;
+    let search = PointSearch::sabr(eps, eps_factor, steps, step_size);
+    let point = attack_with(context, &search)?;
+    small_box_around(context.images, &point, eps, ratio)
 }

@@ -1,0 +1,124 @@
+//! The input-gradient pass of training attacks: the clean forward pass at BatchNorm maps held
+//! fixed and its backward into the input alone, no parameter gradients and no graph.
+
+use super::clean::{self, BatchNormAffine, BatchNormSums, BatchNorms};
+use super::loss::cross_entropy_gradient;
+use crate::attack::{AttackError, AttackLoss, InputGradient};
+use crate::model::{Layer, Net, Normalization};
+use crate::train::TrainError;
+use candle_core::Tensor;
+use std::collections::HashMap;
+
+/// A network as a training attack reads it: its layers and each BatchNorm's fixed affine map.
+pub(crate) struct InputGradientPass<'a> {
+    layers: &'a [Layer],
+    batch_norms: &'a HashMap<usize, BatchNormAffine>,
+}
+
+impl<'a> InputGradientPass<'a> {
+    /// The pass over `layers` with BatchNorm maps `batch_norms` (every BatchNorm's, by index).
+    pub(crate) fn new(
+        layers: &'a [Layer],
+        batch_norms: &'a HashMap<usize, BatchNormAffine>,
+    ) -> InputGradientPass<'a> {
+        InputGradientPass {
+            layers,
+            batch_norms,
+        }
+    }
+}
+
+/// Every BatchNorm of `net` as the fixed map it applies under `normalization`.
+pub(crate) fn fixed_batch_norms(
+    net: &Net,
+    normalization: Normalization<'_>,
+) -> Result<HashMap<usize, BatchNormAffine>, TrainError> {
+    let mut maps = HashMap::new();
+    for (index, layer) in net.layers().iter().enumerate() {
+        if let Layer::BatchNorm { .. } = layer {
+            let (scale, shift) = net.batch_norm_affine(index, normalization)?;
+            maps.insert(index, BatchNormAffine::fixed(&scale, &shift)?);
+        }
+    }
+    Ok(maps)
+}
+
+impl InputGradient for InputGradientPass<'_> {
+    fn logits_and_gradient(
+        &self,
+        x: &Tensor,
+        target: Option<(&Tensor, AttackLoss)>,
+    ) -> Result<(Tensor, Option<Tensor>), AttackError> {
+        self.run(x, target)
+            .map_err(|error| AttackError::Gradient(error.to_string()))
+    }
+}
+
+impl InputGradientPass<'_> {
+    fn run(
+        &self,
+        x: &Tensor,
+        target: Option<(&Tensor, AttackLoss)>,
+    ) -> Result<(Tensor, Option<Tensor>), TrainError> {
+        let pass = clean::forward(BatchNorms::Fixed(self.batch_norms), self.layers, x)?;
+        let Some((labels, loss)) = target else {
+            return Ok((pass.logits, None));
+        };
+        let rows = pass.logits.to_vec2::<f32>()?;
+        let labels = labels.to_vec1::<u32>()?;
+        let gradient = summed_objective_gradient(&rows, &labels, loss)?;
+        let mut g = Tensor::from_vec(gradient, pass.logits.dims(), x.device())?;
+        let mut no_sums = BatchNormSums::new();
+        for (index, saved) in pass.saved.into_iter().rev() {
+            g = clean::backward(
+                (index, &self.layers[index]),
+                saved,
+                g,
+                self.batch_norms.get(&index),
+                &mut no_sums,
+                true,
+                None,
+            )?;
+        }
+        Ok((pass.logits, Some(g)))
+    }
+}
+
+/// The gradient in the logits of the attack objective summed over the rows, as autograd
+/// differentiates `attack::attack_loss` (a margin's maximum passes gradient to every tied
+/// class).
+fn summed_objective_gradient(
+    rows: &[Vec<f32>],
+    labels: &[u32],
+    loss: AttackLoss,
+) -> Result<Vec<f32>, TrainError> {
+    match loss {
+        AttackLoss::CrossEntropy => {
+            let (_, mean_gradient) = cross_entropy_gradient(rows, labels)?;
+            let batch = rows.len() as f32;
+            Ok(mean_gradient.into_iter().map(|g| g * batch).collect())
+        }
+        AttackLoss::Margin => {
+            let mut gradient = Vec::with_capacity(rows.len() * rows.first().map_or(0, Vec::len));
+            for (row, &label) in rows.iter().zip(labels) {
+                let label = label as usize;
+                let other = row
+                    .iter()
+                    .enumerate()
+                    .filter(|&(class, _)| class != label)
+                    .map(|(_, &z)| z)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                gradient.extend(row.iter().enumerate().map(|(class, &z)| {
+                    if class == label {
+                        -1.0
+                    } else if z == other {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                }));
+            }
+            Ok(gradient)
+        }
+    }
+}
