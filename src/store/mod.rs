@@ -77,6 +77,8 @@ pub mod attrs {
     /// `true` on a FAIL trial that was interrupted (Ctrl-C, killed process), not failed on its
     /// own: it does not count against the budget and its configuration runs again.
     pub const INTERRUPTED: &str = "interrupted";
+    /// Test-set evaluation of the configuration retrained by `cthpo evaluate` (a JSON object).
+    pub const TEST_EVALUATION: &str = "test_evaluation";
 }
 
 /// Handle on one study database (an SQLite file or a PostgreSQL database) and the study
