@@ -1,11 +1,11 @@
-//! Soundness of IBP, CROWN-IBP and CROWN: points sampled inside the ε-box must land inside the
+//! Soundness of IBP, CROWN-IBP, CROWN and α-CROWN: points sampled inside the ε-box must land inside the
 //! computed bounds, on builtin architectures and random small networks, with and without BatchNorm;
 //! and tight: IBP equals an independent f64 interval computation, every method is exact on a point.
 
 use candle_core::{Device, Tensor};
 use cthpo::bounds::{
-    BoundMethod, CrownIntermediate, Interval, crown_spec_bounds, interval_trace, margin_spec,
-    robust_logits, spec_bounds, spec_lower_bounds,
+    AlphaConfig, BoundMethod, CrownIntermediate, Interval, alpha_crown_lower_bounds,
+    crown_spec_bounds, interval_trace, margin_spec, robust_logits, spec_bounds, spec_lower_bounds,
 };
 use cthpo::model::{Initialization, LayerSpec, Net, NetSpec, Normalization};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -171,6 +171,17 @@ fn check_soundness(net: &Net, rng: &mut StdRng, batch: usize, eps: f64, per_samp
         .to_vec2::<f32>()
         .unwrap();
 
+    let below_every_point = |label: &str, lower: &[Vec<f32>]| {
+        for (p, &b) in owner.iter().enumerate() {
+            for (row, &value) in margins[p].iter().enumerate() {
+                assert!(
+                    lower[b][row] <= value + TOLERANCE,
+                    "{label}: margin {row} of sample {b} is {value}, below {}",
+                    lower[b][row]
+                );
+            }
+        }
+    };
     let contains_every_point = |label: &str, bounds: &Interval| -> Vec<Vec<f32>> {
         let lower = bounds.lower.to_vec2::<f32>().unwrap();
         let upper = bounds.upper.to_vec2::<f32>().unwrap();
@@ -203,6 +214,11 @@ fn check_soundness(net: &Net, rng: &mut StdRng, batch: usize, eps: f64, per_samp
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
+        if method == BoundMethod::AlphaCrown {
+            // The lower-only path stops optimising certified samples, so it may differ.
+            below_every_point("alpha-crown (lower only)", &lower_only);
+            continue;
+        }
         for (a, b) in lower_only.iter().flatten().zip(lower.iter().flatten()) {
             assert!(
                 (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
@@ -629,6 +645,133 @@ fn every_method_is_exact_on_a_zero_width_box() {
                         upper[b][j]
                     );
                 }
+            }
+        }
+    }
+}
+
+/// Margins of sampled points, each with the index of the sample whose box it was drawn from.
+type SampledMargins = Vec<(usize, Vec<f32>)>;
+
+/// Margin lower bounds of a random net (conv, BatchNorm, normalisation as [`random_spec`] draws
+/// them) by CROWN and by α-CROWN with `config`, with the sampled margins they must stay below.
+fn crown_and_alpha(
+    rng: &mut StdRng,
+    case: u64,
+    eps: f64,
+    config: &AlphaConfig,
+) -> (Vec<f32>, Vec<f32>, SampledMargins) {
+    let spec = random_spec(rng);
+    let net = Net::new(&spec, Initialization::Default, case).unwrap();
+    if net.has_batch_norm() {
+        randomise_batch_norm(&net, rng);
+    }
+    let batch = 3;
+    let inputs = random_inputs(rng, batch, spec.input_shape);
+    let labels: Vec<u32> = (0..batch)
+        .map(|_| rng.random_range(0..net.num_classes() as u32))
+        .collect();
+    let labels = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+    let margin = margin_spec(&labels, net.num_classes()).unwrap();
+    let input = Interval::linf_ball(&inputs, eps).unwrap();
+    let crown = spec_lower_bounds(
+        &net,
+        &input,
+        &margin,
+        BoundMethod::Crown,
+        Normalization::Population,
+    )
+    .unwrap();
+    let alpha =
+        alpha_crown_lower_bounds(&net, &input, &margin, config, Normalization::Population).unwrap();
+    let (points, owner) = sample_points(rng, &input, 100);
+    let logits = net.forward(&points).unwrap();
+    let owner_index = Tensor::new(
+        owner
+            .iter()
+            .map(|&b| b as u32)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let margins = margin
+        .index_select(&owner_index, 0)
+        .unwrap()
+        .matmul(&logits.unsqueeze(2).unwrap())
+        .unwrap()
+        .squeeze(2)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    let flat = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    (
+        flat(crown),
+        flat(alpha),
+        owner.into_iter().zip(margins).collect(),
+    )
+}
+
+#[test]
+fn alpha_crown_is_sound_and_never_looser_than_crown() {
+    let mut rng = StdRng::seed_from_u64(404);
+    let config = AlphaConfig {
+        stop_when_positive: false,
+        ..AlphaConfig::default()
+    };
+    let (mut gain, mut tighter) = (0f64, 0usize);
+    for case in 0..25 {
+        let eps = [0.01, 0.03, 0.1][case as usize % 3];
+        let (crown, alpha, points) = crown_and_alpha(&mut rng, case, eps, &config);
+        let rows = crown.len() / 3;
+        for (c, a) in crown.iter().zip(&alpha) {
+            assert!(
+                *a >= c - TOLERANCE * (1.0 + c.abs()),
+                "case {case}: α {a} < CROWN {c}"
+            );
+            gain += f64::from(a - c);
+            tighter += usize::from(*a > c + 1e-4);
+        }
+        for (b, margins) in &points {
+            for (row, value) in margins.iter().enumerate() {
+                let bound = alpha[b * rows + row];
+                assert!(
+                    bound <= value + TOLERANCE,
+                    "case {case}: {bound} above margin {value}"
+                );
+            }
+        }
+    }
+    // The optimisation must actually move the slopes somewhere.
+    assert!(
+        tighter > 10 && gain > 0.0,
+        "α-CROWN tightened only {tighter} margins"
+    );
+}
+
+#[test]
+fn alpha_crown_stays_sound_when_slopes_hit_the_ends_of_their_range() {
+    // A huge learning rate throws every slope to 0 or 1 after one step; a bound from any slope in
+    // [0, 1] must still lie below every sampled margin (an unsound iterate would be the highest
+    // and so the one kept).
+    let mut rng = StdRng::seed_from_u64(405);
+    let config = AlphaConfig {
+        iterations: 6,
+        learning_rate: 1e3,
+        learning_rate_decay: 1.0,
+        stop_when_positive: false,
+        ..AlphaConfig::default()
+    };
+    for case in 0..15 {
+        let (_, alpha, points) = crown_and_alpha(&mut rng, case, 0.05, &config);
+        let rows = alpha.len() / 3;
+        for (b, margins) in &points {
+            for (row, value) in margins.iter().enumerate() {
+                let bound = alpha[b * rows + row];
+                assert!(
+                    bound <= value + TOLERANCE,
+                    "case {case}: {bound} above margin {value}"
+                );
             }
         }
     }

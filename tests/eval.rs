@@ -341,3 +341,19 @@ fn cascade_accuracies_are_ordered_and_consistent() {
         assert!(sample.certified_by.is_none() || sample.adversarially_robust);
     }
 }
+
+#[test]
+fn certified_curve_area_is_the_trapezoid_rule_over_the_largest_radius() {
+    use cthpo::eval::{RadiusPoint, curve_area};
+    let point = |eps: f64, certified: f64| RadiusPoint {
+        eps,
+        certified_accuracy: certified,
+        adversarial_accuracy: certified,
+    };
+    // A flat curve's area is its height.
+    let flat = [point(0.05, 0.8), point(0.1, 0.8), point(0.2, 0.8)];
+    assert!((curve_area(0.8, &flat) - 0.8).abs() < 1e-12);
+    // Natural 1 at radius 0, then 0.5 at 0.1 and 0 at 0.2: (0.1·0.75 + 0.1·0.25) / 0.2 = 0.5.
+    let falling = [point(0.1, 0.5), point(0.2, 0.0)];
+    assert!((curve_area(1.0, &falling) - 0.5).abs() < 1e-12);
+}

@@ -31,13 +31,32 @@ pub(crate) fn backward_lower_bound(
     relu_bounds: &ReluBounds,
     normalization: Normalization<'_>,
 ) -> Result<Tensor, BoundsError> {
+    backward_lower_bound_with_slopes(net, end, spec, input, relu_bounds, &[], normalization)
+}
+
+/// ReLU lower slopes chosen per specification row, indexed by layer: `Some([B, S, *shape])`
+/// replaces CROWN's adaptive lower slope at that ReLU (α-CROWN); missing or `None` keeps it.
+pub(crate) type LowerSlopes = [Option<Tensor>];
+
+/// [`backward_lower_bound`] with the lower ReLU slopes of `slopes` where given. Sound for any
+/// slope in [0, 1] on unstable neurons (and the exact 0 or 1 on stable ones).
+pub(crate) fn backward_lower_bound_with_slopes(
+    net: &Net,
+    end: usize,
+    spec: Tensor,
+    input: &Interval,
+    relu_bounds: &ReluBounds,
+    slopes: &LowerSlopes,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
     let (batch, specs) = (spec.dim(0)?, spec.dim(1)?);
     let mut state = LinearBound {
         bias: Tensor::zeros((batch, specs), DType::F32, spec.device())?,
         coefficients: spec,
     };
     for index in (0..end).rev() {
-        state = backward_through_layer(net, index, state, relu_bounds, normalization)?;
+        let slope = slopes.get(index).and_then(Option::as_ref);
+        state = backward_through_layer(net, index, state, relu_bounds, slope, normalization)?;
     }
     // min over the box of A·x is A·centre − |A|·radius.
     let coefficients = state.coefficients.flatten_from(2)?;
@@ -74,6 +93,7 @@ fn backward_through_layer(
     index: usize,
     state: LinearBound,
     relu_bounds: &ReluBounds,
+    lower_slope: Option<&Tensor>,
     normalization: Normalization<'_>,
 ) -> Result<LinearBound, BoundsError> {
     let LinearBound { coefficients, bias } = state;
@@ -137,9 +157,12 @@ fn backward_through_layer(
             // Σ_d A⁻[b, s, d] · intercept[b, d] as a batched matrix-vector product.
             let intercept = relaxation.upper_intercept.flatten_from(1)?.unsqueeze(2)?;
             let bias_term = negative.flatten_from(2)?.matmul(&intercept)?.squeeze(2)?;
+            let lower_part = match lower_slope {
+                Some(per_spec) => (&positive * per_spec)?,
+                None => spec_mul(&positive, &relaxation.lower_slope)?,
+            };
             LinearBound {
-                coefficients: (spec_mul(&positive, &relaxation.lower_slope)?
-                    + spec_mul(&negative, &relaxation.upper_slope)?)?,
+                coefficients: (lower_part + spec_mul(&negative, &relaxation.upper_slope)?)?,
                 bias: (bias + bias_term)?,
             }
         }

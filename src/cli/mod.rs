@@ -28,6 +28,7 @@ macro_rules! out {
 }
 
 mod best;
+mod evaluate;
 mod plot;
 mod resume;
 mod run;
@@ -64,6 +65,9 @@ enum Command {
     Trials(trials::TrialsArgs),
     /// Export the best configuration (and checkpoint) of a study.
     Best(best::BestArgs),
+    /// Retrain a study's chosen configurations on training + validation data and evaluate them
+    /// on the test split (natural, PGD, certified at several radii with α-CROWN).
+    Evaluate(evaluate::EvaluateArgs),
     /// Draw Pareto fronts and optimisation history of studies (PNG and SVG).
     Plot(plot::PlotArgs),
 }
@@ -125,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Trials(args) => trials::run(args),
         Command::Best(args) => best::run(args),
+        Command::Evaluate(args) => evaluate::run(args),
         Command::Plot(args) => plot::run(args),
     };
     match result {

@@ -18,7 +18,9 @@ pub enum VerifyMethod {
     CrownIbp,
     /// Full CROWN only.
     Crown,
-    /// IBP, then CROWN-IBP, then CROWN on what is still undecided.
+    /// α-CROWN (CROWN with optimised lower ReLU slopes) only.
+    AlphaCrown,
+    /// IBP, then CROWN-IBP, then CROWN, then α-CROWN on what is still undecided.
     Cascade,
 }
 
@@ -58,7 +60,7 @@ pub struct VerifyArgs {
     /// PGD restarts.
     #[arg(long, default_value_t = 2)]
     pgd_restarts: usize,
-    /// Samples per batch (full CROWN uses at most 16).
+    /// Samples per batch (full CROWN and α-CROWN use at most 16).
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Seed of the attack's random starts.
@@ -123,6 +125,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         VerifyMethod::Ibp => vec![BoundMethod::Ibp],
         VerifyMethod::CrownIbp => vec![BoundMethod::CrownIbp],
         VerifyMethod::Crown => vec![BoundMethod::Crown],
+        VerifyMethod::AlphaCrown => vec![BoundMethod::AlphaCrown],
         VerifyMethod::Cascade => BoundMethod::ALL.to_vec(),
     };
     config.pgd.steps = args.pgd_steps;
@@ -224,7 +227,7 @@ fn print_table(report: &EvalReport, weights: &std::path::Path) -> anyhow::Result
     );
     for stage in &report.stages {
         outln!(
-            "    {:<10} certified {:>5} of {:>5} attempted  ({:.2} s)",
+            "    {:<11} certified {:>5} of {:>5} attempted  ({:.2} s)",
             stage.method.name(),
             stage.certified,
             stage.attempted,

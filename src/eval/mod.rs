@@ -1,9 +1,16 @@
-//! Natural, adversarial and certified accuracy, including the IBP → CROWN-IBP → CROWN cascade.
+//! Natural, adversarial and certified accuracy, including the IBP → CROWN-IBP → CROWN (→ α-CROWN)
+//! cascade.
 //!
 //! Order of work per batch: clean prediction, PGD on the correctly classified samples, then the
 //! bound methods cheapest first, each only on samples still undecided. A sample PGD breaks is
 //! never handed to a verifier, and a certificate on a sample PGD broke is reported as an error
 //! (it would mean an unsound bound).
+
+mod radius;
+
+pub use radius::{
+    RADIUS_FACTORS, RadiusPoint, RadiusReport, curve_area, evaluate_radii, mean_unstable_relus,
+};
 
 use crate::attack::{AttackError, PgdConfig, pgd_attack, predictions};
 use crate::bounds::{BoundMethod, BoundsError, Interval, margin_lower_bounds};
@@ -24,22 +31,31 @@ pub struct EvalConfig {
     pub methods: Vec<BoundMethod>,
     /// Samples per batch for the attack and the cheap bound methods.
     pub batch_size: usize,
-    /// Samples per batch for full CROWN, whose memory grows with batch × neurons.
+    /// Samples per batch for full CROWN and α-CROWN, whose memory grows with batch × neurons.
     pub crown_batch_size: usize,
     /// Seed of the attack's random starts.
     pub seed: u64,
 }
 
 impl EvalConfig {
-    /// The full cascade IBP → CROWN-IBP → CROWN with the evaluation PGD at radius `eps`.
+    /// The cascade IBP → CROWN-IBP → CROWN studies validate with, and the evaluation PGD, at
+    /// radius `eps`.
     pub fn cascade(eps: f64) -> EvalConfig {
         EvalConfig {
             eps,
             pgd: PgdConfig::evaluation(),
-            methods: BoundMethod::ALL.to_vec(),
+            methods: BoundMethod::FAST.to_vec(),
             batch_size: 256,
             crown_batch_size: 16,
             seed: 0,
+        }
+    }
+
+    /// The full cascade IBP → CROWN-IBP → CROWN → α-CROWN at radius `eps`.
+    pub fn full_cascade(eps: f64) -> EvalConfig {
+        EvalConfig {
+            methods: BoundMethod::ALL.to_vec(),
+            ..EvalConfig::cascade(eps)
         }
     }
 }
@@ -187,7 +203,7 @@ pub fn evaluate(
                 continue;
             }
             let stage_start = Instant::now();
-            let chunk = if stage.method == BoundMethod::Crown {
+            let chunk = if stage.method.is_per_neuron() {
                 config.crown_batch_size.max(1)
             } else {
                 batch_size

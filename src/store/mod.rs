@@ -89,6 +89,8 @@ pub mod attrs {
     /// Multi-fidelity studies: the number of the PRUNED trial whose checkpoint this trial
     /// continues (a promotion to the next rung).
     pub const CONTINUES: &str = "continues_trial";
+    /// Test-set evaluation of the configuration retrained by `cthpo evaluate` (a JSON object).
+    pub const TEST_EVALUATION: &str = "test_evaluation";
 }
 
 /// Handle on one study database (an SQLite file or a PostgreSQL database) and the study

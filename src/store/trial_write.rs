@@ -336,6 +336,18 @@ impl Store {
         })
     }
 
+    /// Sets (or replaces) a user attribute of a trial in any state: for results computed after
+    /// it finished (the test-set evaluation of `cthpo evaluate`). Optuna reads it as any other
+    /// user attribute.
+    pub fn set_finished_trial_user_attr(
+        &self,
+        trial_id: i64,
+        key: &str,
+        value: &Value,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| self.set_attr_in(tx, trial_id, key, value))
+    }
+
     pub(super) fn set_attr_in(
         &self,
         tx: &mut Tx<'_>,
