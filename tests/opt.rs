@@ -4,7 +4,7 @@
 use cthpo::opt::benchmark::{Strategy, branin, mixed, mixed_minimum, problems, regret_curve};
 use cthpo::opt::{
     Forest, Gp, Kernel, Optimizer, OptimizerOptions, Outcome, Proposal, SurrogateKind, halton,
-    hypervolume_2d, latin_hypercube, log_h, non_dominated,
+    hypervolume_2d, latin_hypercube, log_h, log_normal_cdf, non_dominated,
 };
 use cthpo::space::{Space, Value};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -361,4 +361,87 @@ fn pareto_helpers() {
     assert_eq!(non_dominated(&points), vec![0, 1, 3]);
     // Staircase area under reference (6, 6): 5·1 + 4·3 + 1·1 = 18.
     assert!((hypervolume_2d(&points, [6.0, 6.0]) - 18.0).abs() < 1e-12);
+}
+
+#[test]
+fn log_normal_cdf_is_accurate_and_finite_far_in_the_tail() {
+    // erfc is a rational approximation of relative error ≈ 1e-7.
+    assert!((log_normal_cdf(0.0) - 0.5f64.ln()).abs() < 1e-6);
+    // Against Python's math.erfc: log Φ(−3) = −6.6077262215, log Φ(−10) = −53.2312851505.
+    assert!((log_normal_cdf(-3.0) + 6.607_726_221_5).abs() < 1e-6);
+    assert!((log_normal_cdf(-10.0) + 53.231_285_150_5).abs() < 1e-6);
+    assert!((log_normal_cdf(-7.999_999) - log_normal_cdf(-8.000_001)).abs() < 1e-3);
+    for x in [-40.0, -1000.0] {
+        let value = log_normal_cdf(x);
+        assert!(value.is_finite() && value < log_normal_cdf(x / 2.0));
+    }
+    assert!(log_normal_cdf(8.0).abs() < 1e-6);
+}
+
+/// Minimises (x−2)² + (y−2)² subject to x + y ≤ 0 (optimum 8 at the origin; the unconstrained
+/// optimum, 0 at (2, 2), is infeasible) and returns the best feasible cost and how many of the
+/// model's proposals were feasible, out of how many.
+fn constrained_run(surrogate: SurrogateKind, seed: u64, constrained: bool) -> (f64, usize, usize) {
+    let yaml = "hyperparameters:\n  - {name: x, type: float, lower: -5.0, upper: 5.0, default: 4.0}\n  - {name: y, type: float, lower: -5.0, upper: 5.0, default: 4.0}\n";
+    let space = Space::from_yaml(yaml, "constrained").unwrap();
+    let options = OptimizerOptions {
+        seed,
+        trial_budget: 30,
+        candidates: 300,
+        surrogate,
+        ..Default::default()
+    };
+    let mut optimizer = Optimizer::new(space, options);
+    let (mut best, mut feasible_proposals, mut proposals) = (f64::INFINITY, 0, 0);
+    for _ in 0..30 {
+        let config = optimizer.ask();
+        let (x, y) = (config["x"].as_f64().unwrap(), config["y"].as_f64().unwrap());
+        let cost = (x - 2.0).powi(2) + (y - 2.0).powi(2);
+        let constraint = x + y;
+        if optimizer.last_proposal() == Some(Proposal::Model) {
+            proposals += 1;
+            feasible_proposals += usize::from(constraint <= 0.0);
+        }
+        if constraint <= 0.0 {
+            best = best.min(cost);
+        }
+        if constrained {
+            optimizer.tell_constrained(&config, Outcome::Cost(cost), vec![constraint]);
+        } else {
+            optimizer.tell(&config, Outcome::Cost(cost));
+        }
+    }
+    (best, feasible_proposals, proposals)
+}
+
+#[test]
+fn constrained_search_finds_the_feasible_optimum() {
+    for surrogate in [SurrogateKind::Gp, SurrogateKind::Rf] {
+        let runs: Vec<(f64, usize, usize)> = (0..3)
+            .map(|seed| constrained_run(surrogate, seed, true))
+            .collect();
+        let blind: Vec<(f64, usize, usize)> = (0..3)
+            .map(|seed| constrained_run(surrogate, seed, false))
+            .collect();
+        let share = |runs: &[(f64, usize, usize)]| {
+            runs.iter().map(|r| r.1).sum::<usize>() as f64
+                / runs.iter().map(|r| r.2).sum::<usize>().max(1) as f64
+        };
+        // The GP finds the constrained optimum; the forest, coarse on a smooth bowl, is held
+        // only to proposing feasible configurations (measured over these seeds: the GP's best
+        // feasible costs 8.00–8.01, the forest's 9.9–18.7 against 14.9–18.8 without the
+        // constraint model).
+        if surrogate == SurrogateKind::Gp {
+            assert!(
+                median(runs.iter().map(|r| r.0).collect()) < 8.5,
+                "best feasible costs {runs:?}, the optimum is 8"
+            );
+        }
+        assert!(
+            share(&runs) > 0.6 && share(&runs) > share(&blind) + 0.2,
+            "{surrogate:?}: feasible share of model proposals {} (without the constraint model {})",
+            share(&runs),
+            share(&blind)
+        );
+    }
 }

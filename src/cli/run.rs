@@ -101,6 +101,13 @@ pub struct RunArgs {
     /// Seed of split, design, initialisation and batch order (default 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Lowest acceptable natural accuracy in [0, 1], e.g. 0.95: trials below it are infeasible
+    /// (stored as Optuna's `constraints`; `best`, `status` and plots pass over them).
+    #[arg(long, value_name = "ACCURACY")]
+    min_natural: Option<f64>,
+    /// Lowest acceptable certified accuracy in [0, 1]: trials below it are infeasible.
+    #[arg(long, value_name = "ACCURACY")]
+    min_certified: Option<f64>,
 }
 
 /// Set by Ctrl-C: the running trial stops, is recorded as interrupted, and the study ends.
@@ -142,6 +149,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         default_config: args.default.clone(),
         no_default: args.no_default.then_some(true),
         seed: args.seed,
+        min_natural: args.min_natural,
+        min_certified: args.min_certified,
     };
     // Paths are stored with the study, which `resume` may continue from anywhere.
     let here = Path::new("");

@@ -43,3 +43,26 @@ pub fn log_expected_improvement(mean: f64, variance: f64, best: f64) -> f64 {
     let z = (best - mean) / sigma;
     sigma.ln() + log_h(z)
 }
+
+/// `log Φ(x)`, the log of the standard normal distribution function, accurate far into the
+/// lower tail (where `Φ` itself underflows): the probability that a Gaussian constraint
+/// value of mean `−x·σ` and spread `σ` is ≤ 0.
+pub fn log_normal_cdf(x: f64) -> f64 {
+    const HALF_LOG_TWO_PI: f64 = 0.918_938_533_204_672_8;
+    if x > -8.0 {
+        (0.5 * erfc(-x / std::f64::consts::SQRT_2))
+            .max(f64::MIN_POSITIVE)
+            .ln()
+    } else {
+        // Φ(x) = φ(x)/(−x) · (1 − 1/x² + 3/x⁴ − 15/x⁶ + …)
+        let inv = 1.0 / (x * x);
+        let series = 1.0 - inv + 3.0 * inv.powi(2) - 15.0 * inv.powi(3) + 105.0 * inv.powi(4);
+        -0.5 * x * x - HALF_LOG_TWO_PI - (-x).ln() + series.ln()
+    }
+}
+
+/// `log P(c ≤ 0)` for a constraint value `c` predicted Gaussian with `mean` and `variance`:
+/// the log probability that a configuration is feasible.
+pub fn log_probability_of_feasibility(mean: f64, variance: f64) -> f64 {
+    log_normal_cdf(-mean / variance.max(1e-18).sqrt())
+}

@@ -18,7 +18,9 @@ mod pareto;
 mod search;
 mod surrogate;
 
-pub use acquisition::{erfc, log_expected_improvement, log_h};
+pub use acquisition::{
+    erfc, log_expected_improvement, log_h, log_normal_cdf, log_probability_of_feasibility,
+};
 pub use design::{halton, latin_hypercube};
 pub use forest::Forest;
 pub use gp::{Gp, Kernel};
@@ -128,6 +130,8 @@ pub struct Optimizer {
     options: OptimizerOptions,
     design: VecDeque<Config>,
     history: Vec<(Config, Outcome)>,
+    /// Constraint values of each told trial (≤ 0 feasible), where it has any.
+    constraints: Vec<Option<Vec<f64>>>,
     seen: HashSet<u64>,
     last_proposal: Option<Proposal>,
 }
@@ -155,6 +159,7 @@ impl Optimizer {
             options,
             design,
             history: Vec::new(),
+            constraints: Vec::new(),
             seen: HashSet::new(),
             last_proposal: None,
         }
@@ -169,6 +174,57 @@ impl Optimizer {
     pub fn tell(&mut self, config: &Config, outcome: Outcome) {
         self.seen.insert(Space::config_hash(config));
         self.history.push((config.clone(), outcome));
+        self.constraints.push(None);
+    }
+
+    /// Records a finished trial with its constraint values (Optuna's convention: the trial is
+    /// feasible when every value is ≤ 0). The acquisition then weighs expected improvement
+    /// over the best feasible trial by the modelled probability of feasibility.
+    pub fn tell_constrained(&mut self, config: &Config, outcome: Outcome, constraints: Vec<f64>) {
+        self.tell(config, outcome);
+        if let Some(last) = self.constraints.last_mut() {
+            *last = Some(constraints);
+        }
+    }
+
+    /// Whether told trial `index` succeeded and met its constraints.
+    fn feasible(&self, index: usize) -> bool {
+        !matches!(self.history[index].1, Outcome::Failed)
+            && self.constraints[index]
+                .as_ref()
+                .is_none_or(|c| c.iter().all(|v| *v <= 0.0))
+    }
+
+    /// One model per constraint, fitted to the trials that report it (the same kind of
+    /// surrogate as the cost's, the forest when a GP cannot be fitted).
+    fn constraint_models(
+        &self,
+        kind: SurrogateKind,
+        points: &[Vec<Option<f64>>],
+        rng: &mut StdRng,
+    ) -> Vec<Box<dyn Surrogate>> {
+        let count = self.constraints.iter().flatten().map(Vec::len).max();
+        let Some(count) = count else {
+            return Vec::new();
+        };
+        (0..count)
+            .filter_map(|k| {
+                let (x, y): (Vec<Vec<Option<f64>>>, Vec<f64>) = self
+                    .constraints
+                    .iter()
+                    .zip(points)
+                    .filter_map(|(c, p)| Some((p.clone(), *c.as_ref()?.get(k)?)))
+                    .filter(|(_, v)| v.is_finite())
+                    .unzip();
+                if y.len() < 2 {
+                    return None;
+                }
+                let kernel = self.options.kernel;
+                surrogate::fit(kind, kernel, &self.axes, &x, &y, rng)
+                    .or_else(|_| surrogate::fit(SurrogateKind::Rf, kernel, &self.axes, &x, &y, rng))
+                    .ok()
+            })
+            .collect()
     }
 
     /// Marks a configuration another process is running, so it is not proposed again.
@@ -334,13 +390,29 @@ impl Optimizer {
                     (model, Proposal::FallbackForest, targets(forest))
                 }
             };
+        // Feasible trials first, each group best first: the incumbent is the best feasible
+        // cost, and climbs start where feasibility is known.
         let mut order: Vec<usize> = (0..costs.len()).collect();
-        order.sort_by(|&a, &b| costs[a].total_cmp(&costs[b]));
+        order.sort_by(|&a, &b| {
+            (!self.feasible(a), costs[a])
+                .partial_cmp(&(!self.feasible(b), costs[b]))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let feasibility = self.constraint_models(kind, &points, rng);
+        // Without constraint models every trial counts (a failure's worst cost included, so
+        // a history of failures still has an incumbent).
+        let incumbent = (0..costs.len())
+            .filter(|&i| feasibility.is_empty() || self.feasible(i))
+            .map(|i| costs[i])
+            .fold(None, |best: Option<f64>, c| {
+                Some(best.map_or(c, |b| b.min(c)))
+            });
         let input = search::SearchInput {
             space: &self.space,
             axes: &self.axes,
             seen: &self.seen,
-            incumbent: costs.iter().copied().fold(f64::INFINITY, f64::min),
+            incumbent,
+            feasibility: &feasibility,
             starts: order
                 .iter()
                 .take(10)

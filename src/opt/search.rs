@@ -2,7 +2,7 @@
 //! then climb from the best of them (and from the best observed ones) by one-parameter moves,
 //! as SMAC's local search does. Configurations already evaluated or pending are never returned.
 
-use super::acquisition::log_expected_improvement;
+use super::acquisition::{log_expected_improvement, log_probability_of_feasibility};
 use super::design::halton;
 use super::surrogate::{Axes, Surrogate};
 use crate::space::{Config, ParamKind, Space};
@@ -35,8 +35,12 @@ pub struct SearchInput<'a> {
     pub axes: &'a Axes,
     /// Hashes of configurations that must not be proposed.
     pub seen: &'a HashSet<u64>,
-    /// The best transformed cost observed (EI's incumbent).
-    pub incumbent: f64,
+    /// The best transformed cost of a feasible trial (EI's incumbent); `None` when no trial
+    /// is feasible yet, and the search maximises the probability of feasibility alone.
+    pub incumbent: Option<f64>,
+    /// Models of the constraint values (≤ 0 feasible); the acquisition adds the log
+    /// probability that each is met.
+    pub feasibility: &'a [Box<dyn Surrogate>],
     /// Observed configurations worth climbing from (best first).
     pub starts: Vec<Config>,
     /// Random plus quasi-random candidates scored before the local search.
@@ -72,17 +76,22 @@ pub fn maximise(
     let score = |batch: &[Located]| -> Vec<f64> {
         let encoded: Vec<Vec<Option<f64>>> =
             batch.iter().map(|c| space.encode(&c.config)).collect();
-        surrogate
-            .predict(&encoded)
+        let mut values: Vec<f64> = match input.incumbent {
+            Some(incumbent) => surrogate
+                .predict(&encoded)
+                .into_iter()
+                .map(|(mean, variance)| log_expected_improvement(mean, variance, incumbent))
+                .collect(),
+            None => vec![0.0; batch.len()],
+        };
+        for model in input.feasibility {
+            for (value, (mean, variance)) in values.iter_mut().zip(model.predict(&encoded)) {
+                *value += log_probability_of_feasibility(mean, variance);
+            }
+        }
+        values
             .into_iter()
-            .map(|(mean, variance)| {
-                let value = log_expected_improvement(mean, variance, input.incumbent);
-                if value.is_nan() {
-                    f64::NEG_INFINITY
-                } else {
-                    value
-                }
-            })
+            .map(|v| if v.is_nan() { f64::NEG_INFINITY } else { v })
             .collect()
     };
 

@@ -77,6 +77,9 @@ pub mod attrs {
     /// `true` on a FAIL trial that was interrupted (Ctrl-C, killed process), not failed on its
     /// own: it does not count against the budget and its configuration runs again.
     pub const INTERRUPTED: &str = "interrupted";
+    /// Trial *system* attribute (Optuna's key): the constraint values of a COMPLETE trial, a
+    /// JSON list; the trial is feasible when every value is ≤ 0 (Optuna's convention).
+    pub const CONSTRAINTS: &str = "constraints";
 }
 
 /// Handle on one study database (an SQLite file or a PostgreSQL database) and the study

@@ -435,6 +435,7 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
             w.natural, w.adversarial, w.certified
         )
     };
+    let bound = |b: Option<f64>| b.map_or_else(|| "none".to_string(), |b| b.to_string());
     let dataset = |name: &str| super::canonical_dataset(name).unwrap_or_else(|_| name.into());
     // Every setting that changes how a trial is trained or scored: trials that differ in one
     // of them are not comparable, and `best` would pick among them.
@@ -461,6 +462,16 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
             format!("{:?}", stored.objective).to_lowercase(),
         ),
         ("weights", weights(&spec.weights), weights(&stored.weights)),
+        (
+            "min_natural",
+            bound(spec.min_natural),
+            bound(stored.min_natural),
+        ),
+        (
+            "min_certified",
+            bound(spec.min_certified),
+            bound(stored.min_certified),
+        ),
     ] {
         if ours != theirs {
             return Err(StudyError::invalid(
@@ -523,7 +534,10 @@ fn rebuild_optimizer(
                 } else {
                     Outcome::Costs(costs)
                 };
-                optimizer.tell(&config, outcome);
+                match trial.constraints() {
+                    Some(constraints) => optimizer.tell_constrained(&config, outcome, constraints),
+                    None => optimizer.tell(&config, outcome),
+                }
             }
             (TrialState::Running, _) => optimizer.mark_pending(&config),
             _ if trial.is_interrupted() => {}
@@ -629,6 +643,12 @@ fn finish(
             )?;
             set(attrs::CERTIFIED_ACCURACY, scores.certified_accuracy.into())?;
             set(attrs::OBJECTIVE, scores.objective.into())?;
+            if let Some(constraints) = run
+                .spec
+                .constraint_values(scores.natural_accuracy, scores.certified_accuracy)
+            {
+                store.set_trial_system_attr(handle, attrs::CONSTRAINTS, &constraints.into())?;
+            }
             set(
                 attrs::CHECKPOINT_PATH,
                 checkpoint_attribute(run, handle).into(),

@@ -143,6 +143,10 @@ pub struct StudyFile {
     pub no_default: Option<bool>,
     /// Seed for data split, design, initialisation and batch order.
     pub seed: Option<u64>,
+    /// Lowest acceptable natural accuracy in [0, 1]: trials below it are infeasible.
+    pub min_natural: Option<f64>,
+    /// Lowest acceptable certified accuracy in [0, 1]: trials below it are infeasible.
+    pub min_certified: Option<f64>,
 }
 
 impl StudyFile {
@@ -184,6 +188,8 @@ impl StudyFile {
             default_config: self.default_config.or(base.default_config),
             no_default: self.no_default.or(base.no_default),
             seed: self.seed.or(base.seed),
+            min_natural: self.min_natural.or(base.min_natural),
+            min_certified: self.min_certified.or(base.min_certified),
         }
     }
 }
@@ -237,6 +243,12 @@ pub struct StudySpec {
     pub no_default: bool,
     /// Seed of everything random in the study.
     pub seed: u64,
+    /// Lowest acceptable natural accuracy (a constraint on results), if any.
+    #[serde(default)]
+    pub min_natural: Option<f64>,
+    /// Lowest acceptable certified accuracy (a constraint on results), if any.
+    #[serde(default)]
+    pub min_certified: Option<f64>,
 }
 
 impl StudySpec {
@@ -317,6 +329,19 @@ impl StudySpec {
             }
             None => default_study_name(&method, &dataset, &arch, eps),
         };
+        for (field, bound) in [
+            ("min_natural", file.min_natural),
+            ("min_certified", file.min_certified),
+        ] {
+            if let Some(bound) = bound
+                && !(0.0..=1.0).contains(&bound)
+            {
+                return Err(StudyError::invalid(
+                    field,
+                    format!("{bound} is not an accuracy in [0, 1]"),
+                ));
+            }
+        }
         Ok(StudySpec {
             name,
             method,
@@ -336,7 +361,24 @@ impl StudySpec {
             default_config: file.default_config,
             no_default: file.no_default.unwrap_or(false),
             seed: file.seed.unwrap_or(0),
+            min_natural: file.min_natural,
+            min_certified: file.min_certified,
         })
+    }
+}
+
+impl StudySpec {
+    /// The constraint values of a trial's accuracies, in Optuna's convention (≤ 0 feasible):
+    /// `bound − accuracy` for each bound set (natural first), or `None` without bounds.
+    pub fn constraint_values(&self, natural: f64, certified: f64) -> Option<Vec<f64>> {
+        let values: Vec<f64> = [
+            self.min_natural.map(|bound| bound - natural),
+            self.min_certified.map(|bound| bound - certified),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!values.is_empty()).then_some(values)
     }
 }
 
