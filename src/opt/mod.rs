@@ -19,11 +19,12 @@ mod search;
 mod surrogate;
 
 pub use acquisition::{
-    erfc, log_expected_improvement, log_h, log_normal_cdf, log_probability_of_feasibility,
+    erfc, log_expected_improvement, log_expected_improvement_gradient, log_h, log_normal_cdf,
+    log_probability_of_feasibility, log_probability_of_feasibility_gradient,
 };
 pub use design::{halton, latin_hypercube};
 pub use forest::Forest;
-pub use gp::{Gp, Kernel};
+pub use gp::{Gp, Kernel, Prediction};
 pub use pareto::{hypervolume_2d, non_dominated};
 pub use surrogate::{Axes, Surrogate, SurrogateKind};
 
