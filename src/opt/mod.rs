@@ -14,6 +14,7 @@ pub mod benchmark;
 mod design;
 mod forest;
 mod gp;
+mod lbfgs;
 mod pareto;
 mod search;
 mod surrogate;
