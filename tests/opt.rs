@@ -391,6 +391,8 @@ fn constrained_run(surrogate: SurrogateKind, seed: u64, constrained: bool) -> (f
         trial_budget: 30,
         candidates: 300,
         surrogate,
+        // The GP's runs also exercise the gradient polish of the acquisition search.
+        polish: surrogate == SurrogateKind::Gp,
         ..Default::default()
     };
     let mut optimizer = Optimizer::new(space, options);
@@ -511,4 +513,52 @@ fn gp_and_log_ei_gradients_match_finite_differences() {
             }
         }
     }
+}
+
+#[test]
+fn pending_configurations_push_parallel_asks_apart() {
+    // Two asks in a row, the first still running: with it pending (constant liar) the second
+    // lands elsewhere, not next to it.
+    let space = branin_space();
+    let mut optimizer = Optimizer::new(
+        space.clone(),
+        OptimizerOptions {
+            seed: 4,
+            trial_budget: 30,
+            candidates: 300,
+            surrogate: SurrogateKind::Gp,
+            ..Default::default()
+        },
+    );
+    for _ in 0..12 {
+        let config = optimizer.ask();
+        let value = branin(&config);
+        optimizer.tell(&config, Outcome::Cost(value));
+    }
+    let unit = |c: &cthpo::space::Config| -> Vec<f64> {
+        space.encode(c).into_iter().map(|v| v.unwrap()).collect()
+    };
+    let mut distances = Vec::new();
+    for _ in 0..4 {
+        let first = optimizer.ask();
+        optimizer.mark_pending(&first);
+        let second = optimizer.ask();
+        let (a, b) = (unit(&first), unit(&second));
+        distances.push(
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f64>()
+                .sqrt(),
+        );
+        optimizer.mark_pending(&second);
+        for config in [first, second] {
+            let value = branin(&config);
+            optimizer.tell(&config, Outcome::Cost(value));
+        }
+    }
+    assert!(
+        distances.iter().all(|d| *d > 0.02),
+        "unit-cube distances between concurrent asks: {distances:?}"
+    );
 }

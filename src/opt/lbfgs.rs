@@ -138,7 +138,10 @@ mod tests {
         let mut f = |p: &[f64]| {
             calls += 1;
             let value = -(p[0] - 0.3).powi(2) - 4.0 * (p[1] - 1.2).powi(2) - p[0] * p[1];
-            Some((value, vec![-2.0 * (p[0] - 0.3) - p[1], -8.0 * (p[1] - 1.2) - p[0]]))
+            Some((
+                value,
+                vec![-2.0 * (p[0] - 0.3) - p[1], -8.0 * (p[1] - 1.2) - p[0]],
+            ))
         };
         let (x, value) = maximise_in_unit_box(&mut f, &[0.9, 0.1], 50).unwrap();
         // With y = 1: maximise −(x−0.3)² − x → x = −0.2, clamped to 0.

@@ -54,6 +54,8 @@ pub struct SearchInput<'a> {
     pub starts: Vec<Config>,
     /// Random plus quasi-random candidates scored before the local search.
     pub candidates: usize,
+    /// Whether the best local optima are polished by L-BFGS along the acquisition's gradient.
+    pub polish: bool,
 }
 
 /// A configuration with the full unit-cube point it came from (inactive coordinates included,
@@ -189,7 +191,8 @@ pub fn maximise(
     ends.extend(climbs.into_iter().map(|c| (c.value, c.at)));
     ends.sort_by(|a, b| b.0.total_cmp(&a.0));
     ends.dedup_by_key(|(_, at)| at.hash);
-    for (_, start) in ends.into_iter().take(POLISH_STARTS) {
+    let polished = if input.polish { POLISH_STARTS } else { 0 };
+    for (_, start) in ends.into_iter().take(polished) {
         if let Some(polished) = polish(input, surrogate, &start) {
             let polished = locate(polished);
             if let Some(&value) = score(std::slice::from_ref(&polished)).first() {
