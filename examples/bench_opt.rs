@@ -4,12 +4,15 @@
 //! [--strategies random,rf_bo,gp_bo] [--seeds 20] [--evals 50] [--json FILE]` runs every strategy
 //! on every function for each seed and prints the median and quartiles of simple regret after 20
 //! evaluations and at the end (the same functions and summary as `benches/opt_reference.py`
-//! computes for SMAC3 and Optuna).
+//! computes for SMAC3 and Optuna). `--workers N` runs the optimiser's strategies as N simulated
+//! parallel workers (each ask sees the others' configurations as pending; evaluations finish in
+//! the order they started). `--polish` turns on the L-BFGS polish of the acquisition search
+//! (`OptimizerOptions::polish`).
 //!
 //! `cargo run --release --example bench_opt -- --latency [--surrogate rf|gp]` times ask() on a
 //! 12-parameter space with 50, 200 and 500 trials in the history.
 
-use cthpo::opt::benchmark::{Strategy, problems, regret_curve};
+use cthpo::opt::benchmark::{Strategy, problems, regret_curve_parallel, regret_curve_with};
 use cthpo::opt::{Optimizer, OptimizerOptions, Outcome, Proposal, SurrogateKind};
 use cthpo::space::Space;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -111,6 +114,11 @@ fn main() {
         .value("--evals", "50")
         .parse()
         .expect("--evals takes a number");
+    let polish = args.has("--polish");
+    let workers: usize = args
+        .value("--workers", "1")
+        .parse()
+        .expect("--workers takes a number");
     let mut report = serde_json::Map::new();
     println!(
         "| function | strategy | regret@20 median [q25, q75] | regret@{evals} median [q25, q75] | s per run |"
@@ -125,7 +133,17 @@ fn main() {
         for &strategy in &strategies {
             let start = Instant::now();
             let curves: Vec<Vec<f64>> = (0..seeds)
-                .map(|seed| regret_curve(&problem, strategy, seed, evals))
+                .map(|seed| match strategy {
+                    Strategy::Forest | Strategy::Gp if workers > 1 => {
+                        let surrogate = if strategy == Strategy::Gp {
+                            SurrogateKind::Gp
+                        } else {
+                            SurrogateKind::Rf
+                        };
+                        regret_curve_parallel(&problem, surrogate, seed, evals, workers)
+                    }
+                    _ => regret_curve_with(&problem, strategy, seed, evals, polish),
+                })
                 .collect();
             let seconds = start.elapsed().as_secs_f64() / seeds as f64;
             let at =

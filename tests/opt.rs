@@ -3,8 +3,10 @@
 
 use cthpo::opt::benchmark::{Strategy, branin, mixed, mixed_minimum, problems, regret_curve};
 use cthpo::opt::{
-    Forest, Gp, Kernel, Optimizer, OptimizerOptions, Outcome, Proposal, SurrogateKind, halton,
-    hypervolume_2d, latin_hypercube, log_h, non_dominated,
+    Forest, Gp, Kernel, Optimizer, OptimizerOptions, Outcome, Prediction, Proposal, SurrogateKind,
+    halton, hypervolume_2d, latin_hypercube, log_expected_improvement,
+    log_expected_improvement_gradient, log_h, log_normal_cdf, log_probability_of_feasibility,
+    log_probability_of_feasibility_gradient, non_dominated,
 };
 use cthpo::space::{Space, Value};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -361,4 +363,202 @@ fn pareto_helpers() {
     assert_eq!(non_dominated(&points), vec![0, 1, 3]);
     // Staircase area under reference (6, 6): 5·1 + 4·3 + 1·1 = 18.
     assert!((hypervolume_2d(&points, [6.0, 6.0]) - 18.0).abs() < 1e-12);
+}
+
+#[test]
+fn log_normal_cdf_is_accurate_and_finite_far_in_the_tail() {
+    // erfc is a rational approximation of relative error ≈ 1e-7.
+    assert!((log_normal_cdf(0.0) - 0.5f64.ln()).abs() < 1e-6);
+    // Against Python's math.erfc: log Φ(−3) = −6.6077262215, log Φ(−10) = −53.2312851505.
+    assert!((log_normal_cdf(-3.0) + 6.607_726_221_5).abs() < 1e-6);
+    assert!((log_normal_cdf(-10.0) + 53.231_285_150_5).abs() < 1e-6);
+    assert!((log_normal_cdf(-7.999_999) - log_normal_cdf(-8.000_001)).abs() < 1e-3);
+    for x in [-40.0, -1000.0] {
+        let value = log_normal_cdf(x);
+        assert!(value.is_finite() && value < log_normal_cdf(x / 2.0));
+    }
+    assert!(log_normal_cdf(8.0).abs() < 1e-6);
+}
+
+/// Minimises (x−2)² + (y−2)² subject to x + y ≤ 0 (optimum 8 at the origin; the unconstrained
+/// optimum, 0 at (2, 2), is infeasible) and returns the best feasible cost and how many of the
+/// model's proposals were feasible, out of how many.
+fn constrained_run(surrogate: SurrogateKind, seed: u64, constrained: bool) -> (f64, usize, usize) {
+    let yaml = "hyperparameters:\n  - {name: x, type: float, lower: -5.0, upper: 5.0, default: 4.0}\n  - {name: y, type: float, lower: -5.0, upper: 5.0, default: 4.0}\n";
+    let space = Space::from_yaml(yaml, "constrained").unwrap();
+    let options = OptimizerOptions {
+        seed,
+        trial_budget: 30,
+        candidates: 300,
+        surrogate,
+        // The GP's runs also exercise the gradient polish of the acquisition search.
+        polish: surrogate == SurrogateKind::Gp,
+        ..Default::default()
+    };
+    let mut optimizer = Optimizer::new(space, options);
+    let (mut best, mut feasible_proposals, mut proposals) = (f64::INFINITY, 0, 0);
+    for _ in 0..30 {
+        let config = optimizer.ask();
+        let (x, y) = (config["x"].as_f64().unwrap(), config["y"].as_f64().unwrap());
+        let cost = (x - 2.0).powi(2) + (y - 2.0).powi(2);
+        let constraint = x + y;
+        if optimizer.last_proposal() == Some(Proposal::Model) {
+            proposals += 1;
+            feasible_proposals += usize::from(constraint <= 0.0);
+        }
+        if constraint <= 0.0 {
+            best = best.min(cost);
+        }
+        if constrained {
+            optimizer.tell_constrained(&config, Outcome::Cost(cost), vec![constraint]);
+        } else {
+            optimizer.tell(&config, Outcome::Cost(cost));
+        }
+    }
+    (best, feasible_proposals, proposals)
+}
+
+#[test]
+fn constrained_search_finds_the_feasible_optimum() {
+    for surrogate in [SurrogateKind::Gp, SurrogateKind::Rf] {
+        let runs: Vec<(f64, usize, usize)> = (0..3)
+            .map(|seed| constrained_run(surrogate, seed, true))
+            .collect();
+        let blind: Vec<(f64, usize, usize)> = (0..3)
+            .map(|seed| constrained_run(surrogate, seed, false))
+            .collect();
+        let share = |runs: &[(f64, usize, usize)]| {
+            runs.iter().map(|r| r.1).sum::<usize>() as f64
+                / runs.iter().map(|r| r.2).sum::<usize>().max(1) as f64
+        };
+        // The GP finds the constrained optimum; the forest, coarse on a smooth bowl, is held
+        // only to proposing feasible configurations far more often than without the constraint
+        // model (measured over these seeds: the GP's best feasible costs 8.00–8.01, the
+        // forest's 9.9–18.7 against 14.9–18.8 blind; feasible shares 0.48 (the GP's proposals
+        // hug the boundary, where the optimum is) and 0.66, against 0.06 and 0.09 blind).
+        if surrogate == SurrogateKind::Gp {
+            assert!(
+                median(runs.iter().map(|r| r.0).collect()) < 8.5,
+                "best feasible costs {runs:?}, the optimum is 8"
+            );
+        }
+        assert!(
+            share(&runs) > share(&blind) + 0.3,
+            "{surrogate:?}: feasible share of model proposals {} (without the constraint model {})",
+            share(&runs),
+            share(&blind)
+        );
+    }
+}
+
+/// Whether an analytic derivative matches a central difference (to 0.1 %: `erfc`'s relative
+/// error of 1e-7 over a step of 1e-5 is noise of that order where the GP is steep).
+fn close(analytic: f64, numeric: f64) -> bool {
+    (analytic - numeric).abs() <= 1e-3 * analytic.abs().max(numeric.abs()) + 1e-8
+}
+
+#[test]
+fn gp_and_log_ei_gradients_match_finite_differences() {
+    let (x, y) = smooth_training_set();
+    let best = y.iter().copied().fold(f64::INFINITY, f64::min);
+    for kernel in [Kernel::Matern52, Kernel::SquaredExponential] {
+        let gp = Gp::fit(&x, &y, kernel).unwrap();
+        let log_ei = |p: &[f64]| {
+            let (mean, variance) = gp.predict(p).unwrap();
+            log_expected_improvement(mean, variance, best)
+        };
+        // A constraint whose boundary passes near the point (the informative region).
+        let feasibility = |p: &[f64], shift: f64| {
+            let (mean, variance) = gp.predict(p).unwrap();
+            log_probability_of_feasibility(mean - shift, variance)
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..5 {
+            let point: Vec<f64> = (0..x[0].len())
+                .map(|_| rng.random_range(0.1..0.9))
+                .collect();
+            let at = gp.predict_with_gradients(&point).unwrap();
+            let (_, ei_gradient) = log_expected_improvement_gradient(&at, best);
+            let shift = at.mean + at.variance.sqrt();
+            let shifted = Prediction {
+                mean: at.mean - shift,
+                ..at.clone()
+            };
+            let (_, pof_gradient) = log_probability_of_feasibility_gradient(&shifted);
+            for axis in 0..point.len() {
+                let h = 1e-5;
+                let (mut up, mut down) = (point.clone(), point.clone());
+                up[axis] += h;
+                down[axis] -= h;
+                let (mu_up, var_up) = gp.predict(&up).unwrap();
+                let (mu_down, var_down) = gp.predict(&down).unwrap();
+                let numeric = [
+                    (mu_up - mu_down) / (2.0 * h),
+                    (var_up - var_down) / (2.0 * h),
+                    (log_ei(&up) - log_ei(&down)) / (2.0 * h),
+                    (feasibility(&up, shift) - feasibility(&down, shift)) / (2.0 * h),
+                ];
+                let analytic = [
+                    at.mean_gradient[axis],
+                    at.variance_gradient[axis],
+                    ei_gradient[axis],
+                    pof_gradient[axis],
+                ];
+                for (what, (a, n)) in ["mean", "variance", "log EI", "log P(feasible)"]
+                    .iter()
+                    .zip(analytic.iter().zip(numeric))
+                {
+                    assert!(close(*a, n), "{kernel:?} {what} along {axis}: {a} vs {n}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn pending_configurations_push_parallel_asks_apart() {
+    // Two asks in a row, the first still running: with it pending (constant liar) the second
+    // lands elsewhere, not next to it.
+    let space = branin_space();
+    let mut optimizer = Optimizer::new(
+        space.clone(),
+        OptimizerOptions {
+            seed: 4,
+            trial_budget: 30,
+            candidates: 300,
+            surrogate: SurrogateKind::Gp,
+            ..Default::default()
+        },
+    );
+    for _ in 0..12 {
+        let config = optimizer.ask();
+        let value = branin(&config);
+        optimizer.tell(&config, Outcome::Cost(value));
+    }
+    let unit = |c: &cthpo::space::Config| -> Vec<f64> {
+        space.encode(c).into_iter().map(|v| v.unwrap()).collect()
+    };
+    let mut distances = Vec::new();
+    for _ in 0..4 {
+        let first = optimizer.ask();
+        optimizer.mark_pending(&first);
+        let second = optimizer.ask();
+        let (a, b) = (unit(&first), unit(&second));
+        distances.push(
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).powi(2))
+                .sum::<f64>()
+                .sqrt(),
+        );
+        optimizer.mark_pending(&second);
+        for config in [first, second] {
+            let value = branin(&config);
+            optimizer.tell(&config, Outcome::Cost(value));
+        }
+    }
+    assert!(
+        distances.iter().all(|d| *d > 0.02),
+        "unit-cube distances between concurrent asks: {distances:?}"
+    );
 }

@@ -187,11 +187,13 @@ fn front_is_the_non_dominated_staircase() {
         (3, 0.70, 0.55), // dominated by 1
         (4, 0.95, 0.20),
         (5, 0.80, 0.40), // dominated by 1
+        (6, 0.99, 0.99), // dominates all, but infeasible
     ]
     .map(|(number, natural, certified)| plot::AccuracyPoint {
         number,
         natural,
         certified,
+        feasible: number != 6,
     });
     let front: Vec<i64> = plot::accuracy_front(&points)
         .iter()
@@ -207,6 +209,7 @@ fn staircase_joins_the_front_by_its_corners() {
             number,
             natural,
             certified,
+            feasible: true,
         });
     assert_eq!(
         plot::staircase(&front),

@@ -134,7 +134,95 @@ on_both_engines!(
     concurrent_processes_get_distinct_numbers,
     checked_starts_respect_budget_and_uniqueness,
     inspection_commands_report_and_export_the_best_trial,
+    constraints_decide_the_best_trial_and_the_front,
 );
+
+/// Trials whose stored constraint values are not all ≤ 0 are passed over by `best_trial`,
+/// `pareto_optimal`, `cthpo best` and `cthpo status`.
+fn constraints_decide_the_best_trial_and_the_front(db: &Db) {
+    let d = db.dir.to_str().unwrap();
+    let storage = db.url.as_str();
+    {
+        let store = db.open();
+        let single = store
+            .create_or_load_study("constrained", &[Direction::Maximize], &BTreeMap::new())
+            .unwrap();
+        // The highest value (#1) misses its constraint; #2 has none and counts as feasible.
+        for (width, value, constraints) in [
+            (16, 0.5, Some(json!([-0.1, 0.0]))),
+            (32, 0.9, Some(json!([-0.2, 0.05]))),
+            (64, 0.6, None),
+        ] {
+            let t = store
+                .start_trial(single, &params("sgd", 0.01, width))
+                .unwrap();
+            if let Some(constraints) = constraints {
+                store
+                    .set_trial_system_attr(&t, store::attrs::CONSTRAINTS, &constraints)
+                    .unwrap();
+            }
+            complete(&store, &t, vec![value]);
+        }
+        let trials = store.trials(single).unwrap();
+        assert_eq!(by_number(&trials, 1).constraints(), Some(vec![-0.2, 0.05]));
+        assert!(!by_number(&trials, 1).is_feasible());
+        assert!(by_number(&trials, 0).is_feasible() && by_number(&trials, 2).is_feasible());
+        let best = store::best_trial(&trials, &[Direction::Maximize]).unwrap();
+        assert_eq!(best.number, 2);
+
+        let multi = store
+            .create_or_load_study(
+                "constrained-front",
+                &[Direction::Maximize, Direction::Maximize],
+                &BTreeMap::new(),
+            )
+            .unwrap();
+        for (width, values, feasible) in [(16, [0.6, 0.9], true), (32, [0.9, 0.95], false)] {
+            let t = store
+                .start_trial(multi, &params("adam", 0.01, width))
+                .unwrap();
+            let margin = if feasible { -0.1 } else { 0.1 };
+            store
+                .set_trial_system_attr(&t, store::attrs::CONSTRAINTS, &json!([margin]))
+                .unwrap();
+            complete(&store, &t, values.to_vec());
+        }
+        let trials = store.trials(multi).unwrap();
+        let directions = [Direction::Maximize, Direction::Maximize];
+        let front: Vec<i64> = store::pareto_optimal(&trials, &directions)
+            .iter()
+            .map(|t| t.number)
+            .collect();
+        assert_eq!(
+            front,
+            vec![0],
+            "the infeasible trial dominates but is left out"
+        );
+
+        // Nothing feasible: no best trial, and the commands say why.
+        let none = store
+            .create_or_load_study("infeasible", &[Direction::Maximize], &BTreeMap::new())
+            .unwrap();
+        let t = store.start_trial(none, &params("sgd", 0.01, 8)).unwrap();
+        store
+            .set_trial_system_attr(&t, store::attrs::CONSTRAINTS, &json!([0.3]))
+            .unwrap();
+        complete(&store, &t, vec![0.7]);
+        assert!(store::best_trial(&store.trials(none).unwrap(), &[Direction::Maximize]).is_none());
+    }
+    let detail = stdout_of(&["status", "constrained", "--dir", d, "--storage", storage]);
+    assert!(detail.contains("best trial  #2"), "{detail}");
+    assert!(
+        detail.contains("2 of 3 complete trials meet the constraints"),
+        "{detail}"
+    );
+    let detail = stdout_of(&["status", "infeasible", "--dir", d, "--storage", storage]);
+    assert!(detail.contains("no feasible trial yet"), "{detail}");
+    let refused = cthpo(&["best", "infeasible", "--dir", d, "--storage", storage]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("meets the study's constraints"), "{stderr}");
+}
 
 fn params(optimizer: &str, lr: f64, width: i64) -> Vec<StoredParam> {
     vec![
@@ -714,12 +802,17 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
                 &BTreeMap::new(),
             )
             .unwrap();
-        for (opt, lr, w, values) in [
-            ("adam", 1e-3, 32, [0.6, 0.9]),
-            ("sgd", 1e-2, 64, [0.7, 0.8]),
-            ("sgd", 1e-4, 16, [0.5, 0.7]),
+        // Constraint values (≤ 0 feasible): trial 1 misses its constraint, so the front among
+        // the feasible ones is trial 0 alone.
+        for (opt, lr, w, values, constraint) in [
+            ("adam", 1e-3, 32, [0.6, 0.9], -0.1),
+            ("sgd", 1e-2, 64, [0.7, 0.8], 0.05),
+            ("sgd", 1e-4, 16, [0.5, 0.7], 0.0),
         ] {
             let t = store.start_trial(multi, &params(opt, lr, w)).unwrap();
+            store
+                .set_trial_system_attr(&t, store::attrs::CONSTRAINTS, &json!([constraint]))
+                .unwrap();
             complete(&store, &t, values.to_vec());
         }
         let running = store
@@ -783,7 +876,15 @@ fn optuna_round_trip(ours: &Db, theirs: &Db) {
     assert_eq!(trials.len(), 4);
     assert_eq!(trials[1]["values"], json!([0.7, 0.8]));
     assert_eq!(trials[3]["state"], json!("RUNNING"));
-    assert_eq!(multi["best_numbers"], json!([0, 1]));
+    assert_eq!(trials[1]["constraints"], json!({"0": 0.05}));
+    assert_eq!(trials[2]["constraints"], json!({"0": 0.0}));
+    assert_eq!(trials[3]["constraints"], json!({}));
+    assert_eq!(multi["feasible_numbers"], json!([0, 2]));
+    assert_eq!(
+        multi["best_numbers"],
+        json!([0]),
+        "Optuna's front of feasible trials"
+    );
 
     // Optuna writes into our study (checking our distributions against its own) and we read it.
     let told = common::run_python(&python, &["tell", db_text, "multi"]);

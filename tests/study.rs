@@ -109,7 +109,19 @@ fn a_gp_guided_study_records_how_each_configuration_was_chosen() {
     let d = dir.to_str().unwrap();
     let output = cthpo(
         &[
-            &["run", "--trials", "4", "--surrogate", "gp", "--dir", d],
+            &[
+                "run",
+                "--trials",
+                "4",
+                "--surrogate",
+                "gp",
+                "--dir",
+                d,
+                "--min-natural",
+                "0.5",
+                "--min-certified",
+                "0.25",
+            ],
             TINY,
         ]
         .concat(),
@@ -131,6 +143,45 @@ fn a_gp_guided_study_records_how_each_configuration_was_chosen() {
         "{proposals:?}"
     );
     assert!(stored.iter().all(|t| t.state == TrialState::Complete));
+    // The bounds are constraint values in Optuna's convention (≤ 0 feasible), and the study
+    // keeps them for `resume`; other bounds under the same name are refused.
+    for trial in &stored {
+        let natural = trial.user_attr_f64(attrs::NATURAL_ACCURACY).unwrap();
+        let certified = trial.user_attr_f64(attrs::CERTIFIED_ACCURACY).unwrap();
+        let constraints = trial.constraints().unwrap();
+        assert_eq!(constraints.len(), 2);
+        assert!(
+            (constraints[0] - (0.5 - natural)).abs() < 1e-9,
+            "{constraints:?}"
+        );
+        assert!(
+            (constraints[1] - (0.25 - certified)).abs() < 1e-9,
+            "{constraints:?}"
+        );
+        assert_eq!(trial.is_feasible(), natural >= 0.5 && certified >= 0.25);
+    }
+    let store = Store::open_existing(&dir).unwrap();
+    let info = store
+        .require_study("standard-mnist-cnn-small-eps0.1")
+        .unwrap();
+    let spec: StudySpec =
+        serde_json::from_value(info.user_attrs[cthpo::study::SPEC_ATTRIBUTE].clone()).unwrap();
+    assert_eq!(
+        (spec.min_natural, spec.min_certified),
+        (Some(0.5), Some(0.25))
+    );
+    let clash = cthpo(
+        &[
+            &["run", "--trials", "5", "--dir", d, "--min-natural", "0.6"],
+            TINY,
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        !clash.status.success() && stderr.contains("min_natural"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -365,6 +416,17 @@ fn study_settings_parse_with_clear_errors() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("studies/{file}.yaml"));
         StudySpec::resolve(StudyFile::load(&path).unwrap()).unwrap();
     }
+    let out_of_range = StudySpec::resolve(StudyFile {
+        method: Some("ibp".into()),
+        min_certified: Some(1.5),
+        ..StudyFile::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        out_of_range.contains("min_certified") && out_of_range.contains("1.5"),
+        "{out_of_range}"
+    );
     let bad = std::env::temp_dir().join(format!("cthpo-bad-study-{}.yaml", std::process::id()));
     std::fs::write(&bad, "method: ibp\nepochz: 3\n").unwrap();
     let error = with_causes(&StudyFile::load(&bad).unwrap_err());

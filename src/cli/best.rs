@@ -111,6 +111,17 @@ pub fn run(args: BestArgs) -> anyhow::Result<()> {
         .trials(info.id)
         .with_context(|| format!("cannot read the trials of study {:?}", args.name))?;
     let Some(best) = store::best_trial(&trials, &info.directions) else {
+        let complete = trials
+            .iter()
+            .filter(|t| t.state == store::TrialState::Complete)
+            .count();
+        if complete > 0 {
+            bail!(
+                "none of the {complete} completed trials of study {:?} meets the study's \
+                 constraints (--min-natural / --min-certified)",
+                args.name
+            );
+        }
         bail!(
             "study {:?} has no completed trial yet ({} trials in {})",
             args.name,

@@ -101,6 +101,13 @@ pub struct RunArgs {
     /// Seed of split, design, initialisation and batch order (default 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Lowest acceptable natural accuracy in [0, 1], e.g. 0.95: trials below it are infeasible
+    /// (stored as Optuna's `constraints`; `best`, `status` and plots pass over them).
+    #[arg(long, value_name = "ACCURACY")]
+    min_natural: Option<f64>,
+    /// Lowest acceptable certified accuracy in [0, 1]: trials below it are infeasible.
+    #[arg(long, value_name = "ACCURACY")]
+    min_certified: Option<f64>,
     /// Multi-fidelity scheme (default none): successive-halving or hyperband stop weak
     /// configurations at rungs of --min-epochs·η^i epochs (--epochs is the largest budget);
     /// promoted ones continue from their checkpoint.
@@ -172,6 +179,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         min_epochs: args.min_epochs,
         eta: args.eta,
+        min_natural: args.min_natural,
+        min_certified: args.min_certified,
     };
     // Paths are stored with the study, which `resume` may continue from anywhere.
     let here = Path::new("");

@@ -179,8 +179,23 @@ fn describe(store: &Store, info: &StudyInfo, trials: &[StoredTrial]) -> String {
         out += &table;
         out += "\n";
     }
+    let complete: Vec<&StoredTrial> = trials
+        .iter()
+        .filter(|t| t.state == TrialState::Complete)
+        .collect();
+    if complete.iter().any(|t| t.constraints().is_some()) {
+        let feasible = complete.iter().filter(|t| t.is_feasible()).count();
+        out += &format!(
+            "feasible    {feasible} of {} complete trials meet the constraints\n",
+            complete.len()
+        );
+    }
     let Some(best) = store::best_trial(trials, &info.directions) else {
-        out += "no completed trial yet\n";
+        out += if complete.is_empty() {
+            "no completed trial yet\n"
+        } else {
+            "no feasible trial yet\n"
+        };
         return out;
     };
     out += &format!("best trial  #{}\n", best.number);

@@ -32,6 +32,19 @@ enum Fitted {
     Squared(GaussianProcess<f64, ConstantMean, SquaredExponentialCorr>),
 }
 
+/// A predictive mean and variance with their gradients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Predictive mean.
+    pub mean: f64,
+    /// Predictive variance.
+    pub variance: f64,
+    /// Gradient of the mean along each input.
+    pub mean_gradient: Vec<f64>,
+    /// Gradient of the variance along each input.
+    pub variance_gradient: Vec<f64>,
+}
+
 /// A fitted Gaussian process over feature vectors of equal length.
 pub struct Gp {
     fitted: Fitted,
@@ -72,6 +85,21 @@ impl Gp {
             Fitted::Squared(gp) => gp.predict_valvar(&x)?,
         };
         Ok(mean.iter().copied().zip(variance.iter().copied()).collect())
+    }
+
+    /// Predictive mean and variance at one point with their gradients along each feature.
+    pub fn predict_with_gradients(&self, point: &[f64]) -> Result<Prediction, GpError> {
+        let x = to_matrix(&[point.to_vec()], self.dimension)?;
+        let ((mean, variance), (mean_gradient, variance_gradient)) = match &self.fitted {
+            Fitted::Matern(gp) => (gp.predict_valvar(&x)?, gp.predict_valvar_gradients(&x)),
+            Fitted::Squared(gp) => (gp.predict_valvar(&x)?, gp.predict_valvar_gradients(&x)),
+        };
+        Ok(Prediction {
+            mean: mean[0],
+            variance: variance[0],
+            mean_gradient: mean_gradient.row(0).to_vec(),
+            variance_gradient: variance_gradient.row(0).to_vec(),
+        })
     }
 
     /// Predictive mean and variance at one point.

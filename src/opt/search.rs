@@ -2,8 +2,12 @@
 //! then climb from the best of them (and from the best observed ones) by one-parameter moves,
 //! as SMAC's local search does. Configurations already evaluated or pending are never returned.
 
-use super::acquisition::log_expected_improvement;
+use super::acquisition::{
+    log_expected_improvement, log_expected_improvement_gradient, log_probability_of_feasibility,
+    log_probability_of_feasibility_gradient,
+};
 use super::design::halton;
+use super::lbfgs::maximise_in_unit_box;
 use super::surrogate::{Axes, Surrogate};
 use crate::space::{Config, ParamKind, Space};
 use rand::rngs::StdRng;
@@ -19,6 +23,11 @@ const MAX_STEPS: usize = 40;
 /// unit axis, coarse (SMAC3's 0.2) to fine.
 const NUMERIC_MOVES: usize = 4;
 const SPREADS: [f64; 4] = [0.2, 0.05, 0.0125, 0.003];
+/// Local optima of the neighbourhood search whose continuous coordinates are then polished by
+/// L-BFGS along the acquisition's gradient (differentiable surrogates only).
+const POLISH_STARTS: usize = 5;
+/// L-BFGS iterations per polished point.
+const POLISH_ITERATIONS: usize = 40;
 
 /// One local search in progress: its acquisition value, where it is, and its spread index.
 struct Climb {
@@ -35,12 +44,18 @@ pub struct SearchInput<'a> {
     pub axes: &'a Axes,
     /// Hashes of configurations that must not be proposed.
     pub seen: &'a HashSet<u64>,
-    /// The best transformed cost observed (EI's incumbent).
-    pub incumbent: f64,
+    /// The best transformed cost of a feasible trial (EI's incumbent); `None` when no trial
+    /// is feasible yet, and the search maximises the probability of feasibility alone.
+    pub incumbent: Option<f64>,
+    /// Models of the constraint values (≤ 0 feasible); the acquisition adds the log
+    /// probability that each is met.
+    pub feasibility: &'a [Box<dyn Surrogate>],
     /// Observed configurations worth climbing from (best first).
     pub starts: Vec<Config>,
     /// Random plus quasi-random candidates scored before the local search.
     pub candidates: usize,
+    /// Whether the best local optima are polished by L-BFGS along the acquisition's gradient.
+    pub polish: bool,
 }
 
 /// A configuration with the full unit-cube point it came from (inactive coordinates included,
@@ -72,17 +87,22 @@ pub fn maximise(
     let score = |batch: &[Located]| -> Vec<f64> {
         let encoded: Vec<Vec<Option<f64>>> =
             batch.iter().map(|c| space.encode(&c.config)).collect();
-        surrogate
-            .predict(&encoded)
+        let mut values: Vec<f64> = match input.incumbent {
+            Some(incumbent) => surrogate
+                .predict(&encoded)
+                .into_iter()
+                .map(|(mean, variance)| log_expected_improvement(mean, variance, incumbent))
+                .collect(),
+            None => vec![0.0; batch.len()],
+        };
+        for model in input.feasibility {
+            for (value, (mean, variance)) in values.iter_mut().zip(model.predict(&encoded)) {
+                *value += log_probability_of_feasibility(mean, variance);
+            }
+        }
+        values
             .into_iter()
-            .map(|(mean, variance)| {
-                let value = log_expected_improvement(mean, variance, input.incumbent);
-                if value.is_nan() {
-                    f64::NEG_INFINITY
-                } else {
-                    value
-                }
-            })
+            .map(|v| if v.is_nan() { f64::NEG_INFINITY } else { v })
             .collect()
     };
 
@@ -132,6 +152,7 @@ pub fn maximise(
             spread: 0,
         })
         .collect();
+    let mut ends: Vec<(f64, Located)> = Vec::new();
     for _ in 0..MAX_STEPS {
         if climbs.is_empty() {
             break;
@@ -162,12 +183,82 @@ pub fn maximise(
                     ..climb
                 }),
                 // No better neighbour even at the finest spread: a local optimum.
-                _ => {}
+                _ => ends.push((climb.value, climb.at)),
             }
         }
         climbs = next;
     }
+    ends.extend(climbs.into_iter().map(|c| (c.value, c.at)));
+    ends.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ends.dedup_by_key(|(_, at)| at.hash);
+    let polished = if input.polish { POLISH_STARTS } else { 0 };
+    for (_, start) in ends.into_iter().take(polished) {
+        if let Some(polished) = polish(input, surrogate, &start) {
+            let polished = locate(polished);
+            if let Some(&value) = score(std::slice::from_ref(&polished)).first() {
+                consider(value, &polished, &mut best);
+            }
+        }
+    }
     best.map(|(_, located)| located.config)
+}
+
+/// The acquisition (log EI plus the log probabilities of feasibility) at an encoded
+/// configuration, with its gradient along the unit-cube axes; `None` unless every model is
+/// differentiable.
+fn acquisition_with_gradient(
+    input: &SearchInput<'_>,
+    surrogate: &dyn Surrogate,
+    encoded: &[Option<f64>],
+) -> Option<(f64, Vec<f64>)> {
+    let (mut value, mut gradient) = match input.incumbent {
+        Some(incumbent) => {
+            log_expected_improvement_gradient(&surrogate.predict_with_gradient(encoded)?, incumbent)
+        }
+        None => (0.0, vec![0.0; encoded.len()]),
+    };
+    for model in input.feasibility {
+        let (v, g) =
+            log_probability_of_feasibility_gradient(&model.predict_with_gradient(encoded)?);
+        value += v;
+        gradient.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+    }
+    Some((value, gradient))
+}
+
+/// `start` with its active float coordinates moved by L-BFGS up the acquisition's gradient
+/// (ints and categoricals stay: the neighbourhood moves search them); `None` when nothing is
+/// continuous or a model has no gradient.
+fn polish(input: &SearchInput<'_>, surrogate: &dyn Surrogate, start: &Located) -> Option<Vec<f64>> {
+    let space = input.space;
+    let free: Vec<usize> = space
+        .searched()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            matches!(p.kind, ParamKind::Float { .. }) && start.config.contains_key(&p.name)
+        })
+        .map(|(axis, _)| axis)
+        .collect();
+    if free.is_empty() {
+        return None;
+    }
+    let base = space.encode(&start.config);
+    let mut objective = |y: &[f64]| {
+        let mut encoded = base.clone();
+        for (&axis, &v) in free.iter().zip(y) {
+            encoded[axis] = Some(v);
+        }
+        let (value, gradient) = acquisition_with_gradient(input, surrogate, &encoded)?;
+        Some((value, free.iter().map(|&axis| gradient[axis]).collect()))
+    };
+    let y0: Vec<f64> = free.iter().map(|&axis| start.point[axis]).collect();
+    let (y, _) = maximise_in_unit_box(&mut objective, &y0, POLISH_ITERATIONS)?;
+    let mut point = start.point.clone();
+    for (&axis, v) in free.iter().zip(y) {
+        point[axis] = v;
+    }
+    Some(point)
 }
 
 /// Every one-parameter move from `current`: each other choice of an active categorical, and a

@@ -3,7 +3,7 @@
 //! variance of the cost.
 
 use super::forest::Forest;
-use super::gp::{Gp, Kernel};
+use super::gp::{Gp, Kernel, Prediction};
 use crate::space::{ParamKind, Space};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -38,6 +38,12 @@ impl SurrogateKind {
 pub trait Surrogate {
     /// Predictive mean and variance of the cost at each encoded configuration.
     fn predict(&self, points: &[Vec<Option<f64>>]) -> Vec<(f64, f64)>;
+
+    /// Predictive mean and variance at one encoded configuration with their gradients along
+    /// each axis of the unit cube (zero along categoricals), if the model is differentiable.
+    fn predict_with_gradient(&self, _point: &[Option<f64>]) -> Option<Prediction> {
+        None
+    }
 }
 
 /// What each axis of a space's unit cube is, so a surrogate can encode it its own way.
@@ -114,6 +120,36 @@ impl Surrogate for GpSurrogate {
         self.gp
             .predict_many(&features)
             .unwrap_or_else(|_| vec![(f64::INFINITY, 0.0); points.len()])
+    }
+
+    fn predict_with_gradient(&self, point: &[Option<f64>]) -> Option<Prediction> {
+        let at = self
+            .gp
+            .predict_with_gradients(&self.axes.gp_features(point))
+            .ok()?;
+        // Back from features to axes: a number is one feature; a categorical's one-hot block
+        // does not move with a continuous step.
+        let (mut mean_gradient, mut variance_gradient) = (Vec::new(), Vec::new());
+        let mut feature = 0;
+        for axis in &self.axes.0 {
+            match axis {
+                None => {
+                    mean_gradient.push(at.mean_gradient[feature]);
+                    variance_gradient.push(at.variance_gradient[feature]);
+                    feature += 1;
+                }
+                Some(choices) => {
+                    mean_gradient.push(0.0);
+                    variance_gradient.push(0.0);
+                    feature += choices;
+                }
+            }
+        }
+        Some(Prediction {
+            mean_gradient,
+            variance_gradient,
+            ..at
+        })
     }
 }
 

@@ -12,6 +12,8 @@ pub struct AccuracyPoint {
     pub natural: f64,
     /// Certified accuracy (y).
     pub certified: f64,
+    /// Whether the trial meets the study's constraints (only feasible trials form the front).
+    pub feasible: bool,
 }
 
 /// The COMPLETE trials that record both natural and certified accuracy.
@@ -26,13 +28,15 @@ pub fn accuracy_points(trials: &[StoredTrial]) -> Vec<AccuracyPoint> {
                 number: t.number,
                 natural,
                 certified,
+                feasible: t.is_feasible(),
             })
         })
         .collect()
 }
 
-/// The Pareto-optimal points (both accuracies maximised), sorted by natural accuracy.
+/// The Pareto-optimal feasible points (both accuracies maximised), sorted by natural accuracy.
 pub fn accuracy_front(points: &[AccuracyPoint]) -> Vec<AccuracyPoint> {
+    let points: Vec<AccuracyPoint> = points.iter().filter(|p| p.feasible).copied().collect();
     let coords: Vec<Vec<f64>> = points
         .iter()
         .map(|p| vec![p.natural, p.certified])

@@ -36,8 +36,14 @@ impl Chart for FrontChart {
         let mut entries = Vec::new();
         if self.single {
             if let Some(s) = self.series.first() {
-                if s.points.len() > s.front.len() {
+                if s.points.iter().any(|p| p.feasible && !s.front.contains(p)) {
                     entries.push(("dominated trials".into(), Marker::Dot(GREY.mix(0.35))));
+                }
+                if s.points.iter().any(|p| !p.feasible) {
+                    entries.push((
+                        "infeasible trials (constraints)".into(),
+                        Marker::Cross(GREY),
+                    ));
                 }
                 entries.push(("Pareto front".into(), Marker::LineDot(s.color)));
             }
@@ -78,8 +84,17 @@ impl Chart for FrontChart {
                 .draw_series(
                     s.points
                         .iter()
-                        .filter(|p| !s.front.contains(p))
+                        .filter(|p| p.feasible && !s.front.contains(p))
                         .map(|p| Circle::new((p.natural, p.certified), 5, faded.filled())),
+                )
+                .map_err(backend)?;
+            let crossed = if self.single { GREY } else { s.color };
+            chart
+                .draw_series(
+                    s.points
+                        .iter()
+                        .filter(|p| !p.feasible)
+                        .map(|p| Cross::new((p.natural, p.certified), 5, crossed.stroke_width(2))),
                 )
                 .map_err(backend)?;
         }
@@ -119,7 +134,7 @@ impl Chart for FrontChart {
 }
 
 /// Writes `<stem>.png` and `<stem>.svg`: certified vs natural accuracy of a study's COMPLETE
-/// trials, dominated trials faded, the Pareto front joined as a staircase, the best trial
+/// trials, dominated trials faded, infeasible ones (outside the study's constraints) crossed, the Pareto front joined as a staircase, the best trial
 /// (see [`store::best_trial`]) circled.
 pub fn pareto_chart(
     info: &StudyInfo,

@@ -91,6 +91,9 @@ pub mod attrs {
     pub const CONTINUES: &str = "continues_trial";
     /// Test-set evaluation of the configuration retrained by `cthpo evaluate` (a JSON object).
     pub const TEST_EVALUATION: &str = "test_evaluation";
+    /// Trial *system* attribute (Optuna's key): the constraint values of a COMPLETE trial, a
+    /// JSON list; the trial is feasible when every value is ≤ 0 (Optuna's convention).
+    pub const CONSTRAINTS: &str = "constraints";
 }
 
 /// Handle on one study database (an SQLite file or a PostgreSQL database) and the study

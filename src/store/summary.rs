@@ -30,7 +30,8 @@ pub fn pareto_front_indices(points: &[Vec<f64>], directions: &[Direction]) -> Ve
     crate::pareto::non_dominated(&minimised)
 }
 
-/// The COMPLETE trials whose objective values no other COMPLETE trial dominates, by number.
+/// The feasible COMPLETE trials ([`StoredTrial::is_feasible`]) whose objective values no other
+/// such trial dominates, by number.
 pub fn pareto_optimal<'a>(
     trials: &'a [StoredTrial],
     directions: &[Direction],
@@ -39,6 +40,7 @@ pub fn pareto_optimal<'a>(
         .iter()
         .filter(|t| {
             t.state == TrialState::Complete
+                && t.is_feasible()
                 && t.values
                     .as_ref()
                     .is_some_and(|v| v.len() == directions.len())
@@ -56,7 +58,8 @@ pub fn pareto_optimal<'a>(
     front
 }
 
-/// The best COMPLETE trial: for one objective the best value in the study's direction (lowest
+/// The best feasible COMPLETE trial ([`StoredTrial::is_feasible`]; none when no trial meets
+/// the study's constraints, as Optuna): for one objective the best value in the study's direction (lowest
 /// number on ties); for several, the highest weighted [`attrs::OBJECTIVE`] user attribute if
 /// any trial has one, else the first Pareto-optimal trial.
 pub fn best_trial<'a>(
@@ -65,7 +68,7 @@ pub fn best_trial<'a>(
 ) -> Option<&'a StoredTrial> {
     let mut complete: Vec<&StoredTrial> = trials
         .iter()
-        .filter(|t| t.state == TrialState::Complete)
+        .filter(|t| t.state == TrialState::Complete && t.is_feasible())
         .collect();
     complete.sort_by_key(|t| t.number);
     if let [direction] = directions {

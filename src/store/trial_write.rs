@@ -348,6 +348,27 @@ impl Store {
         self.write(|tx| self.set_attr_in(tx, trial_id, key, value))
     }
 
+    /// Sets (or replaces) a system attribute of a RUNNING trial (Optuna's own keys, such as
+    /// [`attrs::CONSTRAINTS`]).
+    pub fn set_trial_system_attr(
+        &self,
+        trial: &TrialHandle,
+        key: &str,
+        value: &Value,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            self.require_running(tx, trial.trial_id)?;
+            tx.execute(
+                "INSERT INTO trial_system_attributes (trial_id, key, value_json) \
+                 VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json",
+                &[trial.trial_id.into(), key.into(), encode_json(value).into()],
+            )
+            .map_err(|e| self.db_err(e))?;
+            Ok(())
+        })
+    }
+
     pub(super) fn set_attr_in(
         &self,
         tx: &mut Tx<'_>,

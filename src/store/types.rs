@@ -331,6 +331,42 @@ impl StoredTrial {
         self.user_attrs.get(key).and_then(Value::as_str)
     }
 
+    /// The trial's constraint values, as Optuna reads them: the list under the system attribute
+    /// [`super::attrs::CONSTRAINTS`] (what cthpo writes) followed by any `constraints:<name>`
+    /// system attributes (what Optuna's `set_constraint` writes); `None` without any, or when
+    /// one is not a number (such a trial counts as infeasible).
+    pub fn constraints(&self) -> Option<Vec<f64>> {
+        let prefix = format!("{}:", super::attrs::CONSTRAINTS);
+        let list = match self.system_attrs.get(super::attrs::CONSTRAINTS) {
+            Some(Value::Array(values)) => values.iter().collect(),
+            Some(other) => vec![other],
+            None => Vec::new(),
+        };
+        let named = self
+            .system_attrs
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, value)| value);
+        let values: Vec<&Value> = list.into_iter().chain(named).collect();
+        if values.is_empty() {
+            return None;
+        }
+        values.into_iter().map(Value::as_f64).collect()
+    }
+
+    /// Whether the trial satisfies its constraints (every value ≤ 0, Optuna's convention);
+    /// a trial without constraint values is feasible, one with unreadable values is not.
+    pub fn is_feasible(&self) -> bool {
+        let constrained = self.system_attrs.keys().any(|key| {
+            key == super::attrs::CONSTRAINTS
+                || key.starts_with(&format!("{}:", super::attrs::CONSTRAINTS))
+        });
+        !constrained
+            || self
+                .constraints()
+                .is_some_and(|c| c.iter().all(|v| *v <= 0.0))
+    }
+
     /// Whether the trial was interrupted rather than failed on its own: a FAIL stored as
     /// [`TrialOutcome::Interrupted`] (or, in databases older than that attribute, with the
     /// failure reason `interrupted`).

@@ -475,6 +475,7 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
     };
     let fidelity =
         |f: &super::Fidelity| serde_json::to_string(f).unwrap_or_else(|_| format!("{f:?}"));
+    let bound = |b: Option<f64>| b.map_or_else(|| "none".to_string(), |b| b.to_string());
     let dataset = |name: &str| super::canonical_dataset(name).unwrap_or_else(|_| name.into());
     // Every setting that changes how a trial is trained or scored: trials that differ in one
     // of them are not comparable, and `best` would pick among them.
@@ -505,6 +506,16 @@ fn check_same_study(store: &Store, spec: &StudySpec) -> Result<(), StudyError> {
             "fidelity",
             fidelity(&spec.fidelity),
             fidelity(&stored.fidelity),
+        ),
+        (
+            "min_natural",
+            bound(spec.min_natural),
+            bound(stored.min_natural),
+        ),
+        (
+            "min_certified",
+            bound(spec.min_certified),
+            bound(stored.min_certified),
         ),
     ] {
         if ours != theirs {
@@ -568,7 +579,10 @@ fn rebuild_optimizer(
                 } else {
                     Outcome::Costs(costs)
                 };
-                optimizer.tell(&config, outcome);
+                match trial.constraints() {
+                    Some(constraints) => optimizer.tell_constrained(&config, outcome, constraints),
+                    None => optimizer.tell(&config, outcome),
+                }
             }
             (TrialState::Running, _) => optimizer.mark_pending(&config),
             _ if trial.is_interrupted() => {}
@@ -675,6 +689,12 @@ fn finish(
             )?;
             set(attrs::CERTIFIED_ACCURACY, scores.certified_accuracy.into())?;
             set(attrs::OBJECTIVE, scores.objective.into())?;
+            if let Some(constraints) = run
+                .spec
+                .constraint_values(scores.natural_accuracy, scores.certified_accuracy)
+            {
+                store.set_trial_system_attr(handle, attrs::CONSTRAINTS, &constraints.into())?;
+            }
             set(
                 attrs::CHECKPOINT_PATH,
                 checkpoint_attribute(run, handle).into(),

@@ -150,6 +150,10 @@ pub struct StudyFile {
     pub min_epochs: Option<usize>,
     /// Reduction factor η of a multi-fidelity study.
     pub eta: Option<usize>,
+    /// Lowest acceptable natural accuracy in [0, 1]: trials below it are infeasible.
+    pub min_natural: Option<f64>,
+    /// Lowest acceptable certified accuracy in [0, 1]: trials below it are infeasible.
+    pub min_certified: Option<f64>,
 }
 
 impl StudyFile {
@@ -194,6 +198,8 @@ impl StudyFile {
             fidelity: self.fidelity.or(base.fidelity),
             min_epochs: self.min_epochs.or(base.min_epochs),
             eta: self.eta.or(base.eta),
+            min_natural: self.min_natural.or(base.min_natural),
+            min_certified: self.min_certified.or(base.min_certified),
         }
     }
 }
@@ -250,6 +256,12 @@ pub struct StudySpec {
     /// Multi-fidelity settings (none in studies stored before they existed).
     #[serde(default)]
     pub fidelity: Fidelity,
+    /// Lowest acceptable natural accuracy (a constraint on results), if any.
+    #[serde(default)]
+    pub min_natural: Option<f64>,
+    /// Lowest acceptable certified accuracy (a constraint on results), if any.
+    #[serde(default)]
+    pub min_certified: Option<f64>,
 }
 
 impl StudySpec {
@@ -337,6 +349,19 @@ impl StudySpec {
             }
             None => default_study_name(&method, &dataset, &arch, eps),
         };
+        for (field, bound) in [
+            ("min_natural", file.min_natural),
+            ("min_certified", file.min_certified),
+        ] {
+            if let Some(bound) = bound
+                && !(0.0..=1.0).contains(&bound)
+            {
+                return Err(StudyError::invalid(
+                    field,
+                    format!("{bound} is not an accuracy in [0, 1]"),
+                ));
+            }
+        }
         Ok(StudySpec {
             name,
             method,
@@ -357,7 +382,24 @@ impl StudySpec {
             no_default: file.no_default.unwrap_or(false),
             seed: file.seed.unwrap_or(0),
             fidelity,
+            min_natural: file.min_natural,
+            min_certified: file.min_certified,
         })
+    }
+}
+
+impl StudySpec {
+    /// The constraint values of a trial's accuracies, in Optuna's convention (≤ 0 feasible):
+    /// `bound − accuracy` for each bound set (natural first), or `None` without bounds.
+    pub fn constraint_values(&self, natural: f64, certified: f64) -> Option<Vec<f64>> {
+        let values: Vec<f64> = [
+            self.min_natural.map(|bound| bound - natural),
+            self.min_certified.map(|bound| bound - certified),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!values.is_empty()).then_some(values)
     }
 }
 

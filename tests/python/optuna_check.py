@@ -14,6 +14,7 @@ import sys
 
 import optuna
 from optuna.distributions import distribution_to_json
+from optuna.study._constrained_optimization import _get_feasible_trials
 
 
 def clean(x):
@@ -49,6 +50,7 @@ def dump(db, name):
                 "intermediate_values": t.intermediate_values,
                 "has_start": t.datetime_start is not None,
                 "has_complete": t.datetime_complete is not None,
+                "constraints": t.constraints,
             }
         )
     out = {
@@ -56,6 +58,10 @@ def dump(db, name):
         "user_attrs": study.user_attrs,
         "studies": [s.study_name for s in optuna.get_all_study_summaries(storage(db))],
         "trials": trials,
+        "feasible_numbers": sorted(
+            t.number
+            for t in _get_feasible_trials(study.get_trials(states=[optuna.trial.TrialState.COMPLETE]))
+        ),
     }
     if len(study.directions) == 1:
         out["best_number"] = study.best_trial.number
