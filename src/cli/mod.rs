@@ -52,7 +52,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run (or continue) a hyperparameter-optimisation study for one method.
-    Run(run::RunArgs),
+    // Boxed: the run command's flags make it by far the largest variant.
+    Run(Box<run::RunArgs>),
     /// Continue a stored study by name.
     Resume(resume::ResumeArgs),
     /// Train one network with one method and configuration, then evaluate it.
@@ -122,7 +123,7 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Resume(args) => resume::run(args),
         Command::Train(args) => train::run(args),
         Command::Verify(args) => verify::run(args),
