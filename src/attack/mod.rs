@@ -394,15 +394,7 @@ fn per_sample_loss(
                     let sum: f32 = row.iter().map(|&z| (z - max).exp()).sum();
                     max + sum.ln() - true_logit
                 }
-                AttackLoss::Margin => {
-                    let other = row
-                        .iter()
-                        .enumerate()
-                        .filter(|&(class, _)| class != label)
-                        .map(|(_, &z)| z)
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    other - true_logit
-                }
+                AttackLoss::Margin => largest_other_logit(row, label) - true_logit,
             }
         })
         .collect())
@@ -423,4 +415,13 @@ fn attack_loss(logits: &Tensor, labels: &Tensor, loss: AttackLoss) -> Result<Ten
             (others - true_logit)?.sum_all()?
         }
     })
+}
+
+/// The largest logit of a class other than `label`: the runner-up the margin loss pushes up.
+pub(crate) fn largest_other_logit(row: &[f32], label: usize) -> f32 {
+    row.iter()
+        .enumerate()
+        .filter(|&(class, _)| class != label)
+        .map(|(_, &z)| z)
+        .fold(f32::NEG_INFINITY, f32::max)
 }

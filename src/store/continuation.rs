@@ -29,11 +29,7 @@ impl Store {
         choose: impl Fn(&[StoredTrial]) -> Option<Continuation>,
     ) -> Result<Option<(StoredTrial, TrialHandle)>, StoreError> {
         self.write(|tx| {
-            self.query_int(
-                tx,
-                "SELECT study_id FROM studies WHERE study_id = ?1 FOR UPDATE",
-                &[study.0.into()],
-            )?;
+            self.lock_study_in(tx, study)?;
             if let Some(budget) = rules.budget
                 && self.counted_trials(tx, study, rules.interrupted_uncounted)? >= budget as i64
             {

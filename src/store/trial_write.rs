@@ -369,6 +369,18 @@ impl Store {
         })
     }
 
+    /// Locks the study's row for the rest of the transaction, so that two workers deciding
+    /// which trial to start or take over see each other's decisions (PostgreSQL; SQLite's write
+    /// transaction already holds the database).
+    pub(super) fn lock_study_in(&self, tx: &mut Tx<'_>, study: StudyId) -> Result<(), StoreError> {
+        self.query_int(
+            tx,
+            "SELECT study_id FROM studies WHERE study_id = ?1 FOR UPDATE",
+            &[study.0.into()],
+        )?;
+        Ok(())
+    }
+
     pub(super) fn set_attr_in(
         &self,
         tx: &mut Tx<'_>,
@@ -508,11 +520,7 @@ impl Store {
         reason: &str,
     ) -> Result<Option<(StoredTrial, TrialHandle)>, StoreError> {
         self.write(|tx| {
-            self.query_int(
-                tx,
-                "SELECT study_id FROM studies WHERE study_id = ?1 FOR UPDATE",
-                &[study.0.into()],
-            )?;
+            self.lock_study_in(tx, study)?;
             let ids = self.fail_stale_in(tx, study, older_than, dead, reason, 1)?;
             let Some(&id) = ids.first() else {
                 return Ok(None);

@@ -188,19 +188,9 @@ pub fn run_study(
                 old.number, handle.number
             ));
             let counted = count_trials(&store.trials(study)?);
-            match stored_config(&space, &old) {
-                Some(config) => {
-                    if run.trial(handle, &config, RERUN_PROPOSAL, counted, display)? {
-                        interrupted = true;
-                        break;
-                    }
-                }
-                None => store.finish_trial(
-                    &handle,
-                    &TrialOutcome::Fail {
-                        reason: "its configuration does not fit the method's space".into(),
-                    },
-                )?,
+            if run.stored_trial(&space, handle, &old, RERUN_PROPOSAL, counted, display)? {
+                interrupted = true;
+                break;
             }
             continue;
         }
@@ -236,19 +226,9 @@ pub fn run_study(
         if spec.fidelity.is_multi_fidelity()
             && let Some((from, handle)) = rungs::promote(spec, &store, study, rules)?
         {
-            match stored_config(&space, &from) {
-                Some(config) => {
-                    if run.trial(handle, &config, PROMOTION_PROPOSAL, counted, display)? {
-                        interrupted = true;
-                        break;
-                    }
-                }
-                None => store.finish_trial(
-                    &handle,
-                    &TrialOutcome::Fail {
-                        reason: "its configuration does not fit the method's space".into(),
-                    },
-                )?,
+            if run.stored_trial(&space, handle, &from, PROMOTION_PROPOSAL, counted, display)? {
+                interrupted = true;
+                break;
             }
             continue;
         }
@@ -333,6 +313,32 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Runs a started trial with the configuration of an earlier stored trial (a re-run or a
+    /// promotion); fails it when that configuration no longer fits the space. Returns true when
+    /// the user stopped it.
+    fn stored_trial(
+        &self,
+        space: &Space,
+        handle: TrialHandle,
+        earlier: &StoredTrial,
+        proposal: &str,
+        counted: usize,
+        display: &mut dyn StudyDisplay,
+    ) -> Result<bool, StudyError> {
+        match stored_config(space, earlier) {
+            Some(config) => self.trial(handle, &config, proposal, counted, display),
+            None => {
+                self.store.finish_trial(
+                    &handle,
+                    &TrialOutcome::Fail {
+                        reason: "its configuration does not fit the method's space".into(),
+                    },
+                )?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Runs a started trial: trains and scores `config` while a thread keeps the trial's
     /// heartbeat fresh, then stores the result. Returns true when the user stopped it.
     fn trial(

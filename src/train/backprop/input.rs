@@ -102,12 +102,7 @@ fn summed_objective_gradient(
             let mut gradient = Vec::with_capacity(rows.len() * rows.first().map_or(0, Vec::len));
             for (row, &label) in rows.iter().zip(labels) {
                 let label = label as usize;
-                let other = row
-                    .iter()
-                    .enumerate()
-                    .filter(|&(class, _)| class != label)
-                    .map(|(_, &z)| z)
-                    .fold(f32::NEG_INFINITY, f32::max);
+                let other = crate::attack::largest_other_logit(row, label);
                 gradient.extend(row.iter().enumerate().map(|(class, &z)| {
                     if class == label {
                         -1.0
