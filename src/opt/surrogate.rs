@@ -3,7 +3,7 @@
 //! variance of the cost.
 
 use super::forest::Forest;
-use super::gp::{Gp, Kernel, Prediction};
+use super::gp::{Gp, Kernel, NUMBER_THETA, Prediction, WIDE_THETA};
 use crate::space::{ParamKind, Space};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -74,6 +74,18 @@ impl Axes {
     /// them off.
     fn forest_features(&self, point: &[Option<f64>]) -> Vec<f64> {
         point.iter().map(|v| v.unwrap_or(-1.0)).collect()
+    }
+
+    /// The GP's θ range for each of its inputs (see [`Axes::gp_features`]): numbers get
+    /// [`NUMBER_THETA`], one-hot columns [`WIDE_THETA`].
+    fn gp_theta_bounds(&self) -> Vec<(f64, f64)> {
+        self.0
+            .iter()
+            .flat_map(|axis| match axis {
+                None => vec![NUMBER_THETA],
+                Some(choices) => vec![WIDE_THETA; *choices],
+            })
+            .collect()
     }
 
     /// GP inputs: numbers as they are (inactive at the centre), categoricals one-hot (inactive
@@ -194,7 +206,7 @@ pub fn fit(
             let x: Vec<Vec<f64>> = kept.iter().map(|&i| axes.gp_features(&points[i])).collect();
             let y: Vec<f64> = kept.iter().map(|&i| costs[i]).collect();
             Ok(Box::new(GpSurrogate {
-                gp: Gp::fit(&x, &y, kernel)?,
+                gp: Gp::fit_bounded(&x, &y, kernel, &axes.gp_theta_bounds())?,
                 axes: axes.clone(),
             }))
         }
