@@ -105,6 +105,27 @@ fn gp_rejects_inconsistent_data_instead_of_panicking() {
     assert!(Gp::fit(&[], &[], Kernel::Matern52).is_err());
     assert!(Gp::fit(&[vec![0.1, 0.2], vec![0.3]], &[1.0, 2.0], Kernel::Matern52).is_err());
     assert!(Gp::fit(&[vec![0.1, 0.2]], &[1.0, 2.0], Kernel::Matern52).is_err());
+    let two = [vec![0.1, 0.2], vec![0.3, 0.4]];
+    let one_bound = [(0.3, 30.0)];
+    assert!(Gp::fit_bounded(&two, &[1.0, 2.0], Kernel::Matern52, &one_bound).is_err());
+}
+
+#[test]
+fn a_floor_on_theta_keeps_uncertainty_between_the_points() {
+    // A smooth response on 5 points: the unbounded fit explains it by a long length scale and
+    // is nearly certain between the points; a floor on θ (a shorter length scale) keeps the
+    // uncertainty there that lets the acquisition explore.
+    let x: Vec<Vec<f64>> = (0..5).map(|i| vec![f64::from(i) / 4.0]).collect();
+    let y: Vec<f64> = x.iter().map(|p| 0.2 + 0.5 * p[0]).collect();
+    let wide = Gp::fit_bounded(&x, &y, Kernel::Matern52, &[(0.01, 10.0)]).unwrap();
+    let floored = Gp::fit_bounded(&x, &y, Kernel::Matern52, &[(20.0, 30.0)]).unwrap();
+    let between = [0.125];
+    let (_, wide_variance) = wide.predict(&between).unwrap();
+    let (_, floored_variance) = floored.predict(&between).unwrap();
+    assert!(
+        floored_variance > 2.0 * wide_variance,
+        "variance between points: floored {floored_variance}, wide {wide_variance}"
+    );
 }
 
 #[test]
