@@ -22,8 +22,8 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from lirpa_certify_reference import build, spec_matrix  # noqa: E402
-from lirpa_verify_checkpoint import find, read_idx  # noqa: E402
+from lirpa_certify_reference import spec_matrix  # noqa: E402
+from lirpa_verify_checkpoint import load_net_and_test_images  # noqa: E402
 
 
 def main():
@@ -39,17 +39,11 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from safetensors.torch import load_file
     from auto_LiRPA import BoundedModule, BoundedTensor
     from auto_LiRPA.perturbations import PerturbationLpNorm
     from auto_LiRPA.utils import stop_criterion_min
 
-    net = build(args.arch)
-    net.load_state_dict(load_file(args.model))
-    net.eval()
-    images = read_idx(find(args.data_dir, "t10k-images-idx3-ubyte"))[: args.samples]
-    labels = read_idx(find(args.data_dir, "t10k-labels-idx1-ubyte"))[: args.samples].long()
-    x_all = images.float().div(255.0).unsqueeze(1)
+    net, x_all, labels = load_net_and_test_images(args)
     with torch.no_grad():
         correct = net(x_all).argmax(1) == labels
     chosen = torch.nonzero(correct).flatten()

@@ -49,6 +49,19 @@ def find(data_dir, stem):
     sys.exit(f"{data_dir}: no {stem}[.gz]")
 
 
+def load_net_and_test_images(args):
+    """The checkpoint's network (eval mode) and the first --samples test images in [0, 1] with
+    their labels."""
+    from safetensors.torch import load_file
+
+    net = build(args.arch)
+    net.load_state_dict(load_file(args.model))
+    net.eval()
+    images = read_idx(find(args.data_dir, "t10k-images-idx3-ubyte"))[: args.samples]
+    labels = read_idx(find(args.data_dir, "t10k-labels-idx1-ubyte"))[: args.samples].long()
+    return net, images.float().div(255.0).unsqueeze(1), labels
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="safetensors weights (model.safetensors)")
@@ -63,16 +76,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from safetensors.torch import load_file
     from auto_LiRPA import BoundedModule, BoundedTensor
     from auto_LiRPA.perturbations import PerturbationLpNorm
 
-    net = build(args.arch)
-    net.load_state_dict(load_file(args.model))
-    net.eval()
-    images = read_idx(find(args.data_dir, "t10k-images-idx3-ubyte"))[: args.samples]
-    labels = read_idx(find(args.data_dir, "t10k-labels-idx1-ubyte"))[: args.samples].long()
-    x_all = images.float().div(255.0).unsqueeze(1)
+    net, x_all, labels = load_net_and_test_images(args)
 
     methods = ["IBP", "CROWN-IBP", "CROWN"]
     certified = {m: torch.zeros(0, dtype=torch.bool) for m in methods}
