@@ -157,6 +157,39 @@ const UNFOLDED_OPS: [&str; 8] = [
     "Gemm",
 ];
 
+/// What tests/python/onnx_check.py reports for an ONNX file: after `onnx.checker`, the
+/// operators, opset and shapes, and onnxruntime's logits for each image.
+fn onnxruntime_report(python: &Path, onnx: &Path, images: &[Vec<f32>]) -> serde_json::Value {
+    let inputs = onnx.with_extension("inputs.json");
+    std::fs::write(&inputs, serde_json::to_string(images).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/onnx_check.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg(onnx)
+        .arg(&inputs)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "onnx_check.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// `ours − theirs` per sample and class.
+fn logit_differences(ours: &[Vec<f32>], report: &serde_json::Value) -> Vec<Vec<f32>> {
+    let theirs: Vec<Vec<f32>> = serde_json::from_value(report["outputs"].clone()).unwrap();
+    assert_eq!(theirs.len(), ours.len());
+    ours.iter()
+        .zip(&theirs)
+        .map(|(a, b)| {
+            assert_eq!(a.len(), b.len());
+            a.iter().zip(b).map(|(x, y)| x - y).collect()
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "needs Python with onnx and onnxruntime (./.venv or CTHPO_ONNX_PYTHON); .ci/run runs it with --ignored"]
 fn onnxruntime_computes_our_logits_for_every_layer_kind() {
@@ -168,23 +201,10 @@ fn onnxruntime_computes_our_logits_for_every_layer_kind() {
     ] {
         let net = random_net(&spec, &dir, seed);
         let onnx = dir.join(format!("net-{seed}.onnx"));
-        std::fs::write(&onnx, onnx_bytes(&net).unwrap()).unwrap();
+        let bytes = onnx_bytes(&net).unwrap();
+        std::fs::write(&onnx, &bytes).unwrap();
         let images = random_images(&spec, 6, seed + 10);
-        let inputs = dir.join(format!("inputs-{seed}.json"));
-        std::fs::write(&inputs, serde_json::to_string(&images).unwrap()).unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/onnx_check.py");
-        let output = Command::new(&python)
-            .arg(&script)
-            .arg(&onnx)
-            .arg(&inputs)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "onnx_check.py failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let report = onnxruntime_report(&python, &onnx, &images);
         assert_eq!(report["ops"], serde_json::json!(ops));
         assert!(report["opset"].as_i64().unwrap() >= 13);
         let [c, h, w] = spec.input_shape;
@@ -193,20 +213,40 @@ fn onnxruntime_computes_our_logits_for_every_layer_kind() {
             report["output_shape"],
             serde_json::json!([1, net.num_classes()])
         );
-        let theirs: Vec<Vec<f32>> = serde_json::from_value(report["outputs"].clone()).unwrap();
         let ours = our_logits(&net, &images);
-        assert_eq!(theirs.len(), ours.len());
-        for (sample, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-            assert_eq!(a.len(), b.len());
-            for (class, (x, y)) in a.iter().zip(b).enumerate() {
+        for (sample, row) in logit_differences(&ours, &report).iter().enumerate() {
+            for (class, difference) in row.iter().enumerate() {
+                let x = ours[sample][class];
                 assert!(
-                    (x - y).abs() <= 1e-4 * (1.0 + x.abs()),
-                    "net {seed}, sample {sample}, class {class}: ours {x}, onnxruntime {y}"
+                    difference.abs() <= 1e-4 * (1.0 + x.abs()),
+                    "net {seed}, sample {sample}, class {class}: ours {x}, onnxruntime {}",
+                    x - difference
                 );
             }
         }
         // Not a constant network: the logits differ between images.
         assert!(ours[0] != ours[1]);
+
+        // The comparison resolves small errors: a last-layer bias moved by 0.01 in the file
+        // moves onnxruntime's logit of that class by 0.01 and no other.
+        let mut model = ModelProto::decode(bytes.as_slice()).unwrap();
+        let last_bias = format!("{}.bias", spec.layers.len() - 1);
+        let graph = model.graph.as_mut().unwrap();
+        let bias = graph
+            .initializer
+            .iter_mut()
+            .find(|t| t.name.as_deref() == Some(last_bias.as_str()))
+            .unwrap();
+        let raw = bias.raw_data.as_mut().unwrap();
+        let moved = f32::from_le_bytes(raw[..4].try_into().unwrap()) + 0.01;
+        raw[..4].copy_from_slice(&moved.to_le_bytes());
+        let tampered = dir.join(format!("tampered-{seed}.onnx"));
+        std::fs::write(&tampered, model.encode_to_vec()).unwrap();
+        let report = onnxruntime_report(&python, &tampered, &images);
+        for row in logit_differences(&ours, &report) {
+            assert!((row[0] + 0.01).abs() < 1e-3, "{row:?}");
+            assert!(row[1..].iter().all(|d| d.abs() < 1e-3), "{row:?}");
+        }
     }
 }
 
