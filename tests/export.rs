@@ -611,6 +611,14 @@ fn write_benchmark_names_the_path_it_cannot_write_and_refuses_bad_eps() {
         let error = write_benchmark(&net, &images, eps, &files).unwrap_err();
         assert!(matches!(error, ExportError::Eps(_)), "{error}");
     }
+    // instances.csv separates its columns by commas.
+    let comma = BenchmarkFiles {
+        vnnlib_dir: dir.join("a,b"),
+        ..files.clone()
+    };
+    let error = write_benchmark(&net, &images, 0.1, &comma).unwrap_err();
+    assert!(matches!(error, ExportError::CsvPath { .. }), "{error}");
+    assert!(!dir.join("a,b").exists());
     // A label outside the network's 5 classes.
     let images = cthpo::data::Dataset::new(vec![0.5; 36], vec![7], [1, 6, 6]).unwrap();
     let error = write_benchmark(&net, &images, 0.1, &files).unwrap_err();

@@ -34,6 +34,12 @@ pub enum ExportError {
         /// A label outside the network's classes, if that is the problem.
         label: Option<u8>,
     },
+    /// A path that `instances.csv` cannot hold (its columns are separated by commas).
+    #[error("{}: instances.csv cannot list a path with a comma or a line break; choose another name", path.display())]
+    CsvPath {
+        /// The path.
+        path: PathBuf,
+    },
     /// A file or directory could not be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -96,6 +102,11 @@ pub fn write_benchmark(
     }
     if let Some(&label) = images.labels().iter().find(|&&l| usize::from(l) >= classes) {
         return Err(data_error(Some(label)));
+    }
+    for path in [&files.onnx, &files.vnnlib_dir] {
+        if path.to_string_lossy().contains([',', '\n', '\r']) {
+            return Err(ExportError::CsvPath { path: path.clone() });
+        }
     }
     let model = onnx_bytes(net)?;
     write_file(&files.onnx, &model)?;
