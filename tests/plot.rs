@@ -357,3 +357,60 @@ fn plot_command_writes_the_charts() {
         CHART_SIZE
     );
 }
+
+#[test]
+fn pareto_chart_adds_the_test_split_front_of_evaluated_trials() {
+    let dir = out_dir("plot-test-front");
+    let store = Store::open(&dir).unwrap();
+    fill_study(&store, "evaluated", 7, 0.0, 16);
+    fill_study(&store, "plain", 7, 0.0, 16);
+    let info = store.require_study("evaluated").unwrap();
+    let trials = store.trials(info.id).unwrap();
+    // `cthpo evaluate`'s attribute on three completed trials: test accuracies a little below
+    // the validation ones.
+    let evaluated: Vec<&StoredTrial> = trials
+        .iter()
+        .filter(|t| t.user_attr_f64(attrs::NATURAL_ACCURACY).is_some())
+        .take(3)
+        .collect();
+    for t in &evaluated {
+        let natural = t.user_attr_f64(attrs::NATURAL_ACCURACY).unwrap() - 0.03;
+        let certified = t.user_attr_f64(attrs::CERTIFIED_ACCURACY).unwrap() - 0.05;
+        let value = json!({"trial": t.number, "natural_accuracy": natural,
+                           "certified_accuracy": certified, "adversarial_accuracy": certified});
+        store
+            .set_finished_trial_user_attr(t.trial_id, attrs::TEST_EVALUATION, &value)
+            .unwrap();
+    }
+    let trials = store.trials(info.id).unwrap();
+    let test_points = plot::test_accuracy_points(&trials);
+    let numbers: Vec<i64> = test_points.iter().map(|p| p.number).collect();
+    assert_eq!(
+        numbers,
+        evaluated.iter().map(|t| t.number).collect::<Vec<_>>()
+    );
+    for (point, t) in test_points.iter().zip(&evaluated) {
+        let natural = t.user_attr_f64(attrs::NATURAL_ACCURACY).unwrap() - 0.03;
+        assert_eq!(point.natural, natural);
+    }
+
+    let plots = dir.join("plots");
+    let names = vec!["evaluated".to_string(), "plain".to_string()];
+    plot::plot_studies(&store, &names, &plots).unwrap();
+    let with_test = std::fs::read_to_string(plots.join("evaluated-pareto.svg")).unwrap();
+    let without = std::fs::read_to_string(plots.join("plain-pareto.svg")).unwrap();
+    assert!(with_test.contains("test split front"), "no test legend");
+    assert!(with_test.contains("Pareto front (validation)"));
+    assert!(with_test.contains("validation and test"), "title");
+    assert!(!without.contains("test split"));
+    // The same trials (same seed): the evaluated study's chart draws the test points and a
+    // link per evaluated trial on top of everything the plain one draws.
+    let marks = |svg: &str| svg.matches("<circle").count();
+    assert!(
+        marks(&with_test) >= marks(&without) + evaluated.len(),
+        "{} marks with the test split, {} without",
+        marks(&with_test),
+        marks(&without)
+    );
+    assert!(with_test.matches("<polyline").count() >= without.matches("<polyline").count() + 3);
+}

@@ -28,7 +28,9 @@ macro_rules! out {
 }
 
 mod best;
+mod checkpoint;
 mod evaluate;
+mod export;
 mod plot;
 mod resume;
 mod run;
@@ -69,6 +71,9 @@ enum Command {
     /// Retrain a study's chosen configurations on training + validation data and evaluate them
     /// on the test split (natural, PGD, certified at several radii with α-CROWN).
     Evaluate(evaluate::EvaluateArgs),
+    /// Write a trained network as ONNX with one VNN-LIB robustness property per test image and
+    /// a VNN-COMP instances.csv, for external verifiers such as α,β-CROWN.
+    Export(export::ExportArgs),
     /// Draw Pareto fronts and optimisation history of studies (PNG and SVG).
     Plot(plot::PlotArgs),
 }
@@ -131,6 +136,7 @@ pub fn main() -> ExitCode {
         Command::Trials(args) => trials::run(args),
         Command::Best(args) => best::run(args),
         Command::Evaluate(args) => evaluate::run(args),
+        Command::Export(args) => export::run(args),
         Command::Plot(args) => plot::run(args),
     };
     match result {

@@ -1,13 +1,10 @@
 //! `cthpo verify`: measures natural, adversarial and certified accuracy of a trained network.
 
 use crate::bounds::BoundMethod;
-use crate::data::{DataSource, DatasetName};
 use crate::eval::{EvalConfig, EvalReport, evaluate};
-use crate::model::{Net, NetSpec};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::PathBuf;
 
 /// Which verifier decides certification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,27 +24,9 @@ pub enum VerifyMethod {
 /// Arguments of `cthpo verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Trained weights: a safetensors file, or a run directory written by `cthpo train`.
-    #[arg(long)]
-    model: PathBuf,
-    /// Builtin architecture of the weights (fc, cnn-small, cnn-medium, cnn7); read from the
-    /// checkpoint's sidecar when omitted.
-    #[arg(long, conflicts_with = "net")]
-    arch: Option<String>,
-    /// A YAML network description instead of a builtin architecture.
-    #[arg(long)]
-    net: Option<PathBuf>,
-    /// Dataset to evaluate on: mnist, fashion-mnist or cifar10 (default: the checkpoint's, else
-    /// mnist).
-    #[arg(long)]
-    dataset: Option<String>,
-    /// Directory with the dataset files (default: the embedded MNIST subset; Fashion-MNIST from
-    /// /usr/share/datasets/fashion-mnist).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// ℓ∞ radius in [0,1] pixel units (default: the checkpoint's, else 0.1).
-    #[arg(long, allow_negative_numbers = true)]
-    eps: Option<f64>,
+    /// The network and its test data.
+    #[command(flatten)]
+    checkpoint: super::checkpoint::CheckpointArgs,
     /// Certification method.
     #[arg(long, value_enum, default_value_t = VerifyMethod::Cascade)]
     method: VerifyMethod,
@@ -73,52 +52,13 @@ pub struct VerifyArgs {
 
 /// Runs `cthpo verify`.
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    if !args.model.exists() {
-        bail!(
-            "--model {}: not found (give a safetensors file or a run directory written by `cthpo train`)",
-            args.model.display()
-        );
-    }
-    if let Some(eps) = args.eps
-        && !(eps.is_finite() && (0.0..=1.0).contains(&eps))
-    {
-        bail!("--eps {eps} must be in [0, 1] (pixel units)");
-    }
-    let sidecar = if args.arch.is_none() && args.net.is_none() {
-        let (_, sidecar) = crate::train::checkpoint_files(&args.model);
-        match sidecar {
-            Some(path) => Some(crate::train::read_sidecar(&path)?),
-            None => None,
-        }
-    } else {
-        None
-    };
-    let dataset: DatasetName = match (&args.dataset, &sidecar) {
-        (Some(name), _) => name.parse()?,
-        (None, Some(sidecar)) => sidecar.dataset.parse()?,
-        (None, None) => DatasetName::Mnist,
-    };
-    let eps = args.eps.or(sidecar.as_ref().map(|s| s.eps)).unwrap_or(0.1);
-    let source = match &args.data_dir {
-        Some(dir) => DataSource::Dir(dir.clone()),
-        None => DataSource::Default,
-    };
-    let (net, weights) = load_network(&args, dataset, sidecar.as_ref())?;
-    let splits = crate::data::load(dataset, &source)
-        .with_context(|| format!("loading the {dataset} dataset"))?;
-    if args.samples == 0 {
-        bail!("--samples must be at least 1");
-    }
-    if args.samples > splits.test.len() {
-        bail!(
-            "--samples {}: the {dataset} test split has {} images",
-            args.samples,
-            splits.test.len()
-        );
-    }
-    let test = splits.test.take(args.samples);
-    net.spec()
-        .check_input_shape(test.shape(), dataset.as_str())?;
+    let super::checkpoint::Loaded {
+        net,
+        weights,
+        test,
+        eps,
+        ..
+    } = args.checkpoint.load(args.samples)?;
     let (images, labels) = test.tensors()?;
     let mut config = EvalConfig::cascade(eps);
     config.methods = match args.method {
@@ -149,33 +89,6 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         print_table(&report, &weights)?;
     }
     Ok(())
-}
-
-fn load_network(
-    args: &VerifyArgs,
-    dataset: DatasetName,
-    sidecar: Option<&crate::train::Sidecar>,
-) -> anyhow::Result<(Net, PathBuf)> {
-    let (weights, _) = crate::train::checkpoint_files(&args.model);
-    let spec = if let Some(path) = &args.net {
-        NetSpec::from_yaml_file(path)?
-    } else if let Some(arch) = &args.arch {
-        NetSpec::builtin(
-            arch,
-            dataset.input_shape(),
-            dataset.num_classes(),
-            dataset.normalization(),
-        )?
-    } else if let Some(sidecar) = sidecar {
-        sidecar.net.clone()
-    } else {
-        bail!(
-            "{} has no sidecar (model.json) describing its architecture: pass --arch (fc, cnn-small, cnn-medium, cnn7) or --net FILE.yaml",
-            args.model.display()
-        );
-    };
-    let net = Net::load(&spec, &weights)?;
-    Ok((net, weights))
 }
 
 fn report_json(report: &EvalReport) -> serde_json::Value {

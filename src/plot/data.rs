@@ -34,6 +34,25 @@ pub fn accuracy_points(trials: &[StoredTrial]) -> Vec<AccuracyPoint> {
         .collect()
 }
 
+/// The trials `cthpo evaluate` scored on the test split (attribute
+/// [`attrs::TEST_EVALUATION`]), as points of their test-set natural and certified accuracy.
+pub fn test_accuracy_points(trials: &[StoredTrial]) -> Vec<AccuracyPoint> {
+    trials
+        .iter()
+        .filter_map(|t| {
+            let evaluation = t.user_attrs.get(attrs::TEST_EVALUATION)?;
+            let natural = evaluation.get("natural_accuracy")?.as_f64()?;
+            let certified = evaluation.get("certified_accuracy")?.as_f64()?;
+            (natural.is_finite() && certified.is_finite()).then_some(AccuracyPoint {
+                number: t.number,
+                natural,
+                certified,
+                feasible: t.is_feasible(),
+            })
+        })
+        .collect()
+}
+
 /// The Pareto-optimal feasible points (both accuracies maximised), sorted by natural accuracy.
 pub fn accuracy_front(points: &[AccuracyPoint]) -> Vec<AccuracyPoint> {
     let points: Vec<AccuracyPoint> = points.iter().filter(|p| p.feasible).copied().collect();

@@ -1,6 +1,8 @@
 //! The accuracy chart: certified vs natural accuracy with Pareto fronts, for one study or several.
 
-use super::data::{AccuracyPoint, accuracy_front, accuracy_points, staircase};
+use super::data::{
+    AccuracyPoint, accuracy_front, accuracy_points, staircase, test_accuracy_points,
+};
 use super::render::{
     BEST, CERTIFIED_LABEL, Chart, DrawResult, FONT, GREY, Marker, NATURAL_LABEL, PALETTE, backend,
     draw_mesh, padded_range, percent_formatter, render,
@@ -21,6 +23,9 @@ struct FrontSeries {
 struct FrontChart {
     title: String,
     series: Vec<FrontSeries>,
+    /// The same study's trials scored on the test split by `cthpo evaluate`, single-study charts
+    /// only; each is joined to its validation point.
+    test: Option<FrontSeries>,
     /// Highlighted trial (the study's best), single-study charts only.
     best: Option<AccuracyPoint>,
     /// One study: legend entries describe the marks; several: one entry per study.
@@ -45,7 +50,24 @@ impl Chart for FrontChart {
                         Marker::Cross(GREY),
                     ));
                 }
-                entries.push(("Pareto front".into(), Marker::LineDot(s.color)));
+                let front = if self.test.is_some() {
+                    "Pareto front (validation)"
+                } else {
+                    "Pareto front"
+                };
+                entries.push((front.into(), Marker::LineDot(s.color)));
+            }
+            if let Some(test) = &self.test {
+                entries.push((
+                    "test split front (cthpo evaluate)".into(),
+                    Marker::LineDot(test.color),
+                ));
+                if test.points.iter().any(|p| !test.front.contains(p)) {
+                    entries.push((
+                        "test split, dominated".into(),
+                        Marker::Dot(test.color.mix(0.35)),
+                    ));
+                }
             }
         } else {
             for s in &self.series {
@@ -66,7 +88,12 @@ impl Chart for FrontChart {
     where
         DB::ErrorType: 'static,
     {
-        let all = || self.series.iter().flat_map(|s| s.points.iter());
+        let all = || {
+            self.series
+                .iter()
+                .chain(&self.test)
+                .flat_map(|s| s.points.iter())
+        };
         let (x0, x1) = padded_range(all().map(|p| p.natural)).ok_or(DrawError::NoPoints)?;
         let (y0, y1) = padded_range(all().map(|p| p.certified)).ok_or(DrawError::NoPoints)?;
         let mut chart = ChartBuilder::on(area)
@@ -98,7 +125,29 @@ impl Chart for FrontChart {
                 )
                 .map_err(backend)?;
         }
-        for s in &self.series {
+        if let (Some(test), Some(validation)) = (&self.test, self.series.first()) {
+            for t in &test.points {
+                if let Some(v) = validation.points.iter().find(|v| v.number == t.number) {
+                    chart
+                        .draw_series(LineSeries::new(
+                            [(v.natural, v.certified), (t.natural, t.certified)],
+                            GREY.mix(0.6).stroke_width(1),
+                        ))
+                        .map_err(backend)?;
+                }
+            }
+            chart
+                .draw_series(
+                    test.points
+                        .iter()
+                        .filter(|p| !test.front.contains(p))
+                        .map(|p| {
+                            Circle::new((p.natural, p.certified), 5, test.color.mix(0.35).filled())
+                        }),
+                )
+                .map_err(backend)?;
+        }
+        for s in self.series.iter().chain(&self.test) {
             let color = s.color;
             chart
                 .draw_series(LineSeries::new(staircase(&s.front), color.stroke_width(2)))
@@ -135,7 +184,9 @@ impl Chart for FrontChart {
 
 /// Writes `<stem>.png` and `<stem>.svg`: certified vs natural accuracy of a study's COMPLETE
 /// trials, dominated trials faded, infeasible ones (outside the study's constraints) crossed, the Pareto front joined as a staircase, the best trial
-/// (see [`store::best_trial`]) circled.
+/// (see [`store::best_trial`]) circled. Trials `cthpo evaluate` scored on the test split
+/// (attribute [`attrs::TEST_EVALUATION`]) add their test-split front in a second colour, each
+/// test point joined to the trial's validation point by a thin grey line.
 pub fn pareto_chart(
     info: &StudyInfo,
     trials: &[StoredTrial],
@@ -154,14 +205,30 @@ pub fn pareto_chart(
     }
     let best = store::best_trial(trials, &info.directions)
         .and_then(|b| points.iter().find(|p| p.number == b.number).copied());
+    let test_points = test_accuracy_points(trials);
+    let test = (!test_points.is_empty()).then(|| FrontSeries {
+        label: format!("{} (test split)", info.name),
+        color: PALETTE[1],
+        front: accuracy_front(&test_points),
+        points: test_points,
+    });
+    let title = if test.is_some() {
+        format!(
+            "{}: certified vs natural accuracy, validation and test",
+            info.name
+        )
+    } else {
+        format!("{}: certified vs natural accuracy", info.name)
+    };
     let chart = FrontChart {
-        title: format!("{}: certified vs natural accuracy", info.name),
+        title,
         series: vec![FrontSeries {
             label: info.name.clone(),
             color: PALETTE[0],
             front: accuracy_front(&points),
             points,
         }],
+        test,
         best,
         single: true,
     };
@@ -195,6 +262,7 @@ pub fn comparison_chart(
     let chart = FrontChart {
         title: "Pareto fronts: certified vs natural accuracy".to_string(),
         series,
+        test: None,
         best: None,
         single: false,
     };

@@ -1,5 +1,6 @@
-//! Charts from stored trials: Pareto fronts of certified vs natural accuracy, optimisation
-//! history, and the fronts of several studies on one chart. Each chart is written as PNG and SVG.
+//! Charts from stored trials: Pareto fronts of certified vs natural accuracy (with the test-split
+//! front of the trials `cthpo evaluate` scored), optimisation history, and the fronts of several
+//! studies on one chart. Each chart is written as PNG and SVG.
 //!
 //! Text is drawn with DejaVu Sans, embedded in the binary (see `assets/fonts/`), so plotting
 //! needs neither fontconfig nor system fonts.
@@ -13,7 +14,7 @@ mod render;
 
 pub use data::{
     AccuracyPoint, HistorySeries, accuracy_front, accuracy_points, best_so_far, history_series,
-    staircase,
+    staircase, test_accuracy_points,
 };
 pub use front::{comparison_chart, pareto_chart};
 pub use history::history_chart;

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests that need a PostgreSQL server.
+//! Helpers shared by the integration tests that need a PostgreSQL server or Python.
 
 #![allow(dead_code)]
 
@@ -63,13 +63,19 @@ impl Drop for PgDatabase {
 /// Python with optuna 5.0.0: `CTHPO_OPTUNA_PYTHON`, else `./.venv/bin/python`. The test that
 /// needs it is ignored by default, so running it without one is a failure, never a silent pass.
 pub fn optuna_python() -> PathBuf {
-    let candidate = std::env::var_os("CTHPO_OPTUNA_PYTHON")
+    venv_python("CTHPO_OPTUNA_PYTHON", "optuna==5.0.0 psycopg2-binary")
+}
+
+/// Python with `packages`: the interpreter `variable` names, else `./.venv/bin/python` (which
+/// `.ci/run` creates); a failure that says how to make one when there is none.
+pub fn venv_python(variable: &str, packages: &str) -> PathBuf {
+    let candidate = std::env::var_os(variable)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
     assert!(
         candidate.exists(),
-        "no Python with optuna at {} (set CTHPO_OPTUNA_PYTHON or run \
-         `python3 -m venv .venv && .venv/bin/pip install optuna==5.0.0 psycopg2-binary`)",
+        "no Python with {packages} at {} (set {variable} or run \
+         `python3 -m venv .venv && .venv/bin/pip install {packages}`)",
         candidate.display()
     );
     candidate
