@@ -1,11 +1,14 @@
 //! Multi-fidelity studies end to end: configurations stop (PRUNED) at rungs and promotions
 //! continue their checkpoints, a study stopped mid-bracket resumes the same brackets, and two
-//! processes on one study never continue a trial twice.
+//! processes on one study never continue a trial twice, on SQLite and on PostgreSQL (the
+//! PostgreSQL test needs `CTHPO_TEST_POSTGRES_URL`; ignored by default, `.ci/run` runs it).
 
-use cthpo::store::{Store, StoredTrial, TrialState, attrs};
+use cthpo::store::{Storage, Store, StoredTrial, TrialState, attrs, split_checkpoint_host};
 use cthpo::train::read_sidecar;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+mod common;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cthpo-fidelity-{name}-{}", std::process::id()));
@@ -53,7 +56,11 @@ fn cthpo(args: &[&str]) {
 }
 
 fn trials(dir: &Path) -> Vec<StoredTrial> {
-    let store = Store::open_existing(dir).unwrap();
+    trials_at(&Storage::sqlite_in(dir), dir)
+}
+
+fn trials_at(storage: &Storage, dir: &Path) -> Vec<StoredTrial> {
+    let store = Store::open_existing_at(storage, dir).unwrap();
     let study = store.require_study(NAME).unwrap();
     store.trials(study.id).unwrap()
 }
@@ -83,7 +90,9 @@ fn check_rungs(dir: &Path, trials: &[StoredTrial], sequential: bool) -> Vec<i64>
             trial.intermediate_values.get(&rung_epochs[rung]),
             Some(&values[0])
         );
-        let checkpoint = dir.join(trial.user_attr_str(attrs::CHECKPOINT_PATH).unwrap());
+        // Relative to the study directory, or host:/absolute/path with a server storage.
+        let stored = trial.user_attr_str(attrs::CHECKPOINT_PATH).unwrap();
+        let checkpoint = dir.join(split_checkpoint_host(stored).1);
         let sidecar = read_sidecar(&checkpoint.join("model.json")).unwrap();
         assert_eq!(
             sidecar.epochs as i64, rung_epochs[rung],
@@ -204,13 +213,16 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("fidelity"));
 }
 
-#[test]
-fn two_processes_never_continue_one_trial_twice() {
-    let dir = temp_dir("workers");
+/// Two `cthpo run` processes share one successive-halving study of 16 trials in `dir` (and
+/// `extra` arguments, e.g. a storage): no trial is continued twice, and promotions happened.
+fn two_processes_share_a_study(dir: &Path, extra: &[&str]) {
     let d = dir.to_str().unwrap();
     // Create the study first so that both workers join it.
-    cthpo(&halving_study(d, "1"));
-    let args = halving_study(d, "16");
+    let mut first = halving_study(d, "1");
+    first.extend_from_slice(extra);
+    cthpo(&first);
+    let mut args = halving_study(d, "16");
+    args.extend_from_slice(extra);
     let workers: Vec<_> = (0..2)
         .map(|_| {
             Command::new(env!("CARGO_BIN_EXE_cthpo"))
@@ -229,13 +241,29 @@ fn two_processes_never_continue_one_trial_twice() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let all = trials(&dir);
+    let storage = match extra {
+        ["--storage", url] => Storage::parse(url).unwrap(),
+        _ => Storage::sqlite_in(dir),
+    };
+    let all = trials_at(&storage, dir);
     assert_eq!(all.len(), 16);
     let owners: std::collections::BTreeSet<_> = all
         .iter()
         .filter_map(|t| t.user_attr_str("cthpo_owner"))
         .collect();
     assert!(owners.len() >= 2, "both workers ran trials: {owners:?}");
-    let continued = check_rungs(&dir, &all, false);
+    let continued = check_rungs(dir, &all, false);
     assert!(continued.len() >= 4, "promotions happened: {continued:?}");
+}
+
+#[test]
+fn two_processes_never_continue_one_trial_twice() {
+    two_processes_share_a_study(&temp_dir("workers"), &[]);
+}
+
+#[test]
+#[ignore = "needs a PostgreSQL server (CTHPO_TEST_POSTGRES_URL); .ci/run runs it with --ignored"]
+fn postgres_two_processes_never_continue_one_trial_twice() {
+    let pg = common::PgDatabase::create("fidelity");
+    two_processes_share_a_study(&temp_dir("workers-pg"), &["--storage", &pg.url]);
 }

@@ -139,9 +139,19 @@ fn number(config: &Config, key: &str) -> f64 {
 
 /// The Branin function on x1 ∈ [−5, 10], x2 ∈ [0, 15].
 pub fn branin(config: &Config) -> f64 {
+    branin_at(config, 1.0)
+}
+
+/// Branin at fidelity `s` ∈ (0, 1] (1: the function itself), biased below 1 as in the
+/// multi-fidelity Branin of Kandasamy et al. (BOCA, 2017): `b − 0.01(1 − s)`,
+/// `c − 0.1(1 − s)`, `t + 0.05(1 − s)`.
+pub fn branin_at(config: &Config, s: f64) -> f64 {
     let (x1, x2) = (number(config, "x1"), number(config, "x2"));
     let pi = std::f64::consts::PI;
-    let (b, c, t) = (5.1 / (4.0 * pi * pi), 5.0 / pi, 1.0 / (8.0 * pi));
+    let gap = 1.0 - s;
+    let b = 5.1 / (4.0 * pi * pi) - 0.01 * gap;
+    let c = 5.0 / pi - 0.1 * gap;
+    let t = 1.0 / (8.0 * pi) + 0.05 * gap;
     (x2 - b * x1 * x1 + c * x1 - 6.0).powi(2) + 10.0 * (1.0 - t) * x1.cos() + 10.0
 }
 
@@ -149,6 +159,12 @@ const HARTMANN_ALPHA: [f64; 4] = [1.0, 1.2, 3.0, 3.2];
 
 /// The Hartmann-6 function on [0, 1]⁶ (parameters x1 … x6).
 pub fn hartmann6(config: &Config) -> f64 {
+    hartmann6_at(config, 1.0)
+}
+
+/// Hartmann-6 at fidelity `s` ∈ (0, 1] (1: the function itself), biased below 1 as in the
+/// multi-fidelity Hartmann of Kandasamy et al. (BOCA, 2017): `α − 0.1(1 − s)`.
+pub fn hartmann6_at(config: &Config, s: f64) -> f64 {
     const A: [[f64; 6]; 4] = [
         [10.0, 3.0, 17.0, 3.5, 1.7, 8.0],
         [0.05, 10.0, 17.0, 0.1, 8.0, 14.0],
@@ -162,17 +178,27 @@ pub fn hartmann6(config: &Config) -> f64 {
         [4047.0, 8828.0, 8732.0, 5743.0, 1091.0, 381.0],
     ];
     let x: Vec<f64> = (1..=6).map(|i| number(config, &format!("x{i}"))).collect();
-    hartmann(&x, &A, &P)
+    hartmann_with(&x, &A, &P, 0.1 * (1.0 - s))
 }
 
 /// `−Σᵢ αᵢ exp(−Σⱼ Aᵢⱼ (xⱼ − Pᵢⱼ/10⁴)²)`, the shape shared by the Hartmann functions.
 fn hartmann<const N: usize>(x: &[f64], a: &[[f64; N]; 4], p: &[[f64; N]; 4]) -> f64 {
+    hartmann_with(x, a, p, 0.0)
+}
+
+/// [`hartmann`] with every `αᵢ` lowered by `alpha_shift`.
+fn hartmann_with<const N: usize>(
+    x: &[f64],
+    a: &[[f64; N]; 4],
+    p: &[[f64; N]; 4],
+    alpha_shift: f64,
+) -> f64 {
     -(0..4)
         .map(|i| {
             let inner: f64 = (0..N)
                 .map(|j| a[i][j] * (x[j] - 1e-4 * p[i][j]).powi(2))
                 .sum();
-            HARTMANN_ALPHA[i] * (-inner).exp()
+            (HARTMANN_ALPHA[i] - alpha_shift) * (-inner).exp()
         })
         .sum::<f64>()
 }

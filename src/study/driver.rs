@@ -8,6 +8,7 @@
 //! server) share what they learn and never run a configuration another one is running.
 
 use super::StudyError;
+use super::progress;
 use super::rungs;
 use super::spec::{ObjectiveKind, StudySpec};
 use super::trial::{Segment, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
@@ -339,6 +340,36 @@ impl Run<'_> {
         }
     }
 
+    /// Points a started trial's `segment` at the newest progress checkpoint an interrupted
+    /// trial of its configuration left (see [`progress::find`]), copying that trial's
+    /// learning curve up to there and noting where it resumed in the trial's attributes.
+    fn resume_progress(
+        &self,
+        handle: &TrialHandle,
+        values: &BTreeMap<String, serde_json::Value>,
+        segment: &mut Segment,
+        display: &mut dyn StudyDisplay,
+    ) -> Result<(), StudyError> {
+        let (store, spec) = (self.store, self.spec);
+        let trials = store.trials(handle.study_id)?;
+        let Some(found) = progress::find(spec, store, &trials, handle, values, segment) else {
+            return Ok(());
+        };
+        if let Some(source) = trials.iter().find(|t| t.number == found.trial) {
+            for (&step, &value) in source.intermediate_values.range(..=found.epoch as i64) {
+                store.report_intermediate(handle, step, value)?;
+            }
+        }
+        store.set_trial_user_attr(handle, progress::RESUMED_FROM, &found.trial.into())?;
+        store.set_trial_user_attr(handle, progress::RESUMED_AT_EPOCH, &found.epoch.into())?;
+        display.note(&format!(
+            "trial {} continues interrupted trial {} from its checkpoint after epoch {}",
+            handle.number, found.trial, found.epoch
+        ));
+        segment.continue_from = Some(found.dir);
+        Ok(())
+    }
+
     /// Runs a started trial: trains and scores `config` while a thread keeps the trial's
     /// heartbeat fresh, then stores the result. Returns true when the user stopped it.
     fn trial(
@@ -352,7 +383,7 @@ impl Run<'_> {
         let (store, spec) = (self.store, self.spec);
         store.set_trial_user_attr(&handle, OWNER_ATTRIBUTE, &owner().into())?;
         store.set_trial_user_attr(&handle, attrs::PROPOSAL, &proposal.into())?;
-        let segment = if spec.fidelity.is_multi_fidelity() {
+        let mut segment = if spec.fidelity.is_multi_fidelity() {
             let trials = store.trials(handle.study_id)?;
             let plan = rungs::plan(spec, store, &trials, &handle)?;
             display.note(&plan.describe(handle.number));
@@ -360,6 +391,8 @@ impl Run<'_> {
         } else {
             Segment::whole(spec.epochs)
         };
+        let values = crate::space::to_json_map(config);
+        self.resume_progress(&handle, &values, &mut segment, display)?;
         display.trial_started(handle.number, counted, spec.trials, config);
         let checkpoint = store.checkpoint_dir(&spec.name, handle.number);
         let beating = Heartbeat::start(store, handle, self.workspace.heartbeat)?;
@@ -373,13 +406,17 @@ impl Run<'_> {
         let result = run_trial(
             spec,
             self.data,
-            &crate::space::to_json_map(config),
+            &values,
             &segment,
             &checkpoint,
             &mut hooks,
             self.cancel,
         );
         beating.stop();
+        if !matches!(&result, Err(failure) if failure.interrupted) {
+            let trials = store.trials(handle.study_id)?;
+            progress::clear_after(spec, store, &trials, &handle, segment.until);
+        }
         match finish(self, &handle, &segment, &result, trial_start.elapsed()) {
             Err(StudyError::Store(StoreError::TrialNotRunning { .. })) => {
                 display.note(&format!(

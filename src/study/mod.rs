@@ -2,6 +2,7 @@
 
 mod driver;
 mod fidelity;
+mod progress;
 mod rungs;
 mod spec;
 mod trial;
@@ -17,6 +18,8 @@ pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, absolute_path,
     canonical_dataset, default_study_name, parse_duration,
 };
+
+pub use progress::{PROGRESS_DIR, RESUMED_AT_EPOCH, RESUMED_FROM, latest as latest_progress};
 
 pub use trial::{Segment, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
 

@@ -160,6 +160,10 @@ pub fn run_trial(
         };
         train_and_score(spec, data, &run, hooks, cancel)
     }));
+    // Only an interrupted trial's progress is worth keeping: its configuration runs again.
+    if !matches!(&outcome, Ok(Err(failure)) if failure.interrupted) {
+        super::progress::remove(checkpoint_dir);
+    }
     match outcome {
         Ok(result) => result,
         Err(panic) => {
@@ -178,6 +182,8 @@ struct Observer<'a> {
     cancel: &'a AtomicBool,
     deadline: Option<(Instant, Duration)>,
     validation: (&'a Tensor, &'a Tensor),
+    /// The trial's checkpoint folder and the sidecar of its progress checkpoints.
+    progress: (&'a Path, Sidecar),
 }
 
 impl TrainObserver for Observer<'_> {
@@ -195,6 +201,14 @@ impl TrainObserver for Observer<'_> {
             ));
         }
         Control::Continue
+    }
+
+    fn on_epoch_state(&mut self, net: &Net, state: &dyn Fn() -> TrainState) -> Control {
+        let (dir, sidecar) = &self.progress;
+        match super::progress::save(dir, net, sidecar, &state()) {
+            Ok(()) => Control::Continue,
+            Err(e) => Control::Stop(format!("could not write the epoch checkpoint: {e}")),
+        }
     }
 
     fn on_epoch(&mut self, report: &EpochReport, net: &Net) -> Control {
@@ -265,12 +279,24 @@ fn train_and_score(
         eps: spec.eps,
         seed: spec.seed,
     };
+    let progress = Sidecar::new(
+        &net,
+        Some(spec.arch.clone()),
+        &spec.dataset,
+        method,
+        config,
+        spec.eps,
+        0,
+        spec.seed,
+        0.0,
+    );
     let start = Instant::now();
     let mut observer = Observer {
         hooks,
         cancel,
         deadline: spec.trial_timeout.map(|limit| (start + limit, limit)),
         validation: (&data.validation_images, &data.validation_labels),
+        progress: (checkpoint_dir, progress),
     };
     let (summary, state) = fit_epochs(
         &mut net,

@@ -91,6 +91,12 @@ pub trait TrainObserver {
     fn on_epoch(&mut self, _report: &EpochReport, _net: &Net) -> Control {
         Control::Continue
     }
+    /// Called after every epoch, after [`TrainObserver::on_epoch`] (so that whatever that
+    /// records for the epoch is stored before the epoch counts as done), with the network and
+    /// (made on demand) the state to continue from: where a crash-safe checkpoint is written.
+    fn on_epoch_state(&mut self, _net: &Net, _state: &dyn Fn() -> TrainState) -> Control {
+        Control::Continue
+    }
 }
 
 /// An observer that watches nothing.
@@ -255,6 +261,17 @@ pub fn fit_epochs(
             samples_per_second: count as f64 / seconds.max(1e-9),
         };
         if let Some(stop) = observer.on_epoch(&report, net).stop_error() {
+            return Err(stop);
+        }
+        let state = || {
+            let (optimizer_steps, moments) = optimizer.state();
+            TrainState {
+                epochs_done: epoch + 1,
+                optimizer_steps,
+                moments,
+            }
+        };
+        if let Some(stop) = observer.on_epoch_state(net, &state).stop_error() {
             return Err(stop);
         }
         reports.push(report);
