@@ -156,7 +156,7 @@ pub struct Prediction {
 /// Where the likelihood fit starts its search for θ.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ThetaStart<'a> {
-    /// From egobox's default θ and [`LIKELIHOOD_STARTS`] Latin-hypercube points.
+    /// From egobox's default θ and two Latin-hypercube points (a full multistart search).
     Cold,
     /// One local search from a previous fit's θ (its data grew by a few points, so its optimum
     /// moved little): a fraction of the cold fit's cost.
