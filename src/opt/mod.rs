@@ -7,7 +7,8 @@
 //! local search; with the forest, 20 % of asks after the initial design are random (the GP
 //! interleaves none unless [`OptimizerOptions::random_interleave`] says so). Costs are minimised; several
 //! objectives are scalarised by ParEGO's random augmented Chebyshev weights. A history of told
-//! trials rebuilds the same optimiser (resume), and asks the same next configuration.
+//! trials rebuilds the same optimiser (resume), and asks the same next configuration (with the
+//! GP, given the same [`FitCache`]: the likelihood search starts from the last fit).
 
 mod acquisition;
 pub mod benchmark;
