@@ -3,8 +3,8 @@
 
 use cthpo::opt::benchmark::{Strategy, branin, mixed, mixed_minimum, problems, regret_curve};
 use cthpo::opt::{
-    Forest, Gp, Kernel, Optimizer, OptimizerOptions, Outcome, Prediction, Proposal, SurrogateKind,
-    halton, hypervolume_2d, latin_hypercube, log_expected_improvement,
+    Fantasy, Forest, Gp, Kernel, Optimizer, OptimizerOptions, Outcome, Prediction, Proposal,
+    SurrogateKind, ThetaStart, halton, hypervolume_2d, latin_hypercube, log_expected_improvement,
     log_expected_improvement_gradient, log_h, log_normal_cdf, log_probability_of_feasibility,
     log_probability_of_feasibility_gradient, non_dominated,
 };
@@ -538,8 +538,14 @@ fn gp_and_log_ei_gradients_match_finite_differences() {
 
 #[test]
 fn pending_configurations_push_parallel_asks_apart() {
-    // Two asks in a row, the first still running: with it pending (constant liar) the second
-    // lands elsewhere, not next to it.
+    for fantasy in [Fantasy::ConstantLiar, Fantasy::KrigingBeliever] {
+        parallel_asks_spread(fantasy);
+    }
+}
+
+/// Two asks in a row, the first still running: with it pending the second lands elsewhere,
+/// not next to it.
+fn parallel_asks_spread(fantasy: Fantasy) {
     let space = branin_space();
     let mut optimizer = Optimizer::new(
         space.clone(),
@@ -548,6 +554,7 @@ fn pending_configurations_push_parallel_asks_apart() {
             trial_budget: 30,
             candidates: 300,
             surrogate: SurrogateKind::Gp,
+            fantasy,
             ..Default::default()
         },
     );
@@ -580,6 +587,133 @@ fn pending_configurations_push_parallel_asks_apart() {
     }
     assert!(
         distances.iter().all(|d| *d > 0.02),
-        "unit-cube distances between concurrent asks: {distances:?}"
+        "{fantasy:?}: unit-cube distances between concurrent asks: {distances:?}"
     );
+}
+
+/// A smooth 4-input response on a Latin hypercube, wavy enough that no length scale sits at
+/// the bounds.
+fn smooth_4d(count: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let x = latin_hypercube(count, 4, &mut StdRng::seed_from_u64(11));
+    let y = x
+        .iter()
+        .map(|p| (9.0 * p[0]).sin() + (7.0 * p[1]).cos() * p[2] + 0.5 * (5.0 * p[3]).sin())
+        .collect();
+    (x, y)
+}
+
+#[test]
+fn a_warm_started_fit_is_as_likely_as_a_cold_one_and_unchanged_data_reuses_theta() {
+    let bounds = [(0.3, 30.0); 4];
+    let (x, y) = smooth_4d(40);
+    let settings = Kernel::Matern52.into();
+    // The previous ask's fit saw 32 of the points.
+    let earlier = Gp::fit_from(&x[..32], &y[..32], settings, &bounds, ThetaStart::Cold).unwrap();
+    let cold = Gp::fit_from(&x, &y, settings, &bounds, ThetaStart::Cold).unwrap();
+    let warm = Gp::fit_from(
+        &x,
+        &y,
+        settings,
+        &bounds,
+        ThetaStart::Warm(&earlier.theta()),
+    )
+    .unwrap();
+    let (cold_l, warm_l) = (cold.likelihood(), warm.likelihood());
+    println!(
+        "likelihood: cold {cold_l:.4} (θ {:?}), warm {warm_l:.4} (θ {:?})",
+        cold.theta(),
+        warm.theta()
+    );
+    assert!(
+        warm_l >= cold_l - 0.02 * cold_l.abs(),
+        "warm {warm_l} against cold {cold_l}"
+    );
+    // The warm start moved θ (the data changed), and stayed inside the bounds.
+    assert_ne!(warm.theta(), earlier.theta());
+    let within = |t: &f64| (0.3 - 1e-9..=30.0 + 1e-9).contains(t);
+    assert!(warm.theta().iter().all(within), "θ {:?}", warm.theta());
+    // A fixed θ refits nothing: the same θ, the same predictions.
+    let fixed = Gp::fit_from(&x, &y, settings, &bounds, ThetaStart::Fixed(&warm.theta())).unwrap();
+    assert_eq!(fixed.theta(), warm.theta());
+    let probe = [0.3, 0.6, 0.2, 0.9];
+    assert_eq!(
+        fixed.predict(&probe).unwrap(),
+        warm.predict(&probe).unwrap()
+    );
+    // A starting θ of the wrong length is an error, not a panic.
+    let short = [1.0, 1.0];
+    assert!(Gp::fit_from(&x, &y, settings, &bounds, ThetaStart::Warm(&short)).is_err());
+    assert!(Gp::fit_from(&x, &y, settings, &bounds, ThetaStart::Fixed(&short)).is_err());
+}
+
+#[test]
+fn conditioning_on_the_posterior_mean_keeps_the_mean_and_removes_the_variance() {
+    let (x, y) = smooth_4d(30);
+    let gp = Gp::fit_bounded(&x, &y, Kernel::Matern52, &[(0.3, 30.0); 4]).unwrap();
+    let pending = vec![0.45, 0.55, 0.35, 0.65];
+    let (mean, variance) = gp.predict(&pending).unwrap();
+    let believed = gp
+        .with_points(std::slice::from_ref(&pending), &[mean])
+        .unwrap();
+    let (after_mean, after_variance) = believed.predict(&pending).unwrap();
+    assert!(
+        (after_mean - mean).abs() < 1e-6,
+        "{after_mean} against {mean}"
+    );
+    assert!(
+        after_variance < 1e-3 * variance,
+        "variance {variance} → {after_variance}"
+    );
+    // Elsewhere the mean stays (a belief equal to the mean is no news) and θ is unchanged.
+    let elsewhere = [0.1, 0.9, 0.8, 0.2];
+    let (far_before, _) = gp.predict(&elsewhere).unwrap();
+    let (far_after, _) = believed.predict(&elsewhere).unwrap();
+    assert!((far_before - far_after).abs() < 1e-6);
+    assert_eq!(believed.theta(), gp.theta());
+}
+
+#[test]
+fn the_fit_cache_is_reused_until_the_history_changes_and_rebuilds_the_same_ask() {
+    let problem = problems().remove(1);
+    let options = OptimizerOptions {
+        seed: 3,
+        trial_budget: 40,
+        candidates: 200,
+        surrogate: SurrogateKind::Gp,
+        ..Default::default()
+    };
+    let mut live = Optimizer::new(problem.space.clone(), options.clone());
+    let mut history = Vec::new();
+    for _ in 0..14 {
+        let config = live.ask();
+        let cost = (problem.function)(&config);
+        live.tell(&config, Outcome::Cost(cost));
+        history.push((config, cost));
+    }
+    let unanswered = live.ask();
+    assert_eq!(live.last_proposal(), Some(Proposal::Model));
+    let fitted = live.fit_cache().theta(0).expect("a GP was fitted").to_vec();
+    // Another ask on an unchanged history (nothing told since) reuses θ as it is.
+    let again = live.ask();
+    assert_eq!(live.fit_cache().theta(0), Some(fitted.as_slice()));
+    // New results invalidate it: the next ask fits again.
+    for config in [unanswered, again] {
+        let cost = (problem.function)(&config);
+        live.tell(&config, Outcome::Cost(cost));
+        history.push((config, cost));
+    }
+    let asked = live.ask();
+    let refitted = live.fit_cache().theta(0).unwrap().to_vec();
+    assert_ne!(refitted, fitted);
+    let cost = (problem.function)(&asked);
+    live.tell(&asked, Outcome::Cost(cost));
+    history.push((asked, cost));
+    // A study driver rebuilds the optimiser from its trials and hands it the last ask's
+    // cache: it asks what the live optimiser asks.
+    let mut rebuilt = Optimizer::new(problem.space.clone(), options);
+    for (config, cost) in &history {
+        rebuilt.tell(config, Outcome::Cost(*cost));
+    }
+    rebuilt.set_fit_cache(live.fit_cache().clone());
+    assert_eq!(rebuilt.ask(), live.ask());
 }

@@ -46,20 +46,25 @@ pub fn regret_curve(
     seed: u64,
     evaluations: usize,
 ) -> Vec<f64> {
-    regret_curve_with(problem, strategy, seed, evaluations, false)
+    regret_curve_with(
+        problem,
+        strategy,
+        seed,
+        evaluations,
+        &OptimizerOptions::default(),
+    )
 }
 
-/// [`regret_curve`] with the gradient polish of the acquisition search on or off
-/// ([`OptimizerOptions::polish`]).
+/// [`regret_curve`] with the optimiser's other options (polish, nugget, initial design...) taken
+/// from `base`.
 pub fn regret_curve_with(
     problem: &Problem,
     strategy: Strategy,
     seed: u64,
     evaluations: usize,
-    polish: bool,
+    base: &OptimizerOptions,
 ) -> Vec<f64> {
     let options = OptimizerOptions {
-        polish,
         seed,
         trial_budget: evaluations,
         // Benchmarks compare search strategies, not literature defaults.
@@ -70,7 +75,7 @@ pub fn regret_curve_with(
         } else {
             SurrogateKind::Rf
         },
-        ..OptimizerOptions::default()
+        ..base.clone()
     };
     let mut optimizer = Optimizer::new(problem.space.clone(), options);
     let mut best = f64::INFINITY;
@@ -92,20 +97,21 @@ pub fn regret_curve_with(
 
 /// Best-so-far regret after each of `evaluations` evaluations of `problem` by the optimiser
 /// with `surrogate`, run by `workers` simulated parallel workers: each ask sees the other
-/// workers' configurations as pending, and evaluations finish in the order they started.
+/// workers' configurations as pending, and evaluations finish in the order they started;
+/// other options from `base`.
 pub fn regret_curve_parallel(
     problem: &Problem,
     surrogate: SurrogateKind,
     seed: u64,
     evaluations: usize,
-    workers: usize,
+    (workers, base): (usize, &OptimizerOptions),
 ) -> Vec<f64> {
     let options = OptimizerOptions {
         seed,
         trial_budget: evaluations,
         skip_default: true,
         surrogate,
-        ..OptimizerOptions::default()
+        ..base.clone()
     };
     let mut optimizer = Optimizer::new(problem.space.clone(), options);
     let mut running = std::collections::VecDeque::new();

@@ -7,7 +7,8 @@
 //! local search; with the forest, 20 % of asks after the initial design are random (the GP
 //! interleaves none unless [`OptimizerOptions::random_interleave`] says so). Costs are minimised; several
 //! objectives are scalarised by ParEGO's random augmented Chebyshev weights. A history of told
-//! trials rebuilds the same optimiser (resume), and asks the same next configuration.
+//! trials rebuilds the same optimiser (resume), and asks the same next configuration (with the
+//! GP, given the same [`FitCache`]: the likelihood search starts from the last fit).
 
 mod acquisition;
 pub mod benchmark;
@@ -25,9 +26,9 @@ pub use acquisition::{
 };
 pub use design::{halton, latin_hypercube};
 pub use forest::Forest;
-pub use gp::{Gp, Kernel, Prediction};
+pub use gp::{DEFAULT_NUGGET, Gp, GpSettings, Kernel, Prediction, ThetaStart};
 pub use pareto::{hypervolume_2d, non_dominated};
-pub use surrogate::{Axes, Surrogate, SurrogateKind};
+pub use surrogate::{Axes, Fantasy, FitCache, Surrogate, SurrogateKind};
 
 use crate::space::{Config, Space};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -69,6 +70,13 @@ pub struct OptimizerOptions {
     /// seeds × 50 evaluations, it left Branin and the mixed space where they were and sent 11
     /// of 20 Hartmann-6 seeds to the local optimum instead of fewer than half.
     pub polish: bool,
+    /// How configurations pending elsewhere join the model (parallel workers).
+    pub fantasy: Fantasy,
+    /// The GP's nugget (see [`GpSettings::nugget`]).
+    pub nugget: f64,
+    /// Points of the initial Latin hypercube; `None` is one per searched hyperparameter,
+    /// capped at a quarter of the trial budget.
+    pub initial_design: Option<usize>,
 }
 
 impl Default for OptimizerOptions {
@@ -83,6 +91,9 @@ impl Default for OptimizerOptions {
             surrogate: SurrogateKind::Rf,
             kernel: Kernel::Matern52,
             polish: false,
+            fantasy: Fantasy::default(),
+            nugget: DEFAULT_NUGGET,
+            initial_design: None,
         }
     }
 }
@@ -144,6 +155,8 @@ pub struct Optimizer {
     constraints: Vec<Option<Vec<f64>>>,
     seen: HashSet<u64>,
     last_proposal: Option<Proposal>,
+    /// The last GP fits, where the next ask's likelihood search starts.
+    fits: FitCache,
 }
 
 impl Optimizer {
@@ -156,10 +169,12 @@ impl Optimizer {
         } else if !options.skip_default {
             design.push_back(space.default_config());
         }
-        let size = space
-            .dimension()
-            .min((options.trial_budget / 4).max(1))
-            .max(1);
+        let size = options.initial_design.unwrap_or_else(|| {
+            space
+                .dimension()
+                .min((options.trial_budget / 4).max(1))
+                .max(1)
+        });
         for point in latin_hypercube(size, space.dimension(), &mut rng) {
             design.push_back(space.decode(&point));
         }
@@ -173,6 +188,7 @@ impl Optimizer {
             pending: Vec::new(),
             seen: HashSet::new(),
             last_proposal: None,
+            fits: FitCache::default(),
         }
     }
 
@@ -200,6 +216,14 @@ impl Optimizer {
         }
     }
 
+    /// How the GP models are fitted.
+    fn gp_settings(&self) -> GpSettings {
+        GpSettings {
+            kernel: self.options.kernel,
+            nugget: self.options.nugget,
+        }
+    }
+
     /// Whether told trial `index` succeeded and met its constraints.
     fn feasible(&self, index: usize) -> bool {
         !matches!(self.history[index].1, Outcome::Failed)
@@ -215,6 +239,7 @@ impl Optimizer {
         kind: SurrogateKind,
         points: &[Vec<Option<f64>>],
         rng: &mut StdRng,
+        fits: &mut FitCache,
     ) -> Vec<Box<dyn Surrogate>> {
         let count = self.constraints.iter().flatten().map(Vec::len).max();
         let Some(count) = count else {
@@ -232,22 +257,41 @@ impl Optimizer {
                 if y.len() < 2 {
                     return None;
                 }
-                let kernel = self.options.kernel;
-                surrogate::fit(kind, kernel, &self.axes, &x, &y, rng)
-                    .or_else(|_| surrogate::fit(SurrogateKind::Rf, kernel, &self.axes, &x, &y, rng))
+                let kernel = self.gp_settings();
+                let slot = 1 + k;
+                surrogate::fit(kind, kernel, &self.axes, &x, &y, rng, fits, slot)
+                    .or_else(|_| {
+                        let forest = SurrogateKind::Rf;
+                        surrogate::fit(forest, kernel, &self.axes, &x, &y, rng, fits, slot)
+                    })
                     .ok()
             })
             .collect()
     }
 
     /// Marks a configuration another process (or worker) is running, so it is not proposed
-    /// again and, as a "constant liar", the surrogate takes it for as good as the best trial
-    /// so far: the acquisition near it drops and concurrent proposals spread out.
+    /// again and the model fantasises its result ([`OptimizerOptions::fantasy`]: the
+    /// model's own prediction, or as good as the best trial so far): the acquisition near it
+    /// drops and concurrent proposals spread out.
     pub fn mark_pending(&mut self, config: &Config) {
         self.seen.insert(Space::config_hash(config));
         if !self.pending.contains(config) {
             self.pending.push(config.clone());
         }
+    }
+
+    /// The GP fits of the last ask (θ of each model, and what data it was fitted to).
+    pub fn fit_cache(&self) -> &FitCache {
+        &self.fits
+    }
+
+    /// Starts the next ask's GP fits from `cache` (the fits of an earlier optimiser on the same
+    /// study): a study driver that rebuilds the optimiser from its trials before every ask
+    /// hands the last one's cache to the next, so each ask runs one short local likelihood
+    /// search instead of a full multistart one. Without it a rebuilt optimiser asks what a
+    /// fresh one would.
+    pub fn set_fit_cache(&mut self, cache: FitCache) {
+        self.fits = cache;
     }
 
     /// How the last `ask` chose its configuration.
@@ -276,7 +320,10 @@ impl Optimizer {
             .unwrap_or_else(|| self.options.surrogate.random_interleave());
         let modelled = self.history.len() >= 2 && !rng.random_bool(interleave.clamp(0.0, 1.0));
         let proposal = if modelled {
-            self.maximise_acquisition(&mut rng)
+            let mut fits = std::mem::take(&mut self.fits);
+            let proposal = self.maximise_acquisition(&mut rng, &mut fits);
+            self.fits = fits;
+            proposal
         } else {
             None
         };
@@ -380,7 +427,11 @@ impl Optimizer {
             .collect()
     }
 
-    fn maximise_acquisition(&self, rng: &mut StdRng) -> Option<(Config, Proposal)> {
+    fn maximise_acquisition(
+        &self,
+        rng: &mut StdRng,
+        fits: &mut FitCache,
+    ) -> Option<(Config, Proposal)> {
         let scaled = self.scaled_costs(rng);
         // The forest models log costs, as SMAC does: it sharpens the region near the best. A GP
         // is fitted to the costs themselves: the log transform would make a smooth response
@@ -397,29 +448,22 @@ impl Optimizer {
             SurrogateKind::Gp => &scaled,
         };
         let kind = self.options.surrogate;
-        let kernel = self.options.kernel;
-        // Pending configurations join the fit with the best cost so far (constant liar,
-        // CL-min): the model sees no improvement left there, so parallel asks spread out.
-        let lied = |costs: &[f64]| -> (Vec<Vec<Option<f64>>>, Vec<f64>) {
-            let lie = costs.iter().copied().fold(f64::INFINITY, f64::min);
-            let mut x = points.clone();
-            let mut y = costs.to_vec();
-            for config in &self.pending {
-                x.push(self.space.encode(config));
-                y.push(lie);
-            }
-            (x, y)
+        let kernel = self.gp_settings();
+        let pending: Vec<Vec<Option<f64>>> =
+            self.pending.iter().map(|c| self.space.encode(c)).collect();
+        let fantasy = self.options.fantasy;
+        let mut fit = |kind: SurrogateKind, rng: &mut StdRng| {
+            let data = (points.as_slice(), targets(kind).as_slice());
+            surrogate::fit_with_pending(
+                kind, kernel, &self.axes, data, &pending, fantasy, rng, fits,
+            )
         };
-        let fit = |kind: SurrogateKind, rng: &mut StdRng| {
-            let (x, y) = lied(targets(kind));
-            surrogate::fit(kind, kernel, &self.axes, &x, &y, rng)
-        };
-        let (model, how, costs) = match fit(kind, rng) {
-            Ok(model) => (model, Proposal::Model, targets(kind)),
+        let ((model, believed), how, costs) = match fit(kind, rng) {
+            Ok(fitted) => (fitted, Proposal::Model, targets(kind)),
             Err(_) => {
                 let forest = SurrogateKind::Rf;
-                let model = fit(forest, rng).ok()?;
-                (model, Proposal::FallbackForest, targets(forest))
+                let fitted = fit(forest, rng).ok()?;
+                (fitted, Proposal::FallbackForest, targets(forest))
             }
         };
         // Feasible trials first, each group best first: the incumbent is the best feasible
@@ -430,7 +474,7 @@ impl Optimizer {
                 .partial_cmp(&(!self.feasible(b), costs[b]))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let feasibility = self.constraint_models(kind, &points, rng);
+        let feasibility = self.constraint_models(kind, &points, rng, fits);
         // Without constraint models every trial counts (a failure's worst cost included, so
         // a history of failures still has an incumbent).
         let incumbent = (0..costs.len())
@@ -438,7 +482,8 @@ impl Optimizer {
             .map(|i| costs[i])
             .fold(None, |best: Option<f64>, c| {
                 Some(best.map_or(c, |b| b.min(c)))
-            });
+            })
+            .map(|best| believed.map_or(best, |b| best.min(b)));
         let input = search::SearchInput {
             space: &self.space,
             axes: &self.axes,

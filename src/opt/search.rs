@@ -13,6 +13,7 @@ use crate::space::{Config, ParamKind, Space};
 use rand::rngs::StdRng;
 use rand::{Rng, seq::SliceRandom};
 use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
 use std::collections::HashSet;
 
 /// Local searches started per ask (SMAC3: 10).
@@ -28,6 +29,24 @@ const SPREADS: [f64; 4] = [0.2, 0.05, 0.0125, 0.003];
 const POLISH_STARTS: usize = 5;
 /// L-BFGS iterations per polished point.
 const POLISH_ITERATIONS: usize = 40;
+
+/// Batches at least this large are predicted in parallel, one slice per thread.
+const PARALLEL_BATCH: usize = 64;
+
+/// Predictions of `model` at `points`, the slices of a large batch on separate threads (a GP's
+/// prediction is most of an ask's time: each point costs a triangular solve against the
+/// correlation matrix).
+fn predict_batch(model: &dyn Surrogate, points: &[Vec<Option<f64>>]) -> Vec<(f64, f64)> {
+    let threads = rayon::current_num_threads();
+    if points.len() < PARALLEL_BATCH || threads < 2 {
+        return model.predict(points);
+    }
+    points
+        .par_chunks(points.len().div_ceil(threads))
+        .map(|slice| model.predict(slice))
+        .collect::<Vec<_>>()
+        .concat()
+}
 
 /// One local search in progress: its acquisition value, where it is, and its spread index.
 struct Climb {
@@ -88,15 +107,15 @@ pub fn maximise(
         let encoded: Vec<Vec<Option<f64>>> =
             batch.iter().map(|c| space.encode(&c.config)).collect();
         let mut values: Vec<f64> = match input.incumbent {
-            Some(incumbent) => surrogate
-                .predict(&encoded)
+            Some(incumbent) => predict_batch(surrogate, &encoded)
                 .into_iter()
                 .map(|(mean, variance)| log_expected_improvement(mean, variance, incumbent))
                 .collect(),
             None => vec![0.0; batch.len()],
         };
         for model in input.feasibility {
-            for (value, (mean, variance)) in values.iter_mut().zip(model.predict(&encoded)) {
+            let predicted = predict_batch(model.as_ref(), &encoded);
+            for (value, (mean, variance)) in values.iter_mut().zip(predicted) {
                 *value += log_probability_of_feasibility(mean, variance);
             }
         }

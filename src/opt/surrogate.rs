@@ -3,7 +3,7 @@
 //! variance of the cost.
 
 use super::forest::Forest;
-use super::gp::{Gp, Kernel, NUMBER_THETA, Prediction, WIDE_THETA};
+use super::gp::{Gp, GpSettings, NUMBER_THETA, Prediction, ThetaStart, WIDE_THETA};
 use crate::space::{ParamKind, Space};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -34,8 +34,93 @@ impl SurrogateKind {
     }
 }
 
-/// A model of the cost over encoded configurations.
-pub trait Surrogate {
+/// How the model treats configurations other workers are evaluating (pending trials), so that
+/// concurrent proposals spread out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Fantasy {
+    /// Constant liar (CL-min): pending configurations join the fit with the best cost so far.
+    ConstantLiar,
+    /// Kriging believer: the model is fitted to finished trials only, then conditioned on its
+    /// own predicted mean at each pending configuration (the GP at fixed θ, no refit).
+    #[default]
+    KrigingBeliever,
+}
+
+/// The last GP fit of each model an optimiser fits (slot 0 the cost's, slot `1 + k`
+/// constraint `k`'s), so that the next ask's likelihood search starts from its θ: unchanged
+/// data reuses θ as it is, grown data runs one short local search from it, and a fit whose data
+/// has grown by a quarter since its last full multistart search runs a full one again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FitCache {
+    entries: Vec<CachedFit>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct CachedFit {
+    slot: usize,
+    /// Hash of the points and values fitted.
+    data: u64,
+    theta: Vec<f64>,
+    /// How many points the last full (cold) search saw.
+    cold_points: usize,
+}
+
+/// A warm-started fit runs a full search again once its data has grown by this factor since the
+/// last full one (so θ cannot stay in a poor local optimum of the likelihood for long).
+const COLD_REFIT_GROWTH: f64 = 1.25;
+
+impl FitCache {
+    /// How slot `slot`'s next fit to `points` points with data hash `data` and `dimension`
+    /// inputs should start, and the point count of its last full search.
+    fn start(
+        &self,
+        slot: usize,
+        data: u64,
+        dimension: usize,
+        points: usize,
+    ) -> (ThetaStart<'_>, usize) {
+        match self.entries.iter().find(|e| e.slot == slot) {
+            Some(entry) if entry.theta.len() == dimension && entry.data == data => {
+                (ThetaStart::Fixed(&entry.theta), entry.cold_points)
+            }
+            Some(entry)
+                if entry.theta.len() == dimension
+                    && (points as f64) < entry.cold_points as f64 * COLD_REFIT_GROWTH =>
+            {
+                (ThetaStart::Warm(&entry.theta), entry.cold_points)
+            }
+            _ => (ThetaStart::Cold, points),
+        }
+    }
+
+    fn store(&mut self, entry: CachedFit) {
+        self.entries.retain(|e| e.slot != entry.slot);
+        self.entries.push(entry);
+    }
+
+    /// The θ last fitted in slot `slot`, if any.
+    pub fn theta(&self, slot: usize) -> Option<&[f64]> {
+        self.entries
+            .iter()
+            .find(|e| e.slot == slot)
+            .map(|e| e.theta.as_slice())
+    }
+}
+
+/// FNV-1a over the bits of a data set, so a cache entry knows whether its data changed.
+fn data_hash(x: &[Vec<f64>], y: &[f64]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for value in x.iter().flatten().chain(y) {
+        for byte in value.to_bits().to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash ^ x.len() as u64
+}
+
+/// A model of the cost over encoded configurations (shared by the threads that score a batch).
+pub trait Surrogate: Send + Sync {
     /// Predictive mean and variance of the cost at each encoded configuration.
     fn predict(&self, points: &[Vec<Option<f64>>]) -> Vec<(f64, f64)>;
 
@@ -44,6 +129,14 @@ pub trait Surrogate {
     fn predict_with_gradient(&self, _point: &[Option<f64>]) -> Option<Prediction> {
         None
     }
+
+    /// The model conditioned on extra points with the given values, without refitting its
+    /// hyperparameters, where the model can do that (the GP); `Err` gives it back unchanged.
+    fn condition(
+        self: Box<Self>,
+        _points: &[Vec<Option<f64>>],
+        _values: &[f64],
+    ) -> Result<Box<dyn Surrogate>, Box<dyn Surrogate>>;
 }
 
 /// What each axis of a space's unit cube is, so a surrogate can encode it its own way.
@@ -117,6 +210,14 @@ impl Surrogate for ForestSurrogate {
             .map(|p| self.forest.predict(&self.axes.forest_features(p)))
             .collect()
     }
+
+    fn condition(
+        self: Box<Self>,
+        _points: &[Vec<Option<f64>>],
+        _values: &[f64],
+    ) -> Result<Box<dyn Surrogate>, Box<dyn Surrogate>> {
+        Err(self)
+    }
 }
 
 struct GpSurrogate {
@@ -163,6 +264,21 @@ impl Surrogate for GpSurrogate {
             ..at
         })
     }
+
+    fn condition(
+        self: Box<Self>,
+        points: &[Vec<Option<f64>>],
+        values: &[f64],
+    ) -> Result<Box<dyn Surrogate>, Box<dyn Surrogate>> {
+        let features: Vec<Vec<f64>> = points.iter().map(|p| self.axes.gp_features(p)).collect();
+        match self.gp.with_points(&features, values) {
+            Ok(gp) => Ok(Box::new(GpSurrogate {
+                gp,
+                axes: self.axes.clone(),
+            })),
+            Err(_) => Err(self),
+        }
+    }
 }
 
 /// Most points a GP is fitted to: its likelihood costs grow with the square of the points (the
@@ -185,13 +301,17 @@ fn gp_training_set(costs: &[f64], rng: &mut StdRng) -> Vec<usize> {
 }
 
 /// Fits the chosen surrogate; a GP that cannot be fitted is reported so the caller can fall back.
+/// A GP's likelihood search starts from `cache`'s entry in `slot` (and leaves its θ there).
+#[allow(clippy::too_many_arguments)]
 pub fn fit(
     kind: SurrogateKind,
-    kernel: Kernel,
+    gp: GpSettings,
     axes: &Axes,
     points: &[Vec<Option<f64>>],
     costs: &[f64],
     rng: &mut StdRng,
+    cache: &mut FitCache,
+    slot: usize,
 ) -> Result<Box<dyn Surrogate>, egobox_gp::GpError> {
     match kind {
         SurrogateKind::Rf => {
@@ -205,10 +325,68 @@ pub fn fit(
             let kept = gp_training_set(costs, rng);
             let x: Vec<Vec<f64>> = kept.iter().map(|&i| axes.gp_features(&points[i])).collect();
             let y: Vec<f64> = kept.iter().map(|&i| costs[i]).collect();
+            let data = data_hash(&x, &y);
+            let dimension = x.first().map_or(0, Vec::len);
+            let (start, cold_points) = cache.start(slot, data, dimension, x.len());
+            let gp = Gp::fit_from(&x, &y, gp, &axes.gp_theta_bounds(), start)?;
+            cache.store(CachedFit {
+                slot,
+                data,
+                theta: gp.theta(),
+                cold_points,
+            });
             Ok(Box::new(GpSurrogate {
-                gp: Gp::fit_bounded(&x, &y, kernel, &axes.gp_theta_bounds())?,
+                gp,
                 axes: axes.clone(),
             }))
+        }
+    }
+}
+
+/// [`fit`] to the finished trials `(points, costs)` and the configurations still `pending`,
+/// which join the model as `fantasy` says; with the best value the model now believes of a
+/// pending configuration (the kriging believer's fantasies count as observations, so one
+/// better than every trial lowers the incumbent and EI at it vanishes).
+#[allow(clippy::too_many_arguments)]
+pub fn fit_with_pending(
+    kind: SurrogateKind,
+    gp: GpSettings,
+    axes: &Axes,
+    (points, costs): (&[Vec<Option<f64>>], &[f64]),
+    pending: &[Vec<Option<f64>>],
+    fantasy: Fantasy,
+    rng: &mut StdRng,
+    cache: &mut FitCache,
+) -> Result<(Box<dyn Surrogate>, Option<f64>), egobox_gp::GpError> {
+    let joined = |values: Vec<f64>| -> (Vec<Vec<Option<f64>>>, Vec<f64>) {
+        let x = points.iter().chain(pending).cloned().collect();
+        let y = costs.iter().copied().chain(values).collect();
+        (x, y)
+    };
+    if pending.is_empty() {
+        return Ok((fit(kind, gp, axes, points, costs, rng, cache, 0)?, None));
+    }
+    match fantasy {
+        Fantasy::ConstantLiar => {
+            let lie = costs.iter().copied().fold(f64::INFINITY, f64::min);
+            let (x, y) = joined(vec![lie; pending.len()]);
+            Ok((fit(kind, gp, axes, &x, &y, rng, cache, 0)?, None))
+        }
+        Fantasy::KrigingBeliever => {
+            let model = fit(kind, gp, axes, points, costs, rng, cache, 0)?;
+            // Conditioning on a value equal to the posterior mean leaves the mean elsewhere
+            // unchanged, so one batch of predictions gives every pending point's belief.
+            let beliefs: Vec<f64> = model.predict(pending).into_iter().map(|(m, _)| m).collect();
+            let best = beliefs.iter().copied().fold(f64::INFINITY, f64::min);
+            let model = match model.condition(pending, &beliefs) {
+                Ok(model) => model,
+                // A model that cannot be conditioned is refitted with the beliefs as data.
+                Err(_) => {
+                    let (x, y) = joined(beliefs);
+                    fit(kind, gp, axes, &x, &y, rng, cache, 0)?
+                }
+            };
+            Ok((model, best.is_finite().then_some(best)))
         }
     }
 }

@@ -157,6 +157,8 @@ pub fn run_study(
     let mut interrupted = false;
     let mut waiting_noted = false;
     let mut duplicates = 0;
+    // The last ask's GP fits: the next rebuilt optimiser's likelihood search starts from them.
+    let mut fits = crate::opt::FitCache::default();
     let rules = StartRules {
         budget: Some(spec.trials),
         interrupted_uncounted: true,
@@ -239,6 +241,7 @@ pub fn run_study(
             Some(config) => (config, RERUN_PROPOSAL),
             None => {
                 let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
+                optimizer.set_fit_cache(std::mem::take(&mut fits));
                 // A proposal that keeps clashing with stored trials (ones the rebuilt optimiser
                 // cannot read back) gives way to a random configuration.
                 let config = if duplicates < MAX_DUPLICATES {
@@ -247,6 +250,7 @@ pub fn run_study(
                     optimizer.ask_random()
                 };
                 let proposal = optimizer.last_proposal().map_or("design", |p| p.describe());
+                fits = optimizer.fit_cache().clone();
                 (config, proposal)
             }
         };
