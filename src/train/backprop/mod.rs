@@ -16,6 +16,7 @@
 
 mod clean;
 mod conv;
+mod crown_ibp;
 mod input;
 mod interval;
 mod loss;
@@ -32,6 +33,7 @@ use crate::kernels::{BoxGradient, l1_penalty_gradient};
 use crate::model::{Layer, Net};
 use candle_core::{Tensor, TensorId};
 use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanPass, CleanSaved};
+use crown_ibp::{CrownPass, ReluBoxGradients};
 pub(crate) use input::{InputGradientPass, fixed_batch_norms};
 use interval::{BoxSaved, MarginBounds};
 use loss::{cross_entropy_gradient, robust_cross_entropy_gradient, scaled};
@@ -69,6 +71,18 @@ pub enum Objective {
         eps: f64,
         /// Weight of the natural loss.
         kappa: f64,
+        /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
+        shi_weight: f64,
+    },
+    /// CROWN-IBP: `κ·natural + (1 − κ)·` robust cross-entropy of the margins
+    /// `β·CROWN-IBP + (1 − β)·IBP` over the ε-box.
+    CrownIbp {
+        /// Radius of the ℓ∞ input box.
+        eps: f64,
+        /// Weight of the natural loss.
+        kappa: f64,
+        /// Weight of CROWN-IBP's margins (0: IBP's alone, no CROWN pass).
+        beta: f64,
         /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
         shi_weight: f64,
     },
@@ -124,6 +138,12 @@ impl Objective {
                 kappa: values.kappa,
                 shi_weight,
             },
+            Method::CrownIbp => Objective::CrownIbp {
+                eps,
+                kappa: values.kappa,
+                beta: values.beta,
+                shi_weight,
+            },
             // TAPS trains on the plain IBP loss while ε ramps (its own loss starts at full ε).
             Method::Taps if values.ramp_progress < 1.0 => Objective::Ibp {
                 eps,
@@ -165,10 +185,20 @@ impl Objective {
     fn weights(&self) -> (f64, f64, f64) {
         match self {
             Objective::Natural => (1.0, 0.0, 0.0),
-            Objective::Ibp { kappa, .. } => (*kappa, 1.0 - kappa, 0.0),
+            Objective::Ibp { kappa, .. } | Objective::CrownIbp { kappa, .. } => {
+                (*kappa, 1.0 - kappa, 0.0)
+            }
             Objective::Sabr { .. } => (0.0, 1.0, 0.0),
             Objective::Pgd { .. } => (0.0, 0.0, 1.0),
             Objective::MtlIbp { alpha, .. } => (0.0, *alpha, 1.0 - alpha),
+        }
+    }
+
+    /// The weight β of CROWN-IBP's margins against IBP's, when the step runs the CROWN pass.
+    fn crown_weight(&self) -> Option<f64> {
+        match self {
+            Objective::CrownIbp { beta, .. } if *beta > 0.0 => Some(*beta),
+            _ => None,
         }
     }
 
@@ -178,7 +208,7 @@ impl Objective {
             Objective::Sabr { search, .. }
             | Objective::Pgd { search }
             | Objective::MtlIbp { search, .. } => Some(search),
-            Objective::Natural | Objective::Ibp { .. } => None,
+            Objective::Natural | Objective::Ibp { .. } | Objective::CrownIbp { .. } => None,
         }
     }
 
@@ -194,6 +224,9 @@ impl Objective {
                 eps, shi_weight, ..
             }
             | Objective::MtlIbp {
+                eps, shi_weight, ..
+            }
+            | Objective::CrownIbp {
                 eps, shi_weight, ..
             } => Some((Interval::linf_ball(images, *eps)?, *shi_weight)),
             Objective::Sabr {
@@ -283,6 +316,17 @@ pub fn loss_and_gradients(
             None
         };
         let spec = margin_spec(labels, classes)?;
+        let crown = match objective.crown_weight() {
+            Some(beta) => {
+                let centre = ((&input.upper + &input.lower)? * 0.5)?;
+                let radius = ((&input.upper - &input.lower)? * 0.5)?;
+                let boxes = (pass.saved.as_slice(), (centre, radius));
+                let shapes = net.shapes();
+                let crown = CrownPass::forward(&layers, shapes, &spec, boxes, &clean.batch_norms)?;
+                Some((beta, crown))
+            }
+            None => None,
+        };
         let bounds = MarginBounds::new(
             &pass.centre,
             &pass.radius,
@@ -290,8 +334,12 @@ pub fn loss_and_gradients(
             &bias.detach(),
             spec,
         )?;
+        let margins = match &crown {
+            Some((beta, crown)) => ((&crown.margins * *beta)? + (&bounds.margins * (1.0 - beta))?)?,
+            None => bounds.margins.clone(),
+        };
         let (robust_loss, margin_gradient) =
-            robust_cross_entropy_gradient(&bounds.margins.to_vec2::<f32>()?, &label_values)?;
+            robust_cross_entropy_gradient(&margins.to_vec2::<f32>()?, &label_values)?;
         loss += box_weight * robust_loss;
         let shi_gradients = match shi {
             Some((value, gradients)) => {
@@ -305,13 +353,28 @@ pub fn loss_and_gradients(
             (batch, classes - 1),
             images.device(),
         )?;
-        let (d_weight, d_bias, d_centre, d_radius) = bounds.backward(&margin_gradient)?;
+        let mut sums = BatchNormSums::new();
+        let (ibp_gradient, relu_gradients) = match &crown {
+            Some((beta, crown)) => (
+                (&margin_gradient * (1.0 - beta))?,
+                crown.backward(
+                    &layers,
+                    &(&margin_gradient * *beta)?,
+                    &mut gradients,
+                    &mut sums,
+                )?,
+            ),
+            None => (margin_gradient, ReluBoxGradients::new()),
+        };
+        let (d_weight, d_bias, d_centre, d_radius) = bounds.backward(&ibp_gradient)?;
         gradients.add(weight, d_weight)?;
         gradients.add(bias, d_bias)?;
         robust = Some(RobustTop {
             boxes: pass.saved,
             box_gradient: (d_centre, d_radius),
             shi_gradients,
+            relu_gradients,
+            sums,
         });
     }
     let mut attacked = None;
@@ -356,11 +419,14 @@ pub fn loss_and_gradients(
 }
 
 /// The interval pass as its backward starts: what its layers kept, the gradient of the box the
-/// last layer read, and Shi's regulariser's gradients by ReLU layer.
+/// last layer read, Shi's regulariser's and CROWN's gradients of ReLU input boxes by ReLU
+/// layer, and CROWN's BatchNorm scale and shift sums.
 struct RobustTop {
     boxes: Vec<BoxSaved>,
     box_gradient: (Tensor, Tensor),
     shi_gradients: HashMap<usize, BoxGradient>,
+    relu_gradients: ReluBoxGradients,
+    sums: BatchNormSums,
 }
 
 /// What each pass kept and the gradient of its output: the clean pass (`None`: its output
@@ -393,9 +459,21 @@ fn backward(
             )
         })
         .unwrap_or(count);
-    let (boxes, mut box_gradient, shi_gradients) = match tops.robust {
-        Some(top) => (top.boxes, Some(top.box_gradient), top.shi_gradients),
-        None => (Vec::new(), None, HashMap::new()),
+    let (boxes, mut box_gradient, shi_gradients, relu_gradients, mut sums) = match tops.robust {
+        Some(top) => (
+            top.boxes,
+            Some(top.box_gradient),
+            top.shi_gradients,
+            top.relu_gradients,
+            top.sums,
+        ),
+        None => (
+            Vec::new(),
+            None,
+            HashMap::new(),
+            ReluBoxGradients::new(),
+            BatchNormSums::new(),
+        ),
     };
     let (clean, mut g) = tops.clean;
     let mut clean_steps = clean.into_iter().rev().peekable();
@@ -404,7 +482,6 @@ fn backward(
         None => (Vec::new(), None),
     };
     let mut attack_steps = attacked.into_iter().rev().peekable();
-    let mut sums = BatchNormSums::new();
     for index in (first_parameter..count).rev() {
         let needs_input = index > first_parameter;
         if index < count - 1
@@ -420,6 +497,11 @@ fn backward(
                 &mut sums,
                 index,
             )?;
+            if let Some((crown_dc, crown_dr)) = relu_gradients.get(&index)
+                && let Some((dc, dr)) = box_gradient.take()
+            {
+                box_gradient = Some(((dc + crown_dc)?, (dr + crown_dr)?));
+            }
         }
         if attack_steps.peek().map(|(start, _)| *start) == Some(index) {
             let (_, saved) = attack_steps.next().expect("peeked");
