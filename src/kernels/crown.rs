@@ -4,7 +4,7 @@
 //! Coefficients are `[B, S, …]`: `S` specification rows per sample, each row a linear function
 //! of the activation. Rows are independent, so every kernel here works on `R = B·S` rows.
 
-use super::with_values;
+use super::{masked, par_filled, with_values};
 use candle_core::{Result, Tensor, bail};
 use rayon::prelude::*;
 
@@ -22,6 +22,18 @@ fn relaxation(c: f32, r: f32) -> (f32, f32, f32) {
     } else {
         (0.0, 0.0, 0.0)
     }
+}
+
+/// The relaxations of a sample's neurons, `[lower slope, upper slope, upper intercept]` each.
+fn relaxations(centre: &[f32], radius: &[f32]) -> Vec<[f32; 3]> {
+    centre
+        .iter()
+        .zip(radius)
+        .map(|(&c, &r)| {
+            let (lower, upper, intercept) = relaxation(c, r);
+            [lower, upper, intercept]
+        })
+        .collect()
 }
 
 /// Samples, rows per sample and elements per row of coefficients `[B, S, …]` over an
@@ -48,30 +60,29 @@ pub fn crown_relu_step(
     let (out, constant) = with_values(&[coefficients, centre, radius], what, |v| {
         let (a, c, r) = (v[0], v[1], v[2]);
         let n = c.len() / batch.max(1);
-        let mut out = vec![0f32; a.len()];
+        let mut out: Vec<f32> = Vec::with_capacity(a.len());
         let mut constant = vec![0f32; batch * specs];
-        out.par_chunks_mut(specs * n)
-            .zip(constant.par_chunks_mut(specs))
+        out.spare_capacity_mut()[..a.len()]
+            .par_chunks_mut((specs * n).max(1))
+            .zip(constant.par_chunks_mut(specs.max(1)))
             .enumerate()
             .for_each(|(b, (out, constant))| {
-                let relaxed: Vec<(f32, f32, f32)> = c[b * n..(b + 1) * n]
-                    .iter()
-                    .zip(&r[b * n..(b + 1) * n])
-                    .map(|(&c, &r)| relaxation(c, r))
-                    .collect();
-                for s in 0..specs {
+                let relaxed = relaxations(&c[b * n..(b + 1) * n], &r[b * n..(b + 1) * n]);
+                for (s, constant) in constant.iter_mut().enumerate() {
                     let row = &a[(b * specs + s) * n..][..n];
                     let mut sum = 0f32;
-                    for ((o, &a), &(lower, upper, intercept)) in
+                    for ((o, &a), &[lower, upper, intercept]) in
                         out[s * n..(s + 1) * n].iter_mut().zip(row).zip(&relaxed)
                     {
                         let negative = a.min(0.0);
-                        *o = a.max(0.0) * lower + negative * upper;
+                        o.write(a.max(0.0) * lower + negative * upper);
                         sum += negative * intercept;
                     }
-                    constant[s] = sum;
+                    *constant = sum;
                 }
             });
+        // SAFETY: every sample's chunk was written row by row above.
+        unsafe { out.set_len(a.len()) };
         Ok((out, constant))
     })?;
     let device = coefficients.device();
@@ -103,36 +114,34 @@ pub fn crown_relu_step_gradient(
                 bail!("{what}: gradients of other sizes than the coefficients")
             }
             let n = c.len() / batch.max(1);
-            let mut da = vec![0f32; a.len()];
+            let mut da: Vec<f32> = Vec::with_capacity(a.len());
             let mut dc = vec![0f32; c.len()];
             let mut dr = vec![0f32; c.len()];
-            da.par_chunks_mut(specs * n)
-                .zip(dc.par_chunks_mut(n).zip(dr.par_chunks_mut(n)))
+            da.spare_capacity_mut()[..a.len()]
+                .par_chunks_mut((specs * n).max(1))
+                .zip(dc.par_chunks_mut(n.max(1)).zip(dr.par_chunks_mut(n.max(1))))
                 .enumerate()
                 .for_each(|(b, (da, (dc, dr)))| {
                     let (c, r) = (&c[b * n..(b + 1) * n], &r[b * n..(b + 1) * n]);
-                    let relaxed: Vec<(f32, f32, f32)> =
-                        c.iter().zip(r).map(|(&c, &r)| relaxation(c, r)).collect();
-                    // Per neuron, the gradients of its upper slope and intercept.
+                    let relaxed = relaxations(c, r);
+                    // Per neuron, the gradients of its upper slope and intercept first.
                     let (d_slope, d_intercept) = (&mut *dc, &mut *dr);
                     for s in 0..specs {
                         let offset = (b * specs + s) * n;
                         let (row, g_row) = (&a[offset..][..n], &g[offset..][..n]);
                         let gm = gm[b * specs + s];
-                        for (((da, &a), &g), (&(lower, upper, intercept), (ds, di))) in
-                            da[s * n..(s + 1) * n].iter_mut().zip(row).zip(g_row).zip(
-                                relaxed
-                                    .iter()
-                                    .zip(d_slope.iter_mut().zip(d_intercept.iter_mut())),
-                            )
+                        let outputs = da[s * n..(s + 1) * n].iter_mut().zip(row).zip(g_row);
+                        let sums = d_slope.iter_mut().zip(d_intercept.iter_mut());
+                        for (((da, &a), &g), (&[lower, upper, intercept], (ds, di))) in
+                            outputs.zip(relaxed.iter().zip(sums))
                         {
-                            if a > 0.0 {
-                                *da = g * lower;
-                            } else {
-                                *da = g * upper + gm * intercept;
-                                *ds += g * a;
-                                *di += gm * a;
-                            }
+                            // A⁻ = min(A, 0) is 0 where A⁺ carries the row, so no branch.
+                            let positive = a > 0.0;
+                            let negative = a.min(0.0);
+                            let slope = upper + masked(lower - upper, positive);
+                            da.write(g * slope + masked(gm * intercept, !positive));
+                            *ds += g * negative;
+                            *di += gm * negative;
                         }
                     }
                     // slope = u/(u − l) and intercept = −u·l/(u − l) on unstable neurons.
@@ -153,6 +162,8 @@ pub fn crown_relu_step_gradient(
                         }
                     }
                 });
+            // SAFETY: every sample's chunk was written row by row above.
+            unsafe { da.set_len(a.len()) };
             Ok((da, dc, dr))
         },
     )?;
@@ -206,17 +217,17 @@ pub fn crown_box_minimum_gradient(
     let out = with_values(&[coefficients, centre, radius, grad], what, |v| {
         let (a, c, r, g) = (v[0], v[1], v[2], v[3]);
         let n = c.len() / batch.max(1);
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(n.max(1))
-            .enumerate()
-            .for_each(|(row, out)| {
+        // SAFETY: each row's chunk is written element by element.
+        let out = unsafe {
+            par_filled(a.len(), n.max(1), |row, out| {
                 let b = row / specs;
                 let (c, r) = (&c[b * n..(b + 1) * n], &r[b * n..(b + 1) * n]);
                 let g = g[row];
                 for ((o, &a), (&c, &r)) in out.iter_mut().zip(&a[row * n..]).zip(c.iter().zip(r)) {
-                    *o = g * (c - r.copysign(a));
+                    o.write(g * (c - r.copysign(a)));
                 }
-            });
+            })
+        };
         Ok(out)
     })?;
     Tensor::from_vec(out, dims, coefficients.device())
@@ -313,18 +324,19 @@ pub fn scale_and_add_outer(
     let dims = grad.dims().to_vec();
     let out = with_values(&[grad, weights], what, |v| {
         let (g, w) = (v[0], v[1]);
-        let mut out = vec![0f32; g.len()];
-        out.par_chunks_mut(shift.len() * plane)
-            .zip(g.par_chunks(shift.len() * plane))
-            .zip(w.par_iter())
-            .for_each(|((out, g), &w)| {
+        let row_len = shift.len() * plane;
+        // SAFETY: each row's chunk is written channel by channel.
+        let out = unsafe {
+            par_filled(g.len(), row_len, |row, out| {
+                let (g, w) = (&g[row * row_len..][..row_len], w[row]);
                 for (c, (out, g)) in out.chunks_mut(plane).zip(g.chunks(plane)).enumerate() {
                     let (scale, add) = (scale.map_or(1.0, |s| s[c]), w * shift[c]);
                     for (o, &g) in out.iter_mut().zip(g) {
-                        *o = g * scale + add;
+                        o.write(g * scale + add);
                     }
                 }
-            });
+            })
+        };
         Ok(out)
     })?;
     Tensor::from_vec(out, dims, grad.device())
