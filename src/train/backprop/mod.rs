@@ -1,5 +1,5 @@
-//! A hand-written reverse pass for the natural, IBP, SABR, PGD-AT and MTL-IBP training losses,
-//! and the input-gradient pass of training attacks.
+//! A hand-written reverse pass for the natural, IBP, CROWN-IBP, SABR, PGD-AT and MTL-IBP
+//! training losses, and the input-gradient pass of training attacks.
 //!
 //! candle's autograd gives every input of every graph node a zero-filled gradient tensor and
 //! adds each contribution into it, and BatchNorm takes several nodes (moments, affine, ReLU),
@@ -9,9 +9,11 @@
 //! (clean in [`clean`], interval over a box in [`interval`], clean again at an attack point with
 //! the clean batch's BatchNorm maps) and runs them backward in lockstep, layer by layer, because
 //! BatchNorm's batch statistics join them; [`shi`] differentiates Shi et al.'s regulariser on the
-//! interval pass and [`loss`] the losses at the top. [`input`] is the clean pass's input-only
-//! backward that every training attack differentiates through. Steps this pass does not cover
-//! (CROWN-IBP's and TAPS' losses, or a net whose last layer is not linear) use autograd; the
+//! interval pass and [`loss`] the losses at the top. [`crown_ibp`] is CROWN's bound pass over
+//! the margins, relaxing each ReLU on the interval pass's box, and its reverse, which hands the
+//! interval pass's backward the gradients of those boxes. [`input`] is the clean pass's
+//! input-only backward that every training attack differentiates through. Steps this pass does
+//! not cover (TAPS' loss, or a net whose last layer is not linear) use autograd; the
 //! unit tests in `tests.rs` check that both give the same loss and gradients.
 
 mod clean;
@@ -119,8 +121,8 @@ pub enum Objective {
 
 impl Objective {
     /// The objective of a step of `method` with the schedule at `values` (Shi's regulariser
-    /// weighted by `shi_weight`), or `None` when autograd must run it (CROWN-IBP's or TAPS'
-    /// loss, or no final linear layer).
+    /// weighted by `shi_weight`), or `None` when autograd must run it (TAPS' loss, or no
+    /// final linear layer).
     pub fn for_step(
         net: &Net,
         method: Method,
