@@ -3,6 +3,7 @@
 mod adam;
 mod channel;
 mod conv;
+mod crown;
 mod interval;
 mod linear;
 mod memory;
@@ -17,6 +18,10 @@ pub use channel::{channel_affine, channel_affine_gradient, channel_affine_relu, 
 pub use conv::{
     conv_transpose2d, conv2d, conv2d_bias, conv2d_columns, conv2d_from_columns,
     conv2d_weight_gradient, conv2d_weight_gradient_from_columns,
+};
+pub use crown::{
+    channel_dot, crown_box_minimum, crown_box_minimum_gradient, crown_relu_step,
+    crown_relu_step_gradient, scale_and_add_outer, weighted_channel_sums,
 };
 pub use interval::{relu_box_centre, relu_box_radius};
 pub use linear::{

@@ -1,5 +1,5 @@
-//! A hand-written reverse pass for the natural, IBP, SABR, PGD-AT and MTL-IBP training losses,
-//! and the input-gradient pass of training attacks.
+//! A hand-written reverse pass for the natural, IBP, CROWN-IBP, SABR, PGD-AT and MTL-IBP
+//! training losses, and the input-gradient pass of training attacks.
 //!
 //! candle's autograd gives every input of every graph node a zero-filled gradient tensor and
 //! adds each contribution into it, and BatchNorm takes several nodes (moments, affine, ReLU),
@@ -9,13 +9,16 @@
 //! (clean in [`clean`], interval over a box in [`interval`], clean again at an attack point with
 //! the clean batch's BatchNorm maps) and runs them backward in lockstep, layer by layer, because
 //! BatchNorm's batch statistics join them; [`shi`] differentiates Shi et al.'s regulariser on the
-//! interval pass and [`loss`] the losses at the top. [`input`] is the clean pass's input-only
-//! backward that every training attack differentiates through. Steps this pass does not cover
-//! (CROWN-IBP's and TAPS' losses, or a net whose last layer is not linear) use autograd; the
+//! interval pass and [`loss`] the losses at the top. [`crown_ibp`] is CROWN's bound pass over
+//! the margins, relaxing each ReLU on the interval pass's box, and its reverse, which hands the
+//! interval pass's backward the gradients of those boxes. [`input`] is the clean pass's
+//! input-only backward that every training attack differentiates through. Steps this pass does
+//! not cover (TAPS' loss, or a net whose last layer is not linear) use autograd; the
 //! unit tests in `tests.rs` check that both give the same loss and gradients.
 
 mod clean;
 mod conv;
+mod crown_ibp;
 mod input;
 mod interval;
 mod loss;
@@ -32,6 +35,7 @@ use crate::kernels::{BoxGradient, l1_penalty_gradient};
 use crate::model::{Layer, Net};
 use candle_core::{Tensor, TensorId};
 use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanPass, CleanSaved};
+use crown_ibp::{CrownPass, ReluBoxGradients};
 pub(crate) use input::{InputGradientPass, fixed_batch_norms};
 use interval::{BoxSaved, MarginBounds};
 use loss::{cross_entropy_gradient, robust_cross_entropy_gradient, scaled};
@@ -72,6 +76,18 @@ pub enum Objective {
         /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
         shi_weight: f64,
     },
+    /// CROWN-IBP: `κ·natural + (1 − κ)·` robust cross-entropy of the margins
+    /// `β·CROWN-IBP + (1 − β)·IBP` over the ε-box.
+    CrownIbp {
+        /// Radius of the ℓ∞ input box.
+        eps: f64,
+        /// Weight of the natural loss.
+        kappa: f64,
+        /// Weight of CROWN-IBP's margins (0: IBP's alone, no CROWN pass).
+        beta: f64,
+        /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
+        shi_weight: f64,
+    },
     /// SABR: robust cross-entropy of IBP margins over a box of radius `ratio·ε` around a PGD
     /// point (its centre kept inside the ε-box).
     Sabr {
@@ -105,8 +121,8 @@ pub enum Objective {
 
 impl Objective {
     /// The objective of a step of `method` with the schedule at `values` (Shi's regulariser
-    /// weighted by `shi_weight`), or `None` when autograd must run it (CROWN-IBP's or TAPS'
-    /// loss, or no final linear layer).
+    /// weighted by `shi_weight`), or `None` when autograd must run it (TAPS' loss, or no
+    /// final linear layer).
     pub fn for_step(
         net: &Net,
         method: Method,
@@ -122,6 +138,12 @@ impl Objective {
             Method::Ibp => Objective::Ibp {
                 eps,
                 kappa: values.kappa,
+                shi_weight,
+            },
+            Method::CrownIbp => Objective::CrownIbp {
+                eps,
+                kappa: values.kappa,
+                beta: values.beta,
                 shi_weight,
             },
             // TAPS trains on the plain IBP loss while ε ramps (its own loss starts at full ε).
@@ -165,10 +187,20 @@ impl Objective {
     fn weights(&self) -> (f64, f64, f64) {
         match self {
             Objective::Natural => (1.0, 0.0, 0.0),
-            Objective::Ibp { kappa, .. } => (*kappa, 1.0 - kappa, 0.0),
+            Objective::Ibp { kappa, .. } | Objective::CrownIbp { kappa, .. } => {
+                (*kappa, 1.0 - kappa, 0.0)
+            }
             Objective::Sabr { .. } => (0.0, 1.0, 0.0),
             Objective::Pgd { .. } => (0.0, 0.0, 1.0),
             Objective::MtlIbp { alpha, .. } => (0.0, *alpha, 1.0 - alpha),
+        }
+    }
+
+    /// The weight β of CROWN-IBP's margins against IBP's, when the step runs the CROWN pass.
+    fn crown_weight(&self) -> Option<f64> {
+        match self {
+            Objective::CrownIbp { beta, .. } if *beta > 0.0 => Some(*beta),
+            _ => None,
         }
     }
 
@@ -178,7 +210,7 @@ impl Objective {
             Objective::Sabr { search, .. }
             | Objective::Pgd { search }
             | Objective::MtlIbp { search, .. } => Some(search),
-            Objective::Natural | Objective::Ibp { .. } => None,
+            Objective::Natural | Objective::Ibp { .. } | Objective::CrownIbp { .. } => None,
         }
     }
 
@@ -194,6 +226,9 @@ impl Objective {
                 eps, shi_weight, ..
             }
             | Objective::MtlIbp {
+                eps, shi_weight, ..
+            }
+            | Objective::CrownIbp {
                 eps, shi_weight, ..
             } => Some((Interval::linf_ball(images, *eps)?, *shi_weight)),
             Objective::Sabr {
@@ -283,6 +318,17 @@ pub fn loss_and_gradients(
             None
         };
         let spec = margin_spec(labels, classes)?;
+        let crown = match objective.crown_weight() {
+            Some(beta) => {
+                let centre = ((&input.upper + &input.lower)? * 0.5)?;
+                let radius = ((&input.upper - &input.lower)? * 0.5)?;
+                let boxes = (pass.saved.as_slice(), (centre, radius));
+                let shapes = net.shapes();
+                let crown = CrownPass::forward(&layers, shapes, &spec, boxes, &clean.batch_norms)?;
+                Some((beta, crown))
+            }
+            None => None,
+        };
         let bounds = MarginBounds::new(
             &pass.centre,
             &pass.radius,
@@ -290,8 +336,12 @@ pub fn loss_and_gradients(
             &bias.detach(),
             spec,
         )?;
+        let margins = match &crown {
+            Some((beta, crown)) => ((&crown.margins * *beta)? + (&bounds.margins * (1.0 - beta))?)?,
+            None => bounds.margins.clone(),
+        };
         let (robust_loss, margin_gradient) =
-            robust_cross_entropy_gradient(&bounds.margins.to_vec2::<f32>()?, &label_values)?;
+            robust_cross_entropy_gradient(&margins.to_vec2::<f32>()?, &label_values)?;
         loss += box_weight * robust_loss;
         let shi_gradients = match shi {
             Some((value, gradients)) => {
@@ -305,13 +355,28 @@ pub fn loss_and_gradients(
             (batch, classes - 1),
             images.device(),
         )?;
-        let (d_weight, d_bias, d_centre, d_radius) = bounds.backward(&margin_gradient)?;
+        let mut sums = BatchNormSums::new();
+        let (ibp_gradient, relu_gradients) = match &crown {
+            Some((beta, crown)) => (
+                (&margin_gradient * (1.0 - beta))?,
+                crown.backward(
+                    &layers,
+                    &(&margin_gradient * *beta)?,
+                    &mut gradients,
+                    &mut sums,
+                )?,
+            ),
+            None => (margin_gradient, ReluBoxGradients::new()),
+        };
+        let (d_weight, d_bias, d_centre, d_radius) = bounds.backward(&ibp_gradient)?;
         gradients.add(weight, d_weight)?;
         gradients.add(bias, d_bias)?;
         robust = Some(RobustTop {
             boxes: pass.saved,
             box_gradient: (d_centre, d_radius),
             shi_gradients,
+            relu_gradients,
+            sums,
         });
     }
     let mut attacked = None;
@@ -356,11 +421,14 @@ pub fn loss_and_gradients(
 }
 
 /// The interval pass as its backward starts: what its layers kept, the gradient of the box the
-/// last layer read, and Shi's regulariser's gradients by ReLU layer.
+/// last layer read, Shi's regulariser's and CROWN's gradients of ReLU input boxes by ReLU
+/// layer, and CROWN's BatchNorm scale and shift sums.
 struct RobustTop {
     boxes: Vec<BoxSaved>,
     box_gradient: (Tensor, Tensor),
     shi_gradients: HashMap<usize, BoxGradient>,
+    relu_gradients: ReluBoxGradients,
+    sums: BatchNormSums,
 }
 
 /// What each pass kept and the gradient of its output: the clean pass (`None`: its output
@@ -393,9 +461,21 @@ fn backward(
             )
         })
         .unwrap_or(count);
-    let (boxes, mut box_gradient, shi_gradients) = match tops.robust {
-        Some(top) => (top.boxes, Some(top.box_gradient), top.shi_gradients),
-        None => (Vec::new(), None, HashMap::new()),
+    let (boxes, mut box_gradient, shi_gradients, relu_gradients, mut sums) = match tops.robust {
+        Some(top) => (
+            top.boxes,
+            Some(top.box_gradient),
+            top.shi_gradients,
+            top.relu_gradients,
+            top.sums,
+        ),
+        None => (
+            Vec::new(),
+            None,
+            HashMap::new(),
+            ReluBoxGradients::new(),
+            BatchNormSums::new(),
+        ),
     };
     let (clean, mut g) = tops.clean;
     let mut clean_steps = clean.into_iter().rev().peekable();
@@ -404,7 +484,6 @@ fn backward(
         None => (Vec::new(), None),
     };
     let mut attack_steps = attacked.into_iter().rev().peekable();
-    let mut sums = BatchNormSums::new();
     for index in (first_parameter..count).rev() {
         let needs_input = index > first_parameter;
         if index < count - 1
@@ -420,6 +499,11 @@ fn backward(
                 &mut sums,
                 index,
             )?;
+            if let Some((crown_dc, crown_dr)) = relu_gradients.get(&index)
+                && let Some((dc, dr)) = box_gradient.take()
+            {
+                box_gradient = Some(((dc + crown_dc)?, (dr + crown_dr)?));
+            }
         }
         if attack_steps.peek().map(|(start, _)| *start) == Some(index) {
             let (_, saved) = attack_steps.next().expect("peeked");

@@ -158,82 +158,124 @@ fn reverse_pass_matches_autograd_in_loss_gradients_and_running_statistics() {
     for (spec_index, spec) in specs().iter().enumerate() {
         for &(method, eps, kappa, l1, shi) in &cases {
             let label = format!("net {spec_index}, {method} ε={eps} κ={kappa} l1={l1} shi={shi}");
-            let mut ours = network(spec);
-            let mut reference = network(spec);
-            let (images, labels) = batch(spec, ours.num_classes());
-            let schedule = ramping(eps, kappa, 0.5);
             let config = TrainConfig {
                 l1_reg_weight: l1,
                 shi_reg_weight: shi,
                 mtl_ibp_alpha: 0.3,
                 ..TrainConfig::default()
             };
-            let objective = Objective::for_step(&ours, method, schedule, 0.5 * shi, &config)
-                .expect("covered step");
-            let mut rng = StdRng::seed_from_u64(0);
-            let step = loss_and_gradients(&mut ours, (&images, &labels), &objective, l1, &mut rng)
-                .unwrap();
+            let schedule = ramping(eps, kappa, 0.5);
+            assert_step_matches_autograd(&label, spec, method, schedule, &config);
+        }
+    }
+}
 
-            let robust = implementation(method);
-            let mut rng = StdRng::seed_from_u64(0);
-            let loss = autograd_loss(
-                &mut reference,
-                robust.as_ref(),
-                method,
-                &config,
-                schedule,
-                2.0 * eps,
-                &images,
-                &labels,
-                &mut rng,
-            )
-            .unwrap();
-            let expected = f64::from(loss.to_scalar::<f32>().unwrap());
-            assert!(
-                (step.loss - expected).abs() <= 1e-4 * expected.abs().max(1.0),
-                "{label}: loss {} vs autograd {expected}",
-                step.loss
-            );
-            let grads = loss.backward().unwrap();
-            let pairs: Vec<_> = ours
-                .named_vars()
-                .iter()
-                .zip(reference.named_vars())
-                .filter(|(mine, _)| mine.trainable)
-                .map(|(mine, theirs)| {
-                    let expected = grads
-                        .get(theirs.var.as_tensor())
-                        .expect("autograd gradient");
-                    let got = step
-                        .gradients
-                        .get(mine.var.as_tensor())
-                        .unwrap_or_else(|| panic!("{label}: no gradient for {}", mine.name));
-                    (mine.name.clone(), got, expected)
-                })
-                .collect();
-            let largest = pairs
-                .iter()
-                .map(|(_, _, g)| {
-                    g.abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                })
-                .fold(0f32, f32::max);
-            for (name, got, expected) in pairs {
-                assert_close(&format!("{label}: ∂{name}"), got, expected, 5e-2 * largest);
-            }
-            for (mine, theirs) in ours.named_vars().iter().zip(reference.named_vars()) {
-                assert_close(
-                    &format!("{label}: {}", mine.name),
-                    mine.var.as_tensor(),
-                    theirs.var.as_tensor(),
-                    1e-6,
-                );
-            }
-            assert_eq!(labels.dtype(), DType::U32);
+/// One step of `method` on a perturbed net of `spec` by the reverse pass and by autograd (the
+/// same random starts on both sides): the same loss, parameter gradients and running
+/// statistics. The schedule's ε is half the training ε, so Shi's regulariser runs at half its
+/// weight.
+fn assert_step_matches_autograd(
+    label: &str,
+    spec: &NetSpec,
+    method: Method,
+    schedule: ScheduleValues,
+    config: &TrainConfig,
+) {
+    let (eps, l1, shi) = (schedule.eps, config.l1_reg_weight, config.shi_reg_weight);
+    let mut ours = network(spec);
+    let mut reference = network(spec);
+    let (images, labels) = batch(spec, ours.num_classes());
+    let objective =
+        Objective::for_step(&ours, method, schedule, 0.5 * shi, config).expect("covered step");
+    let mut rng = StdRng::seed_from_u64(0);
+    let step = loss_and_gradients(&mut ours, (&images, &labels), &objective, l1, &mut rng).unwrap();
+
+    let robust = implementation(method);
+    let mut rng = StdRng::seed_from_u64(0);
+    let loss = autograd_loss(
+        &mut reference,
+        robust.as_ref(),
+        method,
+        config,
+        schedule,
+        2.0 * eps,
+        &images,
+        &labels,
+        &mut rng,
+    )
+    .unwrap();
+    let expected = f64::from(loss.to_scalar::<f32>().unwrap());
+    assert!(
+        (step.loss - expected).abs() <= 1e-4 * expected.abs().max(1.0),
+        "{label}: loss {} vs autograd {expected}",
+        step.loss
+    );
+    let grads = loss.backward().unwrap();
+    let pairs: Vec<_> = ours
+        .named_vars()
+        .iter()
+        .zip(reference.named_vars())
+        .filter(|(mine, _)| mine.trainable)
+        .map(|(mine, theirs)| {
+            let expected = grads
+                .get(theirs.var.as_tensor())
+                .expect("autograd gradient");
+            let got = step
+                .gradients
+                .get(mine.var.as_tensor())
+                .unwrap_or_else(|| panic!("{label}: no gradient for {}", mine.name));
+            (mine.name.clone(), got, expected)
+        })
+        .collect();
+    let largest = pairs
+        .iter()
+        .map(|(_, _, g)| {
+            g.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0f32, f32::max);
+    for (name, got, expected) in pairs {
+        assert_close(&format!("{label}: ∂{name}"), got, expected, 5e-2 * largest);
+    }
+    for (mine, theirs) in ours.named_vars().iter().zip(reference.named_vars()) {
+        assert_close(
+            &format!("{label}: {}", mine.name),
+            mine.var.as_tensor(),
+            theirs.var.as_tensor(),
+            1e-6,
+        );
+    }
+    assert_eq!(labels.dtype(), DType::U32);
+}
+
+#[test]
+fn crown_ibp_reverse_pass_matches_autograd_for_every_beta() {
+    // (ε, κ, β, L1 weight, Shi weight): β = 0 is IBP's margins alone (no CROWN pass), β = 1
+    // CROWN-IBP's alone.
+    let cases = [
+        (0.05, 0.0, 1.0, 0.0, 0.0),
+        (0.1, 0.3, 0.5, 0.0, 0.0),
+        (0.02, 0.5, 0.25, 1e-3, 0.5),
+        (0.2, 0.0, 0.0, 0.0, 0.0),
+        (0.05, 0.2, 1.0, 1e-2, 1.0),
+    ];
+    for (spec_index, spec) in specs().iter().enumerate() {
+        for &(eps, kappa, beta, l1, shi) in &cases {
+            let label = format!("net {spec_index}, CROWN-IBP ε={eps} κ={kappa} β={beta} shi={shi}");
+            let config = TrainConfig {
+                l1_reg_weight: l1,
+                shi_reg_weight: shi,
+                ..TrainConfig::default()
+            };
+            let schedule = ScheduleValues {
+                beta,
+                ..ramping(eps, kappa, 0.5)
+            };
+            assert_step_matches_autograd(&label, spec, Method::CrownIbp, schedule, &config);
         }
     }
 }
@@ -314,7 +356,15 @@ fn steps_the_reverse_pass_does_not_cover_are_left_to_autograd() {
         Some(Objective::Natural),
         "warm-up steps of every method are natural"
     );
-    assert_eq!(objective(Method::CrownIbp, values(0.1, 0.5), 0.0), None);
+    assert_eq!(
+        objective(Method::CrownIbp, values(0.1, 0.5), 0.0),
+        Some(Objective::CrownIbp {
+            eps: 0.1,
+            kappa: 0.5,
+            beta: 0.0,
+            shi_weight: 0.0
+        })
+    );
     assert!(matches!(
         objective(Method::Sabr, values(0.1, 0.5), 0.0),
         Some(Objective::Sabr { eps: 0.1, .. })
