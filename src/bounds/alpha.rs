@@ -81,8 +81,22 @@ pub fn alpha_crown_lower_bounds(
     let net = net.detached();
     let end = net.layers().len();
     let relu_bounds = crown_relu_bounds(&net, input, normalization, end, config.intermediate)?;
+    alpha_lower_bounds_within(&net, input, spec, &relu_bounds, config, normalization)
+}
+
+/// α-CROWN's lower bounds `[B, S]` through fixed intermediate bounds `relu_bounds` (branch and
+/// bound passes bounds tightened by its splits). `net` must be detached.
+pub(crate) fn alpha_lower_bounds_within(
+    net: &Net,
+    input: &Interval,
+    spec: &Tensor,
+    relu_bounds: &ReluBounds,
+    config: &AlphaConfig,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
+    let end = net.layers().len();
     let (batch, specs) = (spec.dim(0)?, spec.dim(1)?);
-    let mut parameters = slope_parameters(&net, &relu_bounds, specs)?;
+    let mut parameters = slope_parameters(net, relu_bounds, specs)?;
     let mut best = vec![f32::NEG_INFINITY; batch * specs];
     let mut learning_rate = config.learning_rate;
     for iteration in 0..config.iterations.max(1) {
@@ -91,11 +105,11 @@ pub fn alpha_crown_lower_bounds(
             slopes[parameter.layer] = Some(parameter.effective()?);
         }
         let lower = backward_lower_bound_with_slopes(
-            &net,
+            net,
             end,
             spec.clone(),
             input,
-            &relu_bounds,
+            relu_bounds,
             &slopes,
             normalization,
         )?;
