@@ -110,19 +110,17 @@ pub fn bound_subdomains(
     let spec = repeat(spec)?;
     let (relu_bounds, feasible) = split_relu_bounds(net, &input, domains, normalization)?;
     let end = net.layers().len();
-    let alpha_lower = alpha_lower_bounds_within(net, &input, &spec, &relu_bounds, alpha, normalization)?
-        .to_vec2::<f32>()?;
-    let recorded = backward_lower_bound_recorded(
-        net,
-        end,
-        spec.clone(),
-        &input,
-        &relu_bounds,
-        normalization,
-    )?;
+    let alpha_lower =
+        alpha_lower_bounds_within(net, &input, &spec, &relu_bounds, alpha, normalization)?
+            .to_vec2::<f32>()?;
+    let recorded =
+        backward_lower_bound_recorded(net, end, spec.clone(), &input, &relu_bounds, normalization)?;
     let crown_lower = recorded.lower.to_vec2::<f32>()?;
     let host = host_bounds(net, &relu_bounds, count)?;
-    let input_coefficients = recorded.input_coefficients.flatten_from(2)?.to_vec3::<f32>()?;
+    let input_coefficients = recorded
+        .input_coefficients
+        .flatten_from(2)?
+        .to_vec3::<f32>()?;
     let input_lower = input.lower.flatten_from(1)?.to_vec2::<f32>()?;
     let input_upper = input.upper.flatten_from(1)?.to_vec2::<f32>()?;
     let relu_coefficients: Vec<Option<Vec<Vec<Vec<f32>>>>> = recorded
@@ -223,7 +221,10 @@ fn split_relu_bounds(
     let end = layers.len();
     let count = domains.len();
     let mut feasible = vec![true; count];
-    if domains.iter().all(|d| d.parent.is_none() && d.splits.is_empty()) {
+    if domains
+        .iter()
+        .all(|d| d.parent.is_none() && d.splits.is_empty())
+    {
         let bounds = crown_relu_bounds(
             net,
             input,
@@ -259,8 +260,7 @@ fn split_relu_bounds(
         }
         let shape = net.shapes()[index];
         let candidate = to_interval(&lower, &upper, shape.batch_dims(count))?;
-        let refined = if index > recompute_after && !interval_is_exact(net, segment_start, index)
-        {
+        let refined = if index > recompute_after && !interval_is_exact(net, segment_start, index) {
             // Refinement only touches unstable neurons, so the clamps survive it.
             refine(
                 net,

@@ -2,10 +2,12 @@
 
 use crate::bounds::BoundMethod;
 use crate::data::{DataSource, DatasetName};
-use crate::eval::{BabConfig, BabVerdict, CompleteReport, EvalConfig, EvalReport, evaluate, verify_complete};
-use candle_core::Tensor;
+use crate::eval::{
+    BabConfig, BabVerdict, CompleteReport, EvalConfig, EvalReport, evaluate, verify_complete,
+};
 use crate::model::{Net, NetSpec};
 use anyhow::{Context, bail};
+use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -270,7 +272,11 @@ pub(crate) fn parse_timeout(text: &str) -> Result<Duration, String> {
         "s" => value,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
     };
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("`{text}`: the timeout must be positive"));
@@ -300,7 +306,10 @@ fn run_complete(
     .with_context(|| format!("verifying {} by branch and bound", weights.display()))?;
     progress.finish_and_clear();
     if json {
-        outln!("{}", serde_json::to_string_pretty(&complete_json(&report, bab))?);
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&complete_json(&report, bab))?
+        );
         return Ok(());
     }
     print_table(&report.cascade, weights)?;

@@ -239,7 +239,11 @@ pub fn bab_verify_sample(
 }
 
 /// The sub-domain if some row is still unproved on it (`None` when it is empty or proved).
-fn still_open(splits: Vec<ReluSplit>, bound: SubdomainBound, parent_open: &[bool]) -> Option<Domain> {
+fn still_open(
+    splits: Vec<ReluSplit>,
+    bound: SubdomainBound,
+    parent_open: &[bool],
+) -> Option<Domain> {
     if !bound.feasible {
         return None;
     }

@@ -132,7 +132,9 @@ pub enum EvalError {
         sample: usize,
     },
     /// Branch and bound certified a sample PGD broke: an unsound bound (a bug, never expected).
-    #[error("soundness violation: branch and bound certified sample {sample}, which PGD misclassifies")]
+    #[error(
+        "soundness violation: branch and bound certified sample {sample}, which PGD misclassifies"
+    )]
     BabSoundnessViolation {
         /// Index of the sample.
         sample: usize,
