@@ -324,54 +324,77 @@ impl CompleteReport {
     }
 }
 
-/// Runs the cascade of `cascade` on `images` / `labels`, then [`bab_verify_sample`] on every
-/// sample it neither certified nor found misclassified on the clean input. A certificate on a
-/// sample the cascade's PGD broke is reported as a soundness violation.
-/// `on_progress(done, total)` is called after each branch-and-bound sample.
+/// Runs the cascade of `cascade` on `images` / `labels`, then [`complete_undecided`].
 pub fn verify_complete(
     net: &Net,
     images: &Tensor,
     labels: &Tensor,
     cascade: &super::EvalConfig,
     bab: &BabConfig,
+    on_progress: impl FnMut(usize, usize),
+) -> Result<CompleteReport, EvalError> {
+    let start = Instant::now();
+    let report = super::evaluate(net, images, labels, cascade, |_, _| {})?;
+    let mut complete = complete_undecided(net, images, report, cascade.seed, bab, on_progress)?;
+    complete.seconds = start.elapsed().as_secs_f64();
+    Ok(complete)
+}
+
+/// Runs [`bab_verify_sample`] on every sample of a cascade's `report` (on `images`, at its ε)
+/// that the cascade neither certified nor found misclassified on the clean input. A certificate
+/// on a sample the cascade's PGD broke is reported as a soundness violation.
+/// `on_progress(done, total)` is called after each branch-and-bound sample.
+pub fn complete_undecided(
+    net: &Net,
+    images: &Tensor,
+    report: super::EvalReport,
+    seed: u64,
+    bab: &BabConfig,
     mut on_progress: impl FnMut(usize, usize),
 ) -> Result<CompleteReport, EvalError> {
     use rand::SeedableRng;
     let start = Instant::now();
-    let report = super::evaluate(net, images, labels, cascade, |_, _| {})?;
-    let mut rng = StdRng::seed_from_u64(cascade.seed ^ 0xbab);
-    let mut verdicts = Vec::with_capacity(report.samples);
-    let mut searched = Vec::new();
-    let todo: Vec<usize> = (0..report.samples)
-        .filter(|&i| {
-            let sample = &report.per_sample[i];
-            sample.correct && sample.certified_by.is_none()
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xbab);
+    let verdicts: Vec<BabVerdict> = report
+        .per_sample
+        .iter()
+        .map(|sample| {
+            if !sample.correct {
+                BabVerdict::Falsified
+            } else if sample.certified_by.is_some() {
+                BabVerdict::Certified
+            } else {
+                BabVerdict::Unknown
+            }
         })
         .collect();
-    for sample in &report.per_sample {
-        verdicts.push(if !sample.correct {
-            BabVerdict::Falsified
-        } else if sample.certified_by.is_some() {
-            BabVerdict::Certified
-        } else {
-            BabVerdict::Unknown
-        });
-    }
+    let todo: Vec<usize> = (0..verdicts.len())
+        .filter(|&i| verdicts[i] == BabVerdict::Unknown)
+        .collect();
+    let mut complete = CompleteReport {
+        verdicts,
+        searched: Vec::with_capacity(todo.len()),
+        seconds: 0.0,
+        cascade: report,
+    };
     for (done, &i) in todo.iter().enumerate() {
         let image = images.narrow(0, i, 1)?;
-        let label = report.per_sample[i].label;
-        let outcome = bab_verify_sample(net, &image, label, cascade.eps, bab, &mut rng)?;
-        if outcome.verdict == BabVerdict::Certified && !report.per_sample[i].adversarially_robust {
+        let sample = &complete.cascade.per_sample[i];
+        let outcome = bab_verify_sample(
+            net,
+            &image,
+            sample.label,
+            complete.cascade.eps,
+            bab,
+            &mut rng,
+        )?;
+        if outcome.verdict == BabVerdict::Certified && !sample.adversarially_robust {
             return Err(EvalError::BabSoundnessViolation { sample: i });
         }
-        verdicts[i] = outcome.verdict;
-        searched.push((i, outcome));
+        complete.verdicts[i] = outcome.verdict;
+        complete.searched.push((i, outcome));
         on_progress(done + 1, todo.len());
     }
-    Ok(CompleteReport {
-        cascade: report,
-        verdicts,
-        searched,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    complete.seconds = complete.cascade.seconds + start.elapsed().as_secs_f64();
+    Ok(complete)
 }

@@ -10,8 +10,8 @@ mod bab;
 mod radius;
 
 pub use bab::{
-    BabConfig, BabOutcome, BabVerdict, CompleteReport, bab_verify_sample, is_counterexample,
-    verify_complete,
+    BabConfig, BabOutcome, BabVerdict, CompleteReport, bab_verify_sample, complete_undecided,
+    is_counterexample, verify_complete,
 };
 
 pub use radius::{
