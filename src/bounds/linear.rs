@@ -1,7 +1,8 @@
 //! CROWN: backward propagation of linear bounds with the adaptive ReLU relaxation.
 
+use super::alpha::alpha_lower_bounds_until;
 use super::interval::propagate_layer;
-use super::{BoundsError, CrownIntermediate, Interval};
+use super::{AlphaConfig, BoundsError, CrownIntermediate, Interval};
 use crate::kernels::{channel_affine, conv_transpose2d, relu, spec_mul};
 use crate::model::{Layer, Net, Normalization};
 use candle_core::{DType, Device, Tensor};
@@ -301,6 +302,19 @@ pub(crate) fn crown_relu_bounds(
     end: usize,
     intermediate: CrownIntermediate,
 ) -> Result<ReluBounds, BoundsError> {
+    crown_relu_bounds_with(net, input, normalization, end, intermediate, None)
+}
+
+/// [`crown_relu_bounds`], with each refined bound also optimised by α-CROWN under `alpha` when
+/// given (and intersected with CROWN's; both are sound).
+pub(crate) fn crown_relu_bounds_with(
+    net: &Net,
+    input: &Interval,
+    normalization: Normalization<'_>,
+    end: usize,
+    intermediate: CrownIntermediate,
+    alpha: Option<&AlphaConfig>,
+) -> Result<ReluBounds, BoundsError> {
     let layers = net.layers();
     let mut relu_bounds: ReluBounds = vec![None; layers.len()];
     let mut current = input.clone();
@@ -311,13 +325,14 @@ pub(crate) fn crown_relu_bounds(
             let refined = if interval_is_exact(net, segment_start, index) {
                 candidate
             } else {
-                refine(
+                refine_with(
                     net,
                     index,
                     &candidate,
                     (input, &relu_bounds),
                     normalization,
                     intermediate,
+                    alpha,
                 )?
             };
             current = propagate_layer(net, index, &refined, normalization)?;
@@ -350,6 +365,27 @@ pub(crate) fn refine(
     (input, relu_bounds): (&Interval, &ReluBounds),
     normalization: Normalization<'_>,
     intermediate: CrownIntermediate,
+) -> Result<Interval, BoundsError> {
+    refine_with(
+        net,
+        index,
+        candidate,
+        (input, relu_bounds),
+        normalization,
+        intermediate,
+        None,
+    )
+}
+
+/// [`refine`], each neuron's CROWN bounds intersected with α-CROWN's under `alpha` when given.
+fn refine_with(
+    net: &Net,
+    index: usize,
+    candidate: &Interval,
+    (input, relu_bounds): (&Interval, &ReluBounds),
+    normalization: Normalization<'_>,
+    intermediate: CrownIntermediate,
+    alpha: Option<&AlphaConfig>,
 ) -> Result<Interval, BoundsError> {
     let plain = intermediate == CrownIntermediate::Plain;
     let batch = candidate.lower.dim(0)?;
@@ -388,7 +424,25 @@ pub(crate) fn refine(
                 }
             }
             let spec = Tensor::from_vec(one_hot, spec_dims.clone(), &Device::Cpu)?;
-            let bounds = backward_bounds(net, index, &spec, input, relu_bounds, normalization)?;
+            let mut bounds = backward_bounds(net, index, &spec, input, relu_bounds, normalization)?;
+            if let Some(alpha) = alpha {
+                let both = Tensor::cat(&[&spec, &spec.neg()?], 1)?;
+                let optimised = alpha_lower_bounds_until(
+                    net,
+                    index,
+                    input,
+                    &both,
+                    relu_bounds,
+                    alpha,
+                    normalization,
+                )?;
+                let lower = optimised.narrow(1, 0, chunk)?;
+                let upper = optimised.narrow(1, chunk, chunk)?.neg()?;
+                bounds = Interval {
+                    lower: bounds.lower.maximum(&lower)?,
+                    upper: bounds.upper.minimum(&upper)?,
+                };
+            }
             let chunk_lower = bounds.lower.to_vec2::<f32>()?;
             let chunk_upper = bounds.upper.to_vec2::<f32>()?;
             for (b, neurons_of_sample) in unstable.iter().enumerate() {
