@@ -776,3 +776,38 @@ fn alpha_crown_stays_sound_when_slopes_hit_the_ends_of_their_range() {
         }
     }
 }
+
+#[test]
+fn alpha_crown_with_optimised_intermediate_slopes_is_sound_and_never_looser_than_crown() {
+    // Every intermediate bound gets its own slope optimisation (intersected with CROWN's), with
+    // huge steps half the time so that the slopes reach the ends of [0, 1].
+    let mut rng = StdRng::seed_from_u64(406);
+    let mut tighter = 0;
+    for case in 0..16 {
+        let config = AlphaConfig {
+            iterations: 6,
+            learning_rate: if case % 2 == 0 { 0.5 } else { 1e3 },
+            stop_when_positive: false,
+            optimise_intermediate: true,
+            ..AlphaConfig::default()
+        };
+        let (crown, alpha, points) = crown_and_alpha(&mut rng, case, 0.08, &config);
+        for (c, a) in crown.iter().zip(&alpha) {
+            assert!(*a >= c - TOLERANCE, "case {case}: {a} below CROWN's {c}");
+            if *a > c + 1e-4 {
+                tighter += 1;
+            }
+        }
+        let rows = alpha.len() / 3;
+        for (b, margins) in &points {
+            for (row, value) in margins.iter().enumerate() {
+                let bound = alpha[b * rows + row];
+                assert!(
+                    bound <= value + TOLERANCE,
+                    "case {case}: {bound} above margin {value}"
+                );
+            }
+        }
+    }
+    assert!(tighter > 10, "only {tighter} margins tighter than CROWN");
+}

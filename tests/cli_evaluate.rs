@@ -62,6 +62,9 @@ fn evaluate_retrains_the_best_trial_and_stores_its_test_figures() {
         "30",
         "--pgd-steps",
         "3",
+        "--complete",
+        "--timeout",
+        "500ms",
         "--json",
     ]);
     assert!(
@@ -71,6 +74,12 @@ fn evaluate_retrains_the_best_trial_and_stores_its_test_figures() {
     );
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let result = &printed.as_array().unwrap()[0];
+    // Branch and bound gives every test image a verdict and keeps the cascade's certificates.
+    let complete = &result["complete"];
+    let verdicts = ["certified", "falsified", "unknown"].map(|k| complete[k].as_u64().unwrap());
+    assert_eq!(verdicts.iter().sum::<u64>(), 30);
+    let cascade_certified = result["certified_accuracy"].as_f64().unwrap() * 30.0;
+    assert!(verdicts[0] as f64 >= cascade_certified.round());
     assert_eq!(result["test_samples"], 30);
     assert_eq!(result["train_images"], 250, "training + validation images");
     assert_eq!(result["pgd_restarts"], 5);

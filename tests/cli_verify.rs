@@ -168,3 +168,68 @@ fn verify_reports_bad_input_clearly() {
     let message = String::from_utf8_lossy(&bad_dir.stderr);
     assert!(message.contains(dir.to_str().unwrap()), "{message}");
 }
+
+#[test]
+fn verify_by_branch_and_bound_gives_every_sample_a_verdict() {
+    let dir = temp_dir("bab");
+    let model = saved_net(&dir, "fc");
+    let output = cthpo(&[
+        "verify",
+        "--model",
+        model.to_str().unwrap(),
+        "--arch",
+        "fc",
+        "--eps",
+        "0.01",
+        "--samples",
+        "30",
+        "--pgd-steps",
+        "5",
+        "--method",
+        "bab",
+        "--timeout",
+        "2s",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let bab = &report["bab"];
+    let count = |key: &str| bab[key].as_u64().unwrap();
+    assert_eq!(
+        count("certified") + count("falsified") + count("unknown"),
+        30
+    );
+    // Branch and bound decides at least what the cascade decided: every certificate and every
+    // misclassified clean image.
+    let certified = report["certified_accuracy"].as_f64().unwrap();
+    let natural = report["natural_accuracy"].as_f64().unwrap();
+    assert!(count("certified") as f64 >= (certified * 30.0).round());
+    assert!(count("falsified") as f64 >= ((1.0 - natural) * 30.0).round());
+    assert_eq!(bab["timeout_seconds"].as_f64().unwrap(), 2.0);
+}
+
+#[test]
+fn verify_refuses_a_bad_timeout() {
+    let dir = temp_dir("bad-timeout");
+    let model = saved_net(&dir, "fc");
+    for bad in ["soon", "0s", "5parsecs", "3x"] {
+        let output = cthpo(&[
+            "verify",
+            "--model",
+            model.to_str().unwrap(),
+            "--arch",
+            "fc",
+            "--method",
+            "bab",
+            "--timeout",
+            bad,
+        ]);
+        assert!(!output.status.success(), "--timeout {bad} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--timeout"), "{stderr}");
+    }
+}

@@ -212,12 +212,41 @@ pub fn pgd_attack_in_box(
     pgd_attack_through(&network, inputs, labels, eps, config, rng)
 }
 
+/// PGD as [`pgd_attack`] whose first restart starts at `starts` (same shape as `inputs`,
+/// projected into the ball) instead of a random point: branch and bound attacks from the
+/// points its sub-domain bounds single out.
+pub fn pgd_attack_from(
+    net: &Net,
+    inputs: &Tensor,
+    labels: &Tensor,
+    eps: f64,
+    starts: &Tensor,
+    config: &PgdConfig,
+    rng: &mut StdRng,
+) -> Result<AttackOutcome, AttackError> {
+    let network = Autograd::new(net, Normalization::Population);
+    pgd_attack_starting(&network, inputs, labels, eps, Some(starts), config, rng)
+}
+
 /// PGD as [`pgd_attack`] on the network as `network` evaluates and differentiates it.
 pub(crate) fn pgd_attack_through(
     network: &dyn InputGradient,
     inputs: &Tensor,
     labels: &Tensor,
     eps: f64,
+    config: &PgdConfig,
+    rng: &mut StdRng,
+) -> Result<AttackOutcome, AttackError> {
+    pgd_attack_starting(network, inputs, labels, eps, None, config, rng)
+}
+
+/// PGD whose first restart starts at `starts` when given (else as `config` says).
+fn pgd_attack_starting(
+    network: &dyn InputGradient,
+    inputs: &Tensor,
+    labels: &Tensor,
+    eps: f64,
+    starts: Option<&Tensor>,
     config: &PgdConfig,
     rng: &mut StdRng,
 ) -> Result<AttackOutcome, AttackError> {
@@ -247,7 +276,7 @@ pub(crate) fn pgd_attack_through(
     let mut last_iterate = inputs.clone();
     let keep_best = config.keep_best && !config.early_stop;
     let mut best_loss = vec![f32::NEG_INFINITY; batch];
-    for _ in 0..config.restarts.max(1) {
+    for restart in 0..config.restarts.max(1) {
         // Evaluation re-attacks only samples not yet broken; training attacks every sample.
         let mut samples: Vec<usize> = (0..batch)
             .filter(|&i| robust[i] || !config.early_stop)
@@ -261,7 +290,9 @@ pub(crate) fn pgd_attack_through(
             upper.index_select(&index, 0)?,
         );
         let mut active_labels = labels.index_select(&index, 0)?;
-        let mut x = if config.random_start {
+        let mut x = if let (0, Some(starts)) = (restart, starts) {
+            starts.index_select(&index, 0)?.maximum(&lo)?.minimum(&hi)?
+        } else if config.random_start {
             let noise: Vec<f32> = (0..lo.elem_count())
                 .map(|_| rng.random_range(0.0f32..=1.0))
                 .collect();

@@ -5,10 +5,12 @@
 //! returned. The slopes start at CROWN's adaptive choice (so the result is never looser than
 //! CROWN on the same intermediate bounds) and climb the bound by projected Adam steps, the
 //! gradient coming from candle's autograd through the backward pass. Intermediate bounds are
-//! CROWN's (by default intersected with the interval ones) and stay fixed, as auto_LiRPA's
-//! `CROWN-Optimized` keeps them by default.
+//! CROWN's (by default intersected with the interval ones) and stay fixed, unless
+//! [`AlphaConfig::optimise_intermediate`] gives every intermediate bound its own optimisation.
 
-use super::linear::{ReluBounds, backward_lower_bound_with_slopes, crown_relu_bounds};
+use super::linear::{
+    ReluBounds, backward_lower_bound_with_slopes, crown_relu_bounds, crown_relu_bounds_with,
+};
 use super::{BoundsError, CrownIntermediate, Interval};
 use crate::kernels::{AdamMoments, AdamStep, adam_update};
 use crate::model::{Layer, Net, Normalization};
@@ -27,6 +29,10 @@ pub struct AlphaConfig {
     pub stop_when_positive: bool,
     /// How the fixed intermediate bounds are formed (`Plain` to reproduce auto_LiRPA).
     pub intermediate: CrownIntermediate,
+    /// Also optimise the slopes of every intermediate bound: each unstable neuron's two bounds
+    /// get their own α-CROWN run (these settings, without early stop) and are intersected with
+    /// CROWN's. Tighter intermediate bounds, at one optimisation per neuron.
+    pub optimise_intermediate: bool,
 }
 
 impl Default for AlphaConfig {
@@ -37,6 +43,7 @@ impl Default for AlphaConfig {
             learning_rate_decay: 0.98,
             stop_when_positive: true,
             intermediate: CrownIntermediate::Intersected,
+            optimise_intermediate: false,
         }
     }
 }
@@ -80,9 +87,67 @@ pub fn alpha_crown_lower_bounds(
 ) -> Result<Tensor, BoundsError> {
     let net = net.detached();
     let end = net.layers().len();
-    let relu_bounds = crown_relu_bounds(&net, input, normalization, end, config.intermediate)?;
+    let relu_bounds = if config.optimise_intermediate {
+        let per_neuron = AlphaConfig {
+            stop_when_positive: false,
+            optimise_intermediate: false,
+            ..*config
+        };
+        crown_relu_bounds_with(
+            &net,
+            input,
+            normalization,
+            end,
+            config.intermediate,
+            Some(&per_neuron),
+        )?
+    } else {
+        crown_relu_bounds(&net, input, normalization, end, config.intermediate)?
+    };
+    alpha_lower_bounds_within(&net, input, spec, &relu_bounds, config, normalization)
+}
+
+/// α-CROWN's lower bounds `[B, S]` of `spec · activation_end` through the ReLU layers before
+/// `end` (their bounds in `relu_bounds`): the intermediate-bound step of
+/// [`AlphaConfig::optimise_intermediate`].
+pub(crate) fn alpha_lower_bounds_until(
+    net: &Net,
+    end: usize,
+    input: &Interval,
+    spec: &Tensor,
+    relu_bounds: &ReluBounds,
+    config: &AlphaConfig,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
+    optimise(net, end, input, spec, relu_bounds, config, normalization)
+}
+
+/// α-CROWN's lower bounds `[B, S]` through fixed intermediate bounds `relu_bounds` (branch and
+/// bound passes bounds tightened by its splits). `net` must be detached.
+pub(crate) fn alpha_lower_bounds_within(
+    net: &Net,
+    input: &Interval,
+    spec: &Tensor,
+    relu_bounds: &ReluBounds,
+    config: &AlphaConfig,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
+    let end = net.layers().len();
+    optimise(net, end, input, spec, relu_bounds, config, normalization)
+}
+
+/// The slope optimisation on `spec · activation_end`.
+fn optimise(
+    net: &Net,
+    end: usize,
+    input: &Interval,
+    spec: &Tensor,
+    relu_bounds: &ReluBounds,
+    config: &AlphaConfig,
+    normalization: Normalization<'_>,
+) -> Result<Tensor, BoundsError> {
     let (batch, specs) = (spec.dim(0)?, spec.dim(1)?);
-    let mut parameters = slope_parameters(&net, &relu_bounds, specs)?;
+    let mut parameters = slope_parameters(net, end, relu_bounds, specs)?;
     let mut best = vec![f32::NEG_INFINITY; batch * specs];
     let mut learning_rate = config.learning_rate;
     for iteration in 0..config.iterations.max(1) {
@@ -91,11 +156,11 @@ pub fn alpha_crown_lower_bounds(
             slopes[parameter.layer] = Some(parameter.effective()?);
         }
         let lower = backward_lower_bound_with_slopes(
-            &net,
+            net,
             end,
             spec.clone(),
             input,
-            &relu_bounds,
+            relu_bounds,
             &slopes,
             normalization,
         )?;
@@ -156,11 +221,12 @@ pub fn alpha_crown_lower_bounds(
 /// CROWN's adaptive lower slope (1 where `u > −l`, else 0) for every specification row.
 fn slope_parameters(
     net: &Net,
+    end: usize,
     relu_bounds: &ReluBounds,
     specs: usize,
 ) -> Result<Vec<SlopeParameter>, BoundsError> {
     let mut parameters = Vec::new();
-    for (layer, kind) in net.layers().iter().enumerate() {
+    for (layer, kind) in net.layers()[..end].iter().enumerate() {
         if !matches!(kind, Layer::Relu) {
             continue;
         }

@@ -1,7 +1,8 @@
 //! CROWN: backward propagation of linear bounds with the adaptive ReLU relaxation.
 
+use super::alpha::alpha_lower_bounds_until;
 use super::interval::propagate_layer;
-use super::{BoundsError, CrownIntermediate, Interval};
+use super::{AlphaConfig, BoundsError, CrownIntermediate, Interval};
 use crate::kernels::{channel_affine, conv_transpose2d, relu, spec_mul};
 use crate::model::{Layer, Net, Normalization};
 use candle_core::{DType, Device, Tensor};
@@ -49,15 +50,75 @@ pub(crate) fn backward_lower_bound_with_slopes(
     slopes: &LowerSlopes,
     normalization: Normalization<'_>,
 ) -> Result<Tensor, BoundsError> {
+    let state = backward_to_input(net, end, spec, relu_bounds, slopes, normalization, None)?;
+    concretise(&state, input)
+}
+
+/// A CROWN lower bound with the coefficients it passed through, for branching decisions.
+pub(crate) struct RecordedBound {
+    /// Lower bounds `[B, S]`.
+    pub(crate) lower: Tensor,
+    /// Per layer, for ReLU layers: the coefficients `[B, S, *shape]` on the ReLU's output.
+    pub(crate) relu_coefficients: Vec<Option<Tensor>>,
+    /// Coefficients `[B, S, *input_shape]` on the input.
+    pub(crate) input_coefficients: Tensor,
+}
+
+/// [`backward_lower_bound`] (CROWN's adaptive slopes) that also returns the coefficients on
+/// every ReLU output and on the input.
+pub(crate) fn backward_lower_bound_recorded(
+    net: &Net,
+    end: usize,
+    spec: Tensor,
+    input: &Interval,
+    relu_bounds: &ReluBounds,
+    normalization: Normalization<'_>,
+) -> Result<RecordedBound, BoundsError> {
+    let mut relu_coefficients = vec![None; end];
+    let state = backward_to_input(
+        net,
+        end,
+        spec,
+        relu_bounds,
+        &[],
+        normalization,
+        Some(&mut relu_coefficients),
+    )?;
+    Ok(RecordedBound {
+        lower: concretise(&state, input)?,
+        relu_coefficients,
+        input_coefficients: state.coefficients,
+    })
+}
+
+/// Walks layers `end−1 … 0` backwards from `spec`, recording the coefficients on each ReLU's
+/// output into `record` when given.
+fn backward_to_input(
+    net: &Net,
+    end: usize,
+    spec: Tensor,
+    relu_bounds: &ReluBounds,
+    slopes: &LowerSlopes,
+    normalization: Normalization<'_>,
+    mut record: Option<&mut Vec<Option<Tensor>>>,
+) -> Result<LinearBound, BoundsError> {
     let (batch, specs) = (spec.dim(0)?, spec.dim(1)?);
     let mut state = LinearBound {
         bias: Tensor::zeros((batch, specs), DType::F32, spec.device())?,
         coefficients: spec,
     };
     for index in (0..end).rev() {
+        if let (Some(record), Layer::Relu) = (record.as_deref_mut(), &net.layers()[index]) {
+            record[index] = Some(state.coefficients.clone());
+        }
         let slope = slopes.get(index).and_then(Option::as_ref);
         state = backward_through_layer(net, index, state, relu_bounds, slope, normalization)?;
     }
+    Ok(state)
+}
+
+/// The minimum over the input box of a linear bound on the input.
+fn concretise(state: &LinearBound, input: &Interval) -> Result<Tensor, BoundsError> {
     // min over the box of A·x is A·centre − |A|·radius.
     let coefficients = state.coefficients.flatten_from(2)?;
     let centre = ((&input.upper + &input.lower)? * 0.5)?
@@ -67,7 +128,7 @@ pub(crate) fn backward_lower_bound_with_slopes(
         .flatten_from(1)?
         .unsqueeze(2)?;
     let value = (coefficients.matmul(&centre)? - coefficients.abs()?.matmul(&radius)?)?;
-    Ok((value.squeeze(2)? + state.bias)?)
+    Ok((value.squeeze(2)? + &state.bias)?)
 }
 
 /// Lower and upper bounds of `spec · activation_end` in one backward pass over `[spec; −spec]`.
@@ -241,6 +302,19 @@ pub(crate) fn crown_relu_bounds(
     end: usize,
     intermediate: CrownIntermediate,
 ) -> Result<ReluBounds, BoundsError> {
+    crown_relu_bounds_with(net, input, normalization, end, intermediate, None)
+}
+
+/// [`crown_relu_bounds`], with each refined bound also optimised by α-CROWN under `alpha` when
+/// given (and intersected with CROWN's; both are sound).
+pub(crate) fn crown_relu_bounds_with(
+    net: &Net,
+    input: &Interval,
+    normalization: Normalization<'_>,
+    end: usize,
+    intermediate: CrownIntermediate,
+    alpha: Option<&AlphaConfig>,
+) -> Result<ReluBounds, BoundsError> {
     let layers = net.layers();
     let mut relu_bounds: ReluBounds = vec![None; layers.len()];
     let mut current = input.clone();
@@ -251,13 +325,14 @@ pub(crate) fn crown_relu_bounds(
             let refined = if interval_is_exact(net, segment_start, index) {
                 candidate
             } else {
-                refine(
+                refine_with(
                     net,
                     index,
                     &candidate,
                     (input, &relu_bounds),
                     normalization,
                     intermediate,
+                    alpha,
                 )?
             };
             current = propagate_layer(net, index, &refined, normalization)?;
@@ -273,7 +348,7 @@ pub(crate) fn crown_relu_bounds(
 /// True when the interval image of the input box through layers `start..end` is exact: they
 /// start at the input and hold at most one dense map (conv or linear) among per-channel
 /// rescalings, so CROWN could not tighten it.
-fn interval_is_exact(net: &Net, start: usize, end: usize) -> bool {
+pub(crate) fn interval_is_exact(net: &Net, start: usize, end: usize) -> bool {
     let dense_maps = net.layers()[start..end]
         .iter()
         .filter(|l| matches!(l, Layer::Conv2d { .. } | Layer::Linear { .. }))
@@ -283,13 +358,34 @@ fn interval_is_exact(net: &Net, start: usize, end: usize) -> bool {
 
 /// CROWN bounds at the input of layer `index` from `candidate`, their interval image:
 /// intersected with it on its unstable entries, or (`Plain`) CROWN's bounds on every entry.
-fn refine(
+pub(crate) fn refine(
     net: &Net,
     index: usize,
     candidate: &Interval,
     (input, relu_bounds): (&Interval, &ReluBounds),
     normalization: Normalization<'_>,
     intermediate: CrownIntermediate,
+) -> Result<Interval, BoundsError> {
+    refine_with(
+        net,
+        index,
+        candidate,
+        (input, relu_bounds),
+        normalization,
+        intermediate,
+        None,
+    )
+}
+
+/// [`refine`], each neuron's CROWN bounds intersected with α-CROWN's under `alpha` when given.
+fn refine_with(
+    net: &Net,
+    index: usize,
+    candidate: &Interval,
+    (input, relu_bounds): (&Interval, &ReluBounds),
+    normalization: Normalization<'_>,
+    intermediate: CrownIntermediate,
+    alpha: Option<&AlphaConfig>,
 ) -> Result<Interval, BoundsError> {
     let plain = intermediate == CrownIntermediate::Plain;
     let batch = candidate.lower.dim(0)?;
@@ -328,7 +424,25 @@ fn refine(
                 }
             }
             let spec = Tensor::from_vec(one_hot, spec_dims.clone(), &Device::Cpu)?;
-            let bounds = backward_bounds(net, index, &spec, input, relu_bounds, normalization)?;
+            let mut bounds = backward_bounds(net, index, &spec, input, relu_bounds, normalization)?;
+            if let Some(alpha) = alpha {
+                let both = Tensor::cat(&[&spec, &spec.neg()?], 1)?;
+                let optimised = alpha_lower_bounds_until(
+                    net,
+                    index,
+                    input,
+                    &both,
+                    relu_bounds,
+                    alpha,
+                    normalization,
+                )?;
+                let lower = optimised.narrow(1, 0, chunk)?;
+                let upper = optimised.narrow(1, chunk, chunk)?.neg()?;
+                bounds = Interval {
+                    lower: bounds.lower.maximum(&lower)?,
+                    upper: bounds.upper.minimum(&upper)?,
+                };
+            }
             let chunk_lower = bounds.lower.to_vec2::<f32>()?;
             let chunk_upper = bounds.upper.to_vec2::<f32>()?;
             for (b, neurons_of_sample) in unstable.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! Sound bound propagation (IBP, CROWN-IBP, CROWN, α-CROWN) over a `model::Net` for margin specifications.
+//! Sound bound propagation (IBP, CROWN-IBP, CROWN, α-CROWN, ReLU-split sub-domains) over a `model::Net` for margin specifications.
 //!
 //! Every function here returns bounds that contain the network's values at every point of the
 //! input box (up to float rounding); IBP and CROWN-IBP are built from candle ops and so are
@@ -7,9 +7,11 @@
 mod alpha;
 mod interval;
 mod linear;
+mod split;
 
 pub use alpha::{AlphaConfig, alpha_crown_lower_bounds};
 pub use interval::{IntervalTrace, interval_spec_bounds, interval_trace, propagate_layer};
+pub use split::{DomainReluBounds, ReluSplit, Subdomain, SubdomainBound, bound_subdomains};
 
 use crate::model::{ModelError, Net, Normalization};
 use candle_core::{DType, Device, Tensor};

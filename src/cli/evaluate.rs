@@ -7,7 +7,9 @@
 //! trial's `test_evaluation` user attribute and printed as a table.
 
 use crate::data::{DataSource, DatasetName};
-use crate::eval::{EvalConfig, RadiusReport, evaluate_radii};
+use crate::eval::{
+    BabConfig, BabVerdict, EvalConfig, RadiusReport, complete_undecided, evaluate_radii,
+};
 use crate::model::{Net, NetSpec};
 use crate::store::{Direction, StoredTrial, TrialState, attrs, pareto_optimal};
 use crate::study::{SPEC_ATTRIBUTE, StudySpec};
@@ -48,6 +50,13 @@ pub struct EvaluateArgs {
     /// PGD steps per restart.
     #[arg(long, default_value_t = 50)]
     pgd_steps: usize,
+    /// Also decide every sample the cascade leaves undecided at ε by branch and bound
+    /// (complete verification): certified, falsified or unknown.
+    #[arg(long)]
+    complete: bool,
+    /// Branch and bound's time limit per sample with `--complete` (`30s`, `2m`, `500ms`).
+    #[arg(long, value_parser = crate::study::parse_duration, default_value = "30s")]
+    timeout: std::time::Duration,
     /// Print one JSON array instead of a table.
     #[arg(long)]
     json: bool,
@@ -57,6 +66,8 @@ pub struct EvaluateArgs {
 struct Evaluated {
     number: i64,
     report: RadiusReport,
+    /// Branch and bound's verdict counts at ε (certified, falsified, unknown) and its seconds.
+    complete: Option<([usize; 3], f64)>,
     train_seconds: f64,
     seconds: f64,
 }
@@ -150,9 +161,35 @@ pub fn run(args: EvaluateArgs) -> anyhow::Result<()> {
         ));
         let report = evaluate_radii(&net, &test_images, &test_labels, &eval, |_, _, _| {})
             .with_context(|| format!("evaluating trial #{}", trial.number))?;
+        let complete = if args.complete {
+            let bab = BabConfig {
+                timeout: args.timeout,
+                ..BabConfig::default()
+            };
+            let done = complete_undecided(
+                &net,
+                &test_images,
+                report.at_eps.clone(),
+                eval.seed,
+                &bab,
+                |_, _| {},
+            )
+            .with_context(|| format!("branch and bound on trial #{}", trial.number))?;
+            let counts = [
+                BabVerdict::Certified,
+                BabVerdict::Falsified,
+                BabVerdict::Unknown,
+            ]
+            .map(|v| done.count(v));
+            let seconds: f64 = done.searched.iter().map(|(_, o)| o.seconds).sum();
+            Some((counts, seconds))
+        } else {
+            None
+        };
         let evaluated = Evaluated {
             number: trial.number,
             report,
+            complete,
             train_seconds: summary.seconds,
             seconds: start.elapsed().as_secs_f64(),
         };
@@ -267,6 +304,10 @@ fn stored_json(
         "stages": stages,
         "train_seconds": result.train_seconds,
         "seconds": result.seconds,
+        "complete": result.complete.map(|(counts, seconds)| serde_json::json!({
+            "certified": counts[0], "falsified": counts[1], "unknown": counts[2],
+            "seconds": seconds,
+        })),
     })
 }
 
@@ -283,6 +324,9 @@ fn print_table(study: &str, eps: f64, results: &[Evaluated]) -> anyhow::Result<(
         header += &format!(" {:>9}", format!("@{:.4}", point.eps));
     }
     header += &format!(" {:>7} {:>9} {:>8}", "CR-AUC", "unstable", "time s");
+    if first.complete.is_some() {
+        header += &format!(" {:>20}", "BaB cert/fals/unk");
+    }
     outln!("{header}");
     for result in results {
         let report = &result.report;
@@ -300,6 +344,12 @@ fn print_table(study: &str, eps: f64, results: &[Evaluated]) -> anyhow::Result<(
             " {:>7.4} {:>9.1} {:>8.1}",
             report.certified_auc, report.unstable_relus, result.seconds
         );
+        if let Some((counts, _)) = result.complete {
+            line += &format!(
+                " {:>20}",
+                format!("{}/{}/{}", counts[0], counts[1], counts[2])
+            );
+        }
         outln!("{line}");
     }
     Ok(())

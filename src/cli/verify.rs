@@ -1,10 +1,15 @@
 //! `cthpo verify`: measures natural, adversarial and certified accuracy of a trained network.
 
 use crate::bounds::BoundMethod;
-use crate::eval::{EvalConfig, EvalReport, evaluate};
+use crate::eval::{
+    BabConfig, BabVerdict, CompleteReport, EvalConfig, EvalReport, evaluate, verify_complete,
+};
+use crate::model::Net;
 use anyhow::Context;
+use candle_core::Tensor;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use std::time::Duration;
 
 /// Which verifier decides certification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -19,6 +24,9 @@ pub enum VerifyMethod {
     AlphaCrown,
     /// IBP, then CROWN-IBP, then CROWN, then α-CROWN on what is still undecided.
     Cascade,
+    /// The cascade, then branch and bound (complete verification) on what is still undecided:
+    /// every sample ends certified, falsified or unknown (timeout).
+    Bab,
 }
 
 /// Arguments of `cthpo verify`.
@@ -45,6 +53,10 @@ pub struct VerifyArgs {
     /// Seed of the attack's random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Branch and bound's time limit per sample (`30s`, `2m`, `500ms`; a bare number is
+    /// seconds); only with `--method bab`.
+    #[arg(long, value_parser = crate::study::parse_duration, default_value = "30s")]
+    timeout: Duration,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -66,7 +78,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
         VerifyMethod::CrownIbp => vec![BoundMethod::CrownIbp],
         VerifyMethod::Crown => vec![BoundMethod::Crown],
         VerifyMethod::AlphaCrown => vec![BoundMethod::AlphaCrown],
-        VerifyMethod::Cascade => BoundMethod::ALL.to_vec(),
+        VerifyMethod::Cascade | VerifyMethod::Bab => BoundMethod::ALL.to_vec(),
     };
     config.pgd.steps = args.pgd_steps;
     config.pgd.restarts = args.pgd_restarts;
@@ -74,6 +86,13 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     config.crown_batch_size = config.crown_batch_size.min(config.batch_size);
     config.seed = args.seed;
 
+    if args.method == VerifyMethod::Bab {
+        let bab = BabConfig {
+            timeout: args.timeout,
+            ..BabConfig::default()
+        };
+        return run_complete(&net, (&images, &labels), &config, &bab, &weights, args.json);
+    }
     let progress = ProgressBar::new(test.len() as u64).with_style(
         ProgressStyle::with_template("verifying {bar:30} {pos}/{len} samples [{elapsed_precise}]")
             .expect("static template"),
@@ -149,4 +168,95 @@ fn print_table(report: &EvalReport, weights: &std::path::Path) -> anyhow::Result
     }
     outln!("  total time {:.2} s", report.seconds);
     Ok(())
+}
+
+/// `--method bab`: the cascade, then branch and bound, with a per-verdict table.
+fn run_complete(
+    net: &Net,
+    (images, labels): (&Tensor, &Tensor),
+    config: &EvalConfig,
+    bab: &BabConfig,
+    weights: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let progress = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "branch and bound {bar:30} {pos}/{len} samples [{elapsed_precise}]",
+        )
+        .expect("static template"),
+    );
+    let report = verify_complete(net, images, labels, config, bab, |done, total| {
+        progress.set_length(total as u64);
+        progress.set_position(done as u64);
+    })
+    .with_context(|| format!("verifying {} by branch and bound", weights.display()))?;
+    progress.finish_and_clear();
+    if json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&complete_json(&report, bab))?
+        );
+        return Ok(());
+    }
+    print_table(&report.cascade, weights)?;
+    let samples = report.cascade.samples;
+    outln!(
+        "  branch and bound (timeout {:.0} s) on the {} samples left undecided:",
+        bab.timeout.as_secs_f64(),
+        report.searched.len()
+    );
+    for verdict in [
+        BabVerdict::Certified,
+        BabVerdict::Falsified,
+        BabVerdict::Unknown,
+    ] {
+        let count = report.count(verdict);
+        outln!(
+            "    {:<10} {:>5} of {:>5}  ({:>6.2} %)",
+            verdict_name(verdict),
+            count,
+            samples,
+            100.0 * count as f64 / samples as f64
+        );
+    }
+    let (mean, max) = search_times(&report);
+    outln!(
+        "  time per sample {:.2} s overall; branch and bound {:.2} s mean, {:.2} s max",
+        report.seconds / samples as f64,
+        mean,
+        max
+    );
+    Ok(())
+}
+
+fn verdict_name(verdict: BabVerdict) -> &'static str {
+    match verdict {
+        BabVerdict::Certified => "certified",
+        BabVerdict::Falsified => "falsified",
+        BabVerdict::Unknown => "unknown",
+    }
+}
+
+/// Mean and largest wall time of the samples branch and bound searched.
+fn search_times(report: &CompleteReport) -> (f64, f64) {
+    let times: Vec<f64> = report.searched.iter().map(|(_, o)| o.seconds).collect();
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    (mean, times.iter().copied().fold(0.0, f64::max))
+}
+
+fn complete_json(report: &CompleteReport, bab: &BabConfig) -> serde_json::Value {
+    let mut value = report_json(&report.cascade);
+    let (mean, max) = search_times(report);
+    value["bab"] = serde_json::json!({
+        "timeout_seconds": bab.timeout.as_secs_f64(),
+        "certified": report.count(BabVerdict::Certified),
+        "falsified": report.count(BabVerdict::Falsified),
+        "unknown": report.count(BabVerdict::Unknown),
+        "searched": report.searched.len(),
+        "search_seconds_mean": mean,
+        "search_seconds_max": max,
+        "domains": report.searched.iter().map(|(_, o)| o.domains).sum::<usize>(),
+        "seconds": report.seconds,
+    });
+    value
 }

@@ -6,7 +6,13 @@
 //! never handed to a verifier, and a certificate on a sample PGD broke is reported as an error
 //! (it would mean an unsound bound).
 
+mod bab;
 mod radius;
+
+pub use bab::{
+    BabConfig, BabOutcome, BabVerdict, CompleteReport, bab_verify_sample, complete_undecided,
+    is_counterexample, verify_complete,
+};
 
 pub use radius::{
     RADIUS_FACTORS, RadiusPoint, RadiusReport, curve_area, evaluate_radii, mean_unstable_relus,
@@ -122,6 +128,14 @@ pub enum EvalError {
     SoundnessViolation {
         /// The method at fault.
         method: BoundMethod,
+        /// Index of the sample.
+        sample: usize,
+    },
+    /// Branch and bound certified a sample PGD broke: an unsound bound (a bug, never expected).
+    #[error(
+        "soundness violation: branch and bound certified sample {sample}, which PGD misclassifies"
+    )]
+    BabSoundnessViolation {
         /// Index of the sample.
         sample: usize,
     },

@@ -415,7 +415,7 @@ pub fn default_study_name(method: &str, dataset: &str, arch: &str, eps: f64) -> 
     format!("{method}-{dataset}-{arch}-eps{eps}")
 }
 
-/// Parses `90s`, `45m`, `2h`, `1h30m`, `1d` or a plain number of seconds.
+/// Parses `90s`, `45m`, `2h`, `1h30m`, `1d`, `500ms` or a plain number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
@@ -427,17 +427,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = 0.0;
     let mut number = String::new();
-    for ch in text.chars() {
+    let mut chars = text.chars().peekable();
+    while let Some(ch) = chars.next() {
         if ch.is_ascii_digit() || ch == '.' {
             number.push(ch);
             continue;
         }
         let unit = match ch {
             's' => 1.0,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                0.001
+            }
             'm' => 60.0,
             'h' => 3600.0,
             'd' => 86400.0,
-            _ => return Err(format!("`{text}`: unknown unit `{ch}` (use s, m, h, d)")),
+            _ => return Err(format!("`{text}`: unknown unit `{ch}` (use ms, s, m, h, d)")),
         };
         let value: f64 = number
             .parse()
