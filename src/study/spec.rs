@@ -442,7 +442,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             'm' => 60.0,
             'h' => 3600.0,
             'd' => 86400.0,
-            _ => return Err(format!("`{text}`: unknown unit `{ch}` (use ms, s, m, h, d)")),
+            _ => {
+                return Err(format!(
+                    "`{text}`: unknown unit `{ch}` (use ms, s, m, h, d)"
+                ));
+            }
         };
         let value: f64 = number
             .parse()
