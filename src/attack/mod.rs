@@ -225,7 +225,15 @@ pub fn pgd_attack_from(
     rng: &mut StdRng,
 ) -> Result<AttackOutcome, AttackError> {
     let network = Autograd::new(net, Normalization::Population);
-    pgd_attack_starting(&network, inputs, labels, eps, Some(starts), config, rng)
+    pgd_search(
+        &network,
+        (inputs, labels),
+        eps,
+        Some(starts),
+        config,
+        rng,
+        true,
+    )
 }
 
 /// PGD as [`pgd_attack`] on the network as `network` evaluates and differentiates it.
@@ -237,18 +245,33 @@ pub(crate) fn pgd_attack_through(
     config: &PgdConfig,
     rng: &mut StdRng,
 ) -> Result<AttackOutcome, AttackError> {
-    pgd_attack_starting(network, inputs, labels, eps, None, config, rng)
+    pgd_search(network, (inputs, labels), eps, None, config, rng, true)
 }
 
-/// PGD whose first restart starts at `starts` when given (else as `config` says).
-fn pgd_attack_starting(
+/// The point [`pgd_attack_through`] returns, without classifying the clean inputs first: a
+/// training attack reads the point alone, and that forward pass would be a tenth of its work.
+pub(crate) fn pgd_point_through(
     network: &dyn InputGradient,
     inputs: &Tensor,
     labels: &Tensor,
     eps: f64,
+    config: &PgdConfig,
+    rng: &mut StdRng,
+) -> Result<Tensor, AttackError> {
+    Ok(pgd_search(network, (inputs, labels), eps, None, config, rng, false)?.adversarial)
+}
+
+/// The attack behind [`pgd_attack_through`]: its first restart starts at `starts` when given
+/// (else as `config` says); without `classify_clean` every sample counts as robust until an
+/// iterate breaks it (`robust` then says nothing of the clean input).
+fn pgd_search(
+    network: &dyn InputGradient,
+    (inputs, labels): (&Tensor, &Tensor),
+    eps: f64,
     starts: Option<&Tensor>,
     config: &PgdConfig,
     rng: &mut StdRng,
+    classify_clean: bool,
 ) -> Result<AttackOutcome, AttackError> {
     if !eps.is_finite() || eps < 0.0 {
         return Err(AttackError::InvalidEpsilon(eps));
@@ -260,12 +283,16 @@ fn pgd_attack_starting(
     let labels = labels.to_dtype(DType::U32)?;
     let label_values = labels.to_vec1::<u32>()?;
 
-    let clean_predictions = predictions(&network.logits_and_gradient(&inputs, None)?.0)?;
-    let mut robust: Vec<bool> = clean_predictions
-        .iter()
-        .zip(&label_values)
-        .map(|(p, l)| p == l)
-        .collect();
+    let mut robust: Vec<bool> = if classify_clean {
+        let clean_predictions = predictions(&network.logits_and_gradient(&inputs, None)?.0)?;
+        clean_predictions
+            .iter()
+            .zip(&label_values)
+            .map(|(p, l)| p == l)
+            .collect()
+    } else {
+        vec![true; batch]
+    };
     if eps == 0.0 || config.steps == 0 {
         return Ok(AttackOutcome {
             adversarial: inputs,

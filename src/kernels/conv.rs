@@ -9,10 +9,14 @@
 //! - weight gradient:    `dK = Σ_n dY_n · im2col(X_n)ᵀ`
 
 use super::channel::channel_sum;
-use super::{contiguous_f32, matmul, with_values};
+use super::{contiguous_f32, matmul, matmul_new, with_values};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+
+/// Elements of the im2col matrices a transposed convolution forms in one product: smaller
+/// per-sample matrices are grouped up to this size (256 KiB, within a core's L2 cache).
+const GROUPED_COLUMNS: usize = 1 << 16;
 
 /// Sizes of one convolution (square kernel, equal stride and padding in both directions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +100,9 @@ impl Geometry {
     }
 
     /// Adjoint of [`Geometry::im2col`]: accumulates `cols` back into an (already zeroed) image.
-    fn col2im(&self, cols: &[f32], image: &mut [f32]) {
+    /// The image's matrix starts at column `offset` of `cols`, whose rows are `row_stride` long
+    /// (several samples' matrices side by side).
+    fn col2im(&self, cols: &[f32], (offset, row_stride): (usize, usize), image: &mut [f32]) {
         let positions = self.out_positions();
         let (s, p) = (self.stride, self.padding);
         for c in 0..self.in_channels {
@@ -105,7 +111,7 @@ impl Geometry {
                 let (oh_lo, oh_hi) = self.valid_outputs(ki, self.in_height, self.out_height);
                 for kj in 0..self.kernel {
                     let row = (c * self.kernel + ki) * self.kernel + kj;
-                    let in_row = &cols[row * positions..(row + 1) * positions];
+                    let in_row = &cols[row * row_stride + offset..][..positions];
                     let (ow_lo, ow_hi) = self.valid_outputs(kj, self.in_width, self.out_width);
                     for oh in oh_lo..oh_hi {
                         let ih = oh * s + ki - p;
@@ -171,6 +177,39 @@ impl Im2col {
                 }
             }
             None => self.geometry.im2col(image, cols),
+        }
+    }
+
+    /// Adjoint of [`Im2col::fill`]: accumulates the matrix at column `offset` of `cols` (rows
+    /// `row_stride` long) back into an (already zeroed) `image`, using `padded` as scratch.
+    /// Strided rows scatter through the gather table: the direct path's short strided loops
+    /// cost several times more per element.
+    fn scatter(
+        &self,
+        cols: &[f32],
+        (offset, row_stride): (usize, usize),
+        image: &mut [f32],
+        padded: &mut Vec<f32>,
+    ) {
+        let g = &self.geometry;
+        match &self.table {
+            Some(table) => {
+                let (in_plane, positions) = (g.in_plane(), g.out_positions());
+                padded.clear();
+                padded.resize(in_plane + 1, 0.0);
+                for (row, indices) in table.chunks(positions).enumerate() {
+                    let values = &cols[row * row_stride + offset..][..positions];
+                    for (&value, &index) in values.iter().zip(indices) {
+                        // SAFETY: `new` builds every entry as 0 or 1 + an index into the
+                        // image, so below `in_plane + 1 = padded.len()`.
+                        unsafe { *padded.get_unchecked_mut(index as usize) += value };
+                    }
+                }
+                for (slot, value) in image[..in_plane].iter_mut().zip(&padded[1..]) {
+                    *slot += value;
+                }
+            }
+            None => g.col2im(cols, (offset, row_stride), image),
         }
     }
 }
@@ -475,25 +514,44 @@ impl CustomOp2 for ConvTranspose2dOp {
         let kernel = contiguous_f32(k_storage, k_layout, "conv_transpose2d kernel")?;
         let mut out = vec![0f32; g.batch * g.in_plane()];
         let (patch, positions) = (g.patch_len(), g.out_positions());
-        out.par_chunks_mut(g.in_plane())
-            .zip(a.par_chunks(g.out_plane()))
-            .for_each_init(
-                || vec![0f32; patch * positions],
-                |cols, (image, coefficients)| {
-                    // Kᵀ is read through strides: element (r, c) of Kᵀ is K[c, r].
-                    matmul(
-                        cols,
-                        false,
-                        (patch, positions, g.out_channels),
-                        kernel,
-                        (1, patch),
-                        coefficients,
-                        (positions, 1),
-                        false,
-                    );
-                    g.col2im(cols, image);
-                },
-            );
+        let im2col = Im2col::new(&g);
+        // Small layers (an attack's first convolution: 16×16 kernels over 196 positions) spend
+        // more in gemm's per-call set-up than in the product, so a group of samples shares one
+        // product over their coefficients laid side by side.
+        let group = (GROUPED_COLUMNS / (patch * positions).max(1))
+            .clamp(1, g.batch.div_ceil(rayon::current_num_threads()).max(1));
+        out.par_chunks_mut(g.in_plane() * group)
+            .zip(a.par_chunks(g.out_plane() * group))
+            .for_each_init(Vec::new, |padded, (images, coefficients)| {
+                let samples = coefficients.len() / g.out_plane().max(1);
+                let width = samples * positions;
+                // Channel-major: row c holds every sample's coefficients of channel c.
+                let side_by_side: Vec<f32>;
+                let rhs: &[f32] = if samples == 1 {
+                    coefficients
+                } else {
+                    let mut rows = Vec::with_capacity(g.out_channels * width);
+                    for c in 0..g.out_channels {
+                        for sample in coefficients.chunks(g.out_plane()) {
+                            rows.extend_from_slice(&sample[c * positions..][..positions]);
+                        }
+                    }
+                    side_by_side = rows;
+                    &side_by_side
+                };
+                // Kᵀ is read through strides: element (r, c) of Kᵀ is K[c, r].
+                let cols = matmul_new(
+                    (patch, width, g.out_channels),
+                    kernel,
+                    (1, patch),
+                    rhs,
+                    (width, 1),
+                    false,
+                );
+                for (i, image) in images.chunks_mut(g.in_plane()).enumerate() {
+                    im2col.scatter(&cols, (i * positions, width), image, padded);
+                }
+            });
         let shape = Shape::from((g.batch, g.in_channels, g.in_height, g.in_width));
         Ok((CpuStorage::F32(out), shape))
     }

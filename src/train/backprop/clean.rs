@@ -138,11 +138,13 @@ impl CleanPass {
 }
 
 /// The clean forward pass over `layers` (the net's), with BatchNorm maps from `norms` (updating
-/// the running statistics when they are this batch's).
+/// the running statistics when they are this batch's). Without `parameter_gradients` the
+/// backward will differentiate the input alone (an attack's), and convolutions keep no input.
 pub(super) fn forward(
     mut norms: BatchNorms<'_>,
     layers: &[Layer],
     images: &Tensor,
+    parameter_gradients: bool,
 ) -> Result<CleanPass, TrainError> {
     let count = layers.len();
     let mut saved_steps: Vec<(usize, CleanSaved)> = Vec::with_capacity(count);
@@ -162,8 +164,13 @@ pub(super) fn forward(
                 stride,
                 padding,
             } => {
-                let (y, input) =
-                    convolve(x, &weight.detach(), Some(&bias.detach()), *stride, *padding)?;
+                let (y, input) = convolve(
+                    x,
+                    &weight.detach(),
+                    Some(&bias.detach()),
+                    (*stride, *padding),
+                    parameter_gradients,
+                )?;
                 (y, CleanSaved::Conv { input }, 1)
             }
             Layer::Linear { weight, bias } => {

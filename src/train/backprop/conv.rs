@@ -2,8 +2,8 @@
 //! keeping the input in the form each kernel's backward reads.
 
 use crate::kernels::{
-    WinogradInput, conv_transpose2d, conv2d_columns, conv2d_from_columns,
-    conv2d_weight_gradient_from_columns, winograd_conv2d_input_gradient,
+    WinogradInput, conv_transpose2d, conv2d, conv2d_bias, conv2d_columns, conv2d_from_columns,
+    conv2d_weight_gradient_from_columns, winograd_conv2d, winograd_conv2d_input_gradient,
     winograd_conv2d_keeping_input, winograd_conv2d_weight_gradient_from, winograd_supports,
 };
 use crate::train::TrainError;
@@ -23,19 +23,34 @@ pub(super) enum KeptInput {
     Winograd(WinogradInput),
     /// im2col + gemm, with the im2col matrices.
     Columns(Tensor),
+    /// Nothing kept: only the input gradient follows (an attack's pass), by Winograd's kernels
+    /// or by im2col's.
+    Nothing {
+        /// Whether Winograd ran the forward pass.
+        winograd: bool,
+    },
 }
 
 /// A convolution (`bias` optional): Winograd where it applies, im2col otherwise; returns the
-/// output and the input as the backward reads it.
+/// output and the input as the backward reads it (with `keep_input` false only as the input
+/// gradient reads it: an attack's pass builds no im2col matrices for a kernel gradient).
 pub(super) fn convolve(
     x: Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    stride: usize,
-    padding: usize,
+    (stride, padding): (usize, usize),
+    keep_input: bool,
 ) -> Result<(Tensor, ConvInput), TrainError> {
     let (_, _, height, width) = x.dims4()?;
-    let (y, kept) = if winograd_supports(x.dims(), weight.dims(), stride, padding) {
+    let winograd = winograd_supports(x.dims(), weight.dims(), stride, padding);
+    let (y, kept) = if !keep_input {
+        let y = match (winograd, bias) {
+            (true, bias) => winograd_conv2d(&x, weight, bias)?,
+            (false, Some(bias)) => conv2d_bias(&x, weight, bias, stride, padding)?,
+            (false, None) => conv2d(&x, weight, stride, padding)?,
+        };
+        (y, KeptInput::Nothing { winograd })
+    } else if winograd {
         let (y, transformed) = winograd_conv2d_keeping_input(&x, weight, bias)?;
         (y, KeptInput::Winograd(transformed))
     } else {
@@ -62,8 +77,12 @@ pub(super) fn input_gradient(
 ) -> Result<Tensor, TrainError> {
     let (height, width) = input.size;
     Ok(match input.kept {
-        KeptInput::Winograd(_) => winograd_conv2d_input_gradient(g, weight)?,
-        KeptInput::Columns(_) => conv_transpose2d(g, weight, stride, padding, height, width)?,
+        KeptInput::Winograd(_) | KeptInput::Nothing { winograd: true } => {
+            winograd_conv2d_input_gradient(g, weight)?
+        }
+        KeptInput::Columns(_) | KeptInput::Nothing { winograd: false } => {
+            conv_transpose2d(g, weight, stride, padding, height, width)?
+        }
     })
 }
 
@@ -76,5 +95,10 @@ pub(super) fn kernel_gradient(
     Ok(match &input.kept {
         KeptInput::Winograd(transformed) => winograd_conv2d_weight_gradient_from(transformed, g)?,
         KeptInput::Columns(columns) => conv2d_weight_gradient_from_columns(columns, g, size)?,
+        KeptInput::Nothing { .. } => {
+            return Err(TrainError::internal(
+                "a kernel gradient from a pass that kept no convolution input".into(),
+            ));
+        }
     })
 }

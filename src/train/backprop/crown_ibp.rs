@@ -208,7 +208,7 @@ impl CrownPass {
                     padding,
                 } => {
                     let (through, kept_input) =
-                        convolve(g, &weight.detach(), None, *stride, *padding)?;
+                        convolve(g, &weight.detach(), None, (*stride, *padding), true)?;
                     gradients.add(weight, kernel_gradient(&kept_input, a, weight.dim(2)?)?)?;
                     let d_bias = weighted_channel_sums(a, &d_constant)?;
                     gradients.add(bias, Tensor::new(d_bias.as_slice(), a.device())?)?;

@@ -60,7 +60,7 @@ impl InputGradientPass<'_> {
         x: &Tensor,
         target: Option<(&Tensor, AttackLoss)>,
     ) -> Result<(Tensor, Option<Tensor>), TrainError> {
-        let pass = clean::forward(BatchNorms::Fixed(self.batch_norms), self.layers, x)?;
+        let pass = clean::forward(BatchNorms::Fixed(self.batch_norms), self.layers, x, false)?;
         let Some((labels, loss)) = target else {
             return Ok((pass.logits, None));
         };

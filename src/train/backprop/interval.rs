@@ -106,9 +106,15 @@ pub(super) fn forward(
             } => {
                 let weight = weight.detach();
                 let absolute = weight.abs()?;
-                let (next_centre, centre) =
-                    convolve(centre, &weight, Some(&bias.detach()), *stride, *padding)?;
-                let (next_radius, radius) = convolve(radius, &absolute, None, *stride, *padding)?;
+                let (next_centre, centre) = convolve(
+                    centre,
+                    &weight,
+                    Some(&bias.detach()),
+                    (*stride, *padding),
+                    true,
+                )?;
+                let (next_radius, radius) =
+                    convolve(radius, &absolute, None, (*stride, *padding), true)?;
                 (
                     (next_centre, next_radius),
                     BoxSaved::Conv {

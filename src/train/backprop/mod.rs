@@ -274,7 +274,7 @@ pub fn loss_and_gradients(
         .iter()
         .any(|layer| matches!(layer, Layer::BatchNorm { .. }));
     let clean = if natural_weight != 0.0 || has_batch_norm {
-        clean::forward(BatchNorms::Own(net), &layers, images)?
+        clean::forward(BatchNorms::Own(net), &layers, images, true)?
     } else {
         CleanPass::skipped()?
     };
@@ -381,7 +381,7 @@ pub fn loss_and_gradients(
     }
     let mut attacked = None;
     if let Some(point) = point.filter(|_| point_weight > 0.0) {
-        let pass = clean::forward(BatchNorms::Fixed(&fixed), &layers, &point)?;
+        let pass = clean::forward(BatchNorms::Fixed(&fixed), &layers, &point, true)?;
         let (point_loss, point_gradient) =
             cross_entropy_gradient(&pass.logits.to_vec2::<f32>()?, &label_values)?;
         loss += point_weight * point_loss;

@@ -446,7 +446,7 @@ fn input_gradient_pass_matches_autograd_in_logits_and_input_gradients() {
 
 #[test]
 fn attacks_through_the_input_gradient_pass_find_what_autograd_attacks_find() {
-    use crate::attack::{PgdConfig, pgd_attack_in_box, pgd_attack_through};
+    use crate::attack::{PgdConfig, pgd_attack_in_box, pgd_attack_through, pgd_point_through};
     use crate::model::Normalization;
     let training = PgdConfig::training(5, 0.3).with_decays_after_steps(&[2, 4], 0.1);
     let evaluation = PgdConfig {
@@ -472,6 +472,18 @@ fn attacks_through_the_input_gradient_pass_find_what_autograd_attacks_find() {
             let expected =
                 pgd_attack_in_box(&net, &images, &labels, 0.2, config, normalization, &mut rng)
                     .unwrap();
+            if !config.early_stop {
+                // A training attack's point, found without classifying the clean batch first.
+                let mut rng = StdRng::seed_from_u64(9);
+                let point =
+                    pgd_point_through(&pass, &images, &labels, 0.2, config, &mut rng).unwrap();
+                assert_close(
+                    &format!("{label}: the point alone"),
+                    &point,
+                    &ours.adversarial,
+                    0.0,
+                );
+            }
             assert_eq!(ours.robust, expected.robust, "{label}: robust samples");
             assert_close(
                 &format!("{label}: adversarial points"),

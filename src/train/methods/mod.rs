@@ -15,7 +15,7 @@ use super::TrainError;
 use super::backprop::{InputGradientPass, fixed_batch_norms};
 use super::config::{Method, TrainConfig};
 use super::schedule::ScheduleValues;
-use crate::attack::{InputGradient, PgdConfig, pgd_attack_through};
+use crate::attack::{InputGradient, PgdConfig, pgd_point_through};
 use crate::bounds::{
     Interval, IntervalTrace, interval_spec_bounds, interval_trace, margin_spec, robust_logits,
 };
@@ -131,8 +131,14 @@ impl PointSearch {
         labels: &Tensor,
         rng: &mut StdRng,
     ) -> Result<Tensor, TrainError> {
-        let outcome = pgd_attack_through(network, images, labels, self.radius, &self.attack, rng)?;
-        Ok(outcome.adversarial)
+        Ok(pgd_point_through(
+            network,
+            images,
+            labels,
+            self.radius,
+            &self.attack,
+            rng,
+        )?)
     }
 }
 
