@@ -2,6 +2,8 @@
 //! splits, falsified samples carry real counterexamples, certified samples survive PGD and
 //! dense sampling of the ball, on random small networks.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use cthpo::attack::{PgdConfig, pgd_attack, predictions};
 use cthpo::bounds::{
@@ -85,28 +87,6 @@ fn pre_activations(net: &Net, points: &Tensor, layer: usize) -> Vec<Vec<f32>> {
         .unwrap()
 }
 
-/// Randomises BatchNorm statistics so that its affine map is not the identity.
-fn randomise_batch_norm(net: &Net, rng: &mut StdRng) {
-    for named in net.named_vars() {
-        let index: usize = named.name.split('.').next().unwrap().parse().unwrap();
-        if !matches!(net.spec().layers[index], LayerSpec::BatchNorm {}) {
-            continue;
-        }
-        let n = named.var.elem_count();
-        let values: Vec<f32> = (0..n)
-            .map(|_| match named.name.rsplit('.').next().unwrap() {
-                "weight" => rng.random_range(-1.5..1.5),
-                "bias" | "running_mean" => rng.random_range(-0.3..0.3),
-                _ => rng.random_range(0.2..2.0),
-            })
-            .collect();
-        named
-            .var
-            .set(&Tensor::from_vec(values, n, &Device::Cpu).unwrap())
-            .unwrap();
-    }
-}
-
 #[test]
 fn subdomain_bounds_hold_at_sampled_points_that_satisfy_the_splits() {
     let mut rng = StdRng::seed_from_u64(1401);
@@ -118,7 +98,7 @@ fn subdomain_bounds_hold_at_sampled_points_that_satisfy_the_splits() {
     let (mut checked_points, mut split_domains, mut empty_domains) = (0, 0, 0);
     for case in 0..30u64 {
         let net = random_net(&mut rng, case, case % 2 == 0).detached();
-        randomise_batch_norm(&net, &mut rng);
+        common::randomise_batch_norm(&net, &mut rng);
         let image = random_image(&mut rng, &net);
         let label = rng.random_range(0..3u32);
         let labels = Tensor::new(&[label], &Device::Cpu).unwrap();
@@ -360,7 +340,7 @@ fn bab_never_certifies_what_pgd_breaks_and_its_counterexamples_hold() {
     let mut counts = [0usize; 3];
     for case in 0..30u64 {
         let net = random_net(&mut rng, 200 + case, true);
-        randomise_batch_norm(&net, &mut rng);
+        common::randomise_batch_norm(&net, &mut rng);
         let image = random_image(&mut rng, &net);
         let label = rng.random_range(0..3u32);
         let eps = rng.random_range(0.01..0.15);

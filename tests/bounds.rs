@@ -2,6 +2,8 @@
 //! computed bounds, on builtin architectures and random small networks, with and without BatchNorm;
 //! and tight: IBP equals an independent f64 interval computation, every method is exact on a point.
 
+mod common;
+
 use candle_core::{Device, Tensor};
 use cthpo::bounds::{
     AlphaConfig, BoundMethod, CrownIntermediate, Interval, alpha_crown_lower_bounds,
@@ -58,28 +60,6 @@ fn sample_points(rng: &mut StdRng, interval: &Interval, per_sample: usize) -> (T
     let mut dims = interval.lower.dims().to_vec();
     dims[0] = owner.len();
     (Tensor::from_vec(values, dims, &Device::Cpu).unwrap(), owner)
-}
-
-fn randomise_batch_norm(net: &Net, rng: &mut StdRng) {
-    for named in net.named_vars() {
-        let index: usize = named.name.split('.').next().unwrap().parse().unwrap();
-        if !matches!(net.spec().layers[index], LayerSpec::BatchNorm {}) {
-            continue;
-        }
-        let n = named.var.elem_count();
-        let values: Vec<f32> = (0..n)
-            .map(|_| match named.name.rsplit('.').next().unwrap() {
-                "weight" => rng.random_range(-1.5..1.5),
-                "bias" => rng.random_range(-0.3..0.3),
-                "running_mean" => rng.random_range(-0.3..0.3),
-                _ => rng.random_range(0.2..2.0),
-            })
-            .collect();
-        named
-            .var
-            .set(&Tensor::from_vec(values, n, &Device::Cpu).unwrap())
-            .unwrap();
-    }
 }
 
 /// An input normalisation with random per-channel mean and std.
@@ -297,7 +277,7 @@ fn cnn7_interval_bounds_are_sound() {
     let mut rng = StdRng::seed_from_u64(12);
     let spec = NetSpec::builtin("cnn7", [1, 28, 28], 10, None).unwrap();
     let net = Net::new(&spec, Initialization::Ibp, 5).unwrap();
-    randomise_batch_norm(&net, &mut rng);
+    common::randomise_batch_norm(&net, &mut rng);
     let inputs = random_inputs(&mut rng, 2, [1, 28, 28]);
     let labels = Tensor::new(&[3u32, 7], &Device::Cpu).unwrap();
     let spec = margin_spec(&labels, 10).unwrap();
@@ -333,7 +313,7 @@ fn random_networks_with_and_without_batch_norm_are_sound() {
         let net = Net::new(&spec, init, case).unwrap();
         if net.has_batch_norm() {
             with_batch_norm += 1;
-            randomise_batch_norm(&net, &mut rng);
+            common::randomise_batch_norm(&net, &mut rng);
         }
         let eps = [0.005, 0.02, 0.1, 0.3][case as usize % 4];
         check_soundness(&net, &mut rng, 3, eps, 150);
@@ -569,7 +549,7 @@ fn ibp_margin_bounds_equal_an_independent_f64_computation() {
     for case in 0..20 {
         let spec = random_dense_spec(&mut rng);
         let net = Net::new(&spec, Initialization::Default, case).unwrap();
-        randomise_batch_norm(&net, &mut rng);
+        common::randomise_batch_norm(&net, &mut rng);
         let eps = [0.01, 0.05, 0.2][case as usize % 3];
         let inputs = random_inputs(&mut rng, 2, spec.input_shape);
         let labels: Vec<u32> = (0..2)
@@ -613,7 +593,7 @@ fn every_method_is_exact_on_a_zero_width_box() {
         let spec = random_spec(&mut rng);
         let net = Net::new(&spec, Initialization::Default, case).unwrap();
         if net.has_batch_norm() {
-            randomise_batch_norm(&net, &mut rng);
+            common::randomise_batch_norm(&net, &mut rng);
         }
         let inputs = random_inputs(&mut rng, 2, spec.input_shape);
         let labels: Vec<u32> = (0..2)
@@ -664,7 +644,7 @@ fn crown_and_alpha(
     let spec = random_spec(rng);
     let net = Net::new(&spec, Initialization::Default, case).unwrap();
     if net.has_batch_norm() {
-        randomise_batch_norm(&net, rng);
+        common::randomise_batch_norm(&net, rng);
     }
     let batch = 3;
     let inputs = random_inputs(rng, batch, spec.input_shape);

@@ -107,21 +107,6 @@ pub fn alpha_crown_lower_bounds(
     alpha_lower_bounds_within(&net, input, spec, &relu_bounds, config, normalization)
 }
 
-/// α-CROWN's lower bounds `[B, S]` of `spec · activation_end` through the ReLU layers before
-/// `end` (their bounds in `relu_bounds`): the intermediate-bound step of
-/// [`AlphaConfig::optimise_intermediate`].
-pub(crate) fn alpha_lower_bounds_until(
-    net: &Net,
-    end: usize,
-    input: &Interval,
-    spec: &Tensor,
-    relu_bounds: &ReluBounds,
-    config: &AlphaConfig,
-    normalization: Normalization<'_>,
-) -> Result<Tensor, BoundsError> {
-    optimise(net, end, input, spec, relu_bounds, config, normalization)
-}
-
 /// α-CROWN's lower bounds `[B, S]` through fixed intermediate bounds `relu_bounds` (branch and
 /// bound passes bounds tightened by its splits). `net` must be detached.
 pub(crate) fn alpha_lower_bounds_within(
@@ -133,11 +118,13 @@ pub(crate) fn alpha_lower_bounds_within(
     normalization: Normalization<'_>,
 ) -> Result<Tensor, BoundsError> {
     let end = net.layers().len();
-    optimise(net, end, input, spec, relu_bounds, config, normalization)
+    alpha_lower_bounds_until(net, end, input, spec, relu_bounds, config, normalization)
 }
 
-/// The slope optimisation on `spec · activation_end`.
-fn optimise(
+/// α-CROWN's lower bounds `[B, S]` of `spec · activation_end` through the ReLU layers before
+/// `end` (their bounds in `relu_bounds`): the slope optimisation itself, also the
+/// intermediate-bound step of [`AlphaConfig::optimise_intermediate`].
+pub(crate) fn alpha_lower_bounds_until(
     net: &Net,
     end: usize,
     input: &Interval,

@@ -22,14 +22,11 @@ pub fn accuracy_points(trials: &[StoredTrial]) -> Vec<AccuracyPoint> {
         .iter()
         .filter(|t| t.state == TrialState::Complete)
         .filter_map(|t| {
-            let natural = t.user_attr_f64(attrs::NATURAL_ACCURACY)?;
-            let certified = t.user_attr_f64(attrs::CERTIFIED_ACCURACY)?;
-            (natural.is_finite() && certified.is_finite()).then_some(AccuracyPoint {
-                number: t.number,
-                natural,
-                certified,
-                feasible: t.is_feasible(),
-            })
+            accuracy_point(
+                t,
+                t.user_attr_f64(attrs::NATURAL_ACCURACY)?,
+                t.user_attr_f64(attrs::CERTIFIED_ACCURACY)?,
+            )
         })
         .collect()
 }
@@ -41,16 +38,23 @@ pub fn test_accuracy_points(trials: &[StoredTrial]) -> Vec<AccuracyPoint> {
         .iter()
         .filter_map(|t| {
             let evaluation = t.user_attrs.get(attrs::TEST_EVALUATION)?;
-            let natural = evaluation.get("natural_accuracy")?.as_f64()?;
-            let certified = evaluation.get("certified_accuracy")?.as_f64()?;
-            (natural.is_finite() && certified.is_finite()).then_some(AccuracyPoint {
-                number: t.number,
-                natural,
-                certified,
-                feasible: t.is_feasible(),
-            })
+            accuracy_point(
+                t,
+                evaluation.get("natural_accuracy")?.as_f64()?,
+                evaluation.get("certified_accuracy")?.as_f64()?,
+            )
         })
         .collect()
+}
+
+/// `t`'s point at these accuracies, if both are finite.
+fn accuracy_point(t: &StoredTrial, natural: f64, certified: f64) -> Option<AccuracyPoint> {
+    (natural.is_finite() && certified.is_finite()).then_some(AccuracyPoint {
+        number: t.number,
+        natural,
+        certified,
+        feasible: t.is_feasible(),
+    })
 }
 
 /// The Pareto-optimal feasible points (both accuracies maximised), sorted by natural accuracy.

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests that need a PostgreSQL server or Python.
+//! Helpers shared by the integration tests: a PostgreSQL server, Python, random networks.
 
 #![allow(dead_code)]
 
@@ -100,4 +100,28 @@ pub fn run_python(python: &Path, args: &[&str]) -> Value {
             String::from_utf8_lossy(&output.stdout)
         )
     })
+}
+
+/// Randomises BatchNorm statistics so that its affine map is not the identity.
+pub fn randomise_batch_norm(net: &cthpo::model::Net, rng: &mut rand::rngs::StdRng) {
+    use rand::Rng;
+    for named in net.named_vars() {
+        let index: usize = named.name.split('.').next().unwrap().parse().unwrap();
+        if !matches!(
+            net.spec().layers[index],
+            cthpo::model::LayerSpec::BatchNorm {}
+        ) {
+            continue;
+        }
+        let n = named.var.elem_count();
+        let values: Vec<f32> = (0..n)
+            .map(|_| match named.name.rsplit('.').next().unwrap() {
+                "weight" => rng.random_range(-1.5..1.5),
+                "bias" | "running_mean" => rng.random_range(-0.3..0.3),
+                _ => rng.random_range(0.2..2.0),
+            })
+            .collect();
+        let values = candle_core::Tensor::from_vec(values, n, &candle_core::Device::Cpu).unwrap();
+        named.var.set(&values).unwrap();
+    }
 }
