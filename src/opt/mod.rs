@@ -242,7 +242,8 @@ impl Optimizer {
     fn constraint_models(
         &self,
         kind: SurrogateKind,
-        (points, pending): (&[Vec<Option<f64>>], &[Vec<Option<f64>>]),
+        points: &[Vec<Option<f64>>],
+        pending: &[Vec<Option<f64>>],
         rng: &mut StdRng,
         fits: &mut FitCache,
     ) -> Vec<Box<dyn Surrogate>> {
@@ -484,7 +485,7 @@ impl Optimizer {
                 .partial_cmp(&(!self.feasible(b), costs[b]))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let feasibility = self.constraint_models(kind, (&points, &pending), rng, fits);
+        let feasibility = self.constraint_models(kind, &points, &pending, rng, fits);
         // Without constraint models every trial counts (a failure's worst cost included, so
         // a history of failures still has an incumbent).
         let incumbent = (0..costs.len())
@@ -526,7 +527,8 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let models = optimizer.constraint_models(
             SurrogateKind::Gp,
-            (&points, &pending),
+            &points,
+            &pending,
             &mut rng,
             &mut FitCache::default(),
         );
@@ -551,7 +553,7 @@ mod tests {
         }
         let running = space.sample(&mut rng);
         let alone = constraint_variance(&optimizer, &[], &running);
-        let believed = constraint_variance(&optimizer, &[running.clone()], &running);
+        let believed = constraint_variance(&optimizer, std::slice::from_ref(&running), &running);
         assert!(
             alone > 1e-4 && believed < 1e-3 * alone,
             "variance at the running configuration: {alone} alone, {believed} with it pending"

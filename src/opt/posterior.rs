@@ -227,7 +227,7 @@ impl Posterior {
             for (j, later) in rest.chunks_exact_mut(m).enumerate() {
                 let l = self.factor_t[i * n + i + 1 + j];
                 for (y, c) in later.iter_mut().zip(row.iter()) {
-                    *y = *y + (-c * l);
+                    *y += -c * l;
                 }
             }
         }
