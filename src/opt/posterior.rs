@@ -1,9 +1,9 @@
 //! Our own prediction path for a fitted GP: its Cholesky factor, weights and normalisation are
 //! computed once per fit, then a batch of points is predicted through one blocked triangular
 //! solve, vectorised across the points. egobox solves one column at a time with a strided slice
-//! update per row, much of an ask's time at 200 trials and more; the arithmetic here is the same operation
-//! for operation (the same factorisation by the same library, the same order of every sum), so
-//! the predictions equal egobox's bit for bit (a test checks it).
+//! update per row, much of an ask's time at 200 trials and more; the arithmetic here is the
+//! same operation for operation (the same factorisation by the same library, the same order of
+//! every sum), so the predictions equal egobox's bit for bit (a test checks it).
 
 use super::gp::{Kernel, SparseMatern52};
 use egobox_gp::correlation_models::{CorrelationModel, SquaredExponentialCorr};
