@@ -1,6 +1,7 @@
 //! A Gaussian-process surrogate on egobox-gp: constant mean, Matérn 5/2 or squared-exponential
 //! correlation with one length scale per input, fitted by maximum likelihood.
 
+use super::posterior::Posterior;
 use egobox_gp::correlation_models::{CorrelationModel, Matern52Corr, SquaredExponentialCorr};
 use egobox_gp::mean_models::ConstantMean;
 use egobox_gp::{GaussianProcess, GpError, ThetaTuning};
@@ -167,7 +168,11 @@ pub enum ThetaStart<'a> {
 
 /// A fitted Gaussian process over feature vectors of equal length.
 pub struct Gp {
+    /// egobox's model: the likelihood fit and the predictive gradients.
     fitted: Fitted,
+    /// Our own prediction path for the same fit (what every batch of predictions uses).
+    posterior: Posterior,
+    nugget: f64,
     dimension: usize,
 }
 
@@ -234,7 +239,23 @@ impl Gp {
                 Fitted::Squared(fit_with(SquaredExponentialCorr(), fit(start))?)
             }
         };
-        Ok(Gp { fitted, dimension })
+        let theta = match &fitted {
+            Fitted::Matern(gp) => gp.theta().to_vec(),
+            Fitted::Squared(gp) => gp.theta().to_vec(),
+        };
+        let posterior = Posterior::new(
+            settings.kernel,
+            &theta,
+            settings.nugget,
+            (dataset.records(), dataset.targets()),
+            None,
+        )?;
+        Ok(Gp {
+            fitted,
+            posterior,
+            nugget: settings.nugget,
+            dimension,
+        })
     }
 
     /// The fitted θ, one per input (what a later fit can start from).
@@ -270,23 +291,24 @@ impl Gp {
             Fitted::Matern(gp) => Fitted::Matern(gp.clone().update(&records, &values)?),
             Fitted::Squared(gp) => Fitted::Squared(gp.clone().update(&records, &values)?),
         };
+        let posterior = self
+            .posterior
+            .with_points(self.nugget, (&records, &values))?;
         Ok(Gp {
             fitted,
+            posterior,
+            nugget: self.nugget,
             dimension: self.dimension,
         })
     }
 
-    /// Predictive means and variances at many points at once.
+    /// Predictive means and variances at many points at once (our own prediction path, equal
+    /// to egobox's).
     pub fn predict_many(&self, points: &[Vec<f64>]) -> Result<Vec<(f64, f64)>, GpError> {
         if points.is_empty() {
             return Ok(Vec::new());
         }
-        let x = to_matrix(points, self.dimension)?;
-        let (mean, variance) = match &self.fitted {
-            Fitted::Matern(gp) => gp.predict_valvar(&x)?,
-            Fitted::Squared(gp) => gp.predict_valvar(&x)?,
-        };
-        Ok(mean.iter().copied().zip(variance.iter().copied()).collect())
+        Ok(self.posterior.predict(&to_matrix(points, self.dimension)?))
     }
 
     /// Predictive mean and variance at one point with their gradients along each feature.
@@ -375,6 +397,102 @@ mod tests {
                     "{a} against {b}"
                 );
             }
+        }
+    }
+
+    /// egobox's own predictions of `gp`'s fit.
+    fn egobox_predictions(gp: &Gp, points: &[Vec<f64>]) -> Vec<(f64, f64)> {
+        let x = to_matrix(points, gp.dimension).unwrap();
+        let (mean, variance) = match &gp.fitted {
+            Fitted::Matern(model) => model.predict_valvar(&x).unwrap(),
+            Fitted::Squared(model) => model.predict_valvar(&x).unwrap(),
+        };
+        mean.iter().copied().zip(variance.iter().copied()).collect()
+    }
+
+    fn random_points(rng: &mut StdRng, count: usize, dimension: usize) -> Vec<Vec<f64>> {
+        (0..count)
+            .map(|_| (0..dimension).map(|_| rng.random_range(0.0..1.0)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn our_predictions_equal_egobox_bit_for_bit() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for (kernel, points) in [(Kernel::Matern52, 37), (Kernel::SquaredExponential, 21)] {
+            let dimension = 4;
+            let x = random_points(&mut rng, points, dimension);
+            let y: Vec<f64> = x
+                .iter()
+                .map(|p| (3.0 * p[0]).sin() + p[1] * p[2] - p[3])
+                .collect();
+            let bounds = vec![NUMBER_THETA; dimension];
+            let gp = Gp::fit_bounded(&x, &y, kernel, &bounds).unwrap();
+            // One point, a few, more than a block, and the training points themselves.
+            for batch in [1, 5, 150] {
+                let at = random_points(&mut rng, batch, dimension);
+                let ours = gp.predict_many(&at).unwrap();
+                let theirs = egobox_predictions(&gp, &at);
+                for ((m, v), (em, ev)) in ours.iter().zip(&theirs) {
+                    assert_eq!(
+                        m.to_bits(),
+                        em.to_bits(),
+                        "{kernel:?} mean {m} against {em}"
+                    );
+                    assert_eq!(
+                        v.to_bits(),
+                        ev.to_bits(),
+                        "{kernel:?} variance {v} against {ev}"
+                    );
+                }
+            }
+            let ours = gp.predict_many(&x).unwrap();
+            assert_eq!(ours, egobox_predictions(&gp, &x));
+            // At the data the GP interpolates (nugget 1e-6): mean ≈ value, variance ≈ 0.
+            for ((m, v), target) in ours.iter().zip(&y) {
+                assert!(
+                    (m - target).abs() < 1e-3 && *v < 1e-4,
+                    "{m} {v} at {target}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn conditioned_predictions_equal_egobox_update() {
+        let mut rng = StdRng::seed_from_u64(6);
+        let dimension = 3;
+        let x = random_points(&mut rng, 25, dimension);
+        let y: Vec<f64> = x.iter().map(|p| p[0] * p[0] - p[1] + 0.3 * p[2]).collect();
+        let gp = Gp::fit_bounded(&x, &y, Kernel::Matern52, &vec![NUMBER_THETA; dimension]).unwrap();
+        let pending = random_points(&mut rng, 3, dimension);
+        let beliefs: Vec<f64> = gp
+            .predict_many(&pending)
+            .unwrap()
+            .iter()
+            .map(|(m, _)| *m)
+            .collect();
+        let conditioned = gp.with_points(&pending, &beliefs).unwrap();
+        let at = random_points(&mut rng, 80, dimension);
+        let ours = conditioned.predict_many(&at).unwrap();
+        let theirs = egobox_predictions(&conditioned, &at);
+        for ((m, v), (em, ev)) in ours.iter().zip(&theirs) {
+            assert!(
+                (m - em).abs() <= 1e-9 * em.abs().max(1.0),
+                "mean {m} against {em}"
+            );
+            assert!(
+                (v - ev).abs() <= 1e-9 * ev.abs().max(1e-6),
+                "variance {v} against {ev}"
+            );
+        }
+        // Conditioning on the believed mean leaves the mean as it was and shrinks the variance
+        // at the pending points.
+        let before = gp.predict_many(&pending).unwrap();
+        let after = conditioned.predict_many(&pending).unwrap();
+        for ((m0, v0), (m1, v1)) in before.iter().zip(&after) {
+            assert!((m0 - m1).abs() < 1e-6, "{m0} against {m1}");
+            assert!(v1 < v0 && *v1 < 1e-4, "variance {v0} → {v1}");
         }
     }
 }

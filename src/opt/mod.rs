@@ -17,6 +17,7 @@ mod forest;
 mod gp;
 mod lbfgs;
 mod pareto;
+mod posterior;
 mod search;
 mod surrogate;
 
@@ -233,11 +234,16 @@ impl Optimizer {
     }
 
     /// One model per constraint, fitted to the trials that report it (the same kind of
-    /// surrogate as the cost's, the forest when a GP cannot be fitted).
+    /// surrogate as the cost's, the forest when a GP cannot be fitted), and conditioned on its
+    /// own prediction at each `pending` configuration (a kriging believer whatever the cost's
+    /// fantasy: a lie about feasibility would steer every worker towards or away from the
+    /// boundary), so the feasibility a pending trial is believed to have is no longer uncertain
+    /// there and concurrent asks are not drawn to it by the constraint's variance either.
     fn constraint_models(
         &self,
         kind: SurrogateKind,
         points: &[Vec<Option<f64>>],
+        pending: &[Vec<Option<f64>>],
         rng: &mut StdRng,
         fits: &mut FitCache,
     ) -> Vec<Box<dyn Surrogate>> {
@@ -259,12 +265,18 @@ impl Optimizer {
                 }
                 let kernel = self.gp_settings();
                 let slot = 1 + k;
-                surrogate::fit(kind, kernel, &self.axes, &x, &y, rng, fits, slot)
+                let believer = (pending, Fantasy::KrigingBeliever);
+                let data = (x.as_slice(), y.as_slice());
+                let axes = &self.axes;
+                surrogate::fit_with_pending(kind, kernel, axes, data, believer, rng, fits, slot)
                     .or_else(|_| {
                         let forest = SurrogateKind::Rf;
-                        surrogate::fit(forest, kernel, &self.axes, &x, &y, rng, fits, slot)
+                        surrogate::fit_with_pending(
+                            forest, kernel, axes, data, believer, rng, fits, slot,
+                        )
                     })
                     .ok()
+                    .map(|(model, _)| model)
             })
             .collect()
     }
@@ -454,9 +466,8 @@ impl Optimizer {
         let fantasy = self.options.fantasy;
         let mut fit = |kind: SurrogateKind, rng: &mut StdRng| {
             let data = (points.as_slice(), targets(kind).as_slice());
-            surrogate::fit_with_pending(
-                kind, kernel, &self.axes, data, &pending, fantasy, rng, fits,
-            )
+            let pending = (pending.as_slice(), fantasy);
+            surrogate::fit_with_pending(kind, kernel, &self.axes, data, pending, rng, fits, 0)
         };
         let ((model, believed), how, costs) = match fit(kind, rng) {
             Ok(fitted) => (fitted, Proposal::Model, targets(kind)),
@@ -474,7 +485,7 @@ impl Optimizer {
                 .partial_cmp(&(!self.feasible(b), costs[b]))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let feasibility = self.constraint_models(kind, &points, rng, fits);
+        let feasibility = self.constraint_models(kind, &points, &pending, rng, fits);
         // Without constraint models every trial counts (a failure's worst cost included, so
         // a history of failures still has an incumbent).
         let incumbent = (0..costs.len())
@@ -499,5 +510,53 @@ impl Optimizer {
             polish: self.options.polish,
         };
         search::maximise(&input, model.as_ref(), rng).map(|config| (config, how))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constraint model's predictive variance at `at`, with `pending` configurations
+    /// running elsewhere.
+    fn constraint_variance(optimizer: &Optimizer, pending: &[Config], at: &Config) -> f64 {
+        let encode = |c: &Config| optimizer.space.encode(c);
+        let points: Vec<Vec<Option<f64>>> =
+            optimizer.history.iter().map(|(c, _)| encode(c)).collect();
+        let pending: Vec<Vec<Option<f64>>> = pending.iter().map(encode).collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        let models = optimizer.constraint_models(
+            SurrogateKind::Gp,
+            &points,
+            &pending,
+            &mut rng,
+            &mut FitCache::default(),
+        );
+        assert_eq!(models.len(), 1, "one constraint, one model");
+        models[0].predict(&[encode(at)])[0].1
+    }
+
+    #[test]
+    fn constraint_models_believe_their_prediction_at_pending_trials() {
+        let yaml = "hyperparameters:\n  - {name: x, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n  - {name: y, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n";
+        let space = Space::from_yaml(yaml, "constrained").unwrap();
+        let options = OptimizerOptions {
+            surrogate: SurrogateKind::Gp,
+            ..Default::default()
+        };
+        let mut optimizer = Optimizer::new(space.clone(), options);
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..10 {
+            let config = space.sample(&mut rng);
+            let (x, y) = (config["x"].as_f64().unwrap(), config["y"].as_f64().unwrap());
+            optimizer.tell_constrained(&config, Outcome::Cost(x), vec![x + y - 1.0]);
+        }
+        let running = space.sample(&mut rng);
+        let alone = constraint_variance(&optimizer, &[], &running);
+        let believed = constraint_variance(&optimizer, std::slice::from_ref(&running), &running);
+        assert!(
+            alone > 1e-4 && believed < 1e-3 * alone,
+            "variance at the running configuration: {alone} alone, {believed} with it pending"
+        );
     }
 }

@@ -82,8 +82,9 @@ pub struct SearchInput<'a> {
 #[derive(Clone)]
 struct Located {
     point: Vec<f64>,
-    config: Config,
-    hash: u64,
+    /// `space.encode(&space.decode(&point))`: what the surrogate scores (two points are the
+    /// same configuration when these are equal).
+    encoded: Vec<Option<f64>>,
 }
 
 /// The unseen configuration of highest log expected improvement found, if any.
@@ -94,18 +95,14 @@ pub fn maximise(
 ) -> Option<Config> {
     let space = input.space;
     let dimension = space.dimension();
-    let locate = |point: Vec<f64>| {
-        let config = space.decode(&point);
-        let hash = Space::config_hash(&config);
-        Located {
-            point,
-            config,
-            hash,
-        }
+    // Candidates are located by their encoding alone; the configuration (a map of names) is
+    // decoded only for one that beats the best so far, to check it is new.
+    let locate = |point: Vec<f64>| Located {
+        encoded: space.encode_point(&point),
+        point,
     };
     let score = |batch: &[Located]| -> Vec<f64> {
-        let encoded: Vec<Vec<Option<f64>>> =
-            batch.iter().map(|c| space.encode(&c.config)).collect();
+        let encoded: Vec<Vec<Option<f64>>> = batch.iter().map(|c| c.encoded.clone()).collect();
         let mut values: Vec<f64> = match input.incumbent {
             Some(incumbent) => predict_batch(surrogate, &encoded)
                 .into_iter()
@@ -133,7 +130,11 @@ pub fn maximise(
     let scores = score(&pool);
     let mut best: Option<(f64, Located)> = None;
     let consider = |value: f64, candidate: &Located, best: &mut Option<(f64, Located)>| {
-        if !input.seen.contains(&candidate.hash) && best.as_ref().is_none_or(|(b, _)| value > *b) {
+        if best.as_ref().is_none_or(|(b, _)| value > *b)
+            && !input
+                .seen
+                .contains(&Space::config_hash(&space.decode(&candidate.point)))
+        {
             *best = Some((value, candidate.clone()));
         }
     };
@@ -209,7 +210,7 @@ pub fn maximise(
     }
     ends.extend(climbs.into_iter().map(|c| (c.value, c.at)));
     ends.sort_by(|a, b| b.0.total_cmp(&a.0));
-    ends.dedup_by_key(|(_, at)| at.hash);
+    ends.dedup_by(|a, b| a.1.encoded == b.1.encoded);
     let polished = if input.polish { POLISH_STARTS } else { 0 };
     for (_, start) in ends.into_iter().take(polished) {
         if let Some(polished) = polish(input, surrogate, &start) {
@@ -219,7 +220,7 @@ pub fn maximise(
             }
         }
     }
-    best.map(|(_, located)| located.config)
+    best.map(|(_, located)| space.decode(&located.point))
 }
 
 /// The acquisition (log EI plus the log probabilities of feasibility) at an encoded
@@ -254,15 +255,15 @@ fn polish(input: &SearchInput<'_>, surrogate: &dyn Surrogate, start: &Located) -
         .searched()
         .iter()
         .enumerate()
-        .filter(|(_, p)| {
-            matches!(p.kind, ParamKind::Float { .. }) && start.config.contains_key(&p.name)
+        .filter(|(axis, p)| {
+            matches!(p.kind, ParamKind::Float { .. }) && start.encoded[*axis].is_some()
         })
         .map(|(axis, _)| axis)
         .collect();
     if free.is_empty() {
         return None;
     }
-    let base = space.encode(&start.config);
+    let base = start.encoded.clone();
     let mut objective = |y: &[f64]| {
         let mut encoded = base.clone();
         for (&axis, &v) in free.iter().zip(y) {
@@ -292,14 +293,14 @@ fn neighbourhood(
 ) -> Vec<Located> {
     let mut moves = Vec::new();
     for (axis, param) in space.searched().iter().enumerate() {
-        if !current.config.contains_key(&param.name) {
+        if current.encoded[axis].is_none() {
             continue;
         }
         let mut push = |value: f64| {
             let mut point = current.point.clone();
             point[axis] = value;
             let moved = locate(point);
-            if moved.hash != current.hash {
+            if moved.encoded != current.encoded {
                 moves.push(moved);
             }
         };

@@ -343,20 +343,20 @@ pub fn fit(
     }
 }
 
-/// [`fit`] to the finished trials `(points, costs)` and the configurations still `pending`,
-/// which join the model as `fantasy` says; with the best value the model now believes of a
-/// pending configuration (the kriging believer's fantasies count as observations, so one
-/// better than every trial lowers the incumbent and EI at it vanishes).
+/// [`fit`] (into cache slot `slot`) to the finished trials `(points, costs)` and the
+/// configurations still `pending`, which join the model as `fantasy` says; with the best value
+/// the model now believes of a pending configuration (the kriging believer's fantasies count as
+/// observations, so one better than every trial lowers the incumbent and EI at it vanishes).
 #[allow(clippy::too_many_arguments)]
 pub fn fit_with_pending(
     kind: SurrogateKind,
     gp: GpSettings,
     axes: &Axes,
     (points, costs): (&[Vec<Option<f64>>], &[f64]),
-    pending: &[Vec<Option<f64>>],
-    fantasy: Fantasy,
+    (pending, fantasy): (&[Vec<Option<f64>>], Fantasy),
     rng: &mut StdRng,
     cache: &mut FitCache,
+    slot: usize,
 ) -> Result<(Box<dyn Surrogate>, Option<f64>), egobox_gp::GpError> {
     let joined = |values: Vec<f64>| -> (Vec<Vec<Option<f64>>>, Vec<f64>) {
         let x = points.iter().chain(pending).cloned().collect();
@@ -364,16 +364,16 @@ pub fn fit_with_pending(
         (x, y)
     };
     if pending.is_empty() {
-        return Ok((fit(kind, gp, axes, points, costs, rng, cache, 0)?, None));
+        return Ok((fit(kind, gp, axes, points, costs, rng, cache, slot)?, None));
     }
     match fantasy {
         Fantasy::ConstantLiar => {
             let lie = costs.iter().copied().fold(f64::INFINITY, f64::min);
             let (x, y) = joined(vec![lie; pending.len()]);
-            Ok((fit(kind, gp, axes, &x, &y, rng, cache, 0)?, None))
+            Ok((fit(kind, gp, axes, &x, &y, rng, cache, slot)?, None))
         }
         Fantasy::KrigingBeliever => {
-            let model = fit(kind, gp, axes, points, costs, rng, cache, 0)?;
+            let model = fit(kind, gp, axes, points, costs, rng, cache, slot)?;
             // Conditioning on a value equal to the posterior mean leaves the mean elsewhere
             // unchanged, so one batch of predictions gives every pending point's belief.
             let beliefs: Vec<f64> = model.predict(pending).into_iter().map(|(m, _)| m).collect();
@@ -383,7 +383,7 @@ pub fn fit_with_pending(
                 // A model that cannot be conditioned is refitted with the beliefs as data.
                 Err(_) => {
                     let (x, y) = joined(beliefs);
-                    fit(kind, gp, axes, &x, &y, rng, cache, 0)?
+                    fit(kind, gp, axes, &x, &y, rng, cache, slot)?
                 }
             };
             Ok((model, best.is_finite().then_some(best)))
