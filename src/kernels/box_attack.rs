@@ -5,7 +5,7 @@
 //! output; TAPS' latent iterates are `B·(K − 1)` rows as wide as the extractor's output, where
 //! those passes cost more than the classifier's matrix products.
 
-use super::{par_filled, with_values};
+use super::{masked, par_filled, with_values};
 use candle_core::{Result, Tensor, bail};
 use rayon::prelude::*;
 
@@ -46,13 +46,8 @@ pub fn box_signed_step(
                     .zip(&g[start..])
                     .zip(l[start..].iter().zip(&u[start..]));
                 for (out, ((x, g), (l, u))) in out.iter_mut().zip(inputs) {
-                    let sign = if *g > 0.0 {
-                        1.0
-                    } else if *g < 0.0 {
-                        -1.0
-                    } else {
-                        0.0
-                    };
+                    // Branch-free: gradient signs are a coin toss for the branch predictor.
+                    let sign = masked(1f32.copysign(*g), *g != 0.0);
                     let moved = x - sign * (u - l) * step;
                     out.write(moved.max(*l).min(*u));
                 }

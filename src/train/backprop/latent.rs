@@ -18,8 +18,8 @@ use candle_core::Tensor;
 use rand::rngs::StdRng;
 use std::collections::HashMap;
 
-/// Latent values (rows × features) a group of samples may hold in one tensor: 8 MB of f32.
-const GROUP_VALUES: usize = 1 << 21;
+/// Latent values (rows × features) a group of samples may hold in one tensor: 2 MB of f32.
+const GROUP_VALUES: usize = 1 << 19;
 
 /// TAPS' classifier layers `layers[split..]` at one step: what the loss reads and where its
 /// gradient goes.
@@ -39,7 +39,6 @@ impl LatentPart<'_> {
     /// the latent box `(centre, radius)` `[B, …]`, and the gradient of `weight ×` that loss
     /// with respect to the box's centre and radius. Parameter gradients go to `gradients`,
     /// BatchNorm scale and shift sums to `sums`; `spec` `[B, K − 1, K]` holds the margin rows.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn loss_and_box_gradient(
         &self,
         (centre, radius): (&Tensor, &Tensor),

@@ -135,7 +135,7 @@ const LATENT_DECAY_FACTOR: f64 = 0.1;
 
 /// The classifier's margins at latent points (one per row) and, when asked, the gradient of
 /// their sum with respect to the points: what TAPS' latent attack reads.
-pub(crate) type LatentMargins<'a> =
+type LatentMargins<'a> =
     dyn FnMut(&Tensor, bool) -> Result<(Vec<f32>, Option<Tensor>), TrainError> + 'a;
 
 /// TAPS' search for pivot points: PGD inside the latent box, one attack per (sample, class).
