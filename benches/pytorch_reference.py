@@ -13,7 +13,14 @@ plainly after the papers:
   on the box of radius 0.4ε around the point (kept inside the ε-box);
 - `mtl_ibp` (De Palma et al.): 0.02·IBP loss + 0.98·cross-entropy at the PGD point;
 - `crown_ibp` (Zhang et al.) with β = 1: IBP for the ReLUs' input bounds, then CROWN's backward
-  linear relaxation from the margin spec for the output bounds.
+  linear relaxation from the margin spec for the output bounds;
+- `taps` (Mao et al.) at full ε, split 0.5 (cnn-small's extractor: conv, ReLU, flatten): IBP
+  through the extractor gives the latent box; the IBP loss continues through the classifier; for
+  every (sample, other class) PGD in the latent box (random start, 8 signed steps of 0.5·(u − l)
+  decayed ×0.1 after steps 4 and 7, the lowest-margin iterate kept) finds a pivot, tied to the
+  box by the rectified gradient link (slack 0.5·(u − l)); the loss is
+  `GradExpander(L_TAPS, 5)·L_IBP`;
+- `staps`: the same on SABR's small box (the `sabr` attack and box).
 The attacks take input gradients only (`torch.autograd.grad` with respect to the input).
 
     python3 -m venv ../venv-ref && ../venv-ref/bin/pip install torch   # any folder outside the repository
@@ -22,6 +29,7 @@ The attacks take input gradients only (`torch.autograd.grad` with respect to the
 """
 import argparse
 import json
+import math
 import statistics
 import time
 
@@ -162,14 +170,6 @@ def pgd_point(net, x, y, eps, steps=8, alpha=0.5, decays=(), factor=0.1):
     return best
 
 
-def sabr_loss(net, x, y, eps, ratio=0.4):
-    point = pgd_point(net, x, y, eps, decays=(4, 7))
-    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
-    small = ratio * eps
-    centre = torch.min(torch.max(point, lower + small), upper - small)
-    return box_loss(net, (centre - small).clamp(min=lower), (centre + small).clamp(max=upper), y)
-
-
 def box_loss(net, lower, upper, y):
     """Robust cross-entropy of IBP margin bounds over the box, the spec folded into the last layer."""
     layers = list(net)
@@ -182,6 +182,68 @@ def box_loss(net, lower, upper, y):
     return F.cross_entropy(-margin, y)
 
 
+def other_class_specs(y, classes=10):
+    """Margin rows e_y − e_j for every j ≠ y: [B, K − 1, K], and the classes j."""
+    others = torch.stack([torch.cat([torch.arange(c), torch.arange(c + 1, classes)]) for c in range(classes)])[y]
+    eye = torch.eye(classes)
+    return eye[y].unsqueeze(1) - eye[others], others
+
+
+def robust_ce(margin, y, others, classes=10):
+    """Cross-entropy of the logits 0 at the label and −m_j at the other classes."""
+    logits = torch.zeros(margin.shape[0], classes).scatter(1, others, -margin)
+    return F.cross_entropy(logits, y)
+
+
+def taps_loss(net, x, y, eps, box=None, split_point=0.5, expansion=5.0, steps=8, alpha=0.5):
+    layers = list(net)
+    split = math.ceil(split_point * len(layers))
+    if any(isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) for layer in layers[split:]):
+        raise SystemExit("taps/staps: a classifier with BatchNorm is not written here (cnn-small only)")
+    lower, upper = box if box is not None else ((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
+    latent_lower, latent_upper, _ = interval_bounds(layers[:split], lower, upper)
+    classifier = nn.Sequential(*layers[split:])
+    ibp = box_loss(classifier, latent_lower, latent_upper, y)
+    spec, others = other_class_specs(y)
+    rows = spec.shape[1]
+    spec = spec.reshape(-1, spec.shape[2])
+    l = latent_lower.repeat_interleave(rows, 0)
+    u = latent_upper.repeat_interleave(rows, 0)
+    lo, hi = l.detach(), u.detach()
+    width = hi - lo
+    z = lo + torch.rand_like(lo) * width
+    best, best_margin = z, torch.full((z.shape[0],), float("inf"))
+    step_size = alpha
+    for step in range(steps + 1):
+        z.requires_grad_(True)
+        margin = (classifier(z) * spec).sum(1)
+        better = margin.detach() < best_margin
+        best_margin = torch.where(better, margin.detach(), best_margin)
+        best = torch.where(better.unsqueeze(1), z.detach(), best)
+        if step == steps:
+            break
+        (gradient,) = torch.autograd.grad(margin.sum(), z)
+        z = torch.min(torch.max(z.detach() - step_size * gradient.sign() * width, lo), hi)
+        if step + 1 in (4, 7):
+            step_size *= 0.1
+    slack = 0.5 * width
+    safe = torch.where(slack > 0, slack, torch.ones_like(slack))
+    to_upper = torch.where(slack > 0, (best - (hi - slack)).clamp(min=0) / safe, torch.zeros_like(slack))
+    to_lower = torch.where(slack > 0, (lo + slack - best).clamp(min=0) / safe, torch.zeros_like(slack))
+    linked = best + to_upper * (u - hi) + to_lower * (l - lo)
+    margin = (classifier(linked) * spec).sum(1).reshape(-1, rows)
+    taps = robust_ce(margin, y, others)
+    return (expansion * taps - (expansion - 1) * taps.detach()) * ibp
+
+
+def small_box(net, x, y, eps, ratio=0.4):
+    point = pgd_point(net, x, y, eps, decays=(4, 7))
+    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    small = ratio * eps
+    centre = torch.min(torch.max(point, lower + small), upper - small)
+    return (centre - small).clamp(min=lower), (centre + small).clamp(max=upper)
+
+
 def step_loss(method, net, x, y, eps):
     if method == "standard":
         return F.cross_entropy(net(x), y)
@@ -190,7 +252,11 @@ def step_loss(method, net, x, y, eps):
     if method == "pgd":
         return F.cross_entropy(net(pgd_point(net, x, y, eps)), y)
     if method == "sabr":
-        return sabr_loss(net, x, y, eps)
+        return box_loss(net, *small_box(net, x, y, eps), y)
+    if method == "taps":
+        return taps_loss(net, x, y, eps)
+    if method == "staps":
+        return taps_loss(net, x, y, eps, box=small_box(net, x, y, eps))
     if method == "mtl_ibp":
         adversarial = F.cross_entropy(net(pgd_point(net, x, y, eps)), y)
         return 0.02 * ibp_loss(net, x, y, eps) + 0.98 * adversarial
@@ -203,7 +269,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="cnn-small")
     ap.add_argument("--method", default="ibp",
-                    choices=["standard", "ibp", "pgd", "sabr", "mtl_ibp", "crown_ibp"])
+                    choices=["standard", "ibp", "pgd", "sabr", "mtl_ibp", "crown_ibp", "taps", "staps"])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)

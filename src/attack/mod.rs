@@ -415,7 +415,7 @@ pub(crate) fn keep_better_rows(
     candidate: &Tensor,
     best: &Tensor,
 ) -> Result<Tensor, candle_core::Error> {
-    let improved: Vec<u8> = scores
+    let improved: Vec<bool> = scores
         .iter()
         .zip(best_scores.iter_mut())
         .map(|(&score, best)| {
@@ -423,14 +423,10 @@ pub(crate) fn keep_better_rows(
             if better {
                 *best = score;
             }
-            u8::from(better)
+            better
         })
         .collect();
-    let mut shape = vec![1usize; candidate.rank()];
-    shape[0] = improved.len();
-    Tensor::from_vec(improved, shape, &Device::Cpu)?
-        .broadcast_as(candidate.dims())?
-        .where_cond(candidate, best)
+    crate::kernels::select_rows(&improved, candidate, best)
 }
 
 /// Each row's attack objective (cross-entropy or margin), for keeping the best iterate.

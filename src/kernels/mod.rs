@@ -1,6 +1,7 @@
 //! Fast CPU kernels for the hot paths of training and verification, as candle custom ops.
 
 mod adam;
+mod box_attack;
 mod channel;
 mod conv;
 mod crown;
@@ -14,6 +15,7 @@ mod specs;
 mod winograd;
 
 pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
+pub use box_attack::{box_signed_step, link_box_gradient, select_rows};
 pub use channel::{channel_affine, channel_affine_gradient, channel_affine_relu, channel_sum};
 pub use conv::{
     conv_transpose2d, conv2d, conv2d_bias, conv2d_columns, conv2d_from_columns,

@@ -141,16 +141,27 @@ impl CleanPass {
 /// the running statistics when they are this batch's). Without `parameter_gradients` the
 /// backward will differentiate the input alone (an attack's), and convolutions keep no input.
 pub(super) fn forward(
-    mut norms: BatchNorms<'_>,
+    norms: BatchNorms<'_>,
     layers: &[Layer],
     images: &Tensor,
     parameter_gradients: bool,
 ) -> Result<CleanPass, TrainError> {
+    forward_from(norms, layers, 0, images, parameter_gradients)
+}
+
+/// [`forward`] from layer `start` on, `x` being that layer's input (TAPS' classifier part).
+pub(super) fn forward_from(
+    mut norms: BatchNorms<'_>,
+    layers: &[Layer],
+    start: usize,
+    x: &Tensor,
+    parameter_gradients: bool,
+) -> Result<CleanPass, TrainError> {
     let count = layers.len();
-    let mut saved_steps: Vec<(usize, CleanSaved)> = Vec::with_capacity(count);
+    let mut saved_steps: Vec<(usize, CleanSaved)> = Vec::with_capacity(count - start.min(count));
     let mut batch_norms: HashMap<usize, BatchNormAffine> = HashMap::new();
-    let mut x = images.clone();
-    let mut index = 0;
+    let mut x = x.clone();
+    let mut index = start;
     while index < count {
         let (y, saved, width) = match &layers[index] {
             Layer::Normalize { mean, std } => {

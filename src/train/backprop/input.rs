@@ -9,9 +9,11 @@ use crate::train::TrainError;
 use candle_core::Tensor;
 use std::collections::HashMap;
 
-/// A network as a training attack reads it: its layers and each BatchNorm's fixed affine map.
+/// A network as a training attack reads it: its layers from the first one attacked and each
+/// BatchNorm's fixed affine map.
 pub(crate) struct InputGradientPass<'a> {
     layers: &'a [Layer],
+    start: usize,
     batch_norms: &'a HashMap<usize, BatchNormAffine>,
 }
 
@@ -21,10 +23,64 @@ impl<'a> InputGradientPass<'a> {
         layers: &'a [Layer],
         batch_norms: &'a HashMap<usize, BatchNormAffine>,
     ) -> InputGradientPass<'a> {
+        InputGradientPass::from_layer(layers, 0, batch_norms)
+    }
+
+    /// The pass over `layers[start..]`, its input being layer `start`'s (TAPS' classifier).
+    pub(super) fn from_layer(
+        layers: &'a [Layer],
+        start: usize,
+        batch_norms: &'a HashMap<usize, BatchNormAffine>,
+    ) -> InputGradientPass<'a> {
         InputGradientPass {
             layers,
+            start,
             batch_norms,
         }
+    }
+
+    /// The margins `spec_rows · logits` of each row of `x` and, `with_gradient`, the gradient
+    /// of their sum with respect to `x` (TAPS' latent attack).
+    pub(super) fn margins(
+        &self,
+        x: &Tensor,
+        spec_rows: &Tensor,
+        with_gradient: bool,
+    ) -> Result<(Vec<f32>, Option<Tensor>), TrainError> {
+        let pass = self.forward(x)?;
+        let margins = (spec_rows * &pass.logits)?.sum(1)?.to_vec1::<f32>()?;
+        let gradient = if with_gradient {
+            Some(self.backward(pass.saved, spec_rows.clone())?)
+        } else {
+            None
+        };
+        Ok((margins, gradient))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<clean::CleanPass, TrainError> {
+        let norms = BatchNorms::Fixed(self.batch_norms);
+        clean::forward_from(norms, self.layers, self.start, x, false)
+    }
+
+    /// The input gradient from the logits' gradient `g` through the layers' kept state.
+    fn backward(
+        &self,
+        saved: Vec<(usize, clean::CleanSaved)>,
+        mut g: Tensor,
+    ) -> Result<Tensor, TrainError> {
+        let mut no_sums = BatchNormSums::new();
+        for (index, saved) in saved.into_iter().rev() {
+            g = clean::backward(
+                (index, &self.layers[index]),
+                saved,
+                g,
+                self.batch_norms.get(&index),
+                &mut no_sums,
+                true,
+                None,
+            )?;
+        }
+        Ok(g)
     }
 }
 
@@ -60,27 +116,16 @@ impl InputGradientPass<'_> {
         x: &Tensor,
         target: Option<(&Tensor, AttackLoss)>,
     ) -> Result<(Tensor, Option<Tensor>), TrainError> {
-        let pass = clean::forward(BatchNorms::Fixed(self.batch_norms), self.layers, x, false)?;
+        let pass = self.forward(x)?;
         let Some((labels, loss)) = target else {
             return Ok((pass.logits, None));
         };
         let rows = pass.logits.to_vec2::<f32>()?;
         let labels = labels.to_vec1::<u32>()?;
         let gradient = summed_objective_gradient(&rows, &labels, loss)?;
-        let mut g = Tensor::from_vec(gradient, pass.logits.dims(), x.device())?;
-        let mut no_sums = BatchNormSums::new();
-        for (index, saved) in pass.saved.into_iter().rev() {
-            g = clean::backward(
-                (index, &self.layers[index]),
-                saved,
-                g,
-                self.batch_norms.get(&index),
-                &mut no_sums,
-                true,
-                None,
-            )?;
-        }
-        Ok((pass.logits, Some(g)))
+        let g = Tensor::from_vec(gradient, pass.logits.dims(), x.device())?;
+        let gradient = self.backward(pass.saved, g)?;
+        Ok((pass.logits, Some(gradient)))
     }
 }
 

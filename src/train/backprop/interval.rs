@@ -54,6 +54,8 @@ pub(super) struct IntervalPass {
     pub(super) radius: Tensor,
     /// Mean input radius in the units the first non-normalising layer sees (Shi's r̄₀).
     pub(super) input_radius: Option<f64>,
+    /// The box `(centre, radius)` at the input of the layer asked for (TAPS' latent box).
+    pub(super) kept: Option<(Tensor, Tensor)>,
 }
 
 impl IntervalPass {
@@ -71,11 +73,12 @@ impl IntervalPass {
 }
 
 /// IBP through every layer but the last over the input box `[lower, upper]`, with BatchNorm at
-/// the clean batch's statistics.
+/// the clean batch's statistics, keeping the box at the input of layer `keep` if asked.
 pub(super) fn forward(
     layers: &[Layer],
     (lower, upper): (&Tensor, &Tensor),
     batch_norms: &HashMap<usize, BatchNormAffine>,
+    keep: Option<usize>,
 ) -> Result<IntervalPass, TrainError> {
     let count = layers.len();
     let mut centre = ((upper + lower)? * 0.5)?;
@@ -84,7 +87,11 @@ pub(super) fn forward(
     // non-normalising layer sees (auto_LiRPA and CTRAIN normalise in the data loader).
     let mut input_radius = None;
     let mut saved_layers = Vec::with_capacity(count);
+    let mut kept = None;
     for (index, layer) in layers[..count - 1].iter().enumerate() {
+        if keep == Some(index) {
+            kept = Some((centre.clone(), radius.clone()));
+        }
         if input_radius.is_none() && !matches!(layer, Layer::Normalize { .. }) {
             input_radius = Some(f64::from(radius.mean_all()?.to_scalar::<f32>()?));
         }
@@ -169,11 +176,15 @@ pub(super) fn forward(
         saved_layers.push(saved);
         (centre, radius) = next;
     }
+    if keep == Some(count - 1) {
+        kept = Some((centre.clone(), radius.clone()));
+    }
     Ok(IntervalPass {
         saved: saved_layers,
         centre,
         radius,
         input_radius,
+        kept,
     })
 }
 

@@ -1,5 +1,5 @@
-//! A hand-written reverse pass for the natural, IBP, CROWN-IBP, SABR, PGD-AT and MTL-IBP
-//! training losses, and the input-gradient pass of training attacks.
+//! A hand-written reverse pass for the natural, IBP, CROWN-IBP, SABR, PGD-AT, MTL-IBP, TAPS
+//! and STAPS training losses, and the input-gradient pass of training attacks.
 //!
 //! candle's autograd gives every input of every graph node a zero-filled gradient tensor and
 //! adds each contribution into it, and BatchNorm takes several nodes (moments, affine, ReLU),
@@ -12,15 +12,18 @@
 //! interval pass and [`loss`] the losses at the top. [`crown_ibp`] is CROWN's bound pass over
 //! the margins, relaxing each ReLU on the interval pass's box, and its reverse, which hands the
 //! interval pass's backward the gradients of those boxes. [`input`] is the clean pass's
-//! input-only backward that every training attack differentiates through. Steps this pass does
-//! not cover (TAPS' loss, or a net whose last layer is not linear) use autograd; the
-//! unit tests in `tests.rs` check that both give the same loss and gradients.
+//! input-only backward that every training attack differentiates through. [`latent`] is TAPS'
+//! classifier part: the latent attack on that input-only backward, the pivot points' pass and
+//! the gradient connector, which hands the interval pass the gradient of the latent box. Steps
+//! on a net whose last layer is not linear use autograd; the unit tests in `tests.rs` check
+//! that both give the same loss and gradients.
 
 mod clean;
 mod conv;
 mod crown_ibp;
 mod input;
 mod interval;
+mod latent;
 mod loss;
 mod shi;
 #[cfg(test)]
@@ -28,7 +31,7 @@ mod tests;
 
 use super::TrainError;
 use super::config::{Method, TrainConfig};
-use super::methods::{PointSearch, small_box_around};
+use super::methods::{LatentAttack, PointSearch, small_box_around, split_index};
 use super::schedule::ScheduleValues;
 use crate::bounds::{Interval, margin_spec};
 use crate::kernels::{BoxGradient, l1_penalty_gradient};
@@ -38,6 +41,7 @@ use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanPass, CleanSaved};
 use crown_ibp::{CrownPass, ReluBoxGradients};
 pub(crate) use input::{InputGradientPass, fixed_batch_norms};
 use interval::{BoxSaved, MarginBounds};
+use latent::LatentPart;
 use loss::{cross_entropy_gradient, robust_cross_entropy_gradient, scaled};
 use rand::rngs::StdRng;
 use std::collections::HashMap;
@@ -117,6 +121,24 @@ pub enum Objective {
         /// The attack.
         search: PointSearch,
     },
+    /// TAPS at full ε: `GradExpander(L_TAPS, α)·L_IBP`, `L_IBP` the robust cross-entropy of IBP
+    /// margins over the box, `L_TAPS` that of the classifier's margins at the latent attack's
+    /// pivot points in the box IBP gives the classifier's input, tied to that box by the
+    /// gradient connector. STAPS: the same over SABR's small box.
+    Taps {
+        /// Radius of the full ℓ∞ box.
+        eps: f64,
+        /// STAPS' small box: its radius as a fraction of ε and its centre search.
+        small_box: Option<(f64, PointSearch)>,
+        /// The first classifier layer.
+        split: usize,
+        /// The gradient expansion α.
+        expansion: f64,
+        /// The pivot search in the latent box.
+        attack: LatentAttack,
+        /// Weight of Shi et al.'s regulariser on the interval pass (0: off).
+        shi_weight: f64,
+    },
 }
 
 impl Objective {
@@ -146,10 +168,26 @@ impl Objective {
                 beta: values.beta,
                 shi_weight,
             },
-            // TAPS trains on the plain IBP loss while ε ramps (its own loss starts at full ε).
+            // TAPS trains on the plain IBP loss while ε ramps, STAPS on SABR's (their own loss
+            // starts at full ε).
             Method::Taps if values.ramp_progress < 1.0 => Objective::Ibp {
                 eps,
                 kappa: 0.0,
+                shi_weight,
+            },
+            Method::Staps if values.ramp_progress < 1.0 => Objective::Sabr {
+                eps,
+                ratio: config.sabr_subselection_ratio,
+                shi_weight,
+                search: staps_search(eps, config),
+            },
+            Method::Taps | Method::Staps => Objective::Taps {
+                eps,
+                small_box: (method == Method::Staps)
+                    .then(|| (config.sabr_subselection_ratio, staps_search(eps, config))),
+                split: split_index(net, config.block_split_point).ok()?,
+                expansion: config.gradient_expansion_alpha,
+                attack: LatentAttack::from_config(config),
                 shi_weight,
             },
             Method::Sabr => Objective::Sabr {
@@ -176,7 +214,7 @@ impl Objective {
                     config.pgd_alpha,
                 ),
             },
-            _ => return None,
+            Method::Standard => Objective::Natural,
         };
         let last_is_linear = matches!(net.layers().last(), Some(Layer::Linear { .. }));
         last_is_linear.then_some(objective)
@@ -190,9 +228,22 @@ impl Objective {
             Objective::Ibp { kappa, .. } | Objective::CrownIbp { kappa, .. } => {
                 (*kappa, 1.0 - kappa, 0.0)
             }
-            Objective::Sabr { .. } => (0.0, 1.0, 0.0),
+            Objective::Sabr { .. } | Objective::Taps { .. } => (0.0, 1.0, 0.0),
             Objective::Pgd { .. } => (0.0, 0.0, 1.0),
             Objective::MtlIbp { alpha, .. } => (0.0, *alpha, 1.0 - alpha),
+        }
+    }
+
+    /// TAPS' first classifier layer, gradient expansion and latent attack, at its full-ε steps.
+    fn latent(&self) -> Option<(usize, f64, &LatentAttack)> {
+        match self {
+            Objective::Taps {
+                split,
+                expansion,
+                attack,
+                ..
+            } => Some((*split, *expansion, attack)),
+            _ => None,
         }
     }
 
@@ -209,8 +260,17 @@ impl Objective {
         match self {
             Objective::Sabr { search, .. }
             | Objective::Pgd { search }
-            | Objective::MtlIbp { search, .. } => Some(search),
-            Objective::Natural | Objective::Ibp { .. } | Objective::CrownIbp { .. } => None,
+            | Objective::MtlIbp { search, .. }
+            | Objective::Taps {
+                small_box: Some((_, search)),
+                ..
+            } => Some(search),
+            Objective::Natural
+            | Objective::Ibp { .. }
+            | Objective::CrownIbp { .. }
+            | Objective::Taps {
+                small_box: None, ..
+            } => None,
         }
     }
 
@@ -230,10 +290,22 @@ impl Objective {
             }
             | Objective::CrownIbp {
                 eps, shi_weight, ..
+            }
+            | Objective::Taps {
+                eps,
+                small_box: None,
+                shi_weight,
+                ..
             } => Some((Interval::linf_ball(images, *eps)?, *shi_weight)),
             Objective::Sabr {
                 eps,
                 ratio,
+                shi_weight,
+                ..
+            }
+            | Objective::Taps {
+                eps,
+                small_box: Some((ratio, _)),
                 shi_weight,
                 ..
             } => {
@@ -244,6 +316,16 @@ impl Objective {
             }
         })
     }
+}
+
+/// STAPS' centre search for its small box (its `sabr_*` hyperparameters).
+fn staps_search(eps: f64, config: &TrainConfig) -> PointSearch {
+    PointSearch::sabr(
+        eps,
+        config.sabr_pgd_eps_factor,
+        config.sabr_pgd_steps,
+        config.sabr_pgd_alpha,
+    )
 }
 
 /// A step's loss and the gradients of every trainable parameter it depends on.
@@ -308,7 +390,13 @@ pub fn loss_and_gradients(
                 "the IBP reverse pass needs a final linear layer".into(),
             ));
         };
-        let pass = interval::forward(&layers, (&input.lower, &input.upper), &clean.batch_norms)?;
+        let latent = objective.latent();
+        let pass = interval::forward(
+            &layers,
+            (&input.lower, &input.upper),
+            &clean.batch_norms,
+            latent.map(|(split, ..)| split),
+        )?;
         let shi = if shi_weight > 0.0 {
             let input_radius = pass.input_radius.ok_or_else(|| {
                 TrainError::internal("an IBP step on a network of normalisations only".into())
@@ -334,7 +422,7 @@ pub fn loss_and_gradients(
             &pass.radius,
             &weight.detach(),
             &bias.detach(),
-            spec,
+            spec.clone(),
         )?;
         let margins = match &crown {
             Some((beta, crown)) => ((&crown.margins * *beta)? + (&bounds.margins * (1.0 - beta))?)?,
@@ -342,7 +430,36 @@ pub fn loss_and_gradients(
         };
         let (robust_loss, margin_gradient) =
             robust_cross_entropy_gradient(&margins.to_vec2::<f32>()?, &label_values)?;
-        loss += box_weight * robust_loss;
+        let mut sums = BatchNormSums::new();
+        // TAPS multiplies its loss, its gradient expanded by α, with the IBP loss: each one's
+        // gradient is scaled by the other's value.
+        let (box_weight, latent_gradient) = match latent {
+            Some((split, expansion, attack)) => {
+                let part = LatentPart {
+                    layers: &layers,
+                    split,
+                    attack,
+                    batch_norms: &fixed,
+                };
+                let latent_box = pass.kept.as_ref().ok_or_else(|| {
+                    TrainError::internal("TAPS' latent box not kept by the interval pass".into())
+                })?;
+                let (taps_loss, box_gradient) = part.loss_and_box_gradient(
+                    (&latent_box.0, &latent_box.1),
+                    (&spec, &label_values),
+                    expansion * robust_loss,
+                    &mut gradients,
+                    &mut sums,
+                    rng,
+                )?;
+                loss += taps_loss * robust_loss;
+                (taps_loss, Some((split, box_gradient)))
+            }
+            None => {
+                loss += box_weight * robust_loss;
+                (box_weight, None)
+            }
+        };
         let shi_gradients = match shi {
             Some((value, gradients)) => {
                 loss += value;
@@ -355,8 +472,7 @@ pub fn loss_and_gradients(
             (batch, classes - 1),
             images.device(),
         )?;
-        let mut sums = BatchNormSums::new();
-        let (ibp_gradient, relu_gradients) = match &crown {
+        let (ibp_gradient, mut box_gradients) = match &crown {
             Some((beta, crown)) => (
                 (&margin_gradient * (1.0 - beta))?,
                 crown.backward(
@@ -368,14 +484,25 @@ pub fn loss_and_gradients(
             ),
             None => (margin_gradient, ReluBoxGradients::new()),
         };
-        let (d_weight, d_bias, d_centre, d_radius) = bounds.backward(&ibp_gradient)?;
+        let (d_weight, d_bias, mut d_centre, mut d_radius) = bounds.backward(&ibp_gradient)?;
         gradients.add(weight, d_weight)?;
         gradients.add(bias, d_bias)?;
+        match latent_gradient {
+            // The latent box is the one the last layer reads.
+            Some((split, (dc, dr))) if split == layers.len() - 1 => {
+                d_centre = (d_centre + dc)?;
+                d_radius = (d_radius + dr)?;
+            }
+            Some((split, gradient)) => {
+                box_gradients.insert(split, gradient);
+            }
+            None => {}
+        }
         robust = Some(RobustTop {
             boxes: pass.saved,
             box_gradient: (d_centre, d_radius),
             shi_gradients,
-            relu_gradients,
+            outside_gradients: box_gradients,
             sums,
         });
     }
@@ -421,13 +548,15 @@ pub fn loss_and_gradients(
 }
 
 /// The interval pass as its backward starts: what its layers kept, the gradient of the box the
-/// last layer read, Shi's regulariser's and CROWN's gradients of ReLU input boxes by ReLU
-/// layer, and CROWN's BatchNorm scale and shift sums.
+/// last layer read, Shi's regulariser's gradients of ReLU input boxes by ReLU layer, the
+/// gradients of input boxes by layer that reach the box from outside the pass (CROWN's at each
+/// ReLU, TAPS' connector at the split), and the BatchNorm scale and shift sums of the passes
+/// that read the clean batch's maps.
 struct RobustTop {
     boxes: Vec<BoxSaved>,
     box_gradient: (Tensor, Tensor),
     shi_gradients: HashMap<usize, BoxGradient>,
-    relu_gradients: ReluBoxGradients,
+    outside_gradients: ReluBoxGradients,
     sums: BatchNormSums,
 }
 
@@ -461,12 +590,12 @@ fn backward(
             )
         })
         .unwrap_or(count);
-    let (boxes, mut box_gradient, shi_gradients, relu_gradients, mut sums) = match tops.robust {
+    let (boxes, mut box_gradient, shi_gradients, outside_gradients, mut sums) = match tops.robust {
         Some(top) => (
             top.boxes,
             Some(top.box_gradient),
             top.shi_gradients,
-            top.relu_gradients,
+            top.outside_gradients,
             top.sums,
         ),
         None => (
@@ -499,10 +628,10 @@ fn backward(
                 &mut sums,
                 index,
             )?;
-            if let Some((crown_dc, crown_dr)) = relu_gradients.get(&index)
+            if let Some((outside_dc, outside_dr)) = outside_gradients.get(&index)
                 && let Some((dc, dr)) = box_gradient.take()
             {
-                box_gradient = Some(((dc + crown_dc)?, (dr + crown_dr)?));
+                box_gradient = Some(((dc + outside_dc)?, (dr + outside_dr)?));
             }
         }
         if attack_steps.peek().map(|(start, _)| *start) == Some(index) {

@@ -281,6 +281,50 @@ fn crown_ibp_reverse_pass_matches_autograd_for_every_beta() {
 }
 
 #[test]
+fn taps_and_staps_reverse_pass_matches_autograd_at_every_split() {
+    // (method, split point, ε, gradient expansion, latent steps, L1 weight, Shi weight, ramp
+    // progress). Split points 0.2, 0.5, 0.7 and 0.99 put the classifier's first layer on a
+    // convolution, a ReLU, a BatchNorm, a flatten or a linear layer across the nets, and 0.99
+    // leaves the last layer alone; 8 steps pass both step-size decays. At full ramp progress
+    // Shi's regulariser still runs (ε is half the training ε), which training never does but
+    // which checks that its gradient and the connector's add up.
+    let cases = [
+        (Method::Taps, 0.5, 0.05, 5.0, 8, 0.0, 0.0, 1.0),
+        (Method::Taps, 0.2, 0.1, 3.0, 2, 1e-3, 0.5, 1.0),
+        (Method::Taps, 0.99, 0.05, 1.0, 3, 0.0, 0.0, 1.0),
+        (Method::Taps, 0.7, 0.1, 2.0, 1, 0.0, 0.0, 1.0),
+        (Method::Staps, 0.5, 0.1, 5.0, 3, 0.0, 0.5, 1.0),
+        (Method::Staps, 0.7, 0.05, 2.0, 8, 1e-3, 0.0, 1.0),
+        (Method::Staps, 0.2, 0.1, 4.0, 2, 0.0, 0.0, 1.0),
+        // While ε ramps STAPS trains on SABR's loss with its `sabr_*` settings.
+        (Method::Staps, 0.5, 0.05, 5.0, 3, 1e-3, 0.5, 0.5),
+    ];
+    for (spec_index, spec) in specs().iter().enumerate() {
+        for &(method, split, eps, expansion, steps, l1, shi, progress) in &cases {
+            let label = format!(
+                "net {spec_index}, {method} split {split} ε={eps} α={expansion} steps {steps} \
+                 l1={l1} shi={shi} ramp {progress}"
+            );
+            let config = TrainConfig {
+                l1_reg_weight: l1,
+                shi_reg_weight: shi,
+                block_split_point: split,
+                gradient_expansion_alpha: expansion,
+                pgd_steps: steps,
+                pgd_alpha: 0.4,
+                sabr_subselection_ratio: 0.3,
+                sabr_pgd_steps: 3,
+                sabr_pgd_alpha: 0.6,
+                sabr_pgd_eps_factor: 1.5,
+                ..TrainConfig::default()
+            };
+            let schedule = ramping(eps, 0.5, progress);
+            assert_step_matches_autograd(&label, spec, method, schedule, &config);
+        }
+    }
+}
+
+#[test]
 fn shi_regularizer_gradient_agrees_with_finite_differences_when_every_term_is_active() {
     use crate::kernels::relu_box_gradient;
     // Widely spread active centres and tightly packed inactive ones make both balance
@@ -346,7 +390,7 @@ fn shi_regularizer_gradient_agrees_with_finite_differences_when_every_term_is_ac
 }
 
 #[test]
-fn steps_the_reverse_pass_does_not_cover_are_left_to_autograd() {
+fn each_step_gets_its_objective_and_nets_without_a_final_linear_layer_are_left_to_autograd() {
     let spec = &specs()[0];
     let net = network(spec);
     let config = TrainConfig::default();
@@ -377,12 +421,29 @@ fn steps_the_reverse_pass_does_not_cover_are_left_to_autograd() {
         objective(Method::Pgd, values(0.1, 0.5), 0.0),
         Some(Objective::Pgd { .. })
     ));
-    assert_eq!(
+    assert!(matches!(
         objective(Method::Taps, values(0.1, 0.5), 0.0),
-        None,
-        "TAPS' own loss at full ε"
+        Some(Objective::Taps {
+            eps: 0.1,
+            small_box: None,
+            split: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        objective(Method::Staps, values(0.1, 0.5), 0.0),
+        Some(Objective::Taps {
+            small_box: Some(_),
+            ..
+        })
+    ));
+    assert!(
+        matches!(
+            objective(Method::Staps, ramping(0.05, 0.5, 0.5), 0.0),
+            Some(Objective::Sabr { eps: 0.05, .. })
+        ),
+        "STAPS ramps on SABR's loss"
     );
-    assert_eq!(objective(Method::Staps, values(0.1, 0.5), 0.0), None);
     let mut no_final_linear = spec.clone();
     no_final_linear.layers.push(LayerSpec::Relu);
     let net = Net::new(&no_final_linear, Initialization::Default, 3).unwrap();

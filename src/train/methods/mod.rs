@@ -11,6 +11,8 @@ mod sabr;
 mod standard;
 mod taps;
 
+pub(crate) use taps::{LINK_SLACK, LatentAttack, split_index};
+
 use super::TrainError;
 use super::backprop::{InputGradientPass, fixed_batch_norms};
 use super::config::{Method, TrainConfig};

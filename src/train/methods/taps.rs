@@ -9,13 +9,14 @@
 use super::{RobustLoss, StepContext, TrainingMethod, robust_cross_entropy, small_box};
 use crate::attack::keep_better_rows;
 use crate::bounds::{Interval, interval_spec_bounds, interval_trace, margin_spec};
+use crate::kernels::box_signed_step;
 use crate::model::{Layer, Net, Normalization};
 use crate::train::TrainError;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, rngs::StdRng};
 
 /// Width share of the box, at each face, inside which the gradient link is active (CTRAIN: 0.5).
-const LINK_SLACK: f64 = 0.5;
+pub(crate) const LINK_SLACK: f64 = 0.5;
 
 /// TAPS, or STAPS when `small_box` is set.
 pub(crate) struct Taps {
@@ -98,16 +99,18 @@ impl TrainingMethod for Taps {
         let upper = latent.upper.index_select(&repeat, 0)?;
         let row_spec = spec.reshape((batch * rows, classes))?;
 
-        let attack = LatentAttack {
-            steps: config.pgd_steps,
-            step_factor: config.pgd_alpha,
-        };
-        let pivot = attack.run(
-            net,
+        let attack = LatentAttack::from_config(config);
+        let detached = net.detached();
+        let statistics = context.statistics.detached();
+        let mut margins = autograd_margins(
+            &detached,
             split,
-            (&lower.detach(), &upper.detach()),
             &row_spec,
-            &context.statistics.detached(),
+            Normalization::Batch(&statistics),
+        );
+        let pivot = attack.run(
+            (&lower.detach(), &upper.detach()),
+            &mut margins,
             context.rng,
         )?;
         let linked = gradient_link(&pivot, &lower, &upper)?;
@@ -130,30 +133,38 @@ const LATENT_DECAY_STEPS: [usize; 2] = [4, 7];
 /// Step-size multiplier at each of [`LATENT_DECAY_STEPS`].
 const LATENT_DECAY_FACTOR: f64 = 0.1;
 
+/// The classifier's margins at latent points (one per row) and, when asked, the gradient of
+/// their sum with respect to the points: what TAPS' latent attack reads.
+type LatentMargins<'a> =
+    dyn FnMut(&Tensor, bool) -> Result<(Vec<f32>, Option<Tensor>), TrainError> + 'a;
+
 /// TAPS' search for pivot points: PGD inside the latent box, one attack per (sample, class).
-struct LatentAttack {
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentAttack {
     /// Gradient steps (the start and every step are scored).
-    steps: usize,
+    pub steps: usize,
     /// Step size as a share of the box width `u − l`.
-    step_factor: f64,
+    pub step_factor: f64,
 }
 
 impl LatentAttack {
-    /// For each row, the point of `[lower, upper]` with the lowest margin `spec_row ·
-    /// classifier(z)` among a random start and `steps` signed-gradient steps of
+    /// The attack of a run's hyperparameters (`pgd_steps`, `pgd_alpha`).
+    pub(crate) fn from_config(config: &crate::train::TrainConfig) -> LatentAttack {
+        LatentAttack {
+            steps: config.pgd_steps,
+            step_factor: config.pgd_alpha,
+        }
+    }
+
+    /// For each row, the point of `[lower, upper]` with the lowest margin (as `margins`
+    /// computes it) among a random start and `steps` signed-gradient steps of
     /// `step_factor·(u − l)` (decayed after [`LATENT_DECAY_STEPS`]).
-    fn run(
+    pub(crate) fn run(
         &self,
-        net: &Net,
-        split: usize,
         (lower, upper): (&Tensor, &Tensor),
-        row_spec: &Tensor,
-        statistics: &crate::model::BatchStatistics,
+        margins: &mut LatentMargins<'_>,
         rng: &mut StdRng,
     ) -> Result<Tensor, TrainError> {
-        let detached = net.detached();
-        let normalization = Normalization::Batch(statistics);
-        let end = net.layers().len();
         let rows = lower.dim(0)?;
         let width = (upper - lower)?;
         let noise: Vec<f32> = (0..lower.elem_count())
@@ -164,27 +175,51 @@ impl LatentAttack {
         let mut best = z.clone();
         let mut step_size = self.step_factor;
         for step in 0..=self.steps {
-            let variable = Var::from_tensor(&z)?;
-            let logits = detached.forward_range(variable.as_tensor(), split, end, normalization)?;
-            let margins = (row_spec * logits)?.sum(1)?;
+            let last = step == self.steps;
+            let (values, gradient) = margins(&z, !last)?;
             // The best pivot has the lowest margin: keep the rows whose negated margin rose.
-            let negated: Vec<f32> = margins.to_vec1::<f32>()?.iter().map(|m| -m).collect();
+            let negated: Vec<f32> = values.iter().map(|m| -m).collect();
             best = keep_better_rows(&negated, &mut best_negated_margin, &z, &best)?;
-            if step == self.steps {
+            let Some(gradient) = gradient.filter(|_| !last) else {
                 break;
-            }
-            let gradient = match margins.sum_all()?.backward()?.get(variable.as_tensor()) {
-                Some(g) => g.clone(),
-                None => break,
             };
-            z = (z - (gradient.sign()?.mul(&width)? * step_size)?)?
-                .maximum(lower)?
-                .minimum(upper)?;
+            z = box_signed_step(&z, &gradient, (lower, upper), step_size as f32)?;
             if LATENT_DECAY_STEPS.contains(&(step + 1)) {
                 step_size *= LATENT_DECAY_FACTOR;
             }
         }
-        Ok(best.detach())
+        Ok(best)
+    }
+}
+
+/// The margins `row_spec · classifier(z)` of the classifier after layer `split` of `net`
+/// (detached) and their summed gradient, by candle autograd.
+fn autograd_margins<'a>(
+    net: &'a Net,
+    split: usize,
+    row_spec: &'a Tensor,
+    normalization: Normalization<'a>,
+) -> impl FnMut(&Tensor, bool) -> Result<(Vec<f32>, Option<Tensor>), TrainError> + 'a {
+    move |z, with_gradient| {
+        let variable = Var::from_tensor(z)?;
+        let logits = net.forward_range(
+            variable.as_tensor(),
+            split,
+            net.layers().len(),
+            normalization,
+        )?;
+        let margins = (row_spec * logits)?.sum(1)?;
+        let values = margins.to_vec1::<f32>()?;
+        let gradient = if with_gradient {
+            margins
+                .sum_all()?
+                .backward()?
+                .get(variable.as_tensor())
+                .cloned()
+        } else {
+            None
+        };
+        Ok((values, gradient))
     }
 }
 
@@ -291,15 +326,11 @@ mod tests {
         let spec_t = tensor(&spec, 10).unwrap();
         for (steps, step_factor) in [(1, 1.0), (8, 0.5)] {
             let attack = LatentAttack { steps, step_factor };
+            let detached = net.detached();
+            let mut margins =
+                autograd_margins(&detached, split, &spec_t, Normalization::Batch(&statistics));
             let found = attack
-                .run(
-                    &net,
-                    split,
-                    (&lower_t, &upper_t),
-                    &spec_t,
-                    &statistics,
-                    &mut rng,
-                )
+                .run((&lower_t, &upper_t), &mut margins, &mut rng)
                 .unwrap();
             let logits = net
                 .forward_range(&found, split, split + 1, Normalization::Population)

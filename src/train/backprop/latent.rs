@@ -1,0 +1,121 @@
+//! TAPS' classifier part: the latent attack through the input-gradient pass, the pivot points'
+//! pass with parameter gradients, and the gradient connector back to the latent box.
+//!
+//! Rows are (sample, other class) pairs, `K − 1` per sample, so the classifier runs on
+//! `B·(K − 1)` points. Rows are independent (BatchNorm reads the clean batch's fixed maps), so
+//! the part runs on groups of samples, each group's attack, forward and backward before the
+//! next: the latent boxes of the whole batch are never repeated `K − 1` times at once.
+
+use super::Gradients;
+use super::clean::{self, BatchNormAffine, BatchNormSums, BatchNorms};
+use super::input::InputGradientPass;
+use super::loss::{robust_cross_entropy_gradient, scaled};
+use crate::kernels::link_box_gradient;
+use crate::model::Layer;
+use crate::train::TrainError;
+use crate::train::methods::{LINK_SLACK, LatentAttack};
+use candle_core::Tensor;
+use rand::rngs::StdRng;
+use std::collections::HashMap;
+
+/// Latent values (rows × features) a group of samples may hold in one tensor: 2 MB of f32.
+const GROUP_VALUES: usize = 1 << 19;
+
+/// TAPS' classifier layers `layers[split..]` at one step: what the loss reads and where its
+/// gradient goes.
+pub(super) struct LatentPart<'a> {
+    /// The network's layers.
+    pub(super) layers: &'a [Layer],
+    /// The first classifier layer.
+    pub(super) split: usize,
+    /// The pivot search.
+    pub(super) attack: &'a LatentAttack,
+    /// The clean batch's BatchNorm maps, held fixed (their sums go to the clean pass).
+    pub(super) batch_norms: &'a HashMap<usize, BatchNormAffine>,
+}
+
+impl LatentPart<'_> {
+    /// TAPS' loss (robust cross-entropy of the classifier's margins at the pivot points) over
+    /// the latent box `(centre, radius)` `[B, …]`, and the gradient of `weight ×` that loss
+    /// with respect to the box's centre and radius. Parameter gradients go to `gradients`,
+    /// BatchNorm scale and shift sums to `sums`; `spec` `[B, K − 1, K]` holds the margin rows.
+    pub(super) fn loss_and_box_gradient(
+        &self,
+        (centre, radius): (&Tensor, &Tensor),
+        (spec, labels): (&Tensor, &[u32]),
+        weight: f64,
+        gradients: &mut Gradients,
+        sums: &mut BatchNormSums,
+        rng: &mut StdRng,
+    ) -> Result<(f64, (Tensor, Tensor)), TrainError> {
+        let (batch, rows, classes) = spec.dims3()?;
+        let sample_dims = centre.dims()[1..].to_vec();
+        let features: usize = sample_dims.iter().product();
+        let lower = (centre - radius)?;
+        let upper = (centre + radius)?;
+        let group = (GROUP_VALUES / (rows * features).max(1)).clamp(1, batch.max(1));
+        let network = InputGradientPass::from_layer(self.layers, self.split, self.batch_norms);
+        let mut loss = 0.0;
+        let (mut d_centre, mut d_radius) = (Vec::new(), Vec::new());
+        for first in (0..batch).step_by(group) {
+            let samples = group.min(batch - first);
+            let repeat: Vec<u32> = (first as u32..(first + samples) as u32)
+                .flat_map(|b| std::iter::repeat_n(b, rows))
+                .collect();
+            let repeat = Tensor::from_vec(repeat, samples * rows, centre.device())?;
+            let lower = lower.index_select(&repeat, 0)?;
+            let upper = upper.index_select(&repeat, 0)?;
+            let row_spec = spec
+                .narrow(0, first, samples)?
+                .reshape((samples * rows, classes))?;
+            let mut margins =
+                |z: &Tensor, with_gradient: bool| network.margins(z, &row_spec, with_gradient);
+            let pivot = self.attack.run((&lower, &upper), &mut margins, rng)?;
+
+            let pass = clean::forward_from(
+                BatchNorms::Fixed(self.batch_norms),
+                self.layers,
+                self.split,
+                &pivot,
+                true,
+            )?;
+            let group_margins = (&row_spec * &pass.logits)?
+                .sum(1)?
+                .reshape((samples, rows))?
+                .to_vec2::<f32>()?;
+            let (group_loss, margin_gradient) =
+                robust_cross_entropy_gradient(&group_margins, &labels[first..first + samples])?;
+            // The group's mean joins the batch's mean with weight samples / B.
+            let share = samples as f64 / batch as f64;
+            loss += share * group_loss;
+            let margin_gradient = Tensor::from_vec(
+                scaled(&margin_gradient, share * weight),
+                (samples * rows, 1),
+                centre.device(),
+            )?;
+            let mut g = row_spec.broadcast_mul(&margin_gradient)?;
+            for (index, saved) in pass.saved.into_iter().rev() {
+                g = clean::backward(
+                    (index, &self.layers[index]),
+                    saved,
+                    g,
+                    self.batch_norms.get(&index),
+                    sums,
+                    true,
+                    Some(gradients),
+                )?;
+            }
+
+            // The connector: the pivot's gradient reaches the faces it presses against, summed
+            // over the sample's K − 1 rows.
+            let (group_centre, group_radius) =
+                link_box_gradient(&pivot, (&lower, &upper), &g, rows, LINK_SLACK as f32)?;
+            d_centre.push(group_centre);
+            d_radius.push(group_radius);
+        }
+        let box_shape: Vec<usize> = std::iter::once(batch).chain(sample_dims).collect();
+        let d_centre = Tensor::cat(&d_centre, 0)?.reshape(box_shape.as_slice())?;
+        let d_radius = Tensor::cat(&d_radius, 0)?.reshape(box_shape.as_slice())?;
+        Ok((loss, (d_centre, d_radius)))
+    }
+}
