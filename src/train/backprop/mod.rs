@@ -35,7 +35,7 @@ use crate::kernels::{BoxGradient, l1_penalty_gradient};
 use crate::model::{Layer, Net};
 use candle_core::{Tensor, TensorId};
 use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanPass, CleanSaved};
-use crown_ibp::{CrownPass, ReluBoxGradients};
+use crown_ibp::{CrownNet, ReluBoxGradients};
 pub(crate) use input::{InputGradientPass, fixed_batch_norms};
 use interval::{BoxSaved, MarginBounds};
 use loss::{cross_entropy_gradient, robust_cross_entropy_gradient, scaled};
@@ -318,30 +318,51 @@ pub fn loss_and_gradients(
             None
         };
         let spec = margin_spec(labels, classes)?;
-        let crown = match objective.crown_weight() {
-            Some(beta) => {
-                let centre = ((&input.upper + &input.lower)? * 0.5)?;
-                let radius = ((&input.upper - &input.lower)? * 0.5)?;
-                let boxes = (pass.saved.as_slice(), (centre, radius));
-                let shapes = net.shapes();
-                let crown = CrownPass::forward(&layers, shapes, &spec, boxes, &clean.batch_norms)?;
-                Some((beta, crown))
-            }
-            None => None,
-        };
         let bounds = MarginBounds::new(
             &pass.centre,
             &pass.radius,
             &weight.detach(),
             &bias.detach(),
-            spec,
+            spec.clone(),
         )?;
-        let margins = match &crown {
-            Some((beta, crown)) => ((&crown.margins * *beta)? + (&bounds.margins * (1.0 - beta))?)?,
-            None => bounds.margins.clone(),
+        let mut sums = BatchNormSums::new();
+        let (robust_loss, margin_gradient, relu_gradients) = match objective.crown_weight() {
+            Some(beta) => {
+                let crown = CrownNet::new(
+                    &layers,
+                    net.shapes(),
+                    &pass.saved,
+                    (&input.lower, &input.upper),
+                    &clean.batch_norms,
+                )?;
+                let term = crown.robust_term(
+                    &spec,
+                    &bounds.margins,
+                    &label_values,
+                    (beta, box_weight),
+                    &mut gradients,
+                    &mut sums,
+                )?;
+                (
+                    term.loss,
+                    (&term.margin_gradient * (1.0 - beta))?,
+                    term.relu_gradients,
+                )
+            }
+            None => {
+                let (robust_loss, margin_gradient) = robust_cross_entropy_gradient(
+                    &bounds.margins.to_vec2::<f32>()?,
+                    &label_values,
+                    batch,
+                )?;
+                let margin_gradient = Tensor::from_vec(
+                    scaled(&margin_gradient, box_weight),
+                    (batch, classes - 1),
+                    images.device(),
+                )?;
+                (robust_loss, margin_gradient, ReluBoxGradients::new())
+            }
         };
-        let (robust_loss, margin_gradient) =
-            robust_cross_entropy_gradient(&margins.to_vec2::<f32>()?, &label_values)?;
         loss += box_weight * robust_loss;
         let shi_gradients = match shi {
             Some((value, gradients)) => {
@@ -350,25 +371,7 @@ pub fn loss_and_gradients(
             }
             None => HashMap::new(),
         };
-        let margin_gradient = Tensor::from_vec(
-            scaled(&margin_gradient, box_weight),
-            (batch, classes - 1),
-            images.device(),
-        )?;
-        let mut sums = BatchNormSums::new();
-        let (ibp_gradient, relu_gradients) = match &crown {
-            Some((beta, crown)) => (
-                (&margin_gradient * (1.0 - beta))?,
-                crown.backward(
-                    &layers,
-                    &(&margin_gradient * *beta)?,
-                    &mut gradients,
-                    &mut sums,
-                )?,
-            ),
-            None => (margin_gradient, ReluBoxGradients::new()),
-        };
-        let (d_weight, d_bias, d_centre, d_radius) = bounds.backward(&ibp_gradient)?;
+        let (d_weight, d_bias, d_centre, d_radius) = bounds.backward(&margin_gradient)?;
         gradients.add(weight, d_weight)?;
         gradients.add(bias, d_bias)?;
         robust = Some(RobustTop {
