@@ -169,12 +169,29 @@ impl<'a> CrownNet<'a> {
         spec: &Tensor,
         ibp_margins: &Tensor,
         labels: &[u32],
-        (beta, box_weight): (f64, f64),
+        weights: (f64, f64),
         gradients: &mut Gradients,
         sums: &mut BatchNormSums,
     ) -> Result<CrownIbpTerm, TrainError> {
         let (batch, specs, _) = spec.dims3()?;
         let chunk = chunk_samples(batch, specs);
+        self.robust_term_in_chunks(spec, ibp_margins, labels, weights, gradients, sums, chunk)
+    }
+
+    /// [`CrownNet::robust_term`] `chunk` samples at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn robust_term_in_chunks(
+        &self,
+        spec: &Tensor,
+        ibp_margins: &Tensor,
+        labels: &[u32],
+        (beta, box_weight): (f64, f64),
+        gradients: &mut Gradients,
+        sums: &mut BatchNormSums,
+        chunk: usize,
+    ) -> Result<CrownIbpTerm, TrainError> {
+        let (batch, specs, _) = spec.dims3()?;
+        let chunk = chunk.max(1);
         let mut loss = 0.0;
         let mut margin_gradients = Vec::with_capacity(batch.div_ceil(chunk));
         let mut relu_parts: HashMap<usize, (Vec<Tensor>, Vec<Tensor>)> = HashMap::new();
