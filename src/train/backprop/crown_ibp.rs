@@ -2,10 +2,12 @@
 //! from the margin specification down to the input box, with each ReLU relaxed on the interval
 //! pass's box at its input, and the reverse of that pass.
 //!
-//! The bound pass walks the layers top-down carrying coefficients `A` (`[B·S, …]`, a row per
-//! margin) and a constant per row; the bound is the constant plus the minimum of the input
-//! coefficients over the input box. Its reverse walks bottom-up carrying the gradient of the
-//! coefficients, reading the coefficients each step kept: weights get their gradients from the
+//! The bound pass walks the layers top-down carrying coefficients `A` (`[n·S, …]`, a row per
+//! margin of each of a chunk's `n` samples) and a constant per row; the bound is the constant
+//! plus the minimum of the input coefficients over the input box. Its reverse walks bottom-up
+//! carrying the gradient of the coefficients, reading (and then dropping) the coefficients each
+//! step kept. A chunk's reverse runs right after its bounds (each sample's loss gradient depends
+//! on its own margins alone), so one chunk's coefficients are alive at a time: weights get their gradients from the
 //! coefficient maps, biases (and BatchNorm's shift) from the constants, BatchNorm's scale and
 //! shift sums go to the clean pass's BatchNorm backward, and each ReLU hands the gradient of
 //! its relaxation's upper slope and intercept to the interval pass's backward as a gradient of
@@ -15,6 +17,7 @@ use super::Gradients;
 use super::clean::{BatchNormAffine, BatchNormSums, accumulate_sums};
 use super::conv::{convolve, kernel_gradient};
 use super::interval::BoxSaved;
+use super::loss::{robust_cross_entropy_gradient, scaled};
 use crate::kernels::{
     channel_affine, channel_dot, channel_gradient_sums, conv_transpose2d, crown_box_minimum,
     crown_box_minimum_gradient, crown_relu_step, crown_relu_step_gradient, linear,
@@ -32,20 +35,48 @@ pub(super) type ReluBoxGradients = HashMap<usize, (Tensor, Tensor)>;
 /// A channel-affine map's per-channel scale and shift.
 type ChannelMap = (Vec<f32>, Vec<f32>);
 
-/// CROWN's lower bounds on the margins and what the reverse pass reads.
-pub(super) struct CrownPass {
-    /// Per layer, the coefficients of its output that its backward step read, `[B·S, …]`.
-    kept: Vec<Tensor>,
-    /// The coefficients of the input, `[B, S, …]`.
-    input_coefficients: Tensor,
-    /// Centre and radius of the input box.
-    input: (Tensor, Tensor),
-    /// Per layer, the channel-affine map CROWN stepped through (Normalize, BatchNorm).
+/// CROWN's view of a net for one step: its layers and activation shapes, each channel-affine
+/// layer's map, each ReLU's input box from the interval pass and the input box, all over the
+/// whole batch; [`CrownNet::robust_term`] bounds the batch chunk by chunk.
+pub(super) struct CrownNet<'a> {
+    layers: &'a [Layer],
+    shapes: &'a [ActivationShape],
+    /// Per layer, the channel-affine map CROWN steps through (Normalize, BatchNorm).
     affine: HashMap<usize, ChannelMap>,
-    /// Per ReLU layer, the box at its input it was relaxed on.
+    /// Per ReLU layer, the box at its input it is relaxed on, `[B, …]`.
     relu_boxes: HashMap<usize, (Tensor, Tensor)>,
-    /// The margins' lower bounds `[B, S]`.
-    pub(super) margins: Tensor,
+    /// Centre and radius of the input box, `[B, …]`.
+    input: (Tensor, Tensor),
+}
+
+/// CROWN-IBP's robust loss over a batch and what the rest of the reverse pass reads.
+pub(super) struct CrownIbpTerm {
+    /// The robust cross-entropy of the mixed margins (mean over the batch, unweighted).
+    pub(super) loss: f64,
+    /// The gradient of the weighted loss in the mixed margins, `[B, S]`.
+    pub(super) margin_gradient: Tensor,
+    /// The gradients of the ReLU input boxes through CROWN's relaxations.
+    pub(super) relu_gradients: ReluBoxGradients,
+}
+
+/// One chunk's CROWN lower bounds on the margins and what its reverse reads.
+struct CrownPass {
+    /// Per layer, the coefficients of its output that its backward step read, `[R, …]`.
+    kept: Vec<Tensor>,
+    /// The coefficients of the input, `[n, S, …]`.
+    input_coefficients: Tensor,
+    /// The chunk's first sample and sample count.
+    samples: (usize, usize),
+    /// The margins' lower bounds `[n, S]`.
+    margins: Tensor,
+}
+
+/// Samples per chunk of CROWN's pass over a batch of `batch` samples with `specs` margin rows
+/// each: a chunk carries about as many coefficient rows as the batch has samples, so each of
+/// its coefficient maps is the size of one of the batch's activations (the interval pass keeps
+/// two per layer) rather than `specs` times that.
+fn chunk_samples(batch: usize, specs: usize) -> usize {
+    batch.div_ceil(specs.max(1)).max(1)
 }
 
 /// The scale and shift of layer `index` if it is a channel-affine map.
@@ -81,28 +112,125 @@ fn per_sample(coefficients: &Tensor, batch: usize) -> Result<Tensor, TrainError>
     Ok(coefficients.reshape(split)?)
 }
 
-/// The ReLU input box the interval pass kept at layer `index`.
-fn relu_box(boxes: &[BoxSaved], index: usize) -> Result<(&Tensor, &Tensor), TrainError> {
-    match boxes.get(index) {
-        Some(BoxSaved::Relu { centre, radius }) => Ok((centre, radius)),
-        _ => Err(TrainError::internal(format!(
-            "no interval box kept for the ReLU at layer {index}"
-        ))),
-    }
+/// Samples `start..start + count` of a `[B, …]` tensor.
+fn samples_of(t: &Tensor, (start, count): (usize, usize)) -> Result<Tensor, TrainError> {
+    Ok(t.narrow(0, start, count)?)
 }
 
-impl CrownPass {
-    /// CROWN's lower bounds of `spec · logits` (`spec` `[B, S, K]`) over the box `input`
-    /// (centre, radius), each ReLU relaxed on the box the interval pass kept at its input
-    /// (`boxes`), BatchNorm at
-    /// the clean batch's maps; `shapes` are the net's activation shapes.
-    pub(super) fn forward(
-        layers: &[Layer],
-        shapes: &[ActivationShape],
-        spec: &Tensor,
-        (boxes, input): (&[BoxSaved], (Tensor, Tensor)),
+impl<'a> CrownNet<'a> {
+    /// CROWN over `layers` (activation shapes `shapes`) from the box `[lower, upper]`, each ReLU
+    /// relaxed on the box the interval pass kept at its input (`boxes`), BatchNorm at the clean
+    /// batch's maps.
+    pub(super) fn new(
+        layers: &'a [Layer],
+        shapes: &'a [ActivationShape],
+        boxes: &[BoxSaved],
+        (lower, upper): (&Tensor, &Tensor),
         batch_norms: &HashMap<usize, BatchNormAffine>,
-    ) -> Result<CrownPass, TrainError> {
+    ) -> Result<CrownNet<'a>, TrainError> {
+        let mut affine = HashMap::new();
+        let mut relu_boxes = HashMap::new();
+        for (index, layer) in layers.iter().enumerate() {
+            if let Some(map) = affine_map(layer, index, batch_norms)? {
+                affine.insert(index, map);
+            }
+            if let Layer::Relu = layer {
+                match boxes.get(index) {
+                    Some(BoxSaved::Relu { centre, radius }) => {
+                        relu_boxes.insert(index, (centre.clone(), radius.clone()));
+                    }
+                    _ => {
+                        return Err(TrainError::internal(format!(
+                            "no interval box kept for the ReLU at layer {index}"
+                        )));
+                    }
+                }
+            }
+        }
+        let centre = ((upper + lower)? * 0.5)?;
+        let radius = ((upper - lower)? * 0.5)?;
+        Ok(CrownNet {
+            layers,
+            shapes,
+            affine,
+            relu_boxes,
+            input: (centre, radius),
+        })
+    }
+
+    /// CROWN-IBP's robust loss of the margins `β·CROWN + (1 − β)·IBP` (`ibp_margins` `[B, S]`)
+    /// of `spec · logits` (`spec` `[B, S, K]`), weighted by `box_weight` in the step's loss,
+    /// and its reverse: a chunk of samples at a time, CROWN's bounds, the loss's gradient in
+    /// them (each sample's depends on its own margins alone), and the reverse pass, so only one
+    /// chunk's coefficient maps are ever alive. Every parameter's gradient goes into
+    /// `gradients`, BatchNorm's scale and shift sums into `sums`.
+    pub(super) fn robust_term(
+        &self,
+        spec: &Tensor,
+        ibp_margins: &Tensor,
+        labels: &[u32],
+        weights: (f64, f64),
+        gradients: &mut Gradients,
+        sums: &mut BatchNormSums,
+    ) -> Result<CrownIbpTerm, TrainError> {
+        let (batch, specs, _) = spec.dims3()?;
+        let chunk = chunk_samples(batch, specs);
+        self.robust_term_in_chunks(spec, ibp_margins, labels, weights, gradients, sums, chunk)
+    }
+
+    /// [`CrownNet::robust_term`] `chunk` samples at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn robust_term_in_chunks(
+        &self,
+        spec: &Tensor,
+        ibp_margins: &Tensor,
+        labels: &[u32],
+        (beta, box_weight): (f64, f64),
+        gradients: &mut Gradients,
+        sums: &mut BatchNormSums,
+        chunk: usize,
+    ) -> Result<CrownIbpTerm, TrainError> {
+        let (batch, specs, _) = spec.dims3()?;
+        let chunk = chunk.max(1);
+        let mut loss = 0.0;
+        let mut margin_gradients = Vec::with_capacity(batch.div_ceil(chunk));
+        let mut relu_parts: HashMap<usize, (Vec<Tensor>, Vec<Tensor>)> = HashMap::new();
+        for start in (0..batch).step_by(chunk) {
+            let samples = (start, chunk.min(batch - start));
+            let crown = self.forward(&samples_of(spec, samples)?, samples)?;
+            let margins =
+                ((&crown.margins * beta)? + (samples_of(ibp_margins, samples)? * (1.0 - beta))?)?;
+            let labels = &labels[start..start + samples.1];
+            let (part, gradient) =
+                robust_cross_entropy_gradient(&margins.to_vec2::<f32>()?, labels, batch)?;
+            loss += part;
+            let gradient = Tensor::from_vec(
+                scaled(&gradient, box_weight),
+                (samples.1, specs),
+                spec.device(),
+            )?;
+            let boxes = crown.backward(self, &(&gradient * beta)?, gradients, sums)?;
+            for (index, (d_centre, d_radius)) in boxes {
+                let parts = relu_parts.entry(index).or_default();
+                parts.0.push(d_centre);
+                parts.1.push(d_radius);
+            }
+            margin_gradients.push(gradient);
+        }
+        let mut relu_gradients = ReluBoxGradients::new();
+        for (index, (centres, radii)) in relu_parts {
+            relu_gradients.insert(index, (Tensor::cat(&centres, 0)?, Tensor::cat(&radii, 0)?));
+        }
+        Ok(CrownIbpTerm {
+            loss,
+            margin_gradient: Tensor::cat(&margin_gradients, 0)?,
+            relu_gradients,
+        })
+    }
+
+    /// CROWN's lower bounds of `spec · logits` (`spec` `[n, S, K]`) for the batch's samples
+    /// `samples` (first, count).
+    fn forward(&self, spec: &Tensor, samples: (usize, usize)) -> Result<CrownPass, TrainError> {
         let (batch, specs, classes) = spec.dims3()?;
         let rows = batch * specs;
         let mut a = spec.reshape((rows, classes))?;
@@ -112,11 +240,10 @@ impl CrownPass {
                 *c += t;
             }
         };
+        let layers = self.layers;
         let mut kept = vec![a.clone(); layers.len()];
-        let mut affine = HashMap::new();
-        let mut relu_boxes = HashMap::new();
         for (index, layer) in layers.iter().enumerate().rev() {
-            let in_dims = with_rows(rows, &shapes[index]);
+            let in_dims = with_rows(rows, &self.shapes[index]);
             kept[index] = a.clone();
             a = match layer {
                 Layer::Linear { weight, bias } => {
@@ -133,67 +260,87 @@ impl CrownPass {
                     transposed_convolution(&a, &weight.detach(), (*stride, *padding), &in_dims)?
                 }
                 Layer::Normalize { .. } | Layer::BatchNorm { .. } => {
-                    let (scale, shift) = affine_map(layer, index, batch_norms)?
-                        .expect("normalisations are channel-affine");
-                    add(&mut constant, channel_dot(&a, &shift)?);
+                    let (scale, shift) = &self.affine[&index];
+                    add(&mut constant, channel_dot(&a, shift)?);
                     let device = a.device().clone();
-                    let stepped = channel_affine(
+                    channel_affine(
                         &a,
                         &Tensor::new(scale.as_slice(), &device)?,
                         &Tensor::zeros(scale.len(), candle_core::DType::F32, &device)?,
-                    )?;
-                    affine.insert(index, (scale, shift));
-                    stepped
+                    )?
                 }
                 Layer::Relu => {
-                    let (centre, radius) = relu_box(boxes, index)?;
-                    let (stepped, term) = crown_relu_step(&per_sample(&a, batch)?, centre, radius)?;
+                    let (centre, radius) = &self.relu_boxes[&index];
+                    let (stepped, term) = crown_relu_step(
+                        &per_sample(&a, batch)?,
+                        &samples_of(centre, samples)?,
+                        &samples_of(radius, samples)?,
+                    )?;
                     add(&mut constant, term.flatten_all()?.to_vec1()?);
-                    relu_boxes.insert(index, (centre.clone(), radius.clone()));
                     stepped.reshape(in_dims)?
                 }
                 Layer::Flatten => a.reshape(in_dims)?,
             };
         }
         let input_coefficients = per_sample(&a, batch)?;
-        let minimum = crown_box_minimum(&input_coefficients, &input.0, &input.1)?;
+        drop(a);
+        let (centre, radius) = &self.input;
+        let minimum = crown_box_minimum(
+            &input_coefficients,
+            &samples_of(centre, samples)?,
+            &samples_of(radius, samples)?,
+        )?;
         let constant = Tensor::from_vec(constant, (batch, specs), spec.device())?;
         Ok(CrownPass {
             kept,
             input_coefficients,
-            input,
-            affine,
-            relu_boxes,
+            samples,
             margins: (minimum + constant)?,
         })
     }
+}
 
-    /// The reverse pass from the margins' gradient `[B, S]`: every parameter's gradient into
-    /// `gradients`, BatchNorm's scale and shift sums into `sums`; returns the gradients of the
-    /// ReLU input boxes, for the interval pass's backward.
-    pub(super) fn backward(
-        &self,
-        layers: &[Layer],
+impl CrownPass {
+    /// The reverse pass from the margins' gradient `[n, S]`, each layer's coefficients dropped
+    /// once its step has read them: every parameter's gradient into `gradients`, BatchNorm's
+    /// scale and shift sums into `sums`; returns the gradients of the chunk's ReLU input boxes,
+    /// for the interval pass's backward.
+    fn backward(
+        self,
+        net: &CrownNet<'_>,
         d_margins: &Tensor,
         gradients: &mut Gradients,
         sums: &mut BatchNormSums,
     ) -> Result<ReluBoxGradients, TrainError> {
+        let CrownPass {
+            kept,
+            input_coefficients,
+            samples,
+            ..
+        } = self;
         let batch = d_margins.dim(0)?;
         let rows = d_margins.elem_count();
-        let (centre, radius) = &self.input;
-        let d_input =
-            crown_box_minimum_gradient(&self.input_coefficients, centre, radius, d_margins)?;
+        let (centre, radius) = &net.input;
+        let d_input = crown_box_minimum_gradient(
+            &input_coefficients,
+            &samples_of(centre, samples)?,
+            &samples_of(radius, samples)?,
+            d_margins,
+        )?;
+        drop(input_coefficients);
         let mut g = d_input.reshape(row_dims(&d_input, rows))?;
+        drop(d_input);
         let d_constant = d_margins.flatten_all()?;
         let mut boxes = ReluBoxGradients::new();
+        let layers = net.layers;
         let top = layers.len() - 1;
-        for (index, layer) in layers.iter().enumerate() {
-            let a = &self.kept[index];
+        for ((index, layer), a) in layers.iter().enumerate().zip(kept) {
             g = match layer {
                 Layer::Linear { weight, bias } => {
-                    gradients.add(weight, linear_weight_gradient(&g, a)?)?;
-                    let d_bias = weighted_channel_sums(a, &d_constant)?;
+                    gradients.add(weight, linear_weight_gradient(&g, &a)?)?;
+                    let d_bias = weighted_channel_sums(&a, &d_constant)?;
                     gradients.add(bias, Tensor::new(d_bias.as_slice(), a.device())?)?;
+                    drop(a);
                     if index == top {
                         break;
                     }
@@ -209,25 +356,28 @@ impl CrownPass {
                 } => {
                     let (through, kept_input) =
                         convolve(g, &weight.detach(), None, (*stride, *padding), true)?;
-                    gradients.add(weight, kernel_gradient(&kept_input, a, weight.dim(2)?)?)?;
-                    let d_bias = weighted_channel_sums(a, &d_constant)?;
+                    gradients.add(weight, kernel_gradient(&kept_input, &a, weight.dim(2)?)?)?;
+                    drop(kept_input);
+                    let d_bias = weighted_channel_sums(&a, &d_constant)?;
                     gradients.add(bias, Tensor::new(d_bias.as_slice(), a.device())?)?;
+                    drop(a);
                     scale_and_add_outer(&through, None, &d_constant, &bias.to_vec1()?)?
                 }
                 Layer::Normalize { .. } | Layer::BatchNorm { .. } => {
-                    let (scale, shift) = &self.affine[&index];
+                    let (scale, shift) = &net.affine[&index];
                     if let Layer::BatchNorm { .. } = layer {
-                        let (d_scale, _) = channel_gradient_sums(a, scale, shift, &g, false)?;
-                        let d_shift = weighted_channel_sums(a, &d_constant)?;
+                        let (d_scale, _) = channel_gradient_sums(&a, scale, shift, &g, false)?;
+                        let d_shift = weighted_channel_sums(&a, &d_constant)?;
                         accumulate_sums(sums, index, (d_scale, d_shift));
                     }
+                    drop(a);
                     scale_and_add_outer(&g, Some(scale), &d_constant, shift)?
                 }
                 Layer::Relu => {
-                    let (centre, radius) = &self.relu_boxes[&index];
+                    let (centre, radius) = &net.relu_boxes[&index];
                     let (through, d_centre, d_radius) = crown_relu_step_gradient(
-                        &per_sample(a, batch)?,
-                        (centre, radius),
+                        &per_sample(&a, batch)?,
+                        (&samples_of(centre, samples)?, &samples_of(radius, samples)?),
                         &per_sample(&g, batch)?,
                         d_margins,
                     )?;

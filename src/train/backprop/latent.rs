@@ -83,13 +83,15 @@ impl LatentPart<'_> {
                 .sum(1)?
                 .reshape((samples, rows))?
                 .to_vec2::<f32>()?;
-            let (group_loss, margin_gradient) =
-                robust_cross_entropy_gradient(&group_margins, &labels[first..first + samples])?;
-            // The group's mean joins the batch's mean with weight samples / B.
-            let share = samples as f64 / batch as f64;
-            loss += share * group_loss;
+            let (group_loss, margin_gradient) = robust_cross_entropy_gradient(
+                &group_margins,
+                &labels[first..first + samples],
+                batch,
+            )?;
+            // The group's share of the batch's mean.
+            loss += group_loss;
             let margin_gradient = Tensor::from_vec(
-                scaled(&margin_gradient, share * weight),
+                scaled(&margin_gradient, weight),
                 (samples * rows, 1),
                 centre.device(),
             )?;

@@ -17,7 +17,18 @@ pub(super) fn cross_entropy_gradient(
     logits: &[Vec<f32>],
     labels: &[u32],
 ) -> Result<(f64, Vec<f32>), TrainError> {
-    let batch = logits.len().max(1) as f64;
+    cross_entropy_part_gradient(logits, labels, logits.len())
+}
+
+/// The cross-entropy of `logits` rows, part of a batch of `batch` samples, summed and divided
+/// by `batch`, and its gradient `(softmax − onehot)/batch`: the rows' share of the batch's mean
+/// and of its gradient.
+fn cross_entropy_part_gradient(
+    logits: &[Vec<f32>],
+    labels: &[u32],
+    batch: usize,
+) -> Result<(f64, Vec<f32>), TrainError> {
+    let batch = batch.max(1) as f64;
     let mut loss = 0.0;
     let mut gradient = Vec::with_capacity(logits.len() * logits.first().map_or(0, Vec::len));
     for (row, &label) in logits.iter().zip(labels) {
@@ -42,11 +53,13 @@ pub(super) fn cross_entropy_gradient(
     Ok((loss / batch, gradient))
 }
 
-/// Robust cross-entropy of margin lower bounds `[B, K−1]` (logit `0` for the label, `−m` for
-/// the others, placed as `bounds::robust_logits` places them) and its gradient in the margins.
+/// Robust cross-entropy of margin lower bounds `[n, K−1]` (logit `0` for the label, `−m` for
+/// the others, placed as `bounds::robust_logits` places them) of `n` samples of a batch of
+/// `batch`, and its gradient in the margins: their share of the batch's mean and its gradient.
 pub(super) fn robust_cross_entropy_gradient(
     margins: &[Vec<f32>],
     labels: &[u32],
+    batch: usize,
 ) -> Result<(f64, Vec<f32>), TrainError> {
     let logits: Vec<Vec<f32>> = margins
         .iter()
@@ -59,7 +72,7 @@ pub(super) fn robust_cross_entropy_gradient(
             logits
         })
         .collect();
-    let (loss, logit_gradient) = cross_entropy_gradient(&logits, labels)?;
+    let (loss, logit_gradient) = cross_entropy_part_gradient(&logits, labels, batch)?;
     let classes = margins.first().map_or(1, |row| row.len() + 1);
     let mut gradient = Vec::with_capacity(margins.len() * (classes - 1));
     for (row, &label) in logit_gradient.chunks(classes).zip(labels) {

@@ -38,7 +38,7 @@ use crate::kernels::{BoxGradient, l1_penalty_gradient};
 use crate::model::{Layer, Net};
 use candle_core::{Tensor, TensorId};
 use clean::{BatchNormAffine, BatchNormSums, BatchNorms, CleanPass, CleanSaved};
-use crown_ibp::{CrownPass, ReluBoxGradients};
+use crown_ibp::{CrownNet, ReluBoxGradients};
 pub(crate) use input::{InputGradientPass, fixed_batch_norms};
 use interval::{BoxSaved, MarginBounds};
 use latent::LatentPart;
@@ -406,17 +406,6 @@ pub fn loss_and_gradients(
             None
         };
         let spec = margin_spec(labels, classes)?;
-        let crown = match objective.crown_weight() {
-            Some(beta) => {
-                let centre = ((&input.upper + &input.lower)? * 0.5)?;
-                let radius = ((&input.upper - &input.lower)? * 0.5)?;
-                let boxes = (pass.saved.as_slice(), (centre, radius));
-                let shapes = net.shapes();
-                let crown = CrownPass::forward(&layers, shapes, &spec, boxes, &clean.batch_norms)?;
-                Some((beta, crown))
-            }
-            None => None,
-        };
         let bounds = MarginBounds::new(
             &pass.centre,
             &pass.radius,
@@ -424,40 +413,71 @@ pub fn loss_and_gradients(
             &bias.detach(),
             spec.clone(),
         )?;
-        let margins = match &crown {
-            Some((beta, crown)) => ((&crown.margins * *beta)? + (&bounds.margins * (1.0 - beta))?)?,
-            None => bounds.margins.clone(),
-        };
-        let (robust_loss, margin_gradient) =
-            robust_cross_entropy_gradient(&margins.to_vec2::<f32>()?, &label_values)?;
         let mut sums = BatchNormSums::new();
-        // TAPS multiplies its loss, its gradient expanded by α, with the IBP loss: each one's
-        // gradient is scaled by the other's value.
-        let (box_weight, latent_gradient) = match latent {
-            Some((split, expansion, attack)) => {
-                let part = LatentPart {
-                    layers: &layers,
-                    split,
-                    attack,
-                    batch_norms: &fixed,
-                };
-                let latent_box = pass.kept.as_ref().ok_or_else(|| {
-                    TrainError::internal("TAPS' latent box not kept by the interval pass".into())
-                })?;
-                let (taps_loss, box_gradient) = part.loss_and_box_gradient(
-                    (&latent_box.0, &latent_box.1),
-                    (&spec, &label_values),
-                    expansion * robust_loss,
+        let (margin_gradient, mut box_gradients, latent_gradient) = match objective.crown_weight() {
+            Some(beta) => {
+                let crown = CrownNet::new(
+                    &layers,
+                    net.shapes(),
+                    &pass.saved,
+                    (&input.lower, &input.upper),
+                    &clean.batch_norms,
+                )?;
+                let term = crown.robust_term(
+                    &spec,
+                    &bounds.margins,
+                    &label_values,
+                    (beta, box_weight),
                     &mut gradients,
                     &mut sums,
-                    rng,
                 )?;
-                loss += taps_loss * robust_loss;
-                (taps_loss, Some((split, box_gradient)))
+                loss += box_weight * term.loss;
+                (
+                    (&term.margin_gradient * (1.0 - beta))?,
+                    term.relu_gradients,
+                    None,
+                )
             }
             None => {
-                loss += box_weight * robust_loss;
-                (box_weight, None)
+                let (robust_loss, margin_gradient) = robust_cross_entropy_gradient(
+                    &bounds.margins.to_vec2::<f32>()?,
+                    &label_values,
+                    batch,
+                )?;
+                // TAPS multiplies its loss, its gradient expanded by α, with the IBP loss: each
+                // one's gradient is scaled by the other's value.
+                let (weight, latent_gradient) = match latent {
+                    Some((split, expansion, attack)) => {
+                        let part = LatentPart {
+                            layers: &layers,
+                            split,
+                            attack,
+                            batch_norms: &fixed,
+                        };
+                        let latent_box = pass.kept.as_ref().ok_or_else(|| {
+                            TrainError::internal(
+                                "TAPS' latent box not kept by the interval pass".into(),
+                            )
+                        })?;
+                        let (taps_loss, box_gradient) = part.loss_and_box_gradient(
+                            (&latent_box.0, &latent_box.1),
+                            (&spec, &label_values),
+                            expansion * robust_loss,
+                            &mut gradients,
+                            &mut sums,
+                            rng,
+                        )?;
+                        (taps_loss, Some((split, box_gradient)))
+                    }
+                    None => (box_weight, None),
+                };
+                loss += weight * robust_loss;
+                let margin_gradient = Tensor::from_vec(
+                    scaled(&margin_gradient, weight),
+                    (batch, classes - 1),
+                    images.device(),
+                )?;
+                (margin_gradient, ReluBoxGradients::new(), latent_gradient)
             }
         };
         let shi_gradients = match shi {
@@ -467,24 +487,7 @@ pub fn loss_and_gradients(
             }
             None => HashMap::new(),
         };
-        let margin_gradient = Tensor::from_vec(
-            scaled(&margin_gradient, box_weight),
-            (batch, classes - 1),
-            images.device(),
-        )?;
-        let (ibp_gradient, mut box_gradients) = match &crown {
-            Some((beta, crown)) => (
-                (&margin_gradient * (1.0 - beta))?,
-                crown.backward(
-                    &layers,
-                    &(&margin_gradient * *beta)?,
-                    &mut gradients,
-                    &mut sums,
-                )?,
-            ),
-            None => (margin_gradient, ReluBoxGradients::new()),
-        };
-        let (d_weight, d_bias, mut d_centre, mut d_radius) = bounds.backward(&ibp_gradient)?;
+        let (d_weight, d_bias, mut d_centre, mut d_radius) = bounds.backward(&margin_gradient)?;
         gradients.add(weight, d_weight)?;
         gradients.add(bias, d_bias)?;
         match latent_gradient {

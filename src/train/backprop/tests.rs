@@ -280,6 +280,89 @@ fn crown_ibp_reverse_pass_matches_autograd_for_every_beta() {
     }
 }
 
+/// CROWN-IBP's robust term one sample at a time, three at a time and the whole batch at once:
+/// the same loss, margin gradient, ReLU box gradients, parameter gradients and BatchNorm sums.
+#[test]
+fn crown_ibp_robust_term_does_not_depend_on_its_chunks() {
+    for (spec_index, spec) in specs().iter().enumerate() {
+        let mut net = network(spec);
+        let layers = net.layers().to_vec();
+        let classes = net.num_classes();
+        let (images, labels) = batch(spec, classes);
+        let label_values = labels.to_vec1::<u32>().unwrap();
+        let samples = images.dim(0).unwrap();
+        let clean = clean::forward(BatchNorms::Own(&mut net), &layers, &images, true).unwrap();
+        let input = Interval::linf_ball(&images, 0.05).unwrap();
+        let pass =
+            interval::forward(&layers, (&input.lower, &input.upper), &clean.batch_norms).unwrap();
+        let specification = margin_spec(&labels, classes).unwrap();
+        let ibp_margins = Tensor::rand(-1f32, 1f32, (samples, classes - 1), &Device::Cpu).unwrap();
+        let crown = CrownNet::new(
+            &layers,
+            net.shapes(),
+            &pass.saved,
+            (&input.lower, &input.upper),
+            &clean.batch_norms,
+        )
+        .unwrap();
+        let run = |chunk: usize| {
+            let mut gradients = Gradients::default();
+            let mut sums = BatchNormSums::new();
+            let term = crown
+                .robust_term_in_chunks(
+                    &specification,
+                    &ibp_margins,
+                    &label_values,
+                    (0.6, 0.8),
+                    &mut gradients,
+                    &mut sums,
+                    chunk,
+                )
+                .unwrap();
+            (term, gradients, sums)
+        };
+        let (whole, whole_gradients, whole_sums) = run(samples);
+        for chunk in [1, 3] {
+            let label = format!("net {spec_index}, chunks of {chunk}");
+            let (term, gradients, sums) = run(chunk);
+            assert!(
+                (term.loss - whole.loss).abs() <= 1e-6 * whole.loss.abs().max(1.0),
+                "{label}: loss {} vs {}",
+                term.loss,
+                whole.loss
+            );
+            let what = format!("{label}: margin gradient");
+            assert_close(&what, &term.margin_gradient, &whole.margin_gradient, 1e-6);
+            assert_eq!(term.relu_gradients.len(), whole.relu_gradients.len());
+            for (index, (d_centre, d_radius)) in &whole.relu_gradients {
+                let (centre, radius) = &term.relu_gradients[index];
+                assert_close(&format!("{label}: ∂centre {index}"), centre, d_centre, 1e-6);
+                assert_close(&format!("{label}: ∂radius {index}"), radius, d_radius, 1e-6);
+            }
+            for layer in &layers {
+                if let Layer::Conv2d { weight, bias, .. } | Layer::Linear { weight, bias } = layer {
+                    for parameter in [weight, bias] {
+                        let expected = whole_gradients.get(parameter).expect("whole gradient");
+                        let got = gradients.get(parameter).expect("chunked gradient");
+                        assert_close(&format!("{label}: parameter"), got, expected, 1e-6);
+                    }
+                }
+            }
+            assert_eq!(sums.len(), whole_sums.len());
+            for (index, (d_scale, d_shift)) in &whole_sums {
+                let (scale, shift) = &sums[index];
+                for (got, expected) in scale.iter().chain(shift).zip(d_scale.iter().chain(d_shift))
+                {
+                    assert!(
+                        (got - expected).abs() <= 2e-4 * expected.abs().max(1e-3),
+                        "{label}: BatchNorm sums at {index}: {got} vs {expected}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn taps_and_staps_reverse_pass_matches_autograd_at_every_split() {
     // (method, split point, ε, gradient expansion, latent steps, L1 weight, Shi weight, ramp
