@@ -293,8 +293,13 @@ fn crown_ibp_robust_term_does_not_depend_on_its_chunks() {
         let samples = images.dim(0).unwrap();
         let clean = clean::forward(BatchNorms::Own(&mut net), &layers, &images, true).unwrap();
         let input = Interval::linf_ball(&images, 0.05).unwrap();
-        let pass =
-            interval::forward(&layers, (&input.lower, &input.upper), &clean.batch_norms).unwrap();
+        let pass = interval::forward(
+            &layers,
+            (&input.lower, &input.upper),
+            &clean.batch_norms,
+            None,
+        )
+        .unwrap();
         let specification = margin_spec(&labels, classes).unwrap();
         let ibp_margins = Tensor::rand(-1f32, 1f32, (samples, classes - 1), &Device::Cpu).unwrap();
         let crown = CrownNet::new(
