@@ -84,6 +84,14 @@ fn check_rungs(dir: &Path, trials: &[StoredTrial], sequential: bool) -> Vec<i64>
             TrialState::Complete
         };
         assert_eq!(trial.state, expected, "trial {}", trial.number);
+        // Rungs below the full budget are scored quick (the default), the last one in full.
+        let scoring = if rung < 2 { "quick" } else { "full" };
+        assert_eq!(
+            trial.user_attr_str(attrs::SCORING),
+            Some(scoring),
+            "trial {}",
+            trial.number
+        );
         // The rung score is the last intermediate value and (one objective) the value.
         let values = trial.values.clone().unwrap();
         assert_eq!(
@@ -191,7 +199,10 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
     };
     let listed = output(&["trials", NAME, "--dir", d]);
     assert!(listed.contains("PRUNED"), "{listed}");
-    let promotion = format!("rung 1 (2 epochs), continues #{}", best.number);
+    let promotion = format!(
+        "rung 1 (2 epochs), continues #{}, quick scoring",
+        best.number
+    );
     assert!(listed.contains(&promotion), "{listed}");
     let status = output(&["status", NAME, "--dir", d]);
     assert!(

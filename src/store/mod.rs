@@ -89,6 +89,11 @@ pub mod attrs {
     /// Multi-fidelity studies: the number of the PRUNED trial whose checkpoint this trial
     /// continues (a promotion to the next rung).
     pub const CONTINUES: &str = "continues_trial";
+    /// Multi-fidelity studies: how the trial's values and accuracies were scored, `quick`
+    /// (rungs below the full budget by default: a cheaper attack, no CROWN) or `full`. A
+    /// promotion's copied earlier intermediate values are rung scores of the study's
+    /// `rung_scoring`; quick and full scores are not comparable.
+    pub const SCORING: &str = "scoring";
     /// Test-set evaluation of the configuration retrained by `cthpo evaluate` (a JSON object).
     pub const TEST_EVALUATION: &str = "test_evaluation";
     /// Trial *system* attribute (Optuna's key): the constraint values of a COMPLETE trial, a

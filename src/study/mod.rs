@@ -12,7 +12,9 @@ pub use driver::{
     Workspace, run_study,
 };
 
-pub use fidelity::{Bracket, Fidelity, FidelityKind, RungEntry, next_promotion, promotion_order};
+pub use fidelity::{
+    Bracket, Fidelity, FidelityKind, RungEntry, RungScoring, next_promotion, promotion_order,
+};
 
 pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, absolute_path,

@@ -3,9 +3,10 @@
 //! cancellation and panics turned into failures instead of crashes.
 
 use super::StudyError;
+use super::fidelity::RungScoring;
 use super::spec::{ObjectiveKind, StudySpec};
 use crate::data::{DataSource, DatasetName};
-use crate::eval::{EvalConfig, evaluate};
+use crate::eval::evaluate;
 use crate::model::{ModelError, Net, NetSpec};
 use crate::train::{
     BatchProgress, CheckpointMetrics, Control, EpochReport, Method, Sidecar, TrainConfig,
@@ -85,6 +86,8 @@ pub struct TrialScores {
     pub train_seconds: f64,
     /// Evaluation wall time.
     pub eval_seconds: f64,
+    /// How the trial was scored (quick below the full budget of a multi-fidelity study).
+    pub scoring: RungScoring,
 }
 
 /// How far a trial trains: up to `until` epochs of the study's schedules (which span the
@@ -313,7 +316,8 @@ fn train_and_score(
         reason: e.to_string(),
     })?;
     let eval_start = Instant::now();
-    let mut eval = EvalConfig::cascade(spec.eps);
+    let scoring = spec.fidelity.scoring_at(segment.until, spec.epochs);
+    let mut eval = scoring.eval_config(spec.eps);
     eval.seed = spec.seed;
     let report = evaluate(
         &net,
@@ -361,5 +365,6 @@ fn train_and_score(
         values,
         train_seconds: summary.seconds,
         eval_seconds: eval_start.elapsed().as_secs_f64(),
+        scoring,
     })
 }
