@@ -11,7 +11,9 @@
 #
 #   benches/fidelity_pair.sh SEED OUT [EXTRA...]      e.g. EXTRA = --objective pareto
 #
-# BUDGET (default 15m) overrides the time budget.
+# Only trials that ended within WITHIN seconds (default 900) of their study's start count in
+# the summary: a study lets its last trial finish after the budget. BUDGET (default 15m)
+# overrides the time budget; set WITHIN to match.
 set -euo pipefail
 seed=${1:?usage: $0 SEED OUT [extra cthpo run arguments]}
 out=${2:?usage: $0 SEED OUT [extra cthpo run arguments]}
@@ -26,5 +28,5 @@ for fidelity in hyperband none; do
         --dir "$out/$fidelity-seed$seed" "$@" >"$out/$fidelity-seed$seed.log" 2>&1 &
 done
 wait
-cd "$root" && cargo run --release --quiet --example study_summary -- \
+cd "$root" && cargo run --release --quiet --example study_summary -- --within "${WITHIN:-900}" \
     "$out/hyperband-seed$seed" "$out/none-seed$seed"
