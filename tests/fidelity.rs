@@ -224,6 +224,48 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("fidelity"));
 }
 
+#[test]
+fn rung_scoring_full_scores_every_rung_in_full_and_needs_rungs() {
+    let dir = temp_dir("full-scoring");
+    let d = dir.to_str().unwrap();
+    let mut args = halving_study(d, "3");
+    args.extend_from_slice(&["--rung-scoring", "full"]);
+    cthpo(&args);
+    let all = trials(&dir);
+    assert_eq!(all.len(), 3);
+    for trial in &all {
+        assert_eq!(trial.state, TrialState::Pruned);
+        assert_eq!(trial.user_attr_str(attrs::SCORING), Some("full"));
+    }
+    // The setting is stored with the study: a quick-scored run under the name is refused.
+    let refused = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(halving_study(d, "4"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rung_scoring"));
+    // Quick scoring without rungs is refused before any work.
+    let mut none = halving_study(d, "1");
+    none[4] = "none";
+    none.extend_from_slice(&["--rung-scoring", "quick", "--name", "no-rungs"]);
+    let refused = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(&none)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("rung_scoring"), "{stderr}");
+    assert!(
+        !study_exists(&dir, "no-rungs"),
+        "a refused setting starts no study"
+    );
+}
+
+fn study_exists(dir: &Path, name: &str) -> bool {
+    let store = Store::open_existing_at(&Storage::sqlite_in(dir), dir).unwrap();
+    store.study_by_name(name).unwrap().is_some()
+}
+
 /// Two `cthpo run` processes share one successive-halving study of 16 trials in `dir` (and
 /// `extra` arguments, e.g. a storage): no trial is continued twice, and promotions happened.
 fn two_processes_share_a_study(dir: &Path, extra: &[&str]) {
