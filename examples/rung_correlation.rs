@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example rung_correlation -- [--method ibp] [--configs 20]
 //! [--epochs 9] [--min-epochs 1] [--eta 3] [--train-samples 5000] [--val-samples 300]
-//! [--eps 0.1] [--seed 0] [--per-rung] [--from 0] [--rows-only]`
+//! [--eps 0.1] [--seed 0] [--per-rung] [--from 0] [--rows-only] [--reached-eps]`
 //!
 //! Each configuration trains with the schedules of the full budget and is scored (weighted
 //! objective: natural + PGD + certified accuracy, on the validation split) at every rung, as a
@@ -16,6 +16,8 @@
 //! seconds each scoring took. `--from F` starts at configuration F (of the same sequence), and
 //! `--rows-only` prints only the rows, so several processes can share the configurations;
 //! feed their rows back with `--rows FILE` (no training) for the correlations.
+//! `--reached-eps` also scores each rung below the full budget quick at the ε its schedule has
+//! reached by then (at least 1 % of ε) instead of the study's ε: a third value per cell.
 
 #[path = "common/args.rs"]
 mod args;
@@ -27,7 +29,7 @@ use cthpo::model::{Net, NetSpec};
 use cthpo::opt::{Optimizer, OptimizerOptions};
 use cthpo::space::{Space, to_json_map};
 use cthpo::study::{Fidelity, FidelityKind, RungScoring};
-use cthpo::train::{Method, NoObserver, TrainConfig, TrainOptions, fit_epochs};
+use cthpo::train::{Method, NoObserver, Schedule, TrainConfig, TrainOptions, fit_epochs};
 
 fn main() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
@@ -55,9 +57,16 @@ fn main() {
     let per_rung = args.has("--per-rung");
     let from: u64 = args.parsed("--from", "0");
     let rows_only = args.has("--rows-only");
+    let reached_eps = args.has("--reached-eps");
     if let Some(file) = args.optional("--rows") {
-        let (scores, quick) = read_rows(&file);
-        correlations(&fidelity.rung_epochs(epochs), &scores, &quick, &[]);
+        let (scores, quick, reached) = read_rows(&file);
+        correlations(
+            &fidelity.rung_epochs(epochs),
+            &scores,
+            &quick,
+            &reached,
+            &[],
+        );
         return;
     }
     let splits = load(DatasetName::Mnist, &DataSource::default()).expect("embedded MNIST");
@@ -77,7 +86,8 @@ fn main() {
     let rungs = fidelity.rung_epochs(epochs);
     // Seconds spent in each scoring, below the full budget.
     let mut seconds = [0.0f64; 2];
-    let score = |net: &Net, scoring: RungScoring| {
+    let train_count = images.dim(0).expect("training images");
+    let score_at = |net: &Net, scoring: RungScoring, eps: f64| {
         let mut eval: EvalConfig = scoring.eval_config(eps);
         eval.seed = seed;
         let r = evaluate(net, &val_images, &val_labels, &eval, |_, _| {}).expect("evaluation");
@@ -86,11 +96,13 @@ fn main() {
             r.seconds,
         )
     };
+    let score = |net: &Net, scoring: RungScoring| score_at(net, scoring, eps);
     // scores[c][r]: configuration c at rung r (mid-schedule, full scoring); quick[c][r] the
     // same scored quick (the full budget scored in full); separate[c][r]: rung r trained alone
     // with its own schedules.
     let mut scores: Vec<Vec<f64>> = Vec::new();
     let mut quick: Vec<Vec<f64>> = Vec::new();
+    let mut reached: Vec<Vec<f64>> = Vec::new();
     let mut separate: Vec<Vec<f64>> = Vec::new();
     if !rows_only {
         println!(
@@ -117,6 +129,15 @@ fn main() {
         let mut state = None;
         let mut row = Vec::new();
         let mut quick_row = Vec::new();
+        let mut reached_row = Vec::new();
+        let steps_per_epoch = train_count.div_ceil(config.batch_size.min(train_count));
+        let schedule = Schedule::new(
+            &config,
+            method != Method::Standard,
+            eps,
+            epochs,
+            steps_per_epoch,
+        );
         for &until in &rungs {
             let result = fit_epochs(
                 &mut net,
@@ -138,8 +159,17 @@ fn main() {
                         quick_row.push(cheap);
                         seconds[0] += full_seconds;
                         seconds[1] += cheap_seconds;
+                        if reached_eps {
+                            let values = schedule.at(until * steps_per_epoch - 1);
+                            let share = values.eps / schedule.train_eps();
+                            let at = eps * share.max(0.01);
+                            reached_row.push(score_at(&net, RungScoring::Quick, at).0);
+                        }
                     } else {
                         quick_row.push(full);
+                        if reached_eps {
+                            reached_row.push(full);
+                        }
                     }
                 }
                 Err(_) => break,
@@ -182,12 +212,19 @@ fn main() {
             "| {c} | {} |",
             row.iter()
                 .zip(&quick_row)
-                .map(|(full, quick)| format!("{full:.3} / {quick:.3}"))
+                .enumerate()
+                .map(|(r, (full, quick))| match reached_row.get(r) {
+                    Some(at) => format!("{full:.3} / {quick:.3} / {at:.3}"),
+                    None => format!("{full:.3} / {quick:.3}"),
+                })
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
         scores.push(row);
         quick.push(quick_row);
+        if reached_eps {
+            reached.push(reached_row);
+        }
     }
     if rows_only {
         return;
@@ -196,6 +233,7 @@ fn main() {
         &rungs,
         &scores,
         &quick,
+        &reached,
         if per_rung { &separate } else { &[] },
     );
     println!(
@@ -205,8 +243,15 @@ fn main() {
 }
 
 /// Prints the Spearman correlation of every rung below the full budget with the full budget:
-/// full scoring, quick scoring, and (when given) each rung trained alone.
-fn correlations(rungs: &[usize], scores: &[Vec<f64>], quick: &[Vec<f64>], separate: &[Vec<f64>]) {
+/// full scoring, quick scoring, and (when given) quick scoring at the reached ε and each rung
+/// trained alone.
+fn correlations(
+    rungs: &[usize],
+    scores: &[Vec<f64>],
+    quick: &[Vec<f64>],
+    reached: &[Vec<f64>],
+    separate: &[Vec<f64>],
+) {
     let last = rungs.len() - 1;
     let column = |table: &[Vec<f64>], r: usize| table.iter().map(|row| row[r]).collect::<Vec<_>>();
     for (r, budget) in rungs.iter().enumerate().take(last) {
@@ -221,6 +266,13 @@ fn correlations(rungs: &[usize], scores: &[Vec<f64>], quick: &[Vec<f64>], separa
             rungs[last],
             spearman(&column(quick, r), &column(scores, last)),
         );
+        if !reached.is_empty() {
+            println!(
+                "Spearman(rung {budget} ep mid-schedule quick scoring at the reached ε, {} ep) = {:.3}",
+                rungs[last],
+                spearman(&column(reached, r), &column(scores, last)),
+            );
+        }
         if !separate.is_empty() {
             println!(
                 "Spearman(rung {budget} ep own schedule, {} ep) = {:.3}",
@@ -231,10 +283,14 @@ fn correlations(rungs: &[usize], scores: &[Vec<f64>], quick: &[Vec<f64>], separa
     }
 }
 
-/// Full and quick scores from the rows `| c | full / quick | ... |` of earlier runs.
-fn read_rows(file: &str) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+/// Scores per configuration (rows) and rung (columns).
+type Table = Vec<Vec<f64>>;
+
+/// Full, quick and (if present) reached-ε scores from the rows
+/// `| c | full / quick [/ reached] | ... |` of earlier runs.
+fn read_rows(file: &str) -> (Table, Table, Table) {
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let (mut scores, mut quick) = (Vec::new(), Vec::new());
+    let (mut scores, mut quick, mut reached) = (Vec::new(), Vec::new(), Vec::new());
     for line in text.lines() {
         let cells: Vec<&str> = line
             .trim()
@@ -245,20 +301,21 @@ fn read_rows(file: &str) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
         if cells.len() < 2 || cells[0].parse::<u64>().is_err() {
             continue;
         }
-        let pairs: Vec<(f64, f64)> = cells[1..]
+        let values: Vec<Vec<f64>> = cells[1..]
             .iter()
             .map(|cell| {
-                let (full, cheap) = cell.split_once('/').expect("full / quick");
-                (
-                    full.trim().parse().expect("a score"),
-                    cheap.trim().parse().expect("a score"),
-                )
+                cell.split('/')
+                    .map(|v| v.trim().parse().expect("a score"))
+                    .collect()
             })
             .collect();
-        scores.push(pairs.iter().map(|p| p.0).collect());
-        quick.push(pairs.iter().map(|p| p.1).collect());
+        scores.push(values.iter().map(|v| v[0]).collect());
+        quick.push(values.iter().map(|v| v[1]).collect());
+        if values.iter().all(|v| v.len() > 2) {
+            reached.push(values.iter().map(|v| v[2]).collect());
+        }
     }
-    (scores, quick)
+    (scores, quick, reached)
 }
 
 /// Ranks from 1 with ties sharing their mean rank (NaN last).
