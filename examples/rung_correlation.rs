@@ -8,7 +8,7 @@
 //! Each configuration trains with the schedules of the full budget and is scored (weighted
 //! objective: natural + PGD + certified accuracy, on the validation split) at every rung, as a
 //! multi-fidelity study scores it: below the full budget both with the full evaluation and with
-//! the quick one (`--rung-scoring quick`, a multi-fidelity study's default), at the full budget
+//! the quick one at the study's ε (`--rung-scoring quick`), at the full budget
 //! with the full evaluation. With `--per-rung` each rung is also trained separately from
 //! scratch with schedules compressed into the rung's epochs (the alternative design, full
 //! scoring). Prints one row per configuration (full / quick score per rung), the Spearman rank
@@ -17,7 +17,8 @@
 //! `--rows-only` prints only the rows, so several processes can share the configurations;
 //! feed their rows back with `--rows FILE` (no training) for the correlations.
 //! `--reached-eps` also scores each rung below the full budget quick at the ε its schedule has
-//! reached by then (at least 1 % of ε) instead of the study's ε: a third value per cell.
+//! reached by then (at least 1 % of ε) instead of the study's ε: a third value per cell, the
+//! scoring of `--rung-scoring reached` (a multi-fidelity study's default).
 
 #[path = "common/args.rs"]
 mod args;
@@ -29,7 +30,7 @@ use cthpo::model::{Net, NetSpec};
 use cthpo::opt::{Optimizer, OptimizerOptions};
 use cthpo::space::{Space, to_json_map};
 use cthpo::study::{Fidelity, FidelityKind, RungScoring};
-use cthpo::train::{Method, NoObserver, Schedule, TrainConfig, TrainOptions, fit_epochs};
+use cthpo::train::{Method, NoObserver, TrainConfig, TrainOptions, fit_epochs, reached_eps_share};
 
 fn main() {
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
@@ -130,14 +131,6 @@ fn main() {
         let mut row = Vec::new();
         let mut quick_row = Vec::new();
         let mut reached_row = Vec::new();
-        let steps_per_epoch = train_count.div_ceil(config.batch_size.min(train_count));
-        let schedule = Schedule::new(
-            &config,
-            method != Method::Standard,
-            eps,
-            epochs,
-            steps_per_epoch,
-        );
         for &until in &rungs {
             let result = fit_epochs(
                 &mut net,
@@ -160,10 +153,10 @@ fn main() {
                         seconds[0] += full_seconds;
                         seconds[1] += cheap_seconds;
                         if reached_eps {
-                            let values = schedule.at(until * steps_per_epoch - 1);
-                            let share = values.eps / schedule.train_eps();
-                            let at = eps * share.max(0.01);
-                            reached_row.push(score_at(&net, RungScoring::Quick, at).0);
+                            let share =
+                                reached_eps_share(method, &config, &options, train_count, until);
+                            let at = RungScoring::Reached.scoring_eps(eps, share);
+                            reached_row.push(score_at(&net, RungScoring::Reached, at).0);
                         }
                     } else {
                         quick_row.push(full);

@@ -122,8 +122,8 @@ pub struct RunArgs {
     /// the best 1/η.
     #[arg(long)]
     eta: Option<usize>,
-    /// How a multi-fidelity study scores rungs below --epochs (default quick); the last rung is
-    /// always scored in full.
+    /// How a multi-fidelity study scores rungs below --epochs (default reached); the last rung
+    /// is always scored in full at --eps.
     #[arg(long, value_enum)]
     rung_scoring: Option<RungScoringArg>,
 }
@@ -131,8 +131,12 @@ pub struct RunArgs {
 /// `--rung-scoring` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum RungScoringArg {
+    /// The quick validation at the ε the trial's ε schedule has reached at the rung (at least
+    /// 1 % of --eps while the schedule is still at ε = 0); ranks configurations with slow ε
+    /// ramps far better than scoring at --eps mid-schedule.
+    Reached,
     /// A cheaper, still sound validation: PGD with 10 steps and 1 restart, certification by
-    /// IBP then CROWN-IBP (no CROWN), on the same validation images.
+    /// IBP then CROWN-IBP (no CROWN), on the same validation images, at --eps.
     Quick,
     /// The full validation: PGD with 40 steps and 5 restarts, IBP → CROWN-IBP → CROWN.
     Full,
@@ -196,6 +200,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         min_epochs: args.min_epochs,
         eta: args.eta,
         rung_scoring: args.rung_scoring.map(|r| match r {
+            RungScoringArg::Reached => RungScoring::Reached,
             RungScoringArg::Quick => RungScoring::Quick,
             RungScoringArg::Full => RungScoring::Full,
         }),

@@ -750,6 +750,7 @@ fn finish(
             )?;
             if run.spec.fidelity.is_multi_fidelity() {
                 set(attrs::SCORING, scores.scoring.name().into())?;
+                set(attrs::RUNG_EPS, scores.scored_eps.into())?;
             }
             if segment.until < run.spec.epochs {
                 // A rung below the full budget: the rung score is the trial's last

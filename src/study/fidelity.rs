@@ -37,9 +37,18 @@ pub enum RungScoring {
     #[default]
     Full,
     /// A cheaper, still sound validation ([`EvalConfig::quick`]): a 10-step, 1-restart PGD and
-    /// IBP → CROWN-IBP on the same validation images.
+    /// IBP → CROWN-IBP on the same validation images, at the study's ε.
     Quick,
+    /// The quick validation at the ε the trial's ε schedule has reached at the rung's last
+    /// epoch (at least [`REACHED_EPS_FLOOR`] of the study's ε): rungs are scored on the radius
+    /// they have been trained for, so slow ε ramps are not pruned for being mid-schedule.
+    Reached,
 }
+
+/// The smallest share of the study's ε a `reached` rung is scored at, used while the trial's
+/// ε schedule is still in warm-up (ε = 0): the score is then close to natural accuracy, which
+/// is what the trial has been trained for so far, but still a sound certificate at ε > 0.
+pub const REACHED_EPS_FLOOR: f64 = 0.01;
 
 impl RungScoring {
     /// The setting's name (`full`, `quick`), also the value of the trial attribute `scoring`.
@@ -47,6 +56,16 @@ impl RungScoring {
         match self {
             RungScoring::Full => "full",
             RungScoring::Quick => "quick",
+            RungScoring::Reached => "reached",
+        }
+    }
+
+    /// The radius a rung is scored at, given the study's `eps` and the share of it the trial's
+    /// ε schedule has reached (`reached_share`, in [0, 1]).
+    pub fn scoring_eps(&self, eps: f64, reached_share: f64) -> f64 {
+        match self {
+            RungScoring::Full | RungScoring::Quick => eps,
+            RungScoring::Reached => eps * reached_share.clamp(REACHED_EPS_FLOOR, 1.0),
         }
     }
 
@@ -54,7 +73,7 @@ impl RungScoring {
     pub fn eval_config(&self, eps: f64) -> EvalConfig {
         match self {
             RungScoring::Full => EvalConfig::cascade(eps),
-            RungScoring::Quick => EvalConfig::quick(eps),
+            RungScoring::Quick | RungScoring::Reached => EvalConfig::quick(eps),
         }
     }
 }
@@ -522,6 +541,30 @@ mod tests {
             .validate(9)
             .is_ok()
         );
+    }
+
+    #[test]
+    fn reached_scoring_uses_the_reached_share_of_eps_with_a_floor() {
+        let reached = RungScoring::Reached;
+        assert_eq!(reached.scoring_eps(0.1, 0.5), 0.05);
+        assert_eq!(reached.scoring_eps(0.1, 1.0), 0.1);
+        // In warm-up (ε = 0 so far) the floor keeps the certificate at a positive radius.
+        assert_eq!(reached.scoring_eps(0.2, 0.0), 0.2 * REACHED_EPS_FLOOR);
+        assert!(reached.scoring_eps(0.1, 0.0) > 0.0);
+        assert_eq!(RungScoring::Quick.scoring_eps(0.1, 0.3), 0.1);
+        assert_eq!(RungScoring::Full.scoring_eps(0.1, 0.3), 0.1);
+        assert_eq!(reached.eval_config(0.05), EvalConfig::quick(0.05));
+        let fidelity = Fidelity {
+            rung_scoring: reached,
+            ..hyperband()
+        };
+        assert_eq!(fidelity.scoring_at(3, 9), RungScoring::Reached);
+        assert_eq!(fidelity.scoring_at(9, 9), RungScoring::Full);
+        let stored: Fidelity = serde_json::from_str(
+            r#"{"kind":"hyperband","min_epochs":1,"eta":3,"rung_scoring":"reached"}"#,
+        )
+        .unwrap();
+        assert_eq!(stored.rung_scoring, RungScoring::Reached);
     }
 
     #[test]

@@ -340,7 +340,7 @@ impl StudySpec {
             rung_scoring: file.rung_scoring.unwrap_or(if kind == FidelityKind::None {
                 RungScoring::Full
             } else {
-                RungScoring::Quick
+                RungScoring::Reached
             }),
         };
         fidelity.validate(epochs)?;
@@ -526,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn multi_fidelity_studies_score_rungs_quick_by_default() {
+    fn multi_fidelity_studies_score_rungs_at_the_reached_eps_by_default() {
         assert_eq!(
             ibp(StudyFile::default()).fidelity.rung_scoring,
             RungScoring::Full
@@ -538,8 +538,13 @@ mod tests {
         };
         assert_eq!(
             ibp(hyperband.clone()).fidelity.rung_scoring,
-            RungScoring::Quick
+            RungScoring::Reached
         );
+        let quick = ibp(StudyFile {
+            rung_scoring: Some(RungScoring::Quick),
+            ..hyperband.clone()
+        });
+        assert_eq!(quick.fidelity.rung_scoring, RungScoring::Quick);
         let full = ibp(StudyFile {
             rung_scoring: Some(RungScoring::Full),
             ..hyperband

@@ -10,7 +10,8 @@ use crate::eval::evaluate;
 use crate::model::{ModelError, Net, NetSpec};
 use crate::train::{
     BatchProgress, CheckpointMetrics, Control, EpochReport, Method, Sidecar, TrainConfig,
-    TrainError, TrainObserver, TrainOptions, TrainState, WEIGHTS_FILE, fit_epochs, save_checkpoint,
+    TrainError, TrainObserver, TrainOptions, TrainState, WEIGHTS_FILE, fit_epochs,
+    reached_eps_share, save_checkpoint,
 };
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -88,6 +89,9 @@ pub struct TrialScores {
     pub eval_seconds: f64,
     /// How the trial was scored (quick below the full budget of a multi-fidelity study).
     pub scoring: RungScoring,
+    /// The radius the accuracies were scored at: the study's ε, or less for a rung scored at
+    /// the ε its schedule has reached.
+    pub scored_eps: f64,
 }
 
 /// How far a trial trains: up to `until` epochs of the study's schedules (which span the
@@ -317,7 +321,10 @@ fn train_and_score(
     })?;
     let eval_start = Instant::now();
     let scoring = spec.fidelity.scoring_at(segment.until, spec.epochs);
-    let mut eval = scoring.eval_config(spec.eps);
+    let train_count = data.train_images.dim(0).map_err(TrialFailure::failed)?;
+    let reached_share = reached_eps_share(method, config, &options, train_count, segment.until);
+    let scored_eps = scoring.scoring_eps(spec.eps, reached_share);
+    let mut eval = scoring.eval_config(scored_eps);
     eval.seed = spec.seed;
     let report = evaluate(
         &net,
@@ -366,5 +373,6 @@ fn train_and_score(
         train_seconds: summary.seconds,
         eval_seconds: eval_start.elapsed().as_secs_f64(),
         scoring,
+        scored_eps,
     })
 }
