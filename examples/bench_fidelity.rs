@@ -177,6 +177,7 @@ fn main() {
         kind,
         min_epochs: 1,
         eta: 3,
+        ..Fidelity::default()
     };
     let wanted = args.value("--functions", "branin,hartmann6");
     let synthetic: Vec<Synthetic> = problems()

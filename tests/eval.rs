@@ -343,6 +343,37 @@ fn cascade_accuracies_are_ordered_and_consistent() {
 }
 
 #[test]
+fn quick_evaluation_certifies_a_subset_of_the_cascade() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for seed in 0..3 {
+        let net = small_relu_net(seed);
+        let images = random_images(&mut rng, 64, [1, 8, 8]);
+        let labels = own_labels(&net, &images);
+        let mut full = EvalConfig::cascade(0.02);
+        full.batch_size = 32;
+        let mut quick = EvalConfig::quick(0.02);
+        quick.batch_size = 32;
+        assert!(quick.pgd.steps * quick.pgd.restarts < full.pgd.steps * full.pgd.restarts);
+        assert!(!quick.methods.contains(&BoundMethod::Crown));
+        let full = evaluate(&net, &images, &labels, &full, |_, _| {}).unwrap();
+        let quick = evaluate(&net, &images, &labels, &quick, |_, _| {}).unwrap();
+        assert_eq!(quick.natural_accuracy, full.natural_accuracy);
+        assert!(quick.certified_accuracy <= full.certified_accuracy);
+        let mut certified_by_both = 0;
+        for (q, f) in quick.per_sample.iter().zip(&full.per_sample) {
+            // Sound bounds: what the quick cascade certifies, the full one certifies too, and
+            // no attack breaks it.
+            if q.certified_by.is_some() {
+                assert!(f.certified_by.is_some() && f.adversarially_robust);
+                certified_by_both += 1;
+            }
+            assert!(q.certified_by.is_none() || q.adversarially_robust);
+        }
+        assert!(certified_by_both > 0, "seed {seed}: nothing certified");
+    }
+}
+
+#[test]
 fn certified_curve_area_is_the_trapezoid_rule_over_the_largest_radius() {
     use cthpo::eval::{RadiusPoint, curve_area};
     let point = |eps: f64, certified: f64| RadiusPoint {

@@ -84,6 +84,17 @@ fn check_rungs(dir: &Path, trials: &[StoredTrial], sequential: bool) -> Vec<i64>
             TrialState::Complete
         };
         assert_eq!(trial.state, expected, "trial {}", trial.number);
+        // Rungs below the full budget are scored quick at the reached ε (the default), the
+        // last one in full; standard training has no ε schedule, so every rung is scored at
+        // the study's ε.
+        let scoring = if rung < 2 { "reached" } else { "full" };
+        assert_eq!(
+            trial.user_attr_str(attrs::SCORING),
+            Some(scoring),
+            "trial {}",
+            trial.number
+        );
+        assert_eq!(trial.user_attr_f64(attrs::RUNG_EPS), Some(0.1));
         // The rung score is the last intermediate value and (one objective) the value.
         let values = trial.values.clone().unwrap();
         assert_eq!(
@@ -191,7 +202,10 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
     };
     let listed = output(&["trials", NAME, "--dir", d]);
     assert!(listed.contains("PRUNED"), "{listed}");
-    let promotion = format!("rung 1 (2 epochs), continues #{}", best.number);
+    let promotion = format!(
+        "rung 1 (2 epochs), continues #{}, quick scoring at ε = 0.1000",
+        best.number
+    );
     assert!(listed.contains(&promotion), "{listed}");
     let status = output(&["status", NAME, "--dir", d]);
     assert!(
@@ -211,6 +225,48 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("fidelity"));
+}
+
+#[test]
+fn rung_scoring_full_scores_every_rung_in_full_and_needs_rungs() {
+    let dir = temp_dir("full-scoring");
+    let d = dir.to_str().unwrap();
+    let mut args = halving_study(d, "3");
+    args.extend_from_slice(&["--rung-scoring", "full"]);
+    cthpo(&args);
+    let all = trials(&dir);
+    assert_eq!(all.len(), 3);
+    for trial in &all {
+        assert_eq!(trial.state, TrialState::Pruned);
+        assert_eq!(trial.user_attr_str(attrs::SCORING), Some("full"));
+    }
+    // The setting is stored with the study: a quick-scored run under the name is refused.
+    let refused = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(halving_study(d, "4"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rung_scoring"));
+    // Quick scoring without rungs is refused before any work.
+    let mut none = halving_study(d, "1");
+    none[4] = "none";
+    none.extend_from_slice(&["--rung-scoring", "quick", "--name", "no-rungs"]);
+    let refused = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(&none)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("rung_scoring"), "{stderr}");
+    assert!(
+        !study_exists(&dir, "no-rungs"),
+        "a refused setting starts no study"
+    );
+}
+
+fn study_exists(dir: &Path, name: &str) -> bool {
+    let store = Store::open_existing_at(&Storage::sqlite_in(dir), dir).unwrap();
+    store.study_by_name(name).unwrap().is_some()
 }
 
 /// Two `cthpo run` processes share one successive-halving study of 16 trials in `dir` (and
@@ -266,4 +322,49 @@ fn two_processes_never_continue_one_trial_twice() {
 fn postgres_two_processes_never_continue_one_trial_twice() {
     let pg = common::PgDatabase::create("fidelity");
     two_processes_share_a_study(&temp_dir("workers-pg"), &["--storage", &pg.url]);
+}
+
+#[test]
+fn rungs_of_an_eps_schedule_are_scored_at_the_reached_eps_and_the_full_budget_at_the_studys() {
+    let dir = temp_dir("reached-eps");
+    let d = dir.to_str().unwrap();
+    let mut args = halving_study(d, "4");
+    args[2] = "ibp";
+    args.extend_from_slice(&["--name", "ibp-halving"]);
+    cthpo(&args);
+    let store = Store::open_existing_at(&Storage::sqlite_in(&dir), &dir).unwrap();
+    let study = store.require_study("ibp-halving").unwrap();
+    let all = store.trials(study.id).unwrap();
+    let finished: Vec<_> = all.iter().filter(|t| !t.is_interrupted()).collect();
+    assert!(finished.len() >= 3, "{} trials", finished.len());
+    let mut below = 0;
+    for trial in &finished {
+        let eps = trial
+            .user_attr_f64(attrs::RUNG_EPS)
+            .expect("rung_eps stored");
+        let rung = attr(trial, attrs::RUNG).unwrap();
+        if rung < 2 {
+            assert_eq!(trial.user_attr_str(attrs::SCORING), Some("reached"));
+            // Never below the floor of 1 % of ε, never above ε.
+            assert!(
+                (0.001..=0.1).contains(&eps),
+                "trial {}: ε {eps}",
+                trial.number
+            );
+            below += usize::from(eps < 0.1);
+        } else {
+            assert_eq!(trial.user_attr_str(attrs::SCORING), Some("full"));
+            assert_eq!(eps, 0.1, "the full budget is scored at the study's ε");
+        }
+    }
+    assert!(
+        below > 0,
+        "one epoch of four stops mid-way through some ε ramp"
+    );
+    let listed = Command::new(env!("CARGO_BIN_EXE_cthpo"))
+        .args(["trials", "ibp-halving", "--dir", d])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("quick scoring at ε = 0.0"), "{listed}");
 }

@@ -15,7 +15,7 @@ pub struct ResumeArgs {
     /// Heartbeat interval of this worker's trials, e.g. 20s (see `cthpo run --help`).
     #[arg(long, value_name = "DURATION")]
     heartbeat: Option<String>,
-    /// Raise the trial budget.
+    /// Set the trial budget (also gives one to a study limited by its time budget alone).
     #[arg(long)]
     trials: Option<usize>,
 }
@@ -36,7 +36,7 @@ pub fn run(args: ResumeArgs) -> anyhow::Result<()> {
         if trials == 0 {
             bail!("--trials must be at least 1");
         }
-        spec.trials = trials;
+        spec.trials = Some(trials);
     }
     drop(store);
     let workspace = super::run::workspace(&args.place, args.heartbeat.as_deref())?;

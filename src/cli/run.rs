@@ -2,9 +2,9 @@
 
 use crate::space::Config;
 use crate::study::{
-    FidelityKind, HEARTBEAT_EVERY, ObjectiveKind, ObjectiveWeights, StudyDisplay, StudyFile,
-    StudySpec, SurrogateKind, TrialFailure, TrialScores, Workspace, absolute_path, format_duration,
-    parse_duration, run_study,
+    FidelityKind, HEARTBEAT_EVERY, ObjectiveKind, ObjectiveWeights, RungScoring, StudyDisplay,
+    StudyFile, StudySpec, SurrogateKind, TrialFailure, TrialScores, Workspace, absolute_path,
+    format_duration, parse_duration, run_study,
 };
 use crate::train::BatchProgress;
 use anyhow::Context;
@@ -53,10 +53,12 @@ pub struct RunArgs {
     /// and run again. Give all workers of a study the same value.
     #[arg(long, value_name = "DURATION")]
     heartbeat: Option<String>,
-    /// Trial budget (trials already stored count).
+    /// Trial budget (trials already stored count; in a multi-fidelity study each promotion
+    /// to a higher rung is a trial). Default 20, or no limit when --time-budget is given.
     #[arg(long)]
     trials: Option<usize>,
-    /// Wall-clock budget of the study, e.g. 2h, 45m (time already spent counts).
+    /// Wall-clock budget of the study, e.g. 2h, 45m (time already spent counts); without
+    /// --trials it is the study's only limit.
     #[arg(long)]
     time_budget: Option<String>,
     /// Wall-clock limit of one trial, e.g. 20m; a trial over it is recorded as failed.
@@ -120,6 +122,24 @@ pub struct RunArgs {
     /// the best 1/η.
     #[arg(long)]
     eta: Option<usize>,
+    /// How a multi-fidelity study scores rungs below --epochs (default reached); the last rung
+    /// is always scored in full at --eps.
+    #[arg(long, value_enum)]
+    rung_scoring: Option<RungScoringArg>,
+}
+
+/// `--rung-scoring` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RungScoringArg {
+    /// The quick validation at the ε the trial's ε schedule has reached at the rung (at least
+    /// 1 % of --eps while the schedule is still at ε = 0); ranks configurations with slow ε
+    /// ramps far better than scoring at --eps mid-schedule.
+    Reached,
+    /// A cheaper, still sound validation: PGD with 10 steps and 1 restart, certification by
+    /// IBP then CROWN-IBP (no CROWN), on the same validation images, at --eps.
+    Quick,
+    /// The full validation: PGD with 40 steps and 5 restarts, IBP → CROWN-IBP → CROWN.
+    Full,
 }
 
 /// `--fidelity` values.
@@ -179,6 +199,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         min_epochs: args.min_epochs,
         eta: args.eta,
+        rung_scoring: args.rung_scoring.map(|r| match r {
+            RungScoringArg::Reached => RungScoring::Reached,
+            RungScoringArg::Quick => RungScoring::Quick,
+            RungScoringArg::Full => RungScoring::Full,
+        }),
         min_natural: args.min_natural,
         min_certified: args.min_certified,
     };
@@ -229,13 +254,17 @@ pub(crate) fn execute(spec: &StudySpec, workspace: &Workspace) -> anyhow::Result
         );
     });
     eprintln!(
-        "study `{}`: {} on {} ({}, ε = {}), {} trials of {} epochs, database {}, checkpoints in {}",
+        "study `{}`: {} on {} ({}, ε = {}), {} of {} epochs, database {}, checkpoints in {}",
         spec.name,
         spec.method,
         spec.dataset,
         spec.arch,
         spec.eps,
-        spec.trials,
+        match (spec.trials, spec.time_budget) {
+            (Some(trials), _) => format!("{trials} trials"),
+            (None, Some(budget)) => format!("trials for {}", format_duration(budget)),
+            (None, None) => "trials".to_string(),
+        },
         spec.epochs,
         workspace.storage,
         workspace.dir.display()
@@ -329,8 +358,16 @@ impl BarDisplay {
 }
 
 impl StudyDisplay for BarDisplay {
-    fn trial_started(&mut self, number: i64, done: usize, budget: usize, config: &Config) {
-        self.trials.set_length(budget as u64);
+    fn trial_started(&mut self, number: i64, done: usize, budget: Option<usize>, config: &Config) {
+        if let Some(budget) = budget {
+            self.trials.set_length(budget as u64);
+        } else if self.trials.length() == Some(0) {
+            // Limited by time alone: count the trials without a bar.
+            self.trials.set_style(
+                ProgressStyle::with_template("trials {pos} {msg} [{elapsed_precise}]")
+                    .expect("static template"),
+            );
+        }
         self.trials.set_position(done as u64);
         self.line(format!("trial {number}: {}", short(config)));
     }

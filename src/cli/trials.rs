@@ -234,7 +234,7 @@ pub(super) fn format_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `rung 1 (3 epochs), continues #4` for a trial of a multi-fidelity study.
+/// `rung 1 (3 epochs), continues #4, quick scoring at ε = 0.0312` for a trial of a multi-fidelity study.
 fn rung_text(t: &StoredTrial) -> Option<String> {
     let rung = t.user_attr_f64(attrs::RUNG)?;
     let epochs = t
@@ -243,7 +243,16 @@ fn rung_text(t: &StoredTrial) -> Option<String> {
     let continues = t
         .user_attr_f64(attrs::CONTINUES)
         .map_or_else(String::new, |n| format!(", continues #{n}"));
-    Some(format!("rung {rung}{epochs}{continues}"))
+    let scoring = match t.user_attr_str(attrs::SCORING) {
+        Some("quick") => ", quick scoring".to_string(),
+        Some("reached") => format!(
+            ", quick scoring at ε = {}",
+            t.user_attr_f64(attrs::RUNG_EPS)
+                .map_or_else(|| "?".into(), |eps| format!("{eps:.4}"))
+        ),
+        _ => String::new(),
+    };
+    Some(format!("rung {rung}{epochs}{continues}{scoring}"))
 }
 
 fn trials_table(trials: &[StoredTrial]) -> String {

@@ -57,6 +57,18 @@ impl EvalConfig {
         }
     }
 
+    /// A cheaper, still sound evaluation for scores that only rank configurations (rungs
+    /// below a multi-fidelity study's full budget): the quick attack
+    /// ([`PgdConfig::quick_evaluation`]) and the cascade IBP → CROWN-IBP, without CROWN. It
+    /// certifies a subset of what [`EvalConfig::cascade`] certifies.
+    pub fn quick(eps: f64) -> EvalConfig {
+        EvalConfig {
+            pgd: PgdConfig::quick_evaluation(),
+            methods: vec![BoundMethod::Ibp, BoundMethod::CrownIbp],
+            ..EvalConfig::cascade(eps)
+        }
+    }
+
     /// The full cascade IBP → CROWN-IBP → CROWN → α-CROWN at radius `eps`.
     pub fn full_cascade(eps: f64) -> EvalConfig {
         EvalConfig {

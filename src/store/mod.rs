@@ -89,6 +89,15 @@ pub mod attrs {
     /// Multi-fidelity studies: the number of the PRUNED trial whose checkpoint this trial
     /// continues (a promotion to the next rung).
     pub const CONTINUES: &str = "continues_trial";
+    /// Multi-fidelity studies: how the trial's values and accuracies were scored, `reached`
+    /// (rungs below the full budget by default: a cheaper attack, no CROWN, at the ε the
+    /// schedule has reached), `quick` (the same at the study's ε) or `full`. A
+    /// promotion's copied earlier intermediate values are rung scores of the study's
+    /// `rung_scoring`; quick and full scores are not comparable.
+    pub const SCORING: &str = "scoring";
+    /// Multi-fidelity studies: the radius ε the trial's accuracies were scored at (below the
+    /// study's ε for a rung scored `reached`, at the ε its schedule had reached).
+    pub const RUNG_EPS: &str = "rung_eps";
     /// Test-set evaluation of the configuration retrained by `cthpo evaluate` (a JSON object).
     pub const TEST_EVALUATION: &str = "test_evaluation";
     /// Trial *system* attribute (Optuna's key): the constraint values of a COMPLETE trial, a

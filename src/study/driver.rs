@@ -42,8 +42,9 @@ pub const STALE_AFTER_BEATS: u32 = 6;
 
 /// What the driver reports to a display (progress bars, logs).
 pub trait StudyDisplay {
-    /// A trial starts: its number, the count done so far, the budget, and its configuration.
-    fn trial_started(&mut self, number: i64, done: usize, budget: usize, config: &Config);
+    /// A trial starts: its number, the count done so far, the trial budget (None: time only),
+    /// and its configuration.
+    fn trial_started(&mut self, number: i64, done: usize, budget: Option<usize>, config: &Config);
     /// Progress inside the running trial.
     fn batch(&mut self, progress: &BatchProgress);
     /// A trial finished (scores) or failed (reason).
@@ -160,7 +161,7 @@ pub fn run_study(
     // The last ask's GP fits: the next rebuilt optimiser's likelihood search starts from them.
     let mut fits = crate::opt::FitCache::default();
     let rules = StartRules {
-        budget: Some(spec.trials),
+        budget: spec.trials,
         interrupted_uncounted: true,
         unique: true,
     };
@@ -199,7 +200,7 @@ pub fn run_study(
         }
         let trials = store.trials(study)?;
         let counted = count_trials(&trials);
-        if counted >= spec.trials {
+        if spec.trials.is_some_and(|budget| counted >= budget) {
             let running = trials
                 .iter()
                 .filter(|t| t.state == TrialState::Running)
@@ -607,7 +608,8 @@ fn rebuild_optimizer(
 ) -> Optimizer {
     let options = OptimizerOptions {
         seed: spec.seed,
-        trial_budget: spec.trials,
+        // Sizes the initial design; a study limited by time alone gets the default's.
+        trial_budget: spec.trials.unwrap_or(super::spec::DEFAULT_TRIALS),
         first,
         skip_default: spec.no_default,
         surrogate: spec.surrogate,
@@ -746,6 +748,10 @@ fn finish(
                 attrs::CHECKPOINT_PATH,
                 checkpoint_attribute(run, handle).into(),
             )?;
+            if run.spec.fidelity.is_multi_fidelity() {
+                set(attrs::SCORING, scores.scoring.name().into())?;
+                set(attrs::RUNG_EPS, scores.scored_eps.into())?;
+            }
             if segment.until < run.spec.epochs {
                 // A rung below the full budget: the rung score is the trial's last
                 // intermediate value and its values, as Optuna keeps them for pruned trials.

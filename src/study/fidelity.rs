@@ -10,6 +10,7 @@
 //! transaction that starts the continuation.
 
 use super::StudyError;
+use crate::eval::EvalConfig;
 use crate::store::{StoredTrial, TrialState, attrs};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,57 @@ pub enum FidelityKind {
     Hyperband,
 }
 
+/// How a multi-fidelity study scores a trial stopped at a rung below the full budget (the
+/// full-budget rung is always scored in full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RungScoring {
+    /// The study's full validation ([`EvalConfig::cascade`]): evaluation PGD and
+    /// IBP → CROWN-IBP → CROWN. The default of studies stored before the setting existed.
+    #[default]
+    Full,
+    /// A cheaper, still sound validation ([`EvalConfig::quick`]): a 10-step, 1-restart PGD and
+    /// IBP → CROWN-IBP on the same validation images, at the study's ε.
+    Quick,
+    /// The quick validation at the ε the trial's ε schedule has reached at the rung's last
+    /// epoch (at least [`REACHED_EPS_FLOOR`] of the study's ε): rungs are scored on the radius
+    /// they have been trained for, so slow ε ramps are not pruned for being mid-schedule.
+    Reached,
+}
+
+/// The smallest share of the study's ε a `reached` rung is scored at, used while the trial's
+/// ε schedule is still in warm-up (ε = 0): the score is then close to natural accuracy, which
+/// is what the trial has been trained for so far, but still a sound certificate at ε > 0.
+pub const REACHED_EPS_FLOOR: f64 = 0.01;
+
+impl RungScoring {
+    /// The setting's name (`full`, `quick`), also the value of the trial attribute `scoring`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RungScoring::Full => "full",
+            RungScoring::Quick => "quick",
+            RungScoring::Reached => "reached",
+        }
+    }
+
+    /// The radius a rung is scored at, given the study's `eps` and the share of it the trial's
+    /// ε schedule has reached (`reached_share`, in [0, 1]).
+    pub fn scoring_eps(&self, eps: f64, reached_share: f64) -> f64 {
+        match self {
+            RungScoring::Full | RungScoring::Quick => eps,
+            RungScoring::Reached => eps * reached_share.clamp(REACHED_EPS_FLOOR, 1.0),
+        }
+    }
+
+    /// The evaluation this scoring runs at radius `eps`.
+    pub fn eval_config(&self, eps: f64) -> EvalConfig {
+        match self {
+            RungScoring::Full => EvalConfig::cascade(eps),
+            RungScoring::Quick | RungScoring::Reached => EvalConfig::quick(eps),
+        }
+    }
+}
+
 /// The multi-fidelity settings of a study.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fidelity {
@@ -36,6 +88,10 @@ pub struct Fidelity {
     /// Reduction factor: each rung has η times the epochs of the one below, and keeps 1/η of
     /// its configurations.
     pub eta: usize,
+    /// How trials stopped at a rung below the full budget are scored (full in studies stored
+    /// before the setting existed).
+    #[serde(default)]
+    pub rung_scoring: RungScoring,
 }
 
 impl Default for Fidelity {
@@ -44,6 +100,7 @@ impl Default for Fidelity {
             kind: FidelityKind::None,
             min_epochs: 1,
             eta: 3,
+            rung_scoring: RungScoring::Full,
         }
     }
 }
@@ -73,6 +130,16 @@ impl Fidelity {
                 "must be at least 1".into(),
             ));
         }
+        if self.kind == FidelityKind::None && self.rung_scoring != RungScoring::Full {
+            return Err(StudyError::invalid(
+                "rung_scoring",
+                format!(
+                    "`{}` only applies to multi-fidelity studies (--fidelity successive-halving \
+                     or hyperband); a study without rungs scores every trial in full",
+                    self.rung_scoring.name()
+                ),
+            ));
+        }
         if self.kind != FidelityKind::None && self.min_epochs >= epochs {
             return Err(StudyError::invalid(
                 "min_epochs",
@@ -89,6 +156,16 @@ impl Fidelity {
     /// Whether trials stop at rungs below the full budget.
     pub fn is_multi_fidelity(&self) -> bool {
         self.kind != FidelityKind::None
+    }
+
+    /// How a trial that trains `until` epochs of the largest budget `epochs` is scored: the
+    /// rung scoring below the full budget, in full at it.
+    pub fn scoring_at(&self, until: usize, epochs: usize) -> RungScoring {
+        if until < epochs {
+            self.rung_scoring
+        } else {
+            RungScoring::Full
+        }
     }
 
     /// Epoch budgets of the rungs: `min_epochs·η^i` below the largest budget `epochs`, which is
@@ -295,6 +372,7 @@ mod tests {
             kind: FidelityKind::Hyperband,
             min_epochs: 1,
             eta: 3,
+            rung_scoring: RungScoring::Quick,
         }
     }
 
@@ -449,5 +527,61 @@ mod tests {
             .validate(9)
             .is_err()
         );
+        // Quick rung scoring needs rungs.
+        let none = Fidelity {
+            kind: FidelityKind::None,
+            ..fidelity
+        };
+        assert!(none.validate(9).is_err());
+        assert!(
+            Fidelity {
+                rung_scoring: RungScoring::Full,
+                ..none
+            }
+            .validate(9)
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn reached_scoring_uses_the_reached_share_of_eps_with_a_floor() {
+        let reached = RungScoring::Reached;
+        assert_eq!(reached.scoring_eps(0.1, 0.5), 0.05);
+        assert_eq!(reached.scoring_eps(0.1, 1.0), 0.1);
+        // In warm-up (ε = 0 so far) the floor keeps the certificate at a positive radius.
+        assert_eq!(reached.scoring_eps(0.2, 0.0), 0.2 * REACHED_EPS_FLOOR);
+        assert!(reached.scoring_eps(0.1, 0.0) > 0.0);
+        assert_eq!(RungScoring::Quick.scoring_eps(0.1, 0.3), 0.1);
+        assert_eq!(RungScoring::Full.scoring_eps(0.1, 0.3), 0.1);
+        assert_eq!(reached.eval_config(0.05), EvalConfig::quick(0.05));
+        let fidelity = Fidelity {
+            rung_scoring: reached,
+            ..hyperband()
+        };
+        assert_eq!(fidelity.scoring_at(3, 9), RungScoring::Reached);
+        assert_eq!(fidelity.scoring_at(9, 9), RungScoring::Full);
+        let stored: Fidelity = serde_json::from_str(
+            r#"{"kind":"hyperband","min_epochs":1,"eta":3,"rung_scoring":"reached"}"#,
+        )
+        .unwrap();
+        assert_eq!(stored.rung_scoring, RungScoring::Reached);
+    }
+
+    #[test]
+    fn only_rungs_below_the_full_budget_get_the_rung_scoring() {
+        let fidelity = hyperband();
+        assert_eq!(fidelity.scoring_at(1, 9), RungScoring::Quick);
+        assert_eq!(fidelity.scoring_at(3, 9), RungScoring::Quick);
+        assert_eq!(fidelity.scoring_at(9, 9), RungScoring::Full);
+        let full = Fidelity {
+            rung_scoring: RungScoring::Full,
+            ..fidelity
+        };
+        assert_eq!(full.scoring_at(1, 9), RungScoring::Full);
+        assert_eq!(RungScoring::Quick.eval_config(0.1), EvalConfig::quick(0.1));
+        // Studies stored before the setting existed scored every rung in full.
+        let stored: Fidelity =
+            serde_json::from_str(r#"{"kind":"hyperband","min_epochs":1,"eta":3}"#).unwrap();
+        assert_eq!(stored.rung_scoring, RungScoring::Full);
     }
 }

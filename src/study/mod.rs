@@ -12,7 +12,10 @@ pub use driver::{
     Workspace, run_study,
 };
 
-pub use fidelity::{Bracket, Fidelity, FidelityKind, RungEntry, next_promotion, promotion_order};
+pub use fidelity::{
+    Bracket, Fidelity, FidelityKind, REACHED_EPS_FLOOR, RungEntry, RungScoring, next_promotion,
+    promotion_order,
+};
 
 pub use spec::{
     ObjectiveKind, ObjectiveWeights, StudyFile, StudySpec, SurrogateKind, absolute_path,

@@ -1,7 +1,7 @@
 //! What a study is: the study file (`studies/*.yaml`) merged with command-line overrides.
 
 use super::StudyError;
-use super::fidelity::{Fidelity, FidelityKind};
+use super::fidelity::{Fidelity, FidelityKind, RungScoring};
 use crate::data::DatasetName;
 use crate::model::BUILTIN_ARCHITECTURES;
 use crate::train::Method;
@@ -126,7 +126,7 @@ pub struct StudyFile {
     pub train_samples: Option<usize>,
     /// Validation images scored per trial.
     pub val_samples: Option<usize>,
-    /// Number of trials.
+    /// Number of trials (default 20, or no limit when `time_budget` is set).
     pub trials: Option<usize>,
     /// Wall-clock budget of the whole study, e.g. `2h`, `45m`.
     pub time_budget: Option<String>,
@@ -150,6 +150,8 @@ pub struct StudyFile {
     pub min_epochs: Option<usize>,
     /// Reduction factor η of a multi-fidelity study.
     pub eta: Option<usize>,
+    /// How a multi-fidelity study scores rungs below the full budget (default quick).
+    pub rung_scoring: Option<RungScoring>,
     /// Lowest acceptable natural accuracy in [0, 1]: trials below it are infeasible.
     pub min_natural: Option<f64>,
     /// Lowest acceptable certified accuracy in [0, 1]: trials below it are infeasible.
@@ -198,6 +200,7 @@ impl StudyFile {
             fidelity: self.fidelity.or(base.fidelity),
             min_epochs: self.min_epochs.or(base.min_epochs),
             eta: self.eta.or(base.eta),
+            rung_scoring: self.rung_scoring.or(base.rung_scoring),
             min_natural: self.min_natural.or(base.min_natural),
             min_certified: self.min_certified.or(base.min_certified),
         }
@@ -213,6 +216,9 @@ pub fn absolute_path(path: &Path, base: &Path) -> PathBuf {
     };
     std::path::absolute(&path).unwrap_or(path)
 }
+
+/// The trial budget of a study given neither `trials` nor `time_budget`.
+pub const DEFAULT_TRIALS: usize = 20;
 
 /// A fully resolved study: what `cthpo run` executes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -235,8 +241,9 @@ pub struct StudySpec {
     pub train_samples: Option<usize>,
     /// Validation images scored per trial.
     pub val_samples: usize,
-    /// Trial budget.
-    pub trials: usize,
+    /// Trial budget (promotions to a higher rung count as trials); `None`: only the time
+    /// budget limits the study.
+    pub trials: Option<usize>,
     /// Study wall-clock budget.
     pub time_budget: Option<Duration>,
     /// Per-trial wall-clock limit.
@@ -301,10 +308,16 @@ impl StudySpec {
         if epochs == 0 {
             return Err(StudyError::invalid("epochs", "must be at least 1".into()));
         }
-        let trials = file.trials.unwrap_or(20);
-        if trials == 0 {
-            return Err(StudyError::invalid("trials", "must be at least 1".into()));
-        }
+        // A time budget alone limits the study by time only: a trial cap the user never set
+        // would end a multi-fidelity study (whose promotions are trials) long before its time.
+        let trials = match (file.trials, &file.time_budget) {
+            (Some(0), _) => {
+                return Err(StudyError::invalid("trials", "must be at least 1".into()));
+            }
+            (Some(trials), _) => Some(trials),
+            (None, Some(_)) => None,
+            (None, None) => Some(DEFAULT_TRIALS),
+        };
         let val_samples = file.val_samples.unwrap_or(1000);
         if val_samples == 0 {
             return Err(StudyError::invalid(
@@ -319,10 +332,16 @@ impl StudySpec {
             ));
         }
         let defaults = Fidelity::default();
+        let kind = file.fidelity.unwrap_or(defaults.kind);
         let fidelity = Fidelity {
-            kind: file.fidelity.unwrap_or(defaults.kind),
+            kind,
             min_epochs: file.min_epochs.unwrap_or(defaults.min_epochs),
             eta: file.eta.unwrap_or(defaults.eta),
+            rung_scoring: file.rung_scoring.unwrap_or(if kind == FidelityKind::None {
+                RungScoring::Full
+            } else {
+                RungScoring::Reached
+            }),
         };
         fidelity.validate(epochs)?;
         let weights = file.weights.unwrap_or_default();
@@ -470,4 +489,74 @@ fn within_limit(text: &str, seconds: f64) -> Result<Duration, String> {
         return Err(format!("`{text}` is longer than 100 years"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ibp(file: StudyFile) -> StudySpec {
+        StudySpec::resolve(StudyFile {
+            method: Some("ibp".into()),
+            ..file
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_time_budget_without_trials_is_the_only_limit() {
+        assert_eq!(ibp(StudyFile::default()).trials, Some(DEFAULT_TRIALS));
+        let timed = ibp(StudyFile {
+            time_budget: Some("15m".into()),
+            ..StudyFile::default()
+        });
+        assert_eq!(timed.trials, None);
+        assert_eq!(timed.time_budget, Some(Duration::from_secs(900)));
+        let both = ibp(StudyFile {
+            time_budget: Some("15m".into()),
+            trials: Some(7),
+            ..StudyFile::default()
+        });
+        assert_eq!(both.trials, Some(7));
+        // Settings stored before the limit could be absent still load.
+        let mut stored = serde_json::to_value(&both).unwrap();
+        stored["trials"] = 20.into();
+        let stored: StudySpec = serde_json::from_value(stored).unwrap();
+        assert_eq!(stored.trials, Some(20));
+    }
+
+    #[test]
+    fn multi_fidelity_studies_score_rungs_at_the_reached_eps_by_default() {
+        assert_eq!(
+            ibp(StudyFile::default()).fidelity.rung_scoring,
+            RungScoring::Full
+        );
+        let hyperband = StudyFile {
+            fidelity: Some(FidelityKind::Hyperband),
+            epochs: Some(9),
+            ..StudyFile::default()
+        };
+        assert_eq!(
+            ibp(hyperband.clone()).fidelity.rung_scoring,
+            RungScoring::Reached
+        );
+        let quick = ibp(StudyFile {
+            rung_scoring: Some(RungScoring::Quick),
+            ..hyperband.clone()
+        });
+        assert_eq!(quick.fidelity.rung_scoring, RungScoring::Quick);
+        let full = ibp(StudyFile {
+            rung_scoring: Some(RungScoring::Full),
+            ..hyperband
+        });
+        assert_eq!(full.fidelity.rung_scoring, RungScoring::Full);
+        // Quick scoring without rungs is refused, naming the setting.
+        let refused = StudySpec::resolve(StudyFile {
+            method: Some("ibp".into()),
+            rung_scoring: Some(RungScoring::Quick),
+            ..StudyFile::default()
+        })
+        .unwrap_err();
+        assert!(refused.to_string().contains("rung_scoring"), "{refused}");
+    }
 }

@@ -3,13 +3,15 @@
 //! cancellation and panics turned into failures instead of crashes.
 
 use super::StudyError;
+use super::fidelity::RungScoring;
 use super::spec::{ObjectiveKind, StudySpec};
 use crate::data::{DataSource, DatasetName};
-use crate::eval::{EvalConfig, evaluate};
+use crate::eval::evaluate;
 use crate::model::{ModelError, Net, NetSpec};
 use crate::train::{
     BatchProgress, CheckpointMetrics, Control, EpochReport, Method, Sidecar, TrainConfig,
-    TrainError, TrainObserver, TrainOptions, TrainState, WEIGHTS_FILE, fit_epochs, save_checkpoint,
+    TrainError, TrainObserver, TrainOptions, TrainState, WEIGHTS_FILE, fit_epochs,
+    reached_eps_share, save_checkpoint,
 };
 use candle_core::Tensor;
 use std::collections::BTreeMap;
@@ -85,6 +87,11 @@ pub struct TrialScores {
     pub train_seconds: f64,
     /// Evaluation wall time.
     pub eval_seconds: f64,
+    /// How the trial was scored (quick below the full budget of a multi-fidelity study).
+    pub scoring: RungScoring,
+    /// The radius the accuracies were scored at: the study's ε, or less for a rung scored at
+    /// the ε its schedule has reached.
+    pub scored_eps: f64,
 }
 
 /// How far a trial trains: up to `until` epochs of the study's schedules (which span the
@@ -313,7 +320,11 @@ fn train_and_score(
         reason: e.to_string(),
     })?;
     let eval_start = Instant::now();
-    let mut eval = EvalConfig::cascade(spec.eps);
+    let scoring = spec.fidelity.scoring_at(segment.until, spec.epochs);
+    let train_count = data.train_images.dim(0).map_err(TrialFailure::failed)?;
+    let reached_share = reached_eps_share(method, config, &options, train_count, segment.until);
+    let scored_eps = scoring.scoring_eps(spec.eps, reached_share);
+    let mut eval = scoring.eval_config(scored_eps);
     eval.seed = spec.seed;
     let report = evaluate(
         &net,
@@ -361,5 +372,7 @@ fn train_and_score(
         values,
         train_seconds: summary.seconds,
         eval_seconds: eval_start.elapsed().as_secs_f64(),
+        scoring,
+        scored_eps,
     })
 }

@@ -8,7 +8,7 @@ use super::methods::{StepContext, TrainingMethod, implementation};
 use super::optim::{GradientSource, Optimizer};
 use super::regularizer::{l1_penalty, shi_regularizer};
 use super::resume::TrainState;
-use super::schedule::{Schedule, ScheduleValues};
+use super::schedule::{Schedule, ScheduleValues, smoothed_ramp};
 use crate::model::Net;
 use candle_core::{DType, Tensor};
 use rand::{SeedableRng, rngs::StdRng};
@@ -137,6 +137,39 @@ pub fn fit(
     .map(|(summary, _)| summary)
 }
 
+/// The schedules of a run of `method` on `count` training images, and its batches per epoch.
+fn run_schedule(
+    method: Method,
+    config: &TrainConfig,
+    options: &TrainOptions,
+    count: usize,
+) -> (Schedule, usize) {
+    let steps_per_epoch = count.div_ceil(config.batch_size.min(count).max(1));
+    let schedule = Schedule::new(
+        config,
+        method != Method::Standard,
+        options.eps,
+        options.epochs,
+        steps_per_epoch,
+    );
+    (schedule, steps_per_epoch)
+}
+
+/// The share of the run's final ε (0 in warm-up, 1 once the ramp is done) that the ε schedule
+/// of a run of `method` on `count` training images has reached at the last batch of epoch
+/// `until`: what a rung stopped there has been trained for.
+pub fn reached_eps_share(
+    method: Method,
+    config: &TrainConfig,
+    options: &TrainOptions,
+    count: usize,
+    until: usize,
+) -> f64 {
+    let (schedule, steps_per_epoch) = run_schedule(method, config, options, count);
+    let last_step = (until * steps_per_epoch).saturating_sub(1);
+    smoothed_ramp(schedule.at(last_step).ramp_progress)
+}
+
 /// Trains `net` in place from the state `resume` (None: from the first epoch) up to and
 /// including epoch `until` of the `options.epochs`-epoch run, with the schedules of the whole
 /// run; returns the summary of the epochs trained and the state to continue from. Continuing
@@ -191,14 +224,7 @@ pub fn fit_epochs(
     let labels = labels.to_dtype(DType::U32)?;
     let start = Instant::now();
     let batch_size = config.batch_size.min(count);
-    let steps_per_epoch = count.div_ceil(batch_size);
-    let schedule = Schedule::new(
-        config,
-        method != Method::Standard,
-        options.eps,
-        options.epochs,
-        steps_per_epoch,
-    );
+    let (schedule, steps_per_epoch) = run_schedule(method, config, options, count);
     let robust = implementation(method);
     let mut optimizer = Optimizer::new(config.optimizer, config.weight_decay, net.trainable_vars());
     if let Some(state) = resume {
@@ -433,4 +459,35 @@ pub(super) fn autograd_loss(
         loss = (loss + (l1_penalty(net)? * config.l1_reg_weight)?)?;
     }
     Ok(loss)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reached_eps_share_follows_the_whole_runs_eps_schedule() {
+        let config = TrainConfig {
+            batch_size: 10,
+            warm_up_fraction: 0.25,
+            ramp_up_fraction: 0.5,
+            ..TrainConfig::default()
+        };
+        let options = TrainOptions {
+            epochs: 8,
+            eps: 0.1,
+            seed: 0,
+        };
+        // 100 images in batches of 10: 10 steps per epoch, 20 warm-up steps, 40 ramp steps.
+        let share = |method, until| reached_eps_share(method, &config, &options, 100, until);
+        assert_eq!(share(Method::Ibp, 1), 0.0, "still in warm-up");
+        assert_eq!(share(Method::Ibp, 2), 0.0, "last warm-up step");
+        let mid = share(Method::Ibp, 4);
+        assert_eq!(mid, smoothed_ramp(0.5));
+        assert!(mid > 0.0 && mid < 1.0);
+        assert_eq!(share(Method::Ibp, 6), 1.0, "ramp done");
+        assert_eq!(share(Method::Ibp, 8), 1.0);
+        // Standard training has no ε schedule: always the full radius.
+        assert_eq!(share(Method::Standard, 1), 1.0);
+    }
 }

@@ -20,7 +20,7 @@ pub use checkpoint::{
 pub use config::{Method, OptimizerKind, TrainConfig};
 pub use fit::{
     BatchProgress, Control, EpochReport, NoObserver, TrainObserver, TrainOptions, TrainSummary,
-    fit, fit_epochs,
+    fit, fit_epochs, reached_eps_share,
 };
 pub use resume::{STATE_FILE, STATE_TENSORS_FILE, TrainState};
 pub use schedule::{Schedule, ScheduleValues, smoothed_ramp};
