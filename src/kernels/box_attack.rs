@@ -5,26 +5,12 @@
 //! output; TAPS' latent iterates are `B·(K − 1)` rows as wide as the extractor's output, where
 //! those passes cost more than the classifier's matrix products.
 
-use super::{masked, par_filled, with_values};
+use super::{masked, par_filled, with_equal_lengths, with_values};
 use candle_core::{Result, Tensor, bail};
 use rayon::prelude::*;
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
-
-/// [`with_values`] with every operand as long as the first.
-fn with_equal_lengths<R>(
-    tensors: &[&Tensor],
-    what: &str,
-    f: impl FnOnce(&[&[f32]]) -> Result<R>,
-) -> Result<R> {
-    with_values(tensors, what, |values| {
-        if values.iter().any(|v| v.len() != values[0].len()) {
-            bail!("{what}: operands of different sizes")
-        }
-        f(values)
-    })
-}
 
 /// `clamp(x − step·sign(g)·(u − l), l, u)` element-wise, `sign(0) = 0`: a descent step of
 /// `step` times the box width, kept in the box (the arithmetic of the tensor-op form, in its

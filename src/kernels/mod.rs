@@ -79,6 +79,20 @@ pub(super) fn with_values<R>(
     f(&values)
 }
 
+/// [`with_values`] for element-wise kernels: all operands must have the same length.
+pub(super) fn with_equal_lengths<R>(
+    tensors: &[&Tensor],
+    what: &str,
+    f: impl FnOnce(&[&[f32]]) -> Result<R>,
+) -> Result<R> {
+    with_values(tensors, what, |values| {
+        if values.iter().any(|v| v.len() != values[0].len()) {
+            bail!("{what}: operands of different sizes")
+        }
+        f(values)
+    })
+}
+
 /// `len` values written chunk by chunk in parallel by `fill(chunk index, chunk)`.
 ///
 /// Skips the zeroing of `vec![0.0; len]`, a whole extra pass over memory for the large outputs

@@ -1,27 +1,13 @@
 //! Graph-free backward kernels for hand-written reverse passes (`train::backprop`), where an
 //! op needs more operands than a candle custom op takes or per-channel values as plain numbers.
 
-use super::{masked, par_filled};
+use super::{masked, par_filled, with_equal_lengths};
 use candle_core::{Result, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Elements per rayon task of the element-wise loops.
 const CHUNK: usize = 1 << 14;
-
-/// [`super::with_values`] for element-wise kernels: all operands must have the same length.
-fn with_equal_lengths<R>(
-    tensors: &[&Tensor],
-    what: &str,
-    f: impl FnOnce(&[&[f32]]) -> Result<R>,
-) -> Result<R> {
-    super::with_values(tensors, what, |values| {
-        if values.iter().any(|v| v.len() != values[0].len()) {
-            bail!("{what}: operands of different sizes")
-        }
-        f(values)
-    })
-}
 
 /// `(∂c, ∂r)` of the box ReLU `(c, r) ↦ (relu_box_centre, relu_box_radius)` from the gradients
 /// of both outputs, with the subgradient `[c ± r ≥ 0]` of the ops' own backward.

@@ -148,6 +148,7 @@ fn to_unit(kind: &ParamKind, value: &Value) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::space::BUILTIN_METHODS;
     use rand::{SeedableRng, rngs::StdRng};
 
     #[test]
@@ -156,16 +157,7 @@ mod tests {
         // (`b` names sort before and after their parents, as pruning order depends on names).
         let chained = "hyperparameters:\n  - {name: z, type: categorical, choices: [yes_z, no_z], default: yes_z}\n  - {name: a, type: categorical, choices: [x, y], default: x}\n  - {name: b, type: float, lower: 1.0e-4, upper: 1, log: true, default: 0.01}\n  - {name: n, type: int, lower: 2, upper: 300, log: true, default: 16}\n  - {name: k, type: constant, value: 3}\nconditions:\n  - {child: a, parent: z, values: [yes_z]}\n  - {child: b, parent: a, values: [y]}\n";
         let mut spaces = vec![Space::from_yaml(chained, "chained").unwrap()];
-        for method in [
-            "standard",
-            "pgd",
-            "ibp",
-            "crown_ibp",
-            "sabr",
-            "taps",
-            "staps",
-            "mtl_ibp",
-        ] {
+        for method in BUILTIN_METHODS {
             spaces.push(Space::builtin(method).unwrap());
         }
         let mut rng = StdRng::seed_from_u64(9);
