@@ -25,6 +25,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 #[path = "common/args.rs"]
 mod args;
 use args::Args;
+#[path = "common/stats.rs"]
+mod stats;
+use stats::quartiles;
 
 const EPOCHS: usize = 9;
 const CHECKPOINTS: [f64; 5] = [27.0, 54.0, 108.0, 216.0, 300.0];
@@ -133,17 +136,6 @@ fn run(
         curve.push((cost, regret(problem, &records)));
     }
     curve
-}
-
-fn quartiles(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let position = q * (sorted.len() - 1) as f64;
-        let (low, high) = (position.floor() as usize, position.ceil() as usize);
-        sorted[low] + (sorted[high] - sorted[low]) * (position - low as f64)
-    };
-    (at(0.25), at(0.5), at(0.75))
 }
 
 fn main() {

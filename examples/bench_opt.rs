@@ -25,18 +25,9 @@ use std::time::Instant;
 #[path = "common/args.rs"]
 mod args;
 use args::Args;
-
-fn quartiles(values: &[f64]) -> (f64, f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    // Linear interpolation between order statistics, as numpy.percentile does.
-    let at = |q: f64| {
-        let position = q * (sorted.len() - 1) as f64;
-        let (low, high) = (position.floor() as usize, position.ceil() as usize);
-        sorted[low] + (sorted[high] - sorted[low]) * (position - low as f64)
-    };
-    (at(0.25), at(0.5), at(0.75))
-}
+#[path = "common/stats.rs"]
+mod stats;
+use stats::quartiles;
 
 /// CPU seconds this process has used, all threads (on a machine shared with other jobs, the
 /// time an ask costs rather than how long it waited for a core).
