@@ -75,6 +75,19 @@ impl std::fmt::Display for SparseMatern52 {
     }
 }
 
+/// The Matérn 5/2 correlation `∏ₗ (1 + √5 uₗ + 5/3 uₗ²) · exp(−√5 Σₗ uₗ)` of the scaled
+/// distances `uₗ = θₗ·|xₗ − cₗ|`, in the order given (the likelihood fit and our prediction path
+/// share it, so their correlations agree bit for bit).
+pub(super) fn matern52_of_scaled(scaled: impl Iterator<Item = f64>) -> f64 {
+    let sqrt5 = 5f64.sqrt();
+    let (mut product, mut sum) = (1.0, 0.0);
+    for u in scaled {
+        product *= 1.0 + sqrt5 * u + 5.0 / 3.0 * u * u;
+        sum += u;
+    }
+    product * (-sqrt5 * sum).exp()
+}
+
 impl CorrelationModel<f64> for SparseMatern52 {
     fn rval_from_distances(
         &self,
@@ -82,7 +95,6 @@ impl CorrelationModel<f64> for SparseMatern52 {
         theta: &ArrayBase<impl Data<Elem = f64>, Ix1>,
         weights: &ArrayBase<impl Data<Elem = f64>, Ix2>,
     ) -> Array2<f64> {
-        let sqrt5 = 5f64.sqrt();
         // Per input, the scales θₗ·|wⱼₗ| that are not zero (a zero one contributes a factor 1).
         let scales: Vec<Vec<f64>> = weights
             .rows()
@@ -97,15 +109,11 @@ impl CorrelationModel<f64> for SparseMatern52 {
             .collect();
         let mut r = Array2::zeros((distances.nrows(), 1));
         for (out, row) in r.iter_mut().zip(distances.rows()) {
-            let (mut product, mut sum) = (1.0, 0.0);
-            for (d, input_scales) in row.iter().zip(&scales) {
-                for s in input_scales {
-                    let u = s * d.abs();
-                    product *= 1.0 + sqrt5 * u + 5.0 / 3.0 * u * u;
-                    sum += u;
-                }
-            }
-            *out = product * (-sqrt5 * sum).exp();
+            *out = matern52_of_scaled(
+                row.iter()
+                    .zip(&scales)
+                    .flat_map(|(d, input_scales)| input_scales.iter().map(move |s| s * d.abs())),
+            );
         }
         r
     }

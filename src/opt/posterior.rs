@@ -5,7 +5,7 @@
 //! same operation for operation (the same factorisation by the same library, the same order of
 //! every sum), so the predictions equal egobox's bit for bit (a test checks it).
 
-use super::gp::{Kernel, SparseMatern52};
+use super::gp::{Kernel, SparseMatern52, matern52_of_scaled};
 use egobox_gp::correlation_models::{CorrelationModel, SquaredExponentialCorr};
 use egobox_gp::{DiffMatrix, GpError};
 use linfa_linalg::cholesky::Cholesky;
@@ -167,16 +167,15 @@ impl Posterior {
         match self.kernel {
             Kernel::Matern52 => {
                 // SparseMatern52 with identity weights, term for term.
-                let sqrt5 = 5f64.sqrt();
                 for (k, point) in points.rows().into_iter().enumerate() {
                     for (t, train) in self.train.rows().into_iter().enumerate() {
-                        let (mut product, mut sum) = (1.0, 0.0);
-                        for ((x, c), s) in point.iter().zip(train).zip(&self.theta) {
-                            let u = s * (x - c).abs();
-                            product *= 1.0 + sqrt5 * u + 5.0 / 3.0 * u * u;
-                            sum += u;
-                        }
-                        corr[t * m + k] = product * (-sqrt5 * sum).exp();
+                        corr[t * m + k] = matern52_of_scaled(
+                            point
+                                .iter()
+                                .zip(train)
+                                .zip(&self.theta)
+                                .map(|((x, c), s)| s * (x - c).abs()),
+                        );
                     }
                 }
             }
