@@ -292,6 +292,13 @@ impl Optimizer {
         }
     }
 
+    /// Marks a configuration evaluated outside what the model learns (in a multi-fidelity
+    /// study: at another budget than the modelled one), so it is never proposed again; unlike
+    /// [`Optimizer::mark_pending`], the model neither learns nor fantasises anything there.
+    pub fn mark_known(&mut self, config: &Config) {
+        self.seen.insert(Space::config_hash(config));
+    }
+
     /// The GP fits of the last ask (θ of each model, and what data it was fitted to).
     pub fn fit_cache(&self) -> &FitCache {
         &self.fits
@@ -534,6 +541,31 @@ mod tests {
         );
         assert_eq!(models.len(), 1, "one constraint, one model");
         models[0].predict(&[encode(at)])[0].1
+    }
+
+    #[test]
+    fn known_configurations_are_never_proposed_nor_modelled() {
+        let yaml =
+            "hyperparameters:\n  - {name: c, type: categorical, choices: [a, b, c], default: a}\n";
+        let space = Space::from_yaml(yaml, "three").unwrap();
+        let options = OptimizerOptions {
+            initial_design: Some(0),
+            ..Default::default()
+        };
+        let mut optimizer = Optimizer::new(space.clone(), options);
+        let config = |choice: &str| {
+            Config::from([("c".to_string(), crate::space::Value::Str(choice.into()))])
+        };
+        // The default (`a`) is known from another budget: the design skips it.
+        optimizer.mark_known(&config("a"));
+        optimizer.tell(&config("b"), Outcome::Cost(1.0));
+        assert_eq!(optimizer.ask(), config("c"));
+        assert_eq!(
+            optimizer.history.len(),
+            1,
+            "a known configuration is not data"
+        );
+        assert!(optimizer.pending.is_empty(), "nor fantasised");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::progress;
 use super::rungs;
 use super::spec::{ObjectiveKind, StudySpec};
 use super::trial::{Segment, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
-use crate::opt::{Optimizer, OptimizerOptions, Outcome};
+use crate::opt::{Optimizer, OptimizerOptions, Outcome, Proposal};
 use crate::space::{Config, ParamKind, Space, Value};
 use crate::store::{
     Direction, ParamDistribution, ParamValue, StartRules, Started, Storage, Store, StoreError,
@@ -239,9 +239,10 @@ pub fn run_study(
         let rerun_config = rerun.pop_front();
         let rerunning = rerun_config.is_some();
         let (config, proposal) = match rerun_config {
-            Some(config) => (config, RERUN_PROPOSAL),
+            Some(config) => (config, RERUN_PROPOSAL.to_string()),
             None => {
-                let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
+                let (mut optimizer, rung, observations) =
+                    rebuild_optimizer(&space, spec, first.clone(), &trials);
                 optimizer.set_fit_cache(std::mem::take(&mut fits));
                 // A proposal that keeps clashing with stored trials (ones the rebuilt optimiser
                 // cannot read back) gives way to a random configuration.
@@ -250,7 +251,16 @@ pub fn run_study(
                 } else {
                     optimizer.ask_random()
                 };
-                let proposal = optimizer.last_proposal().map_or("design", |p| p.describe());
+                let how = optimizer.last_proposal();
+                let mut proposal = how.map_or("design", |p| p.describe()).to_string();
+                if spec.fidelity.is_multi_fidelity()
+                    && matches!(how, Some(Proposal::Model | Proposal::FallbackForest))
+                {
+                    let epochs = spec.fidelity.rung_epochs(spec.epochs)[rung];
+                    proposal.push_str(&format!(
+                        " of rung {rung} ({epochs} epochs, {observations} configurations)"
+                    ));
+                }
                 fits = optimizer.fit_cache().clone();
                 (config, proposal)
             }
@@ -266,7 +276,7 @@ pub fn run_study(
         match store.start_trial_checked(study, &params, rules)? {
             Started::Trial(handle) => {
                 duplicates = 0;
-                if run.trial(handle, &config, proposal, counted, display)? {
+                if run.trial(handle, &config, &proposal, counted, display)? {
                     interrupted = true;
                     break;
                 }
@@ -599,13 +609,16 @@ fn best_objective(trials: &[StoredTrial], directions: &[Direction]) -> Option<f6
 }
 
 /// The optimiser as the stored trials leave it: completed trials are told their costs, failed
-/// ones count as the worst, running ones (another process) are pending.
+/// ones count as the worst, running ones (another process) are pending. In a multi-fidelity
+/// study the model learns one rung's scores ([`rungs::surrogate_view`]); configurations only
+/// trained to other rungs are known (never proposed again) but not modelled. Returns the
+/// optimiser and the modelled rung with its number of scored configurations.
 fn rebuild_optimizer(
     space: &Space,
     spec: &StudySpec,
     first: Option<Config>,
     trials: &[StoredTrial],
-) -> Optimizer {
+) -> (Optimizer, usize, usize) {
     let options = OptimizerOptions {
         seed: spec.seed,
         // Sizes the initial design; a study limited by time alone gets the default's.
@@ -616,12 +629,14 @@ fn rebuild_optimizer(
         ..OptimizerOptions::default()
     };
     let mut optimizer = Optimizer::new(space.clone(), options);
-    for trial in rungs::latest_per_configuration(trials) {
+    let top = spec.fidelity.rung_epochs(spec.epochs).len() - 1;
+    let view = rungs::surrogate_view(trials, top, min_model_observations(space));
+    for (trial, told) in &view.told {
         let Some(config) = stored_config(space, trial) else {
             continue;
         };
-        match (trial.state, &trial.values) {
-            (TrialState::Complete | TrialState::Pruned, Some(values)) if !values.is_empty() => {
+        match (told, &trial.values) {
+            (rungs::Told::Score, Some(values)) => {
                 let costs: Vec<f64> = values.iter().map(|v| -v).collect();
                 let outcome = if costs.len() == 1 {
                     Outcome::Cost(costs[0])
@@ -633,12 +648,20 @@ fn rebuild_optimizer(
                     None => optimizer.tell(&config, outcome),
                 }
             }
-            (TrialState::Running, _) => optimizer.mark_pending(&config),
-            _ if trial.is_interrupted() => {}
+            (rungs::Told::Pending, _) => optimizer.mark_pending(&config),
+            (rungs::Told::Known, _) => optimizer.mark_known(&config),
             _ => optimizer.tell(&config, Outcome::Failed),
         }
     }
-    optimizer
+    (optimizer, view.rung, view.observations)
+}
+
+/// Scores a rung needs before the surrogate learns from it rather than from a lower rung:
+/// one more than the searched hyperparameters (BOHB's minimum), the fewest points from
+/// which a model over `d` dimensions can tell every hyperparameter's effect apart. A lower
+/// rung always has at least as many scores, so until then it is the better-informed model.
+fn min_model_observations(space: &Space) -> usize {
+    space.dimension() + 1
 }
 
 /// Optuna-style params of a configuration (constants stored as one-choice categoricals).
