@@ -630,7 +630,8 @@ fn rebuild_optimizer(
     };
     let mut optimizer = Optimizer::new(space.clone(), options);
     let top = spec.fidelity.rung_epochs(spec.epochs).len() - 1;
-    let view = rungs::surrogate_view(trials, top, min_model_observations(space));
+    let minimum = super::fidelity::model_minimum(space.dimension());
+    let view = rungs::surrogate_view(trials, top, minimum);
     for (trial, told) in &view.told {
         let Some(config) = stored_config(space, trial) else {
             continue;
@@ -654,14 +655,6 @@ fn rebuild_optimizer(
         }
     }
     (optimizer, view.rung, view.observations)
-}
-
-/// Scores a rung needs before the surrogate learns from it rather than from a lower rung:
-/// one more than the searched hyperparameters (BOHB's minimum), the fewest points from
-/// which a model over `d` dimensions can tell every hyperparameter's effect apart. A lower
-/// rung always has at least as many scores, so until then it is the better-informed model.
-fn min_model_observations(space: &Space) -> usize {
-    space.dimension() + 1
 }
 
 /// Optuna-style params of a configuration (constants stored as one-choice categoricals).

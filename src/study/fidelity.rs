@@ -301,6 +301,33 @@ pub fn next_promotion(
     None
 }
 
+/// Scores a rung needs before the surrogate learns from it rather than from a lower rung,
+/// in a search space of `dimension` hyperparameters: one more than the dimension (BOHB's
+/// minimum), the fewest points from which a model can tell every hyperparameter's effect
+/// apart. A lower rung always has at least as many scores, so until then it is the
+/// better-informed model.
+pub fn model_minimum(dimension: usize) -> usize {
+    dimension + 1
+}
+
+/// The rung the surrogate learns from, as BOHB chooses its budget, given how many
+/// configurations have a score at each rung (`scored[r]`, lowest rung first): the highest rung
+/// with at least `minimum` scores; while no rung has that many, the rung with the most (the
+/// higher one on a tie; the last rung when nothing is scored yet). Scores of different rungs
+/// are not comparable (fewer epochs, and with `reached` rung scoring a smaller ε), so one model
+/// learns from one rung.
+pub fn modelled_rung(scored: &[usize], minimum: usize) -> usize {
+    let top = scored.len().saturating_sub(1);
+    if let Some(rung) = (0..scored.len()).rev().find(|&r| scored[r] >= minimum) {
+        return rung;
+    }
+    // `max_by_key` keeps the last of equal maxima: the higher rung.
+    (0..scored.len())
+        .max_by_key(|&r| scored[r])
+        .filter(|&r| scored[r] > 0)
+        .unwrap_or(top)
+}
+
 /// Indices of `values` (every coordinate maximised) best first: one value by value (ties by
 /// trial order); several by non-dominated fronts, the front's points by crowding distance
 /// (boundary points first), so whole fronts are promoted before any of the next.

@@ -2,7 +2,7 @@
 //! which checkpoint, promotions started in a store transaction, and what the surrogate learns.
 
 use super::StudyError;
-use super::fidelity::{RungEntry, next_promotion};
+use super::fidelity::{RungEntry, modelled_rung, next_promotion};
 use super::spec::StudySpec;
 use super::trial::Segment;
 use crate::store::{
@@ -165,23 +165,6 @@ fn scored(trial: &StoredTrial) -> bool {
         && trial.values.as_ref().is_some_and(|v| !v.is_empty())
 }
 
-/// The rung the surrogate learns from, as BOHB chooses its budget: the highest rung (of
-/// `0..=top`) at which at least `min_observations` configurations have a score; while no rung
-/// has that many, the rung with the most (the higher one on a tie; `top` when nothing is
-/// scored yet). Scores of different rungs are not comparable (fewer epochs, and with
-/// `reached` rung scoring a smaller ε), so one model learns from one rung.
-pub(super) fn modelled_rung(trials: &[StoredTrial], top: usize, min_observations: usize) -> usize {
-    let counts = scores_per_rung(trials, top);
-    if let Some(rung) = (0..=top).rev().find(|&r| counts[r] >= min_observations) {
-        return rung;
-    }
-    // `max_by_key` keeps the last of equal maxima: the higher rung.
-    (0..=top)
-        .max_by_key(|&r| counts[r])
-        .filter(|&r| counts[r] > 0)
-        .unwrap_or(top)
-}
-
 /// How many configurations have a score at each rung `0..=top`.
 fn scores_per_rung(trials: &[StoredTrial], top: usize) -> Vec<usize> {
     let mut counts = vec![0; top + 1];
@@ -198,7 +181,9 @@ fn scores_per_rung(trials: &[StoredTrial], top: usize) -> Vec<usize> {
     counts
 }
 
-/// What the optimiser learns from the stored trials: the scores at the [`modelled_rung`] and,
+/// What the optimiser learns from the stored trials: the scores at the [`modelled_rung`] of
+/// the configurations scored per rung (at least `min_observations`, see
+/// [`super::fidelity::model_minimum`]) and,
 /// per configuration, whether it is told that score, a failure (its latest trial that was not
 /// interrupted failed, at any rung: a configuration that diverges or crashes is bad whatever
 /// the budget), pending (running towards the modelled rung) or only known (scored at other
@@ -211,8 +196,9 @@ pub(super) fn surrogate_view(
     top: usize,
     min_observations: usize,
 ) -> SurrogateView<'_> {
-    let rung = modelled_rung(trials, top, min_observations);
-    let observations = scores_per_rung(trials, top)[rung];
+    let scored_per_rung = scores_per_rung(trials, top);
+    let rung = modelled_rung(&scored_per_rung, min_observations);
+    let observations = scored_per_rung[rung];
     let mut told = Vec::new();
     for (index, latest) in trials.iter().enumerate() {
         let same = |t: &&StoredTrial| t.params == latest.params && !t.is_interrupted();
@@ -296,6 +282,11 @@ mod tests {
         t
     }
 
+    /// The modelled rung of hand-built trials.
+    fn rung_for(trials: &[StoredTrial], top: usize, minimum: usize) -> usize {
+        modelled_rung(&scores_per_rung(trials, top), minimum)
+    }
+
     fn told<'a>(view: &SurrogateView<'a>) -> Vec<(i64, Told)> {
         view.told.iter().map(|(t, how)| (t.number, *how)).collect()
     }
@@ -304,7 +295,7 @@ mod tests {
     fn the_modelled_rung_is_the_highest_with_enough_scores() {
         let top = 2;
         assert_eq!(
-            modelled_rung(&[], top, 3),
+            rung_for(&[], top, 3),
             top,
             "nothing scored: the full budget"
         );
@@ -316,22 +307,22 @@ mod tests {
             scored_at(4, 4.0, 2, top, 0.5),
         ];
         // Rung 0 has 3 scores, rungs 1 and 2 one each.
-        assert_eq!(modelled_rung(&trials, top, 3), 0);
+        assert_eq!(rung_for(&trials, top, 3), 0);
         // No rung has 4: the one with the most.
-        assert_eq!(modelled_rung(&trials, top, 4), 0);
+        assert_eq!(rung_for(&trials, top, 4), 0);
         // Rung 0 and rung 2 both have what is needed: the higher.
-        assert_eq!(modelled_rung(&trials, top, 1), 2);
+        assert_eq!(rung_for(&trials, top, 1), 2);
         // A tie in the most scores below the minimum goes to the higher rung.
-        assert_eq!(modelled_rung(&trials[3..], top, 2), 2);
+        assert_eq!(rung_for(&trials[3..], top, 2), 2);
         // A configuration scored twice at one rung (a re-run) counts once; failures,
         // running and interrupted trials count nothing.
         trials.push(scored_at(5, 3.0, 1, top, 0.45));
         trials.push(trial(6, 5.0, TrialState::Running, Some(1)));
         trials.push(trial(7, 6.0, TrialState::Fail, Some(1)));
         trials.push(interrupted(8, 7.0, 1));
-        assert_eq!(modelled_rung(&trials, top, 2), 0);
+        assert_eq!(rung_for(&trials, top, 2), 0);
         trials.push(scored_at(9, 1.0, 1, top, 0.6));
-        assert_eq!(modelled_rung(&trials, top, 2), 1);
+        assert_eq!(rung_for(&trials, top, 2), 1);
     }
 
     #[test]
