@@ -19,9 +19,7 @@
 use cthpo::opt::benchmark::{branin_at, hartmann6_at, problems};
 use cthpo::opt::{Optimizer, OptimizerOptions, Outcome, SurrogateKind};
 use cthpo::space::{Config, Space};
-use cthpo::study::{
-    Fidelity, FidelityKind, RungEntry, model_minimum, modelled_rung, next_promotion,
-};
+use cthpo::study::{Fidelity, FidelityKind, RungEntry, next_promotion};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 #[path = "common/args.rs"]
@@ -105,13 +103,7 @@ fn run(
                 (from.config.clone(), from.bracket, rung, spent)
             }
             None => {
-                // As the driver: the optimiser rebuilt from the scores of one rung (the highest
-                // with enough of them); configurations only seen at other rungs are known.
-                let mut scored = vec![0; rungs.len()];
-                for record in &records {
-                    scored[record.rung] += 1;
-                }
-                let modelled = modelled_rung(&scored, model_minimum(problem.space.dimension()));
+                // As the driver: the optimiser rebuilt from every rung score, at its budget.
                 let mut optimizer = Optimizer::new(
                     problem.space.clone(),
                     OptimizerOptions {
@@ -122,11 +114,9 @@ fn run(
                     },
                 );
                 for record in &records {
-                    if record.rung == modelled {
-                        optimizer.tell(&record.config, Outcome::Cost(record.observed));
-                    } else {
-                        optimizer.mark_known(&record.config);
-                    }
+                    let budget = fidelity.rung_budget(EPOCHS, record.rung);
+                    let outcome = Outcome::Cost(record.observed);
+                    optimizer.tell_at_budget(&record.config, budget, outcome, None);
                 }
                 let config = optimizer.ask();
                 let bracket = fidelity.bracket_of(EPOCHS, new_configs);

@@ -187,17 +187,13 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
         all.iter().any(|t| t.state == TrialState::Complete),
         "a configuration reached the full budget"
     );
-    // The surrogate learns one rung's scores and says which; a configuration paused at a
-    // rung is never proposed again as a new one (only continued).
-    let proposals: Vec<&str> = all
-        .iter()
-        .filter_map(|t| t.user_attr_str("proposal"))
-        .filter(|p| p.starts_with("surrogate model"))
-        .collect();
-    assert!(!proposals.is_empty(), "the surrogate proposed some trials");
-    for proposal in proposals {
-        assert!(proposal.contains(" of rung "), "{proposal}");
-    }
+    // The surrogate learns every rung's scores; a configuration paused at a rung is never
+    // proposed again as a new one (only continued).
+    assert!(
+        all.iter()
+            .any(|t| t.user_attr_str("proposal") == Some("surrogate model")),
+        "the surrogate proposed some trials"
+    );
     let new_configurations: Vec<&StoredTrial> = all
         .iter()
         .filter(|t| attr(t, "continues_trial").is_none())

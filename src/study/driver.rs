@@ -12,7 +12,7 @@ use super::progress;
 use super::rungs;
 use super::spec::{ObjectiveKind, StudySpec};
 use super::trial::{Segment, StudyData, TrialFailure, TrialHooks, TrialScores, run_trial};
-use crate::opt::{Optimizer, OptimizerOptions, Outcome, Proposal};
+use crate::opt::{Optimizer, OptimizerOptions, Outcome};
 use crate::space::{Config, ParamKind, Space, Value};
 use crate::store::{
     Direction, ParamDistribution, ParamValue, StartRules, Started, Storage, Store, StoreError,
@@ -239,10 +239,9 @@ pub fn run_study(
         let rerun_config = rerun.pop_front();
         let rerunning = rerun_config.is_some();
         let (config, proposal) = match rerun_config {
-            Some(config) => (config, RERUN_PROPOSAL.to_string()),
+            Some(config) => (config, RERUN_PROPOSAL),
             None => {
-                let (mut optimizer, rung, observations) =
-                    rebuild_optimizer(&space, spec, first.clone(), &trials);
+                let mut optimizer = rebuild_optimizer(&space, spec, first.clone(), &trials);
                 optimizer.set_fit_cache(std::mem::take(&mut fits));
                 // A proposal that keeps clashing with stored trials (ones the rebuilt optimiser
                 // cannot read back) gives way to a random configuration.
@@ -251,16 +250,7 @@ pub fn run_study(
                 } else {
                     optimizer.ask_random()
                 };
-                let how = optimizer.last_proposal();
-                let mut proposal = how.map_or("design", |p| p.describe()).to_string();
-                if spec.fidelity.is_multi_fidelity()
-                    && matches!(how, Some(Proposal::Model | Proposal::FallbackForest))
-                {
-                    let epochs = spec.fidelity.rung_epochs(spec.epochs)[rung];
-                    proposal.push_str(&format!(
-                        " of rung {rung} ({epochs} epochs, {observations} configurations)"
-                    ));
-                }
+                let proposal = optimizer.last_proposal().map_or("design", |p| p.describe());
                 fits = optimizer.fit_cache().clone();
                 (config, proposal)
             }
@@ -276,7 +266,7 @@ pub fn run_study(
         match store.start_trial_checked(study, &params, rules)? {
             Started::Trial(handle) => {
                 duplicates = 0;
-                if run.trial(handle, &config, &proposal, counted, display)? {
+                if run.trial(handle, &config, proposal, counted, display)? {
                     interrupted = true;
                     break;
                 }
@@ -610,15 +600,15 @@ fn best_objective(trials: &[StoredTrial], directions: &[Direction]) -> Option<f6
 
 /// The optimiser as the stored trials leave it: completed trials are told their costs, failed
 /// ones count as the worst, running ones (another process) are pending. In a multi-fidelity
-/// study the model learns one rung's scores ([`rungs::surrogate_view`]); configurations only
-/// trained to other rungs are known (never proposed again) but not modelled. Returns the
-/// optimiser and the modelled rung with its number of scored configurations.
+/// study every rung score is told at its rung's budget ([`rungs::surrogate_view`],
+/// [`super::Fidelity::rung_budget`]): the model takes the budget as an input and the
+/// acquisition looks at its prediction for the full budget.
 fn rebuild_optimizer(
     space: &Space,
     spec: &StudySpec,
     first: Option<Config>,
     trials: &[StoredTrial],
-) -> (Optimizer, usize, usize) {
+) -> Optimizer {
     let options = OptimizerOptions {
         seed: spec.seed,
         // Sizes the initial design; a study limited by time alone gets the default's.
@@ -630,12 +620,11 @@ fn rebuild_optimizer(
     };
     let mut optimizer = Optimizer::new(space.clone(), options);
     let top = spec.fidelity.rung_epochs(spec.epochs).len() - 1;
-    let minimum = super::fidelity::model_minimum(space.dimension());
-    let view = rungs::surrogate_view(trials, top, minimum);
-    for (trial, told) in &view.told {
+    for (trial, rung, told) in rungs::surrogate_view(trials, top) {
         let Some(config) = stored_config(space, trial) else {
             continue;
         };
+        let budget = spec.fidelity.rung_budget(spec.epochs, rung);
         match (told, &trial.values) {
             (rungs::Told::Score, Some(values)) => {
                 let costs: Vec<f64> = values.iter().map(|v| -v).collect();
@@ -644,17 +633,13 @@ fn rebuild_optimizer(
                 } else {
                     Outcome::Costs(costs)
                 };
-                match trial.constraints() {
-                    Some(constraints) => optimizer.tell_constrained(&config, outcome, constraints),
-                    None => optimizer.tell(&config, outcome),
-                }
+                optimizer.tell_at_budget(&config, budget, outcome, trial.constraints());
             }
-            (rungs::Told::Pending, _) => optimizer.mark_pending(&config),
-            (rungs::Told::Known, _) => optimizer.mark_known(&config),
+            (rungs::Told::Pending, _) => optimizer.mark_pending_at_budget(&config, budget),
             _ => optimizer.tell(&config, Outcome::Failed),
         }
     }
-    (optimizer, view.rung, view.observations)
+    optimizer
 }
 
 /// Optuna-style params of a configuration (constants stored as one-choice categoricals).

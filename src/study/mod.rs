@@ -13,8 +13,8 @@ pub use driver::{
 };
 
 pub use fidelity::{
-    Bracket, Fidelity, FidelityKind, REACHED_EPS_FLOOR, RungEntry, RungScoring, model_minimum,
-    modelled_rung, next_promotion, promotion_order,
+    Bracket, Fidelity, FidelityKind, REACHED_EPS_FLOOR, RungEntry, RungScoring, next_promotion,
+    promotion_order,
 };
 
 pub use spec::{

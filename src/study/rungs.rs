@@ -2,7 +2,7 @@
 //! which checkpoint, promotions started in a store transaction, and what the surrogate learns.
 
 use super::StudyError;
-use super::fidelity::{RungEntry, modelled_rung, next_promotion};
+use super::fidelity::{RungEntry, next_promotion};
 use super::spec::StudySpec;
 use super::trial::Segment;
 use crate::store::{
@@ -126,29 +126,15 @@ pub(super) fn promote(
     Ok(store.start_continuation(study, rules, choose)?)
 }
 
-/// What the surrogate is told about one configuration (see [`surrogate_view`]).
+/// What one stored trial tells the surrogate (see [`surrogate_view`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Told {
-    /// Its score at the modelled rung: the trial's values (and constraint values).
+    /// Its values (and constraint values), at its rung.
     Score,
-    /// It failed: the worst cost.
+    /// Its configuration failed: the worst cost.
     Failure,
-    /// It is running towards the modelled rung: pending, its result fantasised.
+    /// It is running towards its rung: pending, its result fantasised.
     Pending,
-    /// It was (or is being) trained to another rung only: never proposed again, not modelled.
-    Known,
-}
-
-/// The rung the surrogate learns from and what it is told about each configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct SurrogateView<'a> {
-    /// The modelled rung (index into the study's rungs).
-    pub rung: usize,
-    /// Configurations with a score at that rung.
-    pub observations: usize,
-    /// One entry per configuration, in the order of its latest trial: the trial whose values
-    /// (for [`Told::Score`]) or configuration the optimiser is told about, and how.
-    pub told: Vec<(&'a StoredTrial, Told)>,
 }
 
 /// The rung of a stored trial: its `rung` attribute, else (a study without rungs, or one
@@ -165,67 +151,43 @@ fn scored(trial: &StoredTrial) -> bool {
         && trial.values.as_ref().is_some_and(|v| !v.is_empty())
 }
 
-/// How many configurations have a score at each rung `0..=top`.
-fn scores_per_rung(trials: &[StoredTrial], top: usize) -> Vec<usize> {
-    let mut counts = vec![0; top + 1];
-    for (index, trial) in trials.iter().enumerate() {
-        let first_at_rung = !trials[..index].iter().any(|earlier| {
-            scored(earlier)
-                && earlier.params == trial.params
-                && rung_of(earlier, top) == rung_of(trial, top)
-        });
-        if scored(trial) && first_at_rung {
-            counts[rung_of(trial, top)] += 1;
-        }
-    }
-    counts
-}
-
-/// What the optimiser learns from the stored trials: the scores at the [`modelled_rung`] of
-/// the configurations scored per rung (at least `min_observations`, see
-/// [`super::fidelity::model_minimum`]) and,
-/// per configuration, whether it is told that score, a failure (its latest trial that was not
-/// interrupted failed, at any rung: a configuration that diverges or crashes is bad whatever
-/// the budget), pending (running towards the modelled rung) or only known (scored at other
-/// rungs, or running towards one: excluded from proposals, not modelled). Configurations
-/// whose every trial was interrupted are left out (they are run again first). In a study
-/// without rungs every trial is at the one rung, so this is the latest trial of each
-/// configuration.
+/// What the surrogate learns from the stored trials, in trial order, each with the rung
+/// (`0..=top`) it was made at: every rung score of every configuration (a configuration
+/// promoted twice gives three observations, one per rung; the rung is an input of the model),
+/// a running trial as pending at the rung it trains to, and a configuration whose latest trial
+/// that was not interrupted failed, at any rung, as one failure instead of its scores (a
+/// configuration that diverges or crashes is bad whatever the budget). Interrupted trials
+/// tell nothing (their configurations run again first). In a study without rungs every trial
+/// is at the one rung, so this is the latest trial of each configuration.
 pub(super) fn surrogate_view(
     trials: &[StoredTrial],
     top: usize,
-    min_observations: usize,
-) -> SurrogateView<'_> {
-    let scored_per_rung = scores_per_rung(trials, top);
-    let rung = modelled_rung(&scored_per_rung, min_observations);
-    let observations = scored_per_rung[rung];
+) -> Vec<(&StoredTrial, usize, Told)> {
     let mut told = Vec::new();
-    for (index, latest) in trials.iter().enumerate() {
-        let same = |t: &&StoredTrial| t.params == latest.params && !t.is_interrupted();
-        if latest.is_interrupted() || trials[index + 1..].iter().any(|t| same(&t)) {
+    for (index, trial) in trials.iter().enumerate() {
+        if trial.is_interrupted() {
             continue;
         }
-        let at_rung = trials[..=index]
-            .iter()
-            .rev()
-            .filter(same)
-            .find(|t| scored(t) && rung_of(t, top) == rung);
-        let entry = match (latest.state, at_rung) {
-            (TrialState::Fail, _) => (latest, Told::Failure),
-            (_, Some(trial)) => (trial, Told::Score),
-            (TrialState::Running, None) if rung_of(latest, top) == rung => (latest, Told::Pending),
-            (TrialState::Running, None) => (latest, Told::Known),
-            _ if scored(latest) => (latest, Told::Known),
-            // Finished without values (an odd store): as a failure, as before rungs existed.
-            _ => (latest, Told::Failure),
+        let same = |t: &&StoredTrial| t.params == trial.params && !t.is_interrupted();
+        let later: Vec<&StoredTrial> = trials[index + 1..].iter().filter(same).collect();
+        let latest = later.last().copied().unwrap_or(trial);
+        let rung = rung_of(trial, top);
+        let failed = latest.state == TrialState::Fail
+            || (latest.state != TrialState::Running && !scored(latest));
+        let entry = if failed {
+            std::ptr::eq(latest, trial).then_some(Told::Failure)
+        } else if scored(trial) {
+            // A re-run at the same rung (a rare duplicate) replaces the earlier score.
+            let rescored = later.iter().any(|t| scored(t) && rung_of(t, top) == rung);
+            (!rescored).then_some(Told::Score)
+        } else {
+            (trial.state == TrialState::Running).then_some(Told::Pending)
         };
-        told.push(entry);
+        if let Some(how) = entry {
+            told.push((trial, rung, how));
+        }
     }
-    SurrogateView {
-        rung,
-        observations,
-        told,
-    }
+    told
 }
 
 #[cfg(test)]
@@ -282,51 +244,14 @@ mod tests {
         t
     }
 
-    /// The modelled rung of hand-built trials.
-    fn rung_for(trials: &[StoredTrial], top: usize, minimum: usize) -> usize {
-        modelled_rung(&scores_per_rung(trials, top), minimum)
-    }
-
-    fn told<'a>(view: &SurrogateView<'a>) -> Vec<(i64, Told)> {
-        view.told.iter().map(|(t, how)| (t.number, *how)).collect()
+    fn told<'a>(view: &[(&'a StoredTrial, usize, Told)]) -> Vec<(i64, usize, Told)> {
+        view.iter()
+            .map(|(t, rung, how)| (t.number, *rung, *how))
+            .collect()
     }
 
     #[test]
-    fn the_modelled_rung_is_the_highest_with_enough_scores() {
-        let top = 2;
-        assert_eq!(
-            rung_for(&[], top, 3),
-            top,
-            "nothing scored: the full budget"
-        );
-        let mut trials = vec![
-            scored_at(0, 1.0, 0, top, 0.1),
-            scored_at(1, 2.0, 0, top, 0.2),
-            scored_at(2, 3.0, 0, top, 0.3),
-            scored_at(3, 3.0, 1, top, 0.4),
-            scored_at(4, 4.0, 2, top, 0.5),
-        ];
-        // Rung 0 has 3 scores, rungs 1 and 2 one each.
-        assert_eq!(rung_for(&trials, top, 3), 0);
-        // No rung has 4: the one with the most.
-        assert_eq!(rung_for(&trials, top, 4), 0);
-        // Rung 0 and rung 2 both have what is needed: the higher.
-        assert_eq!(rung_for(&trials, top, 1), 2);
-        // A tie in the most scores below the minimum goes to the higher rung.
-        assert_eq!(rung_for(&trials[3..], top, 2), 2);
-        // A configuration scored twice at one rung (a re-run) counts once; failures,
-        // running and interrupted trials count nothing.
-        trials.push(scored_at(5, 3.0, 1, top, 0.45));
-        trials.push(trial(6, 5.0, TrialState::Running, Some(1)));
-        trials.push(trial(7, 6.0, TrialState::Fail, Some(1)));
-        trials.push(interrupted(8, 7.0, 1));
-        assert_eq!(rung_for(&trials, top, 2), 0);
-        trials.push(scored_at(9, 1.0, 1, top, 0.6));
-        assert_eq!(rung_for(&trials, top, 2), 1);
-    }
-
-    #[test]
-    fn the_optimiser_learns_the_modelled_rungs_scores_and_knows_the_rest() {
+    fn the_surrogate_learns_every_rung_score_at_its_rung() {
         let top = 2;
         let trials = vec![
             scored_at(0, 1.0, 0, top, 0.5),              // a at rung 0
@@ -341,44 +266,30 @@ mod tests {
             trial(9, 5.0, TrialState::Running, Some(1)), // e running to rung 1
             interrupted(10, 2.0, 2),                     // b's promotion to rung 2 stopped
             scored_at(11, 8.0, 2, top, 0.95),            // h started at the full budget
+            scored_at(12, 1.0, 2, top, 0.75),            // a continued to the full budget
         ];
-        let view = surrogate_view(&trials, top, 2);
-        assert_eq!((view.rung, view.observations), (1, 2));
         assert_eq!(
-            told(&view),
+            told(&surrogate_view(&trials, top)),
             [
-                (2, Told::Known),   // c: scored at rung 0 only
-                (3, Told::Score),   // a's rung-1 score
-                (4, Told::Score),   // b's rung-1 score (its interrupted promotion aside)
-                (5, Told::Failure), // d
-                (7, Told::Known),   // f runs towards rung 0
-                (9, Told::Pending), // e runs towards rung 1
-                (11, Told::Known),  // h: scored at rung 2 only
+                (0, 0, Told::Score),
+                (1, 0, Told::Score),
+                (2, 0, Told::Score),
+                (3, 1, Told::Score),
+                (4, 1, Told::Score), // b's interrupted promotion aside
+                (5, 0, Told::Failure),
+                (6, 0, Told::Score), // e's rung-0 score while its promotion runs
+                (7, 0, Told::Pending), // f
+                (9, 1, Told::Pending), // e's promotion
+                (11, 2, Told::Score),
+                (12, 2, Told::Score),
             ]
         );
-        // With a minimum of 3, rung 1 (2 scores) is not enough: rung 0 (4 scores) is modelled,
-        // a and b by their rung-0 scores, and e is told its rung-0 score while its
-        // promotion runs.
-        let view = surrogate_view(&trials, top, 3);
-        assert_eq!((view.rung, view.observations), (0, 4));
-        assert_eq!(
-            told(&view),
-            [
-                (2, Told::Score),
-                (0, Told::Score),
-                (1, Told::Score),
-                (5, Told::Failure),
-                (7, Told::Pending),
-                (6, Told::Score),
-                (11, Told::Known),
-            ]
-        );
-        // A promotion that fails makes its configuration a failure, whatever rung it held.
+        // A promotion that fails makes its configuration one failure, whatever rung it held.
         let mut failed = trials.clone();
-        failed.push(trial(12, 1.0, TrialState::Fail, Some(2)));
-        let view = surrogate_view(&failed, top, 2);
-        assert!(told(&view).contains(&(12, Told::Failure)));
-        assert!(!told(&view).iter().any(|&(n, _)| n == 3));
+        failed.push(trial(13, 2.0, TrialState::Fail, Some(2)));
+        let view = told(&surrogate_view(&failed, top));
+        assert!(view.contains(&(13, 2, Told::Failure)));
+        assert!(!view.iter().any(|&(n, _, _)| n == 1 || n == 4), "{view:?}");
     }
 
     #[test]
@@ -397,17 +308,20 @@ mod tests {
             trial(4, 4.0, TrialState::Running, None),
             complete(5, 5.0, 0.1),
             interrupted(6, 5.0, 0), // a later interrupted trial leaves the score alone
+            StoredTrial {
+                values: None,
+                ..trial(7, 6.0, TrialState::Complete, None)
+            }, // finished without values: a failure, as before rungs existed
         ];
-        let view = surrogate_view(&trials, top, 100);
-        assert_eq!((view.rung, view.observations), (0, 3));
         assert_eq!(
-            told(&view),
+            told(&surrogate_view(&trials, top)),
             [
-                (0, Told::Score),
-                (1, Told::Failure),
-                (3, Told::Score),
-                (4, Told::Pending),
-                (5, Told::Score),
+                (0, 0, Told::Score),
+                (1, 0, Told::Failure),
+                (3, 0, Told::Score),
+                (4, 0, Told::Pending),
+                (5, 0, Told::Score),
+                (7, 0, Told::Failure),
             ]
         );
     }
