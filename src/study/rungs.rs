@@ -244,7 +244,7 @@ mod tests {
         t
     }
 
-    fn told<'a>(view: &[(&'a StoredTrial, usize, Told)]) -> Vec<(i64, usize, Told)> {
+    fn told(view: &[(&StoredTrial, usize, Told)]) -> Vec<(i64, usize, Told)> {
         view.iter()
             .map(|(t, rung, how)| (t.number, *rung, *how))
             .collect()
