@@ -553,10 +553,13 @@ impl Optimizer {
         });
         let feasibility = self.constraint_models(kind, &points, &pending, rng, fits);
         // Without constraint models every trial counts (a failure's worst cost included, so
-        // a history of failures still has an incumbent).
-        // The incumbent is the best at the full budget (scores of shorter trials are on
-        // another scale), or at the highest budget told while none is full.
-        let top = self.budgets.iter().copied().fold(0.0, f64::max);
+        // a history of failures still has an incumbent); with budgets, only those at the
+        // highest budget a trial succeeded at (the full one, once any is): shorter trials'
+        // scores are on another scale.
+        let top = (0..costs.len())
+            .filter(|&i| !matches!(self.history[i].1, Outcome::Failed))
+            .map(|i| self.budgets[i])
+            .fold(0.0, f64::max);
         let incumbent = (0..costs.len())
             .filter(|&i| self.budgets[i] >= top)
             .filter(|&i| feasibility.is_empty() || self.feasible(i))
