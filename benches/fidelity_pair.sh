@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Hyperband against no fidelity on the real problem at equal time: starts
 #
-#   cthpo run --method ibp --time-budget 15m --epochs 9 --min-epochs 1 --seed SEED
+#   cthpo run --method ibp --time-budget 15m --epochs EPOCHS --min-epochs 1 --seed SEED
 #             --fidelity hyperband | none   [EXTRA...]
 #
 # side by side, each with one thread (RAYON_NUM_THREADS=1), so both see the same load on a
@@ -13,17 +13,19 @@
 #
 # Only trials that ended within WITHIN seconds (default 900) of their study's start count in
 # the summary: a study lets its last trial finish after the budget. BUDGET (default 15m)
-# overrides the time budget; set WITHIN to match.
+# overrides the time budget; set WITHIN to match. EPOCHS (default 9) is the largest budget;
+# CTHPO_BIN (default target/release/cthpo) the binary, e.g. a copy that later builds leave
+# alone while the pair runs.
 set -euo pipefail
 seed=${1:?usage: $0 SEED OUT [extra cthpo run arguments]}
 out=${2:?usage: $0 SEED OUT [extra cthpo run arguments]}
 shift 2
 root=$(dirname "$0")/..
-bin=$root/target/release/cthpo
+bin=${CTHPO_BIN:-$root/target/release/cthpo}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 for fidelity in hyperband none; do
-    RAYON_NUM_THREADS=1 "$bin" run --method ibp --time-budget "${BUDGET:-15m}" --epochs 9 \
+    RAYON_NUM_THREADS=1 "$bin" run --method ibp --time-budget "${BUDGET:-15m}" --epochs "${EPOCHS:-9}" \
         --min-epochs 1 --fidelity "$fidelity" --seed "$seed" \
         --dir "$out/$fidelity-seed$seed" "$@" >"$out/$fidelity-seed$seed.log" 2>&1 &
 done

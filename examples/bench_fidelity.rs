@@ -103,7 +103,7 @@ fn run(
                 (from.config.clone(), from.bracket, rung, spent)
             }
             None => {
-                // As the driver: the optimiser rebuilt from the latest rung of every configuration.
+                // As the driver: the optimiser rebuilt from every rung score, at its budget.
                 let mut optimizer = Optimizer::new(
                     problem.space.clone(),
                     OptimizerOptions {
@@ -113,8 +113,10 @@ fn run(
                         ..OptimizerOptions::default()
                     },
                 );
-                for record in records.iter().filter(|r| !r.continued) {
-                    optimizer.tell(&record.config, Outcome::Cost(record.observed));
+                for record in &records {
+                    let budget = fidelity.rung_budget(EPOCHS, record.rung);
+                    let outcome = Outcome::Cost(record.observed);
+                    optimizer.tell_at_budget(&record.config, budget, outcome, None);
                 }
                 let config = optimizer.ask();
                 let bracket = fidelity.bracket_of(EPOCHS, new_configs);

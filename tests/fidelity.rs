@@ -187,6 +187,22 @@ fn a_halving_study_stops_at_rungs_and_resumes_mid_bracket() {
         all.iter().any(|t| t.state == TrialState::Complete),
         "a configuration reached the full budget"
     );
+    // The surrogate learns every rung's scores; a configuration paused at a rung is never
+    // proposed again as a new one (only continued).
+    assert!(
+        all.iter()
+            .any(|t| t.user_attr_str("proposal") == Some("surrogate model")),
+        "the surrogate proposed some trials"
+    );
+    let new_configurations: Vec<&StoredTrial> = all
+        .iter()
+        .filter(|t| attr(t, "continues_trial").is_none())
+        .collect();
+    for (i, a) in new_configurations.iter().enumerate() {
+        for b in &new_configurations[i + 1..] {
+            assert_ne!(a.params, b.params, "trials {} and {}", a.number, b.number);
+        }
+    }
     // `trials`, `status` and the history plot show the rungs and the pruned trials.
     let output = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_cthpo"))

@@ -29,7 +29,7 @@ pub use design::{halton, latin_hypercube};
 pub use forest::Forest;
 pub use gp::{DEFAULT_NUGGET, Gp, GpSettings, Kernel, Prediction, ThetaStart};
 pub use pareto::{hypervolume_2d, non_dominated};
-pub use surrogate::{Axes, Fantasy, FitCache, Surrogate, SurrogateKind};
+pub use surrogate::{AtBudget, Axes, Fantasy, FitCache, Surrogate, SurrogateKind};
 
 use crate::space::{Config, Space};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -150,8 +150,11 @@ pub struct Optimizer {
     options: OptimizerOptions,
     design: VecDeque<Config>,
     history: Vec<(Config, Outcome)>,
-    /// Configurations being evaluated elsewhere (asked, not told yet).
-    pending: Vec<Config>,
+    /// The budget of each told trial, in [0, 1] (1: the full budget).
+    budgets: Vec<f64>,
+    /// Configurations being evaluated elsewhere (asked, not told yet), with the budget they
+    /// are evaluated at.
+    pending: Vec<(Config, f64)>,
     /// Constraint values of each told trial (≤ 0 feasible), where it has any.
     constraints: Vec<Option<Vec<f64>>>,
     seen: HashSet<u64>,
@@ -185,6 +188,7 @@ impl Optimizer {
             options,
             design,
             history: Vec::new(),
+            budgets: Vec::new(),
             constraints: Vec::new(),
             pending: Vec::new(),
             seen: HashSet::new(),
@@ -200,21 +204,71 @@ impl Optimizer {
 
     /// Records a finished trial.
     pub fn tell(&mut self, config: &Config, outcome: Outcome) {
+        self.tell_at_budget(config, 1.0, outcome, None);
+    }
+
+    /// Records a trial finished at `budget` (in (0, 1], 1 the full budget; a multi-fidelity
+    /// study's rung), with its constraint values if it has any. Once a trial below the full
+    /// budget is told, the surrogate takes the budget as one more input and the acquisition
+    /// looks at its prediction for the full budget, so it learns from every budget without
+    /// mistaking a short trial's score for a full one's.
+    pub fn tell_at_budget(
+        &mut self,
+        config: &Config,
+        budget: f64,
+        outcome: Outcome,
+        constraints: Option<Vec<f64>>,
+    ) {
         let hash = Space::config_hash(config);
-        self.pending.retain(|p| Space::config_hash(p) != hash);
+        self.pending.retain(|(p, _)| Space::config_hash(p) != hash);
         self.seen.insert(hash);
         self.history.push((config.clone(), outcome));
-        self.constraints.push(None);
+        self.budgets.push(budget.clamp(0.0, 1.0));
+        self.constraints.push(constraints);
+    }
+
+    /// Whether some trial was told (or is pending) below the full budget: the model then takes
+    /// the budget as an input.
+    fn budget_aware(&self) -> bool {
+        self.budgets
+            .iter()
+            .chain(self.pending.iter().map(|(_, b)| b))
+            .any(|&b| b < 1.0)
+    }
+
+    /// The model's input for `config` at `budget`: its encoding, and the budget when the model
+    /// takes it.
+    fn model_point(&self, config: &Config, budget: f64) -> Vec<Option<f64>> {
+        let mut point = self.space.encode(config);
+        if self.budget_aware() {
+            point.push(Some(budget));
+        }
+        point
+    }
+
+    /// The model's axes: the space's, and the budget when the model takes it.
+    fn model_axes(&self) -> Axes {
+        if self.budget_aware() {
+            self.axes.with_budget()
+        } else {
+            self.axes.clone()
+        }
+    }
+
+    /// A fitted model as the acquisition sees it: at the full budget.
+    fn at_full_budget(&self, model: Box<dyn Surrogate>) -> Box<dyn Surrogate> {
+        if self.budget_aware() {
+            AtBudget::wrap(model, 1.0)
+        } else {
+            model
+        }
     }
 
     /// Records a finished trial with its constraint values (Optuna's convention: the trial is
     /// feasible when every value is ≤ 0). The acquisition then weighs expected improvement
     /// over the best feasible trial by the modelled probability of feasibility.
     pub fn tell_constrained(&mut self, config: &Config, outcome: Outcome, constraints: Vec<f64>) {
-        self.tell(config, outcome);
-        if let Some(last) = self.constraints.last_mut() {
-            *last = Some(constraints);
-        }
+        self.tell_at_budget(config, 1.0, outcome, Some(constraints));
     }
 
     /// How the GP models are fitted.
@@ -267,7 +321,7 @@ impl Optimizer {
                 let slot = 1 + k;
                 let believer = (pending, Fantasy::KrigingBeliever);
                 let data = (x.as_slice(), y.as_slice());
-                let axes = &self.axes;
+                let axes = &self.model_axes();
                 surrogate::fit_with_pending(kind, kernel, axes, data, believer, rng, fits, slot)
                     .or_else(|_| {
                         let forest = SurrogateKind::Rf;
@@ -276,7 +330,7 @@ impl Optimizer {
                         )
                     })
                     .ok()
-                    .map(|(model, _)| model)
+                    .map(|(model, _)| self.at_full_budget(model))
             })
             .collect()
     }
@@ -286,9 +340,15 @@ impl Optimizer {
     /// model's own prediction, or as good as the best trial so far): the acquisition near it
     /// drops and concurrent proposals spread out.
     pub fn mark_pending(&mut self, config: &Config) {
+        self.mark_pending_at_budget(config, 1.0);
+    }
+
+    /// [`Optimizer::mark_pending`] for a configuration being evaluated at `budget` (see
+    /// [`Optimizer::tell_at_budget`]).
+    pub fn mark_pending_at_budget(&mut self, config: &Config, budget: f64) {
         self.seen.insert(Space::config_hash(config));
-        if !self.pending.contains(config) {
-            self.pending.push(config.clone());
+        if !self.pending.iter().any(|(p, _)| p == config) {
+            self.pending.push((config.clone(), budget.clamp(0.0, 1.0)));
         }
     }
 
@@ -453,7 +513,8 @@ impl Optimizer {
         let points: Vec<Vec<Option<f64>>> = self
             .history
             .iter()
-            .map(|(config, _)| self.space.encode(config))
+            .zip(&self.budgets)
+            .map(|((config, _), &budget)| self.model_point(config, budget))
             .collect();
         let targets = |kind| match kind {
             SurrogateKind::Rf => &logged,
@@ -461,13 +522,18 @@ impl Optimizer {
         };
         let kind = self.options.surrogate;
         let kernel = self.gp_settings();
-        let pending: Vec<Vec<Option<f64>>> =
-            self.pending.iter().map(|c| self.space.encode(c)).collect();
+        let pending: Vec<Vec<Option<f64>>> = self
+            .pending
+            .iter()
+            .map(|(config, budget)| self.model_point(config, *budget))
+            .collect();
         let fantasy = self.options.fantasy;
+        let axes = self.model_axes();
         let mut fit = |kind: SurrogateKind, rng: &mut StdRng| {
             let data = (points.as_slice(), targets(kind).as_slice());
             let pending = (pending.as_slice(), fantasy);
-            surrogate::fit_with_pending(kind, kernel, &self.axes, data, pending, rng, fits, 0)
+            surrogate::fit_with_pending(kind, kernel, &axes, data, pending, rng, fits, 0)
+                .map(|(model, believed)| (self.at_full_budget(model), believed))
         };
         let ((model, believed), how, costs) = match fit(kind, rng) {
             Ok(fitted) => (fitted, Proposal::Model, targets(kind)),
@@ -487,8 +553,15 @@ impl Optimizer {
         });
         let feasibility = self.constraint_models(kind, &points, &pending, rng, fits);
         // Without constraint models every trial counts (a failure's worst cost included, so
-        // a history of failures still has an incumbent).
+        // a history of failures still has an incumbent); with budgets, only those at the
+        // highest budget a trial succeeded at (the full one, once any is): shorter trials'
+        // scores are on another scale.
+        let top = (0..costs.len())
+            .filter(|&i| !matches!(self.history[i].1, Outcome::Failed))
+            .map(|i| self.budgets[i])
+            .fold(0.0, f64::max);
         let incumbent = (0..costs.len())
+            .filter(|&i| self.budgets[i] >= top)
             .filter(|&i| feasibility.is_empty() || self.feasible(i))
             .map(|i| costs[i])
             .fold(None, |best: Option<f64>, c| {
@@ -534,6 +607,45 @@ mod tests {
         );
         assert_eq!(models.len(), 1, "one constraint, one model");
         models[0].predict(&[encode(at)])[0].1
+    }
+
+    #[test]
+    fn with_budgets_the_model_proposes_for_the_full_budget() {
+        // Short trials favour x near 0.9, full ones x near 0.1: told with their budgets, the
+        // model looks for the full budget's optimum; told as if they were all full, the many
+        // short trials pull it to theirs.
+        let yaml =
+            "hyperparameters:\n  - {name: x, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n";
+        let space = Space::from_yaml(yaml, "one").unwrap();
+        let config = |x: f64| Config::from([("x".to_string(), crate::space::Value::Float(x))]);
+        let proposal = |with_budgets: bool, surrogate: SurrogateKind| {
+            let options = OptimizerOptions {
+                initial_design: Some(0),
+                skip_default: true,
+                random_interleave: Some(0.0),
+                surrogate,
+                candidates: 200,
+                ..Default::default()
+            };
+            let mut optimizer = Optimizer::new(space.clone(), options);
+            for i in 0..20 {
+                let x = (i as f64 + 0.5) / 20.0;
+                let budget = if with_budgets { 0.0 } else { 1.0 };
+                let cost = Outcome::Cost((x - 0.9).powi(2));
+                optimizer.tell_at_budget(&config(x), budget, cost, None);
+            }
+            for x in [0.03_f64, 0.12, 0.3, 0.55, 0.8, 0.97] {
+                let cost = Outcome::Cost((x - 0.1).powi(2) + 0.01);
+                optimizer.tell_at_budget(&config(x), 1.0, cost, None);
+            }
+            optimizer.ask()["x"].as_f64().unwrap()
+        };
+        // The GP only: a forest of 26 points may split on x before the budget, and how it
+        // splits depends on its bootstrap (its budget input is measured by bench_fidelity).
+        let aware = proposal(true, SurrogateKind::Gp);
+        assert!(aware < 0.35, "with budgets proposed x = {aware}");
+        let mixed = proposal(false, SurrogateKind::Gp);
+        assert!(mixed > 0.5, "without budgets proposed x = {mixed}");
     }
 
     #[test]

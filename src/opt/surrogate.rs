@@ -163,6 +163,14 @@ impl Axes {
         self.0.get(axis).copied().flatten()
     }
 
+    /// These axes and one more number, last: the budget an observation was made at (see
+    /// [`AtBudget`]).
+    pub fn with_budget(&self) -> Axes {
+        let mut axes = self.0.clone();
+        axes.push(None);
+        Axes(axes)
+    }
+
     /// Forest inputs: inactive coordinates become −1, outside the cube, so trees can split
     /// them off.
     fn forest_features(&self, point: &[Option<f64>]) -> Vec<f64> {
@@ -277,6 +285,55 @@ impl Surrogate for GpSurrogate {
                 axes: self.axes.clone(),
             })),
             Err(_) => Err(self),
+        }
+    }
+}
+
+/// A model fitted with the budget (in [0, 1], 1 the full budget) as its last input,
+/// predicting at one budget: the acquisition searches configurations alone and sees the
+/// model at that budget, while the model learns from observations at every budget.
+pub struct AtBudget {
+    model: Box<dyn Surrogate>,
+    budget: f64,
+}
+
+impl AtBudget {
+    /// `model` (fitted on [`Axes::with_budget`] points) seen at `budget`.
+    pub fn wrap(model: Box<dyn Surrogate>, budget: f64) -> Box<dyn Surrogate> {
+        Box::new(AtBudget { model, budget })
+    }
+
+    fn extend(&self, points: &[Vec<Option<f64>>]) -> Vec<Vec<Option<f64>>> {
+        points
+            .iter()
+            .map(|p| p.iter().copied().chain([Some(self.budget)]).collect())
+            .collect()
+    }
+}
+
+impl Surrogate for AtBudget {
+    fn predict(&self, points: &[Vec<Option<f64>>]) -> Vec<(f64, f64)> {
+        self.model.predict(&self.extend(points))
+    }
+
+    fn predict_with_gradient(&self, point: &[Option<f64>]) -> Option<Prediction> {
+        let extended = self.extend(std::slice::from_ref(&point.to_vec())).remove(0);
+        let mut at = self.model.predict_with_gradient(&extended)?;
+        at.mean_gradient.pop();
+        at.variance_gradient.pop();
+        Some(at)
+    }
+
+    fn condition(
+        self: Box<Self>,
+        points: &[Vec<Option<f64>>],
+        values: &[f64],
+    ) -> Result<Box<dyn Surrogate>, Box<dyn Surrogate>> {
+        let extended = self.extend(points);
+        let budget = self.budget;
+        match self.model.condition(&extended, values) {
+            Ok(model) => Ok(AtBudget::wrap(model, budget)),
+            Err(model) => Err(AtBudget::wrap(model, budget)),
         }
     }
 }

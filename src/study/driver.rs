@@ -599,7 +599,10 @@ fn best_objective(trials: &[StoredTrial], directions: &[Direction]) -> Option<f6
 }
 
 /// The optimiser as the stored trials leave it: completed trials are told their costs, failed
-/// ones count as the worst, running ones (another process) are pending.
+/// ones count as the worst, running ones (another process) are pending. In a multi-fidelity
+/// study every rung score is told at its rung's budget ([`rungs::surrogate_view`],
+/// [`super::Fidelity::rung_budget`]): the model takes the budget as an input and the
+/// acquisition looks at its prediction for the full budget.
 fn rebuild_optimizer(
     space: &Space,
     spec: &StudySpec,
@@ -616,25 +619,23 @@ fn rebuild_optimizer(
         ..OptimizerOptions::default()
     };
     let mut optimizer = Optimizer::new(space.clone(), options);
-    for trial in rungs::latest_per_configuration(trials) {
+    let top = spec.fidelity.rung_epochs(spec.epochs).len() - 1;
+    for (trial, rung, told) in rungs::surrogate_view(trials, top) {
         let Some(config) = stored_config(space, trial) else {
             continue;
         };
-        match (trial.state, &trial.values) {
-            (TrialState::Complete | TrialState::Pruned, Some(values)) if !values.is_empty() => {
+        let budget = spec.fidelity.rung_budget(spec.epochs, rung);
+        match (told, &trial.values) {
+            (rungs::Told::Score, Some(values)) => {
                 let costs: Vec<f64> = values.iter().map(|v| -v).collect();
                 let outcome = if costs.len() == 1 {
                     Outcome::Cost(costs[0])
                 } else {
                     Outcome::Costs(costs)
                 };
-                match trial.constraints() {
-                    Some(constraints) => optimizer.tell_constrained(&config, outcome, constraints),
-                    None => optimizer.tell(&config, outcome),
-                }
+                optimizer.tell_at_budget(&config, budget, outcome, trial.constraints());
             }
-            (TrialState::Running, _) => optimizer.mark_pending(&config),
-            _ if trial.is_interrupted() => {}
+            (rungs::Told::Pending, _) => optimizer.mark_pending_at_budget(&config, budget),
             _ => optimizer.tell(&config, Outcome::Failed),
         }
     }

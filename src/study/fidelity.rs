@@ -184,6 +184,18 @@ impl Fidelity {
         rungs
     }
 
+    /// Where rung `rung` (of the largest budget `epochs`) lies between the smallest rung (0) and
+    /// the full budget (1), on the log scale of the geometric rungs (1, 3, 9 epochs: 0, ½, 1):
+    /// the budget input of the surrogate. A study without rungs has only the full budget.
+    pub fn rung_budget(&self, epochs: usize, rung: usize) -> f64 {
+        let rungs = self.rung_epochs(epochs);
+        let (low, high) = (rungs[0] as f64, epochs as f64);
+        match rungs.get(rung) {
+            Some(&at) if high > low => (at as f64 / low).ln() / (high / low).ln(),
+            _ => 1.0,
+        }
+    }
+
     /// The brackets: successive halving has one from the smallest rung; Hyperband one from
     /// every rung, bracket `b` starting `n = ⌈(s+1)/(s−b+1)·η^(s−b)⌉` configurations at rung
     /// `b` (with `s + 1` rungs) and keeping `⌊n/η^i⌋` at its `i`-th rung.
@@ -428,6 +440,11 @@ mod tests {
             [2, 6, 9]
         );
         assert_eq!(Fidelity::default().rung_epochs(7), [7]);
+        // The surrogate's budget input: log-spaced from the smallest rung to the full budget.
+        let budgets: Vec<f64> = (0..3).map(|r| fidelity.rung_budget(9, r)).collect();
+        assert!((budgets[0] - 0.0).abs() < 1e-12 && (budgets[1] - 0.5).abs() < 1e-12);
+        assert!((budgets[2] - 1.0).abs() < 1e-12);
+        assert_eq!(Fidelity::default().rung_budget(7, 0), 1.0);
     }
 
     fn entry(number: i64, rung: usize, value: f64) -> RungEntry {
