@@ -767,3 +767,119 @@ fn convolutions_from_precomputed_columns_match_the_direct_kernels() {
         "16 ≠ 5·5 positions"
     );
 }
+
+#[test]
+fn grouped_convolutions_of_small_layers_match_candle_over_many_samples() {
+    use cthpo::kernels::{conv2d_bias, conv2d_columns, conv2d_from_columns};
+    let mut rng = StdRng::seed_from_u64(47);
+    // cnn-small's first layer (16 kernels of 4×4, stride 2) and a stride-1 one: small enough
+    // that groups of samples share one product, with a partial last group.
+    for &(batch, cin, size, cout, kernel, stride, padding) in
+        &[(45, 1, 28, 16, 4, 2, 1), (23, 2, 9, 5, 3, 1, 1)]
+    {
+        let x = random(&mut rng, &[batch, cin, size, size]);
+        let weight = random(&mut rng, &[cout, cin, kernel, kernel]);
+        let bias = random(&mut rng, &[cout]);
+        let ours = conv2d_bias(&x, &weight, &bias, stride, padding).unwrap();
+        let theirs = x
+            .conv2d(&weight, padding, stride, 1, 1)
+            .unwrap()
+            .broadcast_add(&bias.reshape((1, cout, 1, 1)).unwrap())
+            .unwrap();
+        assert_near(&ours, &theirs, "forward");
+        let (_, _, out_height, out_width) = ours.dims4().unwrap();
+        let columns = conv2d_columns(&x, kernel, stride, padding).unwrap();
+        let from_columns =
+            conv2d_from_columns(&columns, &weight, Some(&bias), (out_height, out_width)).unwrap();
+        assert_eq!(max_difference(&from_columns, &ours), 0.0, "same products");
+        // The transposed convolution is the adjoint of the forward one.
+        let a = random(&mut rng, ours.dims());
+        let z = conv_transpose2d(&a, &weight, stride, padding, size, size).unwrap();
+        let left = (conv2d(&x, &weight, stride, padding).unwrap() * &a)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let right = (&x * &z)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (left - right).abs() <= 1e-4 * (1.0 + left.abs()),
+            "{left} vs {right}"
+        );
+    }
+}
+
+#[test]
+fn relu_masked_transposed_convolution_is_the_transposed_convolution_of_the_masked_gradient() {
+    use cthpo::kernels::{relu_gradient, relu_masked_conv_transpose2d, signed_step};
+    let mut rng = StdRng::seed_from_u64(53);
+    for &(batch, cin, size, cout, kernel, stride, padding) in &[
+        (45, 1, 28, 16, 4, 2, 1),
+        (1, 1, 28, 16, 4, 2, 1),
+        (7, 3, 8, 4, 3, 1, 1),
+        (5, 2, 9, 3, 3, 2, 0),
+    ] {
+        let out = (size + 2 * padding - kernel) / stride + 1;
+        let dims = [batch, cout, out, out];
+        let g = random(&mut rng, &dims);
+        // A third of the ReLU inputs exactly 0, where the gradient passes (as in
+        // `relu_gradient`).
+        let values: Vec<f32> = (0..dims.iter().product::<usize>())
+            .map(|_| match rng.random_range(0..3) {
+                0 => 0.0,
+                _ => rng.random_range(-1.0..1.0),
+            })
+            .collect();
+        let pre_activation = Tensor::from_vec(values, &dims[..], &Device::Cpu).unwrap();
+        let weight = random(&mut rng, &[cout, cin, kernel, kernel]);
+        let masked = relu_gradient(&pre_activation, &g).unwrap();
+        let expected = conv_transpose2d(&masked, &weight, stride, padding, size, size).unwrap();
+        let ours = relu_masked_conv_transpose2d(
+            &g,
+            &pre_activation,
+            &weight,
+            (stride, padding),
+            (size, size),
+        )
+        .unwrap();
+        assert_eq!(
+            max_difference(&ours, &expected),
+            0.0,
+            "same coefficients, same products"
+        );
+        let wrong = random(&mut rng, &[batch, cout, out, out + 1]);
+        assert!(
+            relu_masked_conv_transpose2d(&g, &wrong, &weight, (stride, padding), (size, size))
+                .is_err()
+        );
+    }
+    // PGD's fused step against candle's `x + sign(g)·step`, `maximum(l)`, `minimum(u)`, bit for
+    // bit, with zero gradients and points outside the box.
+    let dims = [37, 3, 5, 7];
+    let x = random(&mut rng, &dims);
+    let g = (random(&mut rng, &dims)
+        .ge(0.3)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32))
+    .unwrap()
+    .mul(&random(&mut rng, &dims))
+    .unwrap();
+    let lower = (random(&mut rng, &dims).abs().unwrap() * -0.5).unwrap();
+    let upper = (random(&mut rng, &dims).abs().unwrap() * 0.5).unwrap();
+    let ours = signed_step(&x, &g, (&lower, &upper), 0.125).unwrap();
+    let theirs = (&x + (g.sign().unwrap() * 0.125).unwrap())
+        .unwrap()
+        .maximum(&lower)
+        .unwrap()
+        .minimum(&upper)
+        .unwrap();
+    assert_eq!(
+        ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    );
+}

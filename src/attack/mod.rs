@@ -370,9 +370,7 @@ fn pgd_search(
                 AttackError::Gradient("no input gradient before the last step".into())
             })?;
             let step_size = config.step_size_at(step, eps);
-            x = (x + (gradient.sign()? * step_size)?)?
-                .maximum(&lo)?
-                .minimum(&hi)?;
+            x = crate::kernels::signed_step(&x, &gradient, (&lo, &hi), step_size as f32)?;
             if keep.len() < samples.len() {
                 if keep.is_empty() {
                     break;

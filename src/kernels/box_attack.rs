@@ -21,21 +21,51 @@ pub fn box_signed_step(
     (lower, upper): (&Tensor, &Tensor),
     step: f32,
 ) -> Result<Tensor> {
-    let values = with_equal_lengths(&[x, gradient, lower, upper], "box signed step", |v| {
+    clamped_signed_step(x, gradient, (lower, upper), |x, sign, l, u| {
+        x - sign * (u - l) * step
+    })
+}
+
+/// `min(max(x + step·sign(g), l), u)` element-wise, `sign(0) = 0`: PGD's ascent step of fixed
+/// size, projected into the box (the arithmetic of candle's `x + sign(g)·step` then
+/// `maximum(l)` and `minimum(u)`, in its order, so the results are bit-identical).
+pub fn signed_step(
+    x: &Tensor,
+    gradient: &Tensor,
+    (lower, upper): (&Tensor, &Tensor),
+    step: f32,
+) -> Result<Tensor> {
+    // candle's `tensor * scalar` is an affine map `v·step + 0`.
+    clamped_signed_step(x, gradient, (lower, upper), |x, sign, _, _| {
+        x + (sign * step + 0.0)
+    })
+}
+
+/// `clamp(moved(x, sign(g), l, u), l, u)` element-wise (`sign(0) = 0`, the clamp as candle's
+/// `maximum(l)` then `minimum(u)`), in one pass.
+fn clamped_signed_step(
+    x: &Tensor,
+    gradient: &Tensor,
+    (lower, upper): (&Tensor, &Tensor),
+    moved: impl Fn(f32, f32, f32, f32) -> f32 + Sync + Send,
+) -> Result<Tensor> {
+    let values = with_equal_lengths(&[x, gradient, lower, upper], "signed step", |v| {
         let (x, g, l, u) = (v[0], v[1], v[2], v[3]);
-        // SAFETY: each output chunk is zipped with input slices at least as long.
+        // SAFETY: every element of each output chunk is written, from input slices as long.
         Ok(unsafe {
             par_filled(x.len(), CHUNK, |index, out| {
-                let start = index * CHUNK;
-                let inputs = x[start..]
-                    .iter()
-                    .zip(&g[start..])
-                    .zip(l[start..].iter().zip(&u[start..]));
-                for (out, ((x, g), (l, u))) in out.iter_mut().zip(inputs) {
+                let range = index * CHUNK..index * CHUNK + out.len();
+                let (x, g) = (&x[range.clone()], &g[range.clone()]);
+                let (l, u) = (&l[range.clone()], &u[range]);
+                // Indexing equal-length slices (not a zip of five iterators) lets the loop
+                // vectorise.
+                for i in 0..out.len() {
                     // Branch-free: gradient signs are a coin toss for the branch predictor.
-                    let sign = masked(1f32.copysign(*g), *g != 0.0);
-                    let moved = x - sign * (u - l) * step;
-                    out.write(moved.max(*l).min(*u));
+                    let sign = masked(1f32.copysign(g[i]), g[i] != 0.0);
+                    let value = moved(x[i], sign, l[i], u[i]);
+                    // candle's `maximum` and `minimum`.
+                    let value = if value < l[i] { l[i] } else { value };
+                    out[i].write(if value > u[i] { u[i] } else { value });
                 }
             })
         })

@@ -7,15 +7,20 @@
 //! - forward:            `Y_n = K · im2col(X_n)`
 //! - transposed forward: `Z_n = col2im(Kᵀ · A_n)` (the input gradient, and CROWN's backward step)
 //! - weight gradient:    `dK = Σ_n dY_n · im2col(X_n)ᵀ`
+//!
+//! Where a sample's im2col matrix is small (`cnn-small`'s first layer, which every training
+//! attack runs forward and backward at each step), the forward and transposed products take a
+//! group of samples' matrices side by side in one product.
 
 use super::channel::channel_sum;
-use super::{contiguous_f32, matmul, matmul_new, with_values};
+use super::{contiguous_f32, masked, matmul, with_values};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// Elements of the im2col matrices a transposed convolution forms in one product: smaller
-/// per-sample matrices are grouped up to this size (256 KiB, within a core's L2 cache).
+/// Elements of the im2col matrices a convolution or a transposed convolution forms for one
+/// product: smaller per-sample matrices are grouped up to this size (256 KiB, within a core's
+/// L2 cache).
 const GROUPED_COLUMNS: usize = 1 << 16;
 
 /// Sizes of one convolution (square kernel, equal stride and padding in both directions).
@@ -61,8 +66,10 @@ impl Geometry {
         (lo.min(hi), hi)
     }
 
-    /// `cols[(c, ki, kj), (oh, ow)] = x[c, oh·s − p + ki, ow·s − p + kj]` (zero outside).
-    fn im2col(&self, image: &[f32], cols: &mut [f32]) {
+    /// `cols[(c, ki, kj), (oh, ow)] = x[c, oh·s − p + ki, ow·s − p + kj]` (zero outside), the
+    /// matrix starting at column `offset` of `cols`, whose rows are `row_stride` long (several
+    /// samples' matrices side by side).
+    fn im2col(&self, image: &[f32], cols: &mut [f32], (offset, row_stride): (usize, usize)) {
         let positions = self.out_positions();
         let (s, p) = (self.stride, self.padding);
         for c in 0..self.in_channels {
@@ -71,7 +78,7 @@ impl Geometry {
                 let (oh_lo, oh_hi) = self.valid_outputs(ki, self.in_height, self.out_height);
                 for kj in 0..self.kernel {
                     let row = (c * self.kernel + ki) * self.kernel + kj;
-                    let out_row = &mut cols[row * positions..(row + 1) * positions];
+                    let out_row = &mut cols[row * row_stride + offset..][..positions];
                     out_row[..oh_lo * self.out_width].fill(0.0);
                     out_row[oh_hi * self.out_width..].fill(0.0);
                     let (ow_lo, ow_hi) = self.valid_outputs(kj, self.in_width, self.out_width);
@@ -156,27 +163,38 @@ impl Im2col {
         let table = (g.stride != 1 && g.in_plane() < (1 << 24)).then(|| {
             let indices: Vec<f32> = (1..=g.in_plane()).map(|i| i as f32).collect();
             let mut cols = vec![0f32; g.patch_len() * g.out_positions()];
-            g.im2col(&indices, &mut cols);
+            g.im2col(&indices, &mut cols, (0, g.out_positions()));
             cols.into_iter().map(|v| v as u32).collect()
         });
         Im2col { geometry: g, table }
     }
 
-    /// Fills `cols` with the im2col matrix of one image, using `padded` as scratch.
-    fn fill(&self, image: &[f32], cols: &mut [f32], padded: &mut Vec<f32>) {
+    /// Fills the im2col matrix of one image into `cols` at column `offset`, rows `row_stride`
+    /// long (several samples' matrices side by side), using `padded` as scratch.
+    fn fill(
+        &self,
+        image: &[f32],
+        cols: &mut [f32],
+        (offset, row_stride): (usize, usize),
+        padded: &mut Vec<f32>,
+    ) {
         match &self.table {
             Some(table) => {
                 padded.clear();
                 padded.push(0.0);
                 padded.extend_from_slice(&image[..self.geometry.in_plane()]);
                 assert_eq!(padded.len(), self.geometry.in_plane() + 1);
-                for (slot, &index) in cols.iter_mut().zip(table) {
-                    // SAFETY: `new` builds every entry as 0 or 1 + an index into the image, so
-                    // below `in_plane + 1 = padded.len()` (asserted above).
-                    *slot = unsafe { *padded.get_unchecked(index as usize) };
+                let positions = self.geometry.out_positions();
+                for (row, indices) in table.chunks(positions).enumerate() {
+                    let target = &mut cols[row * row_stride + offset..][..positions];
+                    for (slot, &index) in target.iter_mut().zip(indices) {
+                        // SAFETY: `new` builds every entry as 0 or 1 + an index into the image,
+                        // so below `in_plane + 1 = padded.len()` (asserted above).
+                        *slot = unsafe { *padded.get_unchecked(index as usize) };
+                    }
                 }
             }
-            None => self.geometry.im2col(image, cols),
+            None => self.geometry.im2col(image, cols, (offset, row_stride)),
         }
     }
 
@@ -283,14 +301,15 @@ impl Patches<'_> {
             Patches::Images(_) => {
                 let g = &im2col.geometry;
                 cols.resize(g.patch_len() * g.out_positions(), 0.0);
-                im2col.fill(chunk, cols, padded);
+                im2col.fill(chunk, cols, (0, g.out_positions()), padded);
                 cols
             }
         }
     }
 }
 
-/// `Y_n = K · im2col(X_n) [+ bias]` for every sample, spread over samples.
+/// `Y_n = K · im2col(X_n) [+ bias]` for every sample, spread over samples; small layers a
+/// group of samples per product (see [`group_size`]).
 fn convolve(
     g: &Geometry,
     patches: Patches<'_>,
@@ -302,37 +321,99 @@ fn convolve(
     let mut out = Vec::with_capacity(g.batch * g.out_plane());
     let (patch, positions) = (g.patch_len(), g.out_positions());
     let im2col = Im2col::new(g);
+    let group = group_size(g, patch * positions);
+    let sample_len = patches.sample_len(g);
     out.spare_capacity_mut()[..g.batch * g.out_plane()]
-        .par_chunks_mut(g.out_plane())
-        .zip(patches.values().par_chunks(patches.sample_len(g)))
+        .par_chunks_mut(g.out_plane() * group)
+        .zip(patches.values().par_chunks(sample_len * group))
         .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(cols, padded), (y, chunk)| {
-                let cols = patches.matrix(&im2col, chunk, cols, padded);
-                // The bias seeds the product, so it costs no separate pass either.
-                let zeros = [0f32];
-                let seeds = bias.unwrap_or(&zeros);
-                for (c, row) in y.chunks_mut(positions).enumerate() {
-                    row.fill(MaybeUninit::new(seeds[c.min(seeds.len() - 1)]));
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(cols, product, padded), (y, chunk)| {
+                if group == 1 {
+                    let cols = patches.matrix(&im2col, chunk, cols, padded);
+                    convolve_sample(g, cols, kernel, bias, y);
+                    return;
                 }
-                // SAFETY: every element was initialised just above.
-                let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                let samples = chunk.len() / sample_len.max(1);
+                let width = samples * positions;
+                // Row r holds every sample's row r side by side.
+                cols.resize(patch * width, 0.0);
+                for (i, sample) in chunk.chunks(sample_len).enumerate() {
+                    match patches {
+                        Patches::Images(_) => {
+                            im2col.fill(sample, cols, (i * positions, width), padded)
+                        }
+                        Patches::Columns(_) => {
+                            for (row, values) in sample.chunks(positions).enumerate() {
+                                cols[row * width + i * positions..][..positions]
+                                    .copy_from_slice(values);
+                            }
+                        }
+                    }
+                }
+                product.resize(g.out_channels * width, 0.0);
                 matmul(
-                    y,
-                    bias.is_some(),
-                    (g.out_channels, positions, patch),
+                    product,
+                    false,
+                    (g.out_channels, width, patch),
                     kernel,
                     (patch, 1),
                     cols,
-                    (positions, 1),
+                    (width, 1),
                     false,
                 );
+                for (i, y) in y.chunks_mut(g.out_plane()).enumerate() {
+                    for (c, row) in y.chunks_mut(positions).enumerate() {
+                        let values = &product[c * width + i * positions..][..positions];
+                        match bias {
+                            Some(bias) => {
+                                for (slot, value) in row.iter_mut().zip(values) {
+                                    slot.write(bias[c] + value);
+                                }
+                            }
+                            None => {
+                                for (slot, value) in row.iter_mut().zip(values) {
+                                    slot.write(*value);
+                                }
+                            }
+                        }
+                    }
+                }
             },
         );
     // SAFETY: every sample's chunk was initialised by its worker.
     unsafe { out.set_len(g.batch * g.out_plane()) };
     let shape = Shape::from((g.batch, g.out_channels, g.out_height, g.out_width));
     (CpuStorage::F32(out), shape)
+}
+
+/// `y = K · cols [+ bias]` for one sample's im2col matrix.
+fn convolve_sample(
+    g: &Geometry,
+    cols: &[f32],
+    kernel: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let (patch, positions) = (g.patch_len(), g.out_positions());
+    // The bias seeds the product, so it costs no separate pass either.
+    let zeros = [0f32];
+    let seeds = bias.unwrap_or(&zeros);
+    for (c, row) in y.chunks_mut(positions).enumerate() {
+        row.fill(MaybeUninit::new(seeds[c.min(seeds.len() - 1)]));
+    }
+    // SAFETY: every element was initialised just above.
+    let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    matmul(
+        y,
+        bias.is_some(),
+        (g.out_channels, positions, patch),
+        kernel,
+        (patch, 1),
+        cols,
+        (positions, 1),
+        false,
+    );
 }
 
 /// Forward convolution (no bias) as a differentiable custom op.
@@ -452,6 +533,79 @@ impl CustomOp3 for Conv2dBiasOp {
     }
 }
 
+/// Samples whose per-sample matrices (`len` elements each) share one product: small layers
+/// (an attack's first convolution: 16×16 kernels over 196 positions) spend more in gemm's
+/// per-call set-up than in the product, so a group of samples lays its matrices side by side.
+fn group_size(g: &Geometry, len: usize) -> usize {
+    (GROUPED_COLUMNS / len.max(1)).clamp(1, g.batch.div_ceil(rayon::current_num_threads()).max(1))
+}
+
+/// `X_n = col2im(Kᵀ · A_n)` for every sample: the transposed convolution of `a`
+/// `[B, Co, Ho, Wo]`, its coefficients multiplied by `[mask ≥ 0]` first when `mask` (a
+/// ReLU's input, the shape of `a`) is given.
+fn transpose_convolve(g: &Geometry, a: &[f32], mask: Option<&[f32]>, kernel: &[f32]) -> Vec<f32> {
+    let (patch, positions) = (g.patch_len(), g.out_positions());
+    let im2col = Im2col::new(g);
+    let group = group_size(g, patch * positions);
+    let len = g.batch * g.in_plane();
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(g.in_plane() * group)
+        .zip(a.par_chunks(g.out_plane() * group))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(side_by_side, cols, padded), (chunk, (images, coefficients))| {
+                let samples = coefficients.len() / g.out_plane().max(1);
+                let width = samples * positions;
+                // Channel-major: row c holds every sample's coefficients of channel c.
+                let rhs: &[f32] = if samples == 1 && mask.is_none() {
+                    coefficients
+                } else {
+                    side_by_side.clear();
+                    let start = chunk * group * g.out_plane();
+                    for c in 0..g.out_channels {
+                        for (i, sample) in coefficients.chunks(g.out_plane()).enumerate() {
+                            let values = &sample[c * positions..][..positions];
+                            match mask {
+                                Some(mask) => {
+                                    let at = start + i * g.out_plane() + c * positions;
+                                    let inputs = &mask[at..at + positions];
+                                    side_by_side.extend(
+                                        (0..positions).map(|p| masked(values[p], inputs[p] >= 0.0)),
+                                    );
+                                }
+                                None => side_by_side.extend_from_slice(values),
+                            }
+                        }
+                    }
+                    side_by_side
+                };
+                cols.resize(patch * width, 0.0);
+                // Kᵀ is read through strides: element (r, c) of Kᵀ is K[c, r].
+                matmul(
+                    cols,
+                    false,
+                    (patch, width, g.out_channels),
+                    kernel,
+                    (1, patch),
+                    rhs,
+                    (width, 1),
+                    false,
+                );
+                images.fill(MaybeUninit::new(0.0));
+                // SAFETY: every element was initialised just above.
+                let images = unsafe { &mut *(images as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                for (i, image) in images.chunks_mut(g.in_plane()).enumerate() {
+                    im2col.scatter(cols, (i * positions, width), image, padded);
+                }
+            },
+        );
+    // SAFETY: every sample's image was initialised by its worker.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Transposed convolution (the adjoint of [`Conv2dOp`]) with an explicit output size.
 struct ConvTranspose2dOp {
     stride: usize,
@@ -512,46 +666,7 @@ impl CustomOp2 for ConvTranspose2dOp {
         let g = self.geometry(a_layout, k_layout)?;
         let a = contiguous_f32(a_storage, a_layout, "conv_transpose2d input")?;
         let kernel = contiguous_f32(k_storage, k_layout, "conv_transpose2d kernel")?;
-        let mut out = vec![0f32; g.batch * g.in_plane()];
-        let (patch, positions) = (g.patch_len(), g.out_positions());
-        let im2col = Im2col::new(&g);
-        // Small layers (an attack's first convolution: 16×16 kernels over 196 positions) spend
-        // more in gemm's per-call set-up than in the product, so a group of samples shares one
-        // product over their coefficients laid side by side.
-        let group = (GROUPED_COLUMNS / (patch * positions).max(1))
-            .clamp(1, g.batch.div_ceil(rayon::current_num_threads()).max(1));
-        out.par_chunks_mut(g.in_plane() * group)
-            .zip(a.par_chunks(g.out_plane() * group))
-            .for_each_init(Vec::new, |padded, (images, coefficients)| {
-                let samples = coefficients.len() / g.out_plane().max(1);
-                let width = samples * positions;
-                // Channel-major: row c holds every sample's coefficients of channel c.
-                let side_by_side: Vec<f32>;
-                let rhs: &[f32] = if samples == 1 {
-                    coefficients
-                } else {
-                    let mut rows = Vec::with_capacity(g.out_channels * width);
-                    for c in 0..g.out_channels {
-                        for sample in coefficients.chunks(g.out_plane()) {
-                            rows.extend_from_slice(&sample[c * positions..][..positions]);
-                        }
-                    }
-                    side_by_side = rows;
-                    &side_by_side
-                };
-                // Kᵀ is read through strides: element (r, c) of Kᵀ is K[c, r].
-                let cols = matmul_new(
-                    (patch, width, g.out_channels),
-                    kernel,
-                    (1, patch),
-                    rhs,
-                    (width, 1),
-                    false,
-                );
-                for (i, image) in images.chunks_mut(g.in_plane()).enumerate() {
-                    im2col.scatter(&cols, (i * positions, width), image, padded);
-                }
-            });
+        let out = transpose_convolve(&g, a, None, kernel);
         let shape = Shape::from((g.batch, g.in_channels, g.in_height, g.in_width));
         Ok((CpuStorage::F32(out), shape))
     }
@@ -682,7 +797,7 @@ pub fn conv2d_columns(x: &Tensor, kernel: usize, stride: usize, padding: usize) 
                 cols.fill(MaybeUninit::new(0.0));
                 // SAFETY: every element was initialised just above.
                 let cols = unsafe { &mut *(cols as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                im2col.fill(image, cols, padded)
+                im2col.fill(image, cols, (0, positions), padded)
             });
         // SAFETY: every sample's chunk was initialised by its worker.
         unsafe { out.set_len(len) };
@@ -797,6 +912,42 @@ pub fn conv_transpose2d(
             out_height,
             out_width,
         },
+    )
+}
+
+/// [`conv_transpose2d`] of `a` times `[pre_activation ≥ 0]` (`pre_activation` the input of the
+/// ReLU whose output `a` is the gradient of): a ReLU's backward folded into the transposed
+/// convolution after it, graph-free.
+pub fn relu_masked_conv_transpose2d(
+    a: &Tensor,
+    pre_activation: &Tensor,
+    kernel: &Tensor,
+    (stride, padding): (usize, usize),
+    (out_height, out_width): (usize, usize),
+) -> Result<Tensor> {
+    if a.dims() != pre_activation.dims() {
+        bail!(
+            "relu-masked conv_transpose2d: gradient {:?} and ReLU input {:?} differ",
+            a.dims(),
+            pre_activation.dims()
+        )
+    }
+    let op = ConvTranspose2dOp {
+        stride,
+        padding,
+        out_height,
+        out_width,
+    };
+    let g = op.geometry(a.layout(), kernel.layout())?;
+    let out = with_values(
+        &[a, pre_activation, kernel],
+        "relu-masked conv_transpose2d",
+        |v| Ok(transpose_convolve(&g, v[0], Some(v[1]), v[2])),
+    )?;
+    Tensor::from_vec(
+        out,
+        (g.batch, g.in_channels, out_height, out_width),
+        a.device(),
     )
 }
 

@@ -15,11 +15,11 @@ mod specs;
 mod winograd;
 
 pub use adam::{AdamMoments, AdamStep, adam_update, sum_of_squares};
-pub use box_attack::{box_signed_step, link_box_gradient, select_rows};
+pub use box_attack::{box_signed_step, link_box_gradient, select_rows, signed_step};
 pub use channel::{channel_affine, channel_affine_gradient, channel_affine_relu, channel_sum};
 pub use conv::{
     conv_transpose2d, conv2d, conv2d_bias, conv2d_columns, conv2d_from_columns,
-    conv2d_weight_gradient, conv2d_weight_gradient_from_columns,
+    conv2d_weight_gradient, conv2d_weight_gradient_from_columns, relu_masked_conv_transpose2d,
 };
 pub use crown::{
     channel_dot, crown_box_minimum, crown_box_minimum_gradient, crown_relu_step,

@@ -3,8 +3,9 @@
 
 use crate::kernels::{
     WinogradInput, conv_transpose2d, conv2d, conv2d_bias, conv2d_columns, conv2d_from_columns,
-    conv2d_weight_gradient_from_columns, winograd_conv2d, winograd_conv2d_input_gradient,
-    winograd_conv2d_keeping_input, winograd_conv2d_weight_gradient_from, winograd_supports,
+    conv2d_weight_gradient_from_columns, relu_masked_conv_transpose2d, winograd_conv2d,
+    winograd_conv2d_input_gradient, winograd_conv2d_keeping_input,
+    winograd_conv2d_weight_gradient_from, winograd_supports,
 };
 use crate::train::TrainError;
 use candle_core::Tensor;
@@ -83,6 +84,24 @@ pub(super) fn input_gradient(
         KeptInput::Columns(_) | KeptInput::Nothing { winograd: false } => {
             conv_transpose2d(g, weight, stride, padding, height, width)?
         }
+    })
+}
+
+/// The input gradient of [`convolve`] from the gradient `g` of the ReLU after it, whose input
+/// was `pre_activation`: the ReLU's mask folded into im2col's transposed convolution, one pass
+/// less. `None` where Winograd's kernels ran the forward pass.
+pub(super) fn relu_masked_input_gradient(
+    g: &Tensor,
+    pre_activation: &Tensor,
+    weight: &Tensor,
+    (stride, padding): (usize, usize),
+    input: &ConvInput,
+) -> Result<Option<Tensor>, TrainError> {
+    Ok(match input.kept {
+        KeptInput::Winograd(_) | KeptInput::Nothing { winograd: true } => None,
+        KeptInput::Columns(_) | KeptInput::Nothing { winograd: false } => Some(
+            relu_masked_conv_transpose2d(g, pre_activation, weight, (stride, padding), input.size)?,
+        ),
     })
 }
 

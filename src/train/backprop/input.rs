@@ -1,7 +1,8 @@
 //! The input-gradient pass of training attacks: the clean forward pass at BatchNorm maps held
 //! fixed and its backward into the input alone, no parameter gradients and no graph.
 
-use super::clean::{self, BatchNormAffine, BatchNormSums, BatchNorms};
+use super::clean::{self, BatchNormAffine, BatchNormSums, BatchNorms, CleanSaved};
+use super::conv::relu_masked_input_gradient;
 use super::loss::cross_entropy_gradient;
 use crate::attack::{AttackError, AttackLoss, InputGradient};
 use crate::model::{Layer, Net, Normalization};
@@ -69,7 +70,32 @@ impl<'a> InputGradientPass<'a> {
         mut g: Tensor,
     ) -> Result<Tensor, TrainError> {
         let mut no_sums = BatchNormSums::new();
-        for (index, saved) in saved.into_iter().rev() {
+        let mut steps = saved.into_iter().rev().peekable();
+        while let Some((index, saved)) = steps.next() {
+            // A ReLU right after a convolution masks the gradient inside its transposed
+            // convolution.
+            if let CleanSaved::Relu {
+                input: pre_activation,
+            } = &saved
+                && let Some((below, CleanSaved::Conv { input })) = steps.peek()
+                && let Layer::Conv2d {
+                    weight,
+                    stride,
+                    padding,
+                    ..
+                } = &self.layers[*below]
+                && let Some(gradient) = relu_masked_input_gradient(
+                    &g,
+                    pre_activation,
+                    &weight.detach(),
+                    (*stride, *padding),
+                    input,
+                )?
+            {
+                g = gradient;
+                steps.next();
+                continue;
+            }
             g = clean::backward(
                 (index, &self.layers[index]),
                 saved,
