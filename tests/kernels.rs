@@ -87,6 +87,30 @@ fn conv2d_matches_candle_in_value_and_gradients() {
     );
 }
 
+/// Asserts the adjoint identity `<conv(x), a> = <x, z>` for `z` the transposed convolution of `a`.
+fn assert_adjoint(
+    x: &Tensor,
+    kernel: &Tensor,
+    a: &Tensor,
+    z: &Tensor,
+    (stride, padding): (usize, usize),
+) {
+    let inner = |p: &Tensor, q: &Tensor| {
+        (p * q)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let left = inner(&conv2d(x, kernel, stride, padding).unwrap(), a);
+    let right = inner(x, z);
+    assert!(
+        (left - right).abs() <= 1e-4 * (1.0 + left.abs()),
+        "{left} vs {right}"
+    );
+}
+
 #[test]
 fn conv_transpose2d_is_the_adjoint_and_matches_candle() {
     let mut rng = StdRng::seed_from_u64(2);
@@ -97,23 +121,7 @@ fn conv_transpose2d_is_the_adjoint_and_matches_candle() {
         let a = Var::from_tensor(&random(&mut rng, &[batch, co, ho, wo])).unwrap();
         let kernel = Var::from_tensor(&random(&mut rng, &[co, ci, k, k])).unwrap();
         let z = conv_transpose2d(&a, &kernel, stride, padding, h, w).unwrap();
-        // Adjoint identity: <conv(x), a> = <x, conv_transpose(a)>.
-        let left = (conv2d(&x, &kernel, stride, padding).unwrap() * a.as_tensor())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let right = (&x * &z)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            (left - right).abs() <= 1e-4 * (1.0 + left.abs()),
-            "{left} vs {right}"
-        );
+        assert_adjoint(&x, &kernel, a.as_tensor(), &z, (stride, padding));
         // candle's transposed convolution, when its output padding can express the size.
         let missing_h = h - ((ho - 1) * stride + k - 2 * padding);
         let missing_w = w - ((wo - 1) * stride + k - 2 * padding);
@@ -795,22 +803,7 @@ fn grouped_convolutions_of_small_layers_match_candle_over_many_samples() {
         // The transposed convolution is the adjoint of the forward one.
         let a = random(&mut rng, ours.dims());
         let z = conv_transpose2d(&a, &weight, stride, padding, size, size).unwrap();
-        let left = (conv2d(&x, &weight, stride, padding).unwrap() * &a)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let right = (&x * &z)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(
-            (left - right).abs() <= 1e-4 * (1.0 + left.abs()),
-            "{left} vs {right}"
-        );
+        assert_adjoint(&x, &weight, &a, &z, (stride, padding));
     }
 }
 
