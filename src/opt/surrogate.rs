@@ -303,11 +303,13 @@ impl AtBudget {
         Box::new(AtBudget { model, budget })
     }
 
+    /// `point` with the budget appended, as the wrapped model takes it.
+    fn extended(&self, point: &[Option<f64>]) -> Vec<Option<f64>> {
+        point.iter().copied().chain([Some(self.budget)]).collect()
+    }
+
     fn extend(&self, points: &[Vec<Option<f64>>]) -> Vec<Vec<Option<f64>>> {
-        points
-            .iter()
-            .map(|p| p.iter().copied().chain([Some(self.budget)]).collect())
-            .collect()
+        points.iter().map(|p| self.extended(p)).collect()
     }
 }
 
@@ -317,8 +319,7 @@ impl Surrogate for AtBudget {
     }
 
     fn predict_with_gradient(&self, point: &[Option<f64>]) -> Option<Prediction> {
-        let extended = self.extend(std::slice::from_ref(&point.to_vec())).remove(0);
-        let mut at = self.model.predict_with_gradient(&extended)?;
+        let mut at = self.model.predict_with_gradient(&self.extended(point))?;
         at.mean_gradient.pop();
         at.variance_gradient.pop();
         Some(at)

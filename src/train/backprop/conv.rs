@@ -18,6 +18,16 @@ pub(super) struct ConvInput {
     kept: KeptInput,
 }
 
+impl ConvInput {
+    /// Whether Winograd's kernels ran the forward pass (so its input gradient is theirs).
+    fn ran_winograd(&self) -> bool {
+        matches!(
+            self.kept,
+            KeptInput::Winograd(_) | KeptInput::Nothing { winograd: true }
+        )
+    }
+}
+
 /// Which kernels ran a convolution, with the input as they transformed it.
 pub(super) enum KeptInput {
     /// Winograd, with the input in its transformed domain.
@@ -77,13 +87,10 @@ pub(super) fn input_gradient(
     input: &ConvInput,
 ) -> Result<Tensor, TrainError> {
     let (height, width) = input.size;
-    Ok(match input.kept {
-        KeptInput::Winograd(_) | KeptInput::Nothing { winograd: true } => {
-            winograd_conv2d_input_gradient(g, weight)?
-        }
-        KeptInput::Columns(_) | KeptInput::Nothing { winograd: false } => {
-            conv_transpose2d(g, weight, stride, padding, height, width)?
-        }
+    Ok(if input.ran_winograd() {
+        winograd_conv2d_input_gradient(g, weight)?
+    } else {
+        conv_transpose2d(g, weight, stride, padding, height, width)?
     })
 }
 
@@ -97,12 +104,12 @@ pub(super) fn relu_masked_input_gradient(
     (stride, padding): (usize, usize),
     input: &ConvInput,
 ) -> Result<Option<Tensor>, TrainError> {
-    Ok(match input.kept {
-        KeptInput::Winograd(_) | KeptInput::Nothing { winograd: true } => None,
-        KeptInput::Columns(_) | KeptInput::Nothing { winograd: false } => Some(
-            relu_masked_conv_transpose2d(g, pre_activation, weight, (stride, padding), input.size)?,
-        ),
-    })
+    if input.ran_winograd() {
+        return Ok(None);
+    }
+    let gradient =
+        relu_masked_conv_transpose2d(g, pre_activation, weight, (stride, padding), input.size)?;
+    Ok(Some(gradient))
 }
 
 /// The kernel gradient of [`convolve`] from the input its forward pass kept.
