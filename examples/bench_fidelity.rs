@@ -78,6 +78,7 @@ fn run(
     let rungs = fidelity.rung_epochs(EPOCHS);
     let brackets = fidelity.brackets(EPOCHS);
     let mut records: Vec<Record> = Vec::new();
+    let default = problem.space.default_config();
     let mut new_configs = 0;
     let mut cost = 0.0;
     let mut curve = Vec::new();
@@ -93,6 +94,8 @@ fn run(
                 values: vec![-r.observed],
                 continued: r.continued,
                 reachable: true,
+                // As the driver: the space's default, asked first, is never pruned.
+                exempt: r.config == default,
             })
             .collect();
         let (config, bracket, rung, spent) = match next_promotion(fidelity, EPOCHS, &entries) {
