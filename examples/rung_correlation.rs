@@ -299,10 +299,13 @@ fn correlations(
     }
 }
 
+/// A floor of the share of ε a rung is scored at, from the rung's epochs and the full budget.
+type Floor = fn(usize, usize) -> f64;
+
 /// Candidate floors of the `reached` rung scoring (the share of ε a rung is scored at, at
 /// least), by rung epochs and full budget: what `--floors` compares with the 1 % of
 /// [`cthpo::study::REACHED_EPS_FLOOR`].
-const FLOORS: [(&str, fn(usize, usize) -> f64); 3] = [
+const FLOORS: [(&str, Floor); 3] = [
     ("10 % of ε", |_, _| 0.1),
     (
         "the schedule's share (rung epochs / epochs)",
