@@ -136,8 +136,8 @@ fn a_killed_trial_resumes_from_its_last_epoch() {
 #[test]
 fn an_interrupted_promotion_resumes_from_its_last_epoch() {
     let (dir, reference_dir) = (temp_dir("promotion"), temp_dir("promotion-reference"));
-    // Successive halving over 2 and 6 epochs: three configurations at 2 epochs, then trial 3
-    // continues the best of them to 6.
+    // Successive halving over 2 and 6 epochs: the default configuration at 2 epochs, then
+    // trial 1 continues it to 6 (the default is never pruned), then new configurations.
     let args = [
         "run",
         "--method",
@@ -159,7 +159,7 @@ fn an_interrupted_promotion_resumes_from_its_last_epoch() {
     ];
     let reference = spawn(&args, &reference_dir);
     let stopped = spawn(&args, &dir);
-    wait_for_epoch(&dir, 3, 3);
+    wait_for_epoch(&dir, 1, 3);
     // Ctrl-C is treated like a kill: the trial stops at its next batch, stored interrupted.
     let signal = Command::new("kill")
         .args(["-INT", &stopped.id().to_string()])
@@ -174,22 +174,22 @@ fn an_interrupted_promotion_resumes_from_its_last_epoch() {
         String::from_utf8_lossy(&output.stderr)
     );
     let before = trials(&dir);
-    assert_eq!(before.len(), 4);
-    assert!(before[3].is_interrupted(), "trial 3 was stopped mid-way");
-    let promoted = attr(&before[3], attrs::CONTINUES).expect("trial 3 is a promotion");
-    let (epoch, _) = latest_progress(&trial_dir(&dir, 3)).unwrap();
+    assert_eq!(before.len(), 2);
+    assert!(before[1].is_interrupted(), "trial 1 was stopped mid-way");
+    let promoted = attr(&before[1], attrs::CONTINUES).expect("trial 1 is a promotion");
+    let (epoch, _) = latest_progress(&trial_dir(&dir, 1)).unwrap();
     assert!((3..6).contains(&epoch), "stopped after epoch {epoch}");
 
     succeed(spawn(&["resume", NAME], &dir));
     let after = trials(&dir);
     assert_eq!(after.len(), 5);
-    let resumed = &after[4];
+    let resumed = &after[2];
     assert_eq!(attr(resumed, attrs::CONTINUES), Some(promoted));
-    assert_eq!(attr(resumed, RESUMED_FROM), Some(3));
+    assert_eq!(attr(resumed, RESUMED_FROM), Some(1));
     assert_eq!(attr(resumed, RESUMED_AT_EPOCH), Some(epoch as i64));
     succeed(reference);
     let reference_trials = trials(&reference_dir);
     assert_eq!(reference_trials.len(), 4);
-    assert_same_result((&dir, resumed), (&reference_dir, &reference_trials[3]));
-    assert!(!trial_dir(&dir, 3).join(PROGRESS_DIR).exists());
+    assert_same_result((&dir, resumed), (&reference_dir, &reference_trials[1]));
+    assert!(!trial_dir(&dir, 1).join(PROGRESS_DIR).exists());
 }
