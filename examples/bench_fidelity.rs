@@ -3,7 +3,12 @@
 //! and Hartmann-6 with a fidelity-dependent bias and noise.
 //!
 //! `cargo run --release --example bench_fidelity -- [--functions branin,hartmann6]
-//! [--seeds 20] [--budget 300] [--fidelity hyperband|successive-halving|none] [--surrogate rf|gp]`
+//! [--seeds 20] [--budget 300] [--fidelity hyperband|successive-halving|none] [--surrogate rf|gp]
+//! [--no-default]`
+//!
+//! As a study does, the optimiser proposes the space's default configuration (the domain's
+//! centre here) first, and the brackets never prune it (it goes on to the full budget first);
+//! `--no-default` leaves it out, as `cthpo run --no-default` does.
 //!
 //! Budgets are "epochs" 1, 3 and 9 (η = 3); fidelity `s = epochs / 9`. An evaluation at `s`
 //! observes `f_s(x) + σ·(0.1 + 1 − s)·N(0, 1)` where `f_s` is the multi-fidelity Branin or
@@ -73,11 +78,13 @@ fn run(
     (fidelity, surrogate): (&Fidelity, SurrogateKind),
     seed: u64,
     budget: f64,
+    with_default: bool,
 ) -> Vec<(f64, f64)> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0xf1de);
     let rungs = fidelity.rung_epochs(EPOCHS);
     let brackets = fidelity.brackets(EPOCHS);
     let mut records: Vec<Record> = Vec::new();
+    let default = with_default.then(|| problem.space.default_config());
     let mut new_configs = 0;
     let mut cost = 0.0;
     let mut curve = Vec::new();
@@ -93,6 +100,8 @@ fn run(
                 values: vec![-r.observed],
                 continued: r.continued,
                 reachable: true,
+                // As the driver: the space's default, asked first, is never pruned.
+                exempt: default.as_ref() == Some(&r.config),
             })
             .collect();
         let (config, bracket, rung, spent) = match next_promotion(fidelity, EPOCHS, &entries) {
@@ -110,6 +119,7 @@ fn run(
                         seed,
                         trial_budget: 100,
                         surrogate,
+                        skip_default: !with_default,
                         ..OptimizerOptions::default()
                     },
                 );
@@ -150,10 +160,11 @@ fn main() {
             "--fidelity",
             "--surrogate",
         ],
-        &[],
+        &["--no-default"],
         "bench_fidelity [--functions branin,hartmann6] [--seeds 20] [--budget 300] \
-         [--fidelity hyperband|successive-halving|none] [--surrogate rf|gp]",
+         [--fidelity hyperband|successive-halving|none] [--surrogate rf|gp] [--no-default]",
     );
+    let with_default = !args.has("--no-default");
     let surrogate = match args.value("--surrogate", "rf").as_str() {
         "rf" => SurrogateKind::Rf,
         "gp" => SurrogateKind::Gp,
@@ -197,7 +208,12 @@ fn main() {
         .copied()
         .filter(|&c| c <= budget)
         .collect();
-    println!("cthpo {kind:?} ({surrogate:?}), η = 3, rungs 1/3/9, {seeds} seeds");
+    let default = if with_default {
+        "the default first, never pruned"
+    } else {
+        "no default"
+    };
+    println!("cthpo {kind:?} ({surrogate:?}), η = 3, rungs 1/3/9, {seeds} seeds, {default}");
     println!(
         "| function | {} |",
         checkpoints
@@ -209,7 +225,7 @@ fn main() {
     println!("|---|{}", "---|".repeat(checkpoints.len()));
     for problem in &synthetic {
         let curves: Vec<Vec<(f64, f64)>> = (0..seeds)
-            .map(|seed| run(problem, (&fidelity, surrogate), seed, budget))
+            .map(|seed| run(problem, (&fidelity, surrogate), seed, budget, with_default))
             .collect();
         let cells: Vec<String> = checkpoints
             .iter()

@@ -18,7 +18,9 @@
 //! feed their rows back with `--rows FILE` (no training) for the correlations.
 //! `--reached-eps` also scores each rung below the full budget quick at the ε its schedule has
 //! reached by then (at least 1 % of ε) instead of the study's ε: a third value per cell, the
-//! scoring of `--rung-scoring reached` (a multi-fidelity study's default).
+//! scoring of `--rung-scoring reached` (a multi-fidelity study's default). `--floors` (with
+//! `--reached-eps`) also scores each rung below the full budget at the reached ε with each
+//! candidate floor of `FLOORS` instead of 1 %: one more value per cell and floor.
 
 #[path = "common/args.rs"]
 mod args;
@@ -59,15 +61,12 @@ fn main() {
     let from: u64 = args.parsed("--from", "0");
     let rows_only = args.has("--rows-only");
     let reached_eps = args.has("--reached-eps");
+    let with_floors = reached_eps && args.has("--floors");
     if let Some(file) = args.optional("--rows") {
-        let (scores, quick, reached) = read_rows(&file);
-        correlations(
-            &fidelity.rung_epochs(epochs),
-            &scores,
-            &quick,
-            &reached,
-            &[],
-        );
+        let (scores, quick, reached, floors) = read_rows(&file);
+        let rungs = fidelity.rung_epochs(epochs);
+        correlations(&rungs, &scores, &quick, &reached, &[]);
+        floor_correlations(&rungs, &scores, &floors);
         return;
     }
     let splits = load(DatasetName::Mnist, &DataSource::default()).expect("embedded MNIST");
@@ -104,6 +103,8 @@ fn main() {
     let mut scores: Vec<Vec<f64>> = Vec::new();
     let mut quick: Vec<Vec<f64>> = Vec::new();
     let mut reached: Vec<Vec<f64>> = Vec::new();
+    // floors[f][c][r]: configuration c at rung r scored at the reached ε with floor f.
+    let mut floors: Vec<Table> = vec![Vec::new(); FLOORS.len()];
     let mut separate: Vec<Vec<f64>> = Vec::new();
     if !rows_only {
         println!(
@@ -131,6 +132,7 @@ fn main() {
         let mut row = Vec::new();
         let mut quick_row = Vec::new();
         let mut reached_row = Vec::new();
+        let mut floor_rows: Vec<Vec<f64>> = vec![Vec::new(); FLOORS.len()];
         for &until in &rungs {
             let result = fit_epochs(
                 &mut net,
@@ -157,11 +159,20 @@ fn main() {
                                 reached_eps_share(method, &config, &options, train_count, until);
                             let at = RungScoring::Reached.scoring_eps(eps, share);
                             reached_row.push(score_at(&net, RungScoring::Reached, at).0);
+                            for ((_, floor), floor_row) in FLOORS.iter().zip(&mut floor_rows) {
+                                if with_floors {
+                                    let at = eps * share.max(floor(until, epochs)).min(1.0);
+                                    floor_row.push(score_at(&net, RungScoring::Reached, at).0);
+                                }
+                            }
                         }
                     } else {
                         quick_row.push(full);
                         if reached_eps {
                             reached_row.push(full);
+                        }
+                        for floor_row in floor_rows.iter_mut().filter(|_| with_floors) {
+                            floor_row.push(full);
                         }
                     }
                 }
@@ -206,9 +217,13 @@ fn main() {
             row.iter()
                 .zip(&quick_row)
                 .enumerate()
-                .map(|(r, (full, quick))| match reached_row.get(r) {
-                    Some(at) => format!("{full:.3} / {quick:.3} / {at:.3}"),
-                    None => format!("{full:.3} / {quick:.3}"),
+                .map(|(r, (full, quick))| {
+                    let mut cell = format!("{full:.3} / {quick:.3}");
+                    let others = reached_row.get(r).into_iter();
+                    for value in others.chain(floor_rows.iter().filter_map(|f| f.get(r))) {
+                        cell.push_str(&format!(" / {value:.3}"));
+                    }
+                    cell
                 })
                 .collect::<Vec<_>>()
                 .join(" | ")
@@ -217,6 +232,11 @@ fn main() {
         quick.push(quick_row);
         if reached_eps {
             reached.push(reached_row);
+        }
+        if with_floors {
+            for (table, row) in floors.iter_mut().zip(floor_rows) {
+                table.push(row);
+            }
         }
     }
     if rows_only {
@@ -229,6 +249,9 @@ fn main() {
         &reached,
         if per_rung { &separate } else { &[] },
     );
+    if with_floors {
+        floor_correlations(&rungs, &scores, &floors);
+    }
     println!(
         "scoring below the full budget: full {:.1} s, quick {:.1} s in all",
         seconds[0], seconds[1]
@@ -276,14 +299,48 @@ fn correlations(
     }
 }
 
+/// A floor of the share of ε a rung is scored at, from the rung's epochs and the full budget.
+type Floor = fn(usize, usize) -> f64;
+
+/// Candidate floors of the `reached` rung scoring (the share of ε a rung is scored at, at
+/// least), by rung epochs and full budget: what `--floors` compares with the 1 % of
+/// [`cthpo::study::REACHED_EPS_FLOOR`].
+const FLOORS: [(&str, Floor); 3] = [
+    ("10 % of ε", |_, _| 0.1),
+    (
+        "the schedule's share (rung epochs / epochs)",
+        |until, epochs| until as f64 / epochs as f64,
+    ),
+    ("half the schedule's share", |until, epochs| {
+        0.5 * until as f64 / epochs as f64
+    }),
+];
+
+/// The Spearman correlation with the full budget of each rung scored at the reached ε with
+/// each candidate floor of [`FLOORS`].
+fn floor_correlations(rungs: &[usize], scores: &[Vec<f64>], floors: &[Table]) {
+    let last = rungs.len() - 1;
+    let column = |table: &[Vec<f64>], r: usize| table.iter().map(|row| row[r]).collect::<Vec<_>>();
+    for ((name, _), table) in FLOORS.iter().zip(floors).filter(|(_, t)| !t.is_empty()) {
+        for (r, budget) in rungs.iter().enumerate().take(last) {
+            println!(
+                "Spearman(rung {budget} ep at the reached ε, floor {name}, {} ep) = {:.3}",
+                rungs[last],
+                spearman(&column(table, r), &column(scores, last)),
+            );
+        }
+    }
+}
+
 /// Scores per configuration (rows) and rung (columns).
 type Table = Vec<Vec<f64>>;
 
-/// Full, quick and (if present) reached-ε scores from the rows
-/// `| c | full / quick [/ reached] | ... |` of earlier runs.
-fn read_rows(file: &str) -> (Table, Table, Table) {
+/// Full, quick and (if present) reached-ε scores, and the scores with each candidate floor,
+/// from the rows `| c | full / quick [/ reached [/ floor...]] | ... |` of earlier runs.
+fn read_rows(file: &str) -> (Table, Table, Table, Vec<Table>) {
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{file}: {e}"));
     let (mut scores, mut quick, mut reached) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floors: Vec<Table> = vec![Vec::new(); FLOORS.len()];
     for line in text.lines() {
         let cells: Vec<&str> = line
             .trim()
@@ -307,8 +364,13 @@ fn read_rows(file: &str) -> (Table, Table, Table) {
         if values.iter().all(|v| v.len() > 2) {
             reached.push(values.iter().map(|v| v[2]).collect());
         }
+        for (f, table) in floors.iter_mut().enumerate() {
+            if values.iter().all(|v| v.len() > 3 + f) {
+                table.push(values.iter().map(|v| v[3 + f]).collect());
+            }
+        }
     }
-    (scores, quick, reached)
+    (scores, quick, reached, floors)
 }
 
 /// Ranks from 1 with ties sharing their mean rank (NaN last).

@@ -135,10 +135,25 @@ fn a_killed_trial_resumes_from_its_last_epoch() {
 
 #[test]
 fn an_interrupted_promotion_resumes_from_its_last_epoch() {
-    let (dir, reference_dir) = (temp_dir("promotion"), temp_dir("promotion-reference"));
-    // Successive halving over 2 and 6 epochs: three configurations at 2 epochs, then trial 3
-    // continues the best of them to 6.
-    let args = [
+    // The default configuration at 2 epochs, then trial 1 continues it to 6 (the default is
+    // never pruned), then new configurations.
+    interrupted_promotion_resumes("promotion", &[], 1);
+}
+
+#[test]
+fn an_interrupted_promotion_of_a_drawn_configuration_resumes_from_its_last_epoch() {
+    // Without the default: three drawn configurations at 2 epochs, then trial 3 continues the
+    // best of them. Their hyperparameters have all the digits of a double, which the progress
+    // checkpoint's JSON must give back exactly for the resumed trial to recognise it.
+    interrupted_promotion_resumes("promotion-drawn", &["--no-default"], 3);
+}
+
+/// A successive-halving study over 2 and 6 epochs (and `extra` arguments) whose promotion,
+/// trial `stopped`, is stopped with Ctrl-C after epoch 3: `resume` continues the same source
+/// from that trial's progress checkpoint and ends with the weights of an uninterrupted run.
+fn interrupted_promotion_resumes(name: &str, extra: &[&str], stopped: i64) {
+    let (dir, reference_dir) = (temp_dir(name), temp_dir(&format!("{name}-reference")));
+    let mut args = vec![
         "run",
         "--method",
         "standard",
@@ -157,39 +172,44 @@ fn an_interrupted_promotion_resumes_from_its_last_epoch() {
         "--trials",
         "4",
     ];
+    args.extend_from_slice(extra);
     let reference = spawn(&args, &reference_dir);
-    let stopped = spawn(&args, &dir);
-    wait_for_epoch(&dir, 3, 3);
+    let run = spawn(&args, &dir);
+    wait_for_epoch(&dir, stopped, 3);
     // Ctrl-C is treated like a kill: the trial stops at its next batch, stored interrupted.
     let signal = Command::new("kill")
-        .args(["-INT", &stopped.id().to_string()])
+        .args(["-INT", &run.id().to_string()])
         .status()
         .unwrap();
     assert!(signal.success());
-    let output = stopped.wait_with_output().unwrap();
+    let output = run.wait_with_output().unwrap();
     assert_eq!(
         output.status.code(),
         Some(130),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let index = stopped as usize;
     let before = trials(&dir);
-    assert_eq!(before.len(), 4);
-    assert!(before[3].is_interrupted(), "trial 3 was stopped mid-way");
-    let promoted = attr(&before[3], attrs::CONTINUES).expect("trial 3 is a promotion");
-    let (epoch, _) = latest_progress(&trial_dir(&dir, 3)).unwrap();
+    assert_eq!(before.len(), index + 1);
+    assert!(
+        before[index].is_interrupted(),
+        "trial {stopped} was stopped mid-way"
+    );
+    let promoted = attr(&before[index], attrs::CONTINUES).expect("a promotion");
+    let (epoch, _) = latest_progress(&trial_dir(&dir, stopped)).unwrap();
     assert!((3..6).contains(&epoch), "stopped after epoch {epoch}");
 
     succeed(spawn(&["resume", NAME], &dir));
     let after = trials(&dir);
     assert_eq!(after.len(), 5);
-    let resumed = &after[4];
+    let resumed = &after[index + 1];
     assert_eq!(attr(resumed, attrs::CONTINUES), Some(promoted));
-    assert_eq!(attr(resumed, RESUMED_FROM), Some(3));
+    assert_eq!(attr(resumed, RESUMED_FROM), Some(stopped));
     assert_eq!(attr(resumed, RESUMED_AT_EPOCH), Some(epoch as i64));
     succeed(reference);
     let reference_trials = trials(&reference_dir);
     assert_eq!(reference_trials.len(), 4);
-    assert_same_result((&dir, resumed), (&reference_dir, &reference_trials[3]));
-    assert!(!trial_dir(&dir, 3).join(PROGRESS_DIR).exists());
+    assert_same_result((&dir, resumed), (&reference_dir, &reference_trials[index]));
+    assert!(!trial_dir(&dir, stopped).join(PROGRESS_DIR).exists());
 }

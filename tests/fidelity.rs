@@ -18,7 +18,9 @@ fn temp_dir(name: &str) -> PathBuf {
 
 const NAME: &str = "standard-mnist-cnn-small-eps0.1";
 
-/// Successive halving over rungs of 1, 2 and 4 epochs (η = 2) with fast standard training.
+/// Successive halving over rungs of 1, 2 and 4 epochs (η = 2) with fast standard training,
+/// without the seeded default configuration (which is never pruned; see
+/// [`with_the_default`]), so that every promotion is by rank.
 fn halving_study<'a>(d: &'a str, trials: &'a str) -> Vec<&'a str> {
     vec![
         "run",
@@ -40,7 +42,14 @@ fn halving_study<'a>(d: &'a str, trials: &'a str) -> Vec<&'a str> {
         trials,
         "--dir",
         d,
+        "--no-default",
     ]
+}
+
+/// The same study with the space's default configuration trained first.
+fn with_the_default(mut args: Vec<&str>) -> Vec<&str> {
+    args.retain(|&a| a != "--no-default");
+    args
 }
 
 fn cthpo(args: &[&str]) {
@@ -280,6 +289,50 @@ fn rung_scoring_full_scores_every_rung_in_full_and_needs_rungs() {
     );
 }
 
+#[test]
+fn the_seeded_default_is_never_pruned_and_scores_as_in_a_study_without_rungs() {
+    let dir = temp_dir("default");
+    let d = dir.to_str().unwrap();
+    cthpo(&with_the_default(halving_study(d, "4")));
+    let all = trials(&dir);
+    assert_eq!(all.len(), 4);
+    check_rungs(&dir, &all, false);
+    // Trial 0, the default, is alone at the first rung (⌊1/2⌋ = 0 places: ranked, it would
+    // wait there), yet it goes on at once to 2 and then 4 epochs, before any new
+    // configuration.
+    let chain: Vec<(Option<i64>, Option<i64>, TrialState)> = all[..3]
+        .iter()
+        .map(|t| (attr(t, attrs::RUNG), attr(t, attrs::CONTINUES), t.state))
+        .collect();
+    assert_eq!(
+        chain,
+        [
+            (Some(0), None, TrialState::Pruned),
+            (Some(1), Some(0), TrialState::Pruned),
+            (Some(2), Some(1), TrialState::Complete),
+        ]
+    );
+    assert!(all[..3].iter().all(|t| t.params == all[0].params));
+    assert_eq!(attr(&all[3], attrs::CONTINUES), None);
+    assert_ne!(all[3].params, all[0].params, "then a new configuration");
+    // Its full-budget score is, bit for bit, the one a study without rungs gives it (same
+    // seed, continuation equal to uninterrupted training, the same full scoring).
+    let plain = temp_dir("default-none");
+    let mut none = with_the_default(halving_study(plain.to_str().unwrap(), "1"));
+    none[4] = "none";
+    cthpo(&none);
+    let without_rungs = trials(&plain);
+    assert_eq!(without_rungs[0].params, all[0].params);
+    assert_eq!(without_rungs[0].values, all[2].values);
+    for key in [attrs::NATURAL_ACCURACY, attrs::CERTIFIED_ACCURACY] {
+        assert_eq!(
+            without_rungs[0].user_attr_f64(key),
+            all[2].user_attr_f64(key),
+            "{key}"
+        );
+    }
+}
+
 fn study_exists(dir: &Path, name: &str) -> bool {
     let store = Store::open_existing_at(&Storage::sqlite_in(dir), dir).unwrap();
     store.study_by_name(name).unwrap().is_some()
@@ -290,10 +343,10 @@ fn study_exists(dir: &Path, name: &str) -> bool {
 fn two_processes_share_a_study(dir: &Path, extra: &[&str]) {
     let d = dir.to_str().unwrap();
     // Create the study first so that both workers join it.
-    let mut first = halving_study(d, "1");
+    let mut first = with_the_default(halving_study(d, "1"));
     first.extend_from_slice(extra);
     cthpo(&first);
-    let mut args = halving_study(d, "16");
+    let mut args = with_the_default(halving_study(d, "16"));
     args.extend_from_slice(extra);
     let workers: Vec<_> = (0..2)
         .map(|_| {
@@ -326,6 +379,13 @@ fn two_processes_share_a_study(dir: &Path, extra: &[&str]) {
     assert!(owners.len() >= 2, "both workers ran trials: {owners:?}");
     let continued = check_rungs(dir, &all, false);
     assert!(continued.len() >= 4, "promotions happened: {continued:?}");
+    // The default configuration (trial 0) went on to the full budget, each rung once.
+    let default_rungs: Vec<i64> = all
+        .iter()
+        .filter(|t| t.params == all[0].params && !t.is_interrupted())
+        .filter_map(|t| attr(t, attrs::RUNG))
+        .collect();
+    assert_eq!(default_rungs, [0, 1, 2]);
 }
 
 #[test]

@@ -112,7 +112,8 @@ pub struct RunArgs {
     min_certified: Option<f64>,
     /// Multi-fidelity scheme (default none): successive-halving or hyperband stop weak
     /// configurations at rungs of --min-epochs·η^i epochs (--epochs is the largest budget);
-    /// promoted ones continue from their checkpoint.
+    /// promoted ones continue from their checkpoint. The default configuration (--default, or
+    /// the space's) is never stopped: it goes on to --epochs first.
     #[arg(long, value_enum)]
     fidelity: Option<FidelityArg>,
     /// Epochs of the smallest rung (default 1).

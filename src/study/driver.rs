@@ -126,6 +126,10 @@ pub fn run_study(
         ),
         None => None,
     };
+    // The configuration the initial design trains first: a multi-fidelity study never prunes it.
+    let seeded_default = first
+        .clone()
+        .or_else(|| (!spec.no_default).then(|| space.default_config()));
     // Everything a trial needs (the data loads, the sample counts fit, the network builds on
     // its images) is checked before the study is created or its settings are written.
     let data = StudyData::load(spec)?;
@@ -228,7 +232,9 @@ pub fn run_study(
             }
         }
         if spec.fidelity.is_multi_fidelity()
-            && let Some((from, handle)) = rungs::promote(spec, &store, study, rules)?
+            && let Some((from, handle)) = rungs::promote(spec, &store, study, rules, |t| {
+                seeded_default.is_some() && stored_config(&space, t) == seeded_default
+            })?
         {
             if run.stored_trial(&space, handle, &from, PROMOTION_PROPOSAL, counted, display)? {
                 interrupted = true;

@@ -251,14 +251,18 @@ pub struct RungEntry {
     pub continued: bool,
     /// Whether this worker can read its checkpoint (same machine).
     pub reachable: bool,
+    /// Whether it is the study's seeded default configuration, which is never pruned.
+    pub exempt: bool,
 }
 
 impl RungEntry {
     /// The paused (PRUNED, scored) trials of a study as rung entries; `reachable` tells which
-    /// checkpoints this worker can read.
+    /// checkpoints this worker can read, `exempt` which trials run the seeded default
+    /// configuration.
     pub fn from_trials(
         trials: &[StoredTrial],
         reachable: impl Fn(&StoredTrial) -> bool,
+        exempt: impl Fn(&StoredTrial) -> bool,
     ) -> Vec<RungEntry> {
         let continued: Vec<i64> = trials
             .iter()
@@ -276,21 +280,33 @@ impl RungEntry {
                     values: t.values.clone().filter(|v| !v.is_empty())?,
                     continued: continued.contains(&t.number),
                     reachable: reachable(t),
+                    exempt: exempt(t),
                 })
             })
             .collect()
     }
 }
 
-/// The next promotion ASHA makes: from the highest rung down, the best-ranked trial of a rung
-/// that is in the top `⌊n/η⌋` of the `n` trials of its bracket that reached the rung and is not
-/// continued yet. Returns the trial's number and the rung it is promoted to.
+/// The next promotion ASHA makes: the seeded default configuration (an `exempt` entry) as soon
+/// as it has reached a rung, whatever its rank; else, from the highest rung down, the
+/// best-ranked trial of a rung that is in the top `⌊n/η⌋` of the `n` trials of its bracket that
+/// reached the rung and is not continued yet. Returns the trial's number and the rung it is
+/// promoted to.
 pub fn next_promotion(
     fidelity: &Fidelity,
     epochs: usize,
     entries: &[RungEntry],
 ) -> Option<(i64, usize)> {
     let top = fidelity.rung_epochs(epochs).len() - 1;
+    // The user's known-good point goes to the full budget first, so that a study never ends
+    // below what the default alone gives, even when its early rungs rank it low.
+    if let Some(default) = entries
+        .iter()
+        .filter(|e| e.exempt && e.rung < top && !e.continued && e.reachable)
+        .max_by_key(|e| e.rung)
+    {
+        return Some((default.number, default.rung + 1));
+    }
     let brackets = fidelity.brackets(epochs).len();
     for rung in (0..top).rev() {
         for bracket in 0..brackets {
@@ -455,6 +471,7 @@ mod tests {
             values: vec![value],
             continued: false,
             reachable: true,
+            exempt: false,
         }
     }
 
@@ -507,6 +524,62 @@ mod tests {
             .unwrap()
             .reachable = false;
         assert_eq!(next_promotion(&fidelity, 9, &entries), None);
+    }
+
+    #[test]
+    fn the_seeded_default_is_promoted_to_every_rung_whatever_its_rank() {
+        let fidelity = hyperband();
+        // Alone at rung 0 (⌊1/3⌋ = 0 places) and, below, ranked last of its rung: promoted.
+        let mut entries = vec![RungEntry {
+            exempt: true,
+            ..entry(0, 0, 0.1)
+        }];
+        assert_eq!(next_promotion(&fidelity, 9, &entries), Some((0, 1)));
+        for (number, value) in [(1, 0.9), (2, 0.8), (3, 0.7)] {
+            entries.push(entry(number, 0, value));
+        }
+        // Ahead of the ranked promotion of trial 1.
+        assert_eq!(next_promotion(&fidelity, 9, &entries), Some((0, 1)));
+        entries[0].continued = true;
+        assert_eq!(next_promotion(&fidelity, 9, &entries), Some((1, 1)));
+        entries[1].continued = true;
+        // Its continuation ranks last at rung 1 and still goes on, before the others.
+        entries.push(entry(4, 1, 0.95));
+        entries.push(entry(5, 1, 0.9));
+        entries.push(RungEntry {
+            exempt: true,
+            ..entry(6, 1, 0.05)
+        });
+        assert_eq!(next_promotion(&fidelity, 9, &entries), Some((6, 2)));
+        entries[6].continued = true;
+        assert_eq!(next_promotion(&fidelity, 9, &entries), Some((4, 2)));
+        // Its checkpoint on another machine: left to the worker that has it.
+        entries[6].continued = false;
+        entries[6].reachable = false;
+        assert_eq!(next_promotion(&fidelity, 9, &entries), Some((4, 2)));
+        // At the full budget there is nothing left to promote it to.
+        let done = [RungEntry {
+            exempt: true,
+            ..entry(7, 2, 0.5)
+        }];
+        assert_eq!(next_promotion(&fidelity, 9, &done), None);
+        // The same in a Pareto study, where it is dominated at its rung.
+        let pareto = [
+            RungEntry {
+                values: vec![0.1, 0.1],
+                exempt: true,
+                ..entry(0, 0, 0.0)
+            },
+            RungEntry {
+                values: vec![0.9, 0.5],
+                ..entry(1, 0, 0.0)
+            },
+            RungEntry {
+                values: vec![0.5, 0.9],
+                ..entry(2, 0, 0.0)
+            },
+        ];
+        assert_eq!(next_promotion(&fidelity, 9, &pareto), Some((0, 1)));
     }
 
     #[test]

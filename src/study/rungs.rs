@@ -94,13 +94,15 @@ pub(super) fn plan(
 }
 
 /// Starts the next ASHA promotion, if there is one whose checkpoint this worker can read and
-/// the budget allows: the choice and the new RUNNING trial are one store transaction, so two
+/// the budget allows (the seeded default configuration, told by `is_default`, first and at
+/// every rung): the choice and the new RUNNING trial are one store transaction, so two
 /// workers never continue one trial. Returns the continued trial and the new one.
 pub(super) fn promote(
     spec: &StudySpec,
     store: &Store,
     study: StudyId,
     rules: StartRules,
+    is_default: impl Fn(&StoredTrial) -> bool,
 ) -> Result<Option<(StoredTrial, TrialHandle)>, StudyError> {
     let rungs = spec.fidelity.rung_epochs(spec.epochs);
     let reachable = |trial: &StoredTrial| {
@@ -110,7 +112,7 @@ pub(super) fn promote(
             .is_file()
     };
     let choose = |trials: &[StoredTrial]| {
-        let entries = RungEntry::from_trials(trials, reachable);
+        let entries = RungEntry::from_trials(trials, reachable, &is_default);
         let (number, rung) = next_promotion(&spec.fidelity, spec.epochs, &entries)?;
         let bracket = entries.iter().find(|e| e.number == number)?.bracket;
         Some(Continuation {
