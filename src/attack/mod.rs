@@ -7,7 +7,9 @@
 use crate::model::{ModelError, Net, Normalization};
 use candle_core::{D, DType, Device, Tensor, Var};
 use rand::{Rng, rngs::StdRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// The objective PGD ascends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,7 +143,7 @@ pub enum AttackError {
 }
 
 /// How an attack evaluates the network and differentiates its objective in the input.
-pub(crate) trait InputGradient {
+pub(crate) trait InputGradient: Sync {
     /// The logits at `x` and, with `target`, the gradient at `x` of the objective summed over
     /// the batch (each sample's gradient independent of the others').
     fn logits_and_gradient(
@@ -149,6 +151,13 @@ pub(crate) trait InputGradient {
         x: &Tensor,
         target: Option<(&Tensor, AttackLoss)>,
     ) -> Result<(Tensor, Option<Tensor>), AttackError>;
+
+    /// Whether an attack may split a batch into one shard per thread and run each shard's
+    /// steps under [`crate::kernels::sequentially`]: the source's kernels give each sample the
+    /// same logits and gradient whatever batch it is in and on whichever thread.
+    fn shards_batches(&self) -> bool {
+        false
+    }
 }
 
 /// Input gradients by candle autograd on a detached copy of the network.
@@ -292,8 +301,7 @@ fn pgd_search(
     let batch = inputs.dim(0)?;
     let lower = (&inputs - eps)?.clamp(0.0, 1.0)?;
     let upper = (&inputs + eps)?.clamp(0.0, 1.0)?;
-    let labels = labels.to_dtype(DType::U32)?;
-    let label_values = labels.to_vec1::<u32>()?;
+    let label_values = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
 
     let mut robust: Vec<bool> = if classify_clean {
         let clean_predictions = predictions(&network.logits_and_gradient(&inputs, None)?.0)?;
@@ -317,19 +325,18 @@ fn pgd_search(
     let mut best_loss = vec![f32::NEG_INFINITY; batch];
     for restart in 0..config.restarts.max(1) {
         // Evaluation re-attacks only samples not yet broken; training attacks every sample.
-        let mut samples: Vec<usize> = (0..batch)
+        let samples: Vec<usize> = (0..batch)
             .filter(|&i| robust[i] || !config.early_stop)
             .collect();
         if samples.is_empty() {
             break;
         }
         let index = index_tensor(&samples)?;
-        let (mut lo, mut hi) = (
+        let (lo, hi) = (
             lower.index_select(&index, 0)?,
             upper.index_select(&index, 0)?,
         );
-        let mut active_labels = labels.index_select(&index, 0)?;
-        let mut x = if let (0, Some(starts)) = (restart, starts) {
+        let x = if let (0, Some(starts)) = (restart, starts) {
             starts.index_select(&index, 0)?.maximum(&lo)?.minimum(&hi)?
         } else if config.random_start {
             let noise: Vec<f32> = (0..lo.elem_count())
@@ -340,51 +347,73 @@ fn pgd_search(
         } else {
             inputs.index_select(&index, 0)?
         };
-        for step in 0..=config.steps {
-            let target = (step < config.steps).then_some((&active_labels, config.loss));
-            let (logits, gradient) = network.logits_and_gradient(&x, target)?;
-            if keep_best && step > 0 {
-                // Without early stop every sample stays in the batch, so rows are samples.
-                let losses = per_sample_loss(&logits, &label_values, config.loss)?;
-                last_iterate = keep_better_rows(&losses, &mut best_loss, &x, &last_iterate)?;
-            }
-            let predicted = predictions(&logits)?;
-            let mut keep = Vec::with_capacity(samples.len());
-            for (row, &sample) in samples.iter().enumerate() {
-                if predicted[row] != label_values[sample] {
-                    if robust[sample] {
-                        robust[sample] = false;
-                        breaking_points[sample] = Some(x.narrow(0, row, 1)?);
-                    }
-                    if !config.early_stop {
-                        keep.push(row);
-                    }
+        let shards = if network.shards_batches() {
+            crate::kernels::kernel_threads().min(samples.len())
+        } else {
+            1
+        };
+        let ranges: Vec<Range<usize>> = (0..shards)
+            .map(|s| samples.len() * s / shards..samples.len() * (s + 1) / shards)
+            .collect();
+        let shard = |range: &Range<usize>| -> Result<Shard, AttackError> {
+            let rows = &samples[range.clone()];
+            let (start, len) = (range.start, range.len());
+            Ok(Shard {
+                lower: lo.narrow(0, start, len)?,
+                upper: hi.narrow(0, start, len)?,
+                start: x.narrow(0, start, len)?,
+                labels: rows.iter().map(|&i| label_values[i]).collect(),
+                robust: rows.iter().map(|&i| robust[i]).collect(),
+                // With `keep_best` every sample is attacked, so rows are samples.
+                best: if keep_best {
+                    Some((
+                        best_loss[range.clone()].to_vec(),
+                        last_iterate.narrow(0, start, len)?,
+                    ))
                 } else {
-                    keep.push(row);
+                    None
+                },
+            })
+        };
+        let outcomes = if shards == 1 {
+            vec![attack_shard(network, shard(&ranges[0])?, eps, config)?]
+        } else {
+            // One fork and join per restart: each thread attacks its rows through every step
+            // with single-threaded kernels, its buffers in its own cache.
+            ranges
+                .par_iter()
+                .map(|range| {
+                    let shard = shard(range)?;
+                    crate::kernels::sequentially(|| attack_shard(network, shard, eps, config))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut iterates = Vec::with_capacity(shards);
+        let mut losses = Vec::with_capacity(if keep_best { batch } else { 0 });
+        for (range, outcome) in ranges.into_iter().zip(outcomes) {
+            for ((&sample, still_robust), point) in samples[range]
+                .iter()
+                .zip(outcome.robust)
+                .zip(outcome.breaking)
+            {
+                robust[sample] = still_robust;
+                if point.is_some() {
+                    breaking_points[sample] = point;
                 }
             }
-            if step == config.steps {
-                break;
-            }
-            let gradient = gradient.ok_or_else(|| {
-                AttackError::Gradient("no input gradient before the last step".into())
-            })?;
-            let step_size = config.step_size_at(step, eps);
-            x = crate::kernels::signed_step(&x, &gradient, (&lo, &hi), step_size as f32)?;
-            if keep.len() < samples.len() {
-                if keep.is_empty() {
-                    break;
+            match outcome.best {
+                Some((shard_losses, iterate)) => {
+                    losses.extend(shard_losses);
+                    iterates.push(iterate);
                 }
-                let keep_index = index_tensor(&keep)?;
-                lo = lo.index_select(&keep_index, 0)?;
-                hi = hi.index_select(&keep_index, 0)?;
-                active_labels = active_labels.index_select(&keep_index, 0)?;
-                x = x.index_select(&keep_index, 0)?;
-                samples = keep.iter().map(|&row| samples[row]).collect();
+                None => iterates.push(outcome.last),
             }
         }
-        if !config.early_stop && !keep_best {
-            last_iterate = x;
+        if keep_best {
+            best_loss = losses;
+        }
+        if !config.early_stop {
+            last_iterate = Tensor::cat(&iterates, 0)?;
         }
     }
     let adversarial = if config.early_stop {
@@ -403,6 +432,107 @@ fn pgd_search(
     Ok(AttackOutcome {
         adversarial,
         robust,
+    })
+}
+
+/// The rows of a batch one thread attacks through a restart's steps.
+struct Shard {
+    /// Lower corners of the rows' boxes.
+    lower: Tensor,
+    /// Upper corners of the rows' boxes.
+    upper: Tensor,
+    /// The rows' start points.
+    start: Tensor,
+    /// Each row's label.
+    labels: Vec<u32>,
+    /// Whether each row's sample is unbroken so far.
+    robust: Vec<bool>,
+    /// With `keep_best`: each row's highest loss so far and the iterate that reached it.
+    best: Option<(Vec<f32>, Tensor)>,
+}
+
+/// What a restart's steps found for a [`Shard`]'s rows.
+struct ShardOutcome {
+    /// Whether each row's sample is still unbroken.
+    robust: Vec<bool>,
+    /// The first misclassified point of each row this restart broke.
+    breaking: Vec<Option<Tensor>>,
+    /// With `keep_best`: each row's highest loss and its iterate.
+    best: Option<(Vec<f32>, Tensor)>,
+    /// The last iterate (every row, without early stop).
+    last: Tensor,
+}
+
+/// One restart's steps of PGD on a shard's rows; the rows are independent of the rest of the
+/// batch, so shards may run on different threads.
+fn attack_shard(
+    network: &dyn InputGradient,
+    shard: Shard,
+    eps: f64,
+    config: &PgdConfig,
+) -> Result<ShardOutcome, AttackError> {
+    let Shard {
+        lower: mut lo,
+        upper: mut hi,
+        start: mut x,
+        labels,
+        mut robust,
+        mut best,
+    } = shard;
+    let mut breaking = vec![None; labels.len()];
+    // The shard's rows still attacked, by position in the shard.
+    let mut active: Vec<usize> = (0..labels.len()).collect();
+    let mut active_labels = Tensor::from_vec(labels.clone(), labels.len(), &Device::Cpu)?;
+    for step in 0..=config.steps {
+        let target = (step < config.steps).then_some((&active_labels, config.loss));
+        let (logits, gradient) = network.logits_and_gradient(&x, target)?;
+        if let Some((best_loss, best_iterate)) = &mut best
+            && step > 0
+        {
+            // Without early stop every row stays, so logits rows are the shard's rows.
+            let losses = per_sample_loss(&logits, &labels, config.loss)?;
+            *best_iterate = keep_better_rows(&losses, best_loss, &x, best_iterate)?;
+        }
+        let predicted = predictions(&logits)?;
+        let mut keep = Vec::with_capacity(active.len());
+        for (row, &i) in active.iter().enumerate() {
+            if predicted[row] != labels[i] {
+                if robust[i] {
+                    robust[i] = false;
+                    breaking[i] = Some(x.narrow(0, row, 1)?);
+                }
+                if !config.early_stop {
+                    keep.push(row);
+                }
+            } else {
+                keep.push(row);
+            }
+        }
+        if step == config.steps {
+            break;
+        }
+        let gradient = gradient.ok_or_else(|| {
+            AttackError::Gradient("no input gradient before the last step".into())
+        })?;
+        let step_size = config.step_size_at(step, eps);
+        x = crate::kernels::signed_step(&x, &gradient, (&lo, &hi), step_size as f32)?;
+        if keep.len() < active.len() {
+            if keep.is_empty() {
+                break;
+            }
+            let keep_index = index_tensor(&keep)?;
+            lo = lo.index_select(&keep_index, 0)?;
+            hi = hi.index_select(&keep_index, 0)?;
+            active_labels = active_labels.index_select(&keep_index, 0)?;
+            x = x.index_select(&keep_index, 0)?;
+            active = keep.iter().map(|&row| active[row]).collect();
+        }
+    }
+    Ok(ShardOutcome {
+        robust,
+        breaking,
+        best,
+        last: x,
     })
 }
 

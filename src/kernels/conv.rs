@@ -537,7 +537,7 @@ impl CustomOp3 for Conv2dBiasOp {
 /// (an attack's first convolution: 16×16 kernels over 196 positions) spend more in gemm's
 /// per-call set-up than in the product, so a group of samples lays its matrices side by side.
 fn group_size(g: &Geometry, len: usize) -> usize {
-    (GROUPED_COLUMNS / len.max(1)).clamp(1, g.batch.div_ceil(rayon::current_num_threads()).max(1))
+    (GROUPED_COLUMNS / len.max(1)).clamp(1, g.batch.div_ceil(super::kernel_threads()).max(1))
 }
 
 /// `X_n = col2im(Kᵀ · A_n)` for every sample: the transposed convolution of `a`
@@ -741,7 +741,7 @@ fn kernel_gradient(g: &Geometry, patches: Patches<'_>, dy: &[f32]) -> Vec<f32> {
     let (patch, positions) = (g.patch_len(), g.out_positions());
     let kernel_len = g.out_channels * patch;
     let im2col = Im2col::new(g);
-    let workers = rayon::current_num_threads().max(1).min(g.batch.max(1));
+    let workers = super::kernel_threads().max(1).min(g.batch.max(1));
     let per_worker = g.batch.div_ceil(workers);
     let sample_len = patches.sample_len(g);
     let partials: Vec<Vec<f32>> = (0..workers)

@@ -44,7 +44,44 @@ pub use winograd::{
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
+use std::cell::Cell;
 use std::mem::MaybeUninit;
+
+thread_local! {
+    /// Whether this thread's kernels run single-threaded (see [`sequentially`]).
+    static SEQUENTIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the kernels it calls on this thread single-threaded: matrix products without
+/// gemm's thread split, element-wise passes in one loop, work sized for one thread. For work
+/// the caller has already split across the pool's threads (a training attack's shards of a
+/// batch), where each kernel's own fork and join would only cost time.
+pub fn sequentially<R>(f: impl FnOnce() -> R) -> R {
+    /// Restores the thread's mode when `f` returns or unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SEQUENTIAL.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(SEQUENTIAL.with(|flag| flag.replace(true)));
+    f()
+}
+
+/// Whether this thread's kernels run single-threaded (inside [`sequentially`]).
+fn in_sequential_mode() -> bool {
+    SEQUENTIAL.with(Cell::get)
+}
+
+/// The threads a kernel on this thread may split its work over: 1 inside [`sequentially`],
+/// else the rayon pool's.
+pub(crate) fn kernel_threads() -> usize {
+    if in_sequential_mode() {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
 
 /// The f32 values of a contiguous CPU operand of a custom op, or an error naming it.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
@@ -106,10 +143,18 @@ unsafe fn par_filled(
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
 ) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(index, values)| fill(index, values));
+    let slots = &mut out.spare_capacity_mut()[..len];
+    if in_sequential_mode() {
+        slots
+            .chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(index, values)| fill(index, values));
+    } else {
+        slots
+            .par_chunks_mut(chunk.max(1))
+            .enumerate()
+            .for_each(|(index, values)| fill(index, values));
+    }
     // SAFETY: the caller's `fill` initialised all `len` elements.
     unsafe { out.set_len(len) };
     out
@@ -126,7 +171,7 @@ fn masked(value: f32, keep: bool) -> f32 {
 
 /// Row-major matrix product `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)` with explicit strides
 /// (row stride, column stride) for the operands, on the rayon pool when `parallel` (callers that
-/// already parallelise over samples pass `false`).
+/// already parallelise over samples pass `false`) and not inside [`sequentially`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn matmul(
     dst: &mut [f32],
@@ -218,7 +263,7 @@ unsafe fn gemm_into(
             false,
             false,
             false,
-            if parallel {
+            if parallel && !in_sequential_mode() {
                 gemm::Parallelism::Rayon(rayon::current_num_threads())
             } else {
                 gemm::Parallelism::None

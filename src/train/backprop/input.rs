@@ -3,7 +3,7 @@
 
 use super::clean::{self, BatchNormAffine, BatchNormSums, BatchNorms, CleanSaved};
 use super::conv::relu_masked_input_gradient;
-use super::loss::cross_entropy_gradient;
+use super::loss::cross_entropy_part_gradient;
 use crate::attack::{AttackError, AttackLoss, InputGradient};
 use crate::model::{Layer, Net, Normalization};
 use crate::train::TrainError;
@@ -134,6 +134,12 @@ impl InputGradient for InputGradientPass<'_> {
         self.run(x, target)
             .map_err(|error| AttackError::Gradient(error.to_string()))
     }
+
+    /// Every kernel of the pass treats samples apart (BatchNorm's maps are fixed), and each
+    /// sample's objective gradient is its own row's, not a share of a batch mean.
+    fn shards_batches(&self) -> bool {
+        true
+    }
 }
 
 impl InputGradientPass<'_> {
@@ -164,11 +170,9 @@ fn summed_objective_gradient(
     loss: AttackLoss,
 ) -> Result<Vec<f32>, TrainError> {
     match loss {
-        AttackLoss::CrossEntropy => {
-            let (_, mean_gradient) = cross_entropy_gradient(rows, labels)?;
-            let batch = rows.len() as f32;
-            Ok(mean_gradient.into_iter().map(|g| g * batch).collect())
-        }
+        // Each row's own `softmax − onehot`, not a batch mean's share scaled back, so a row's
+        // gradient is the same bits whatever batch or shard it is in.
+        AttackLoss::CrossEntropy => Ok(cross_entropy_part_gradient(rows, labels, 1)?.1),
         AttackLoss::Margin => {
             let mut gradient = Vec::with_capacity(rows.len() * rows.first().map_or(0, Vec::len));
             for (row, &label) in rows.iter().zip(labels) {

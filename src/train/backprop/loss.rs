@@ -23,7 +23,7 @@ pub(super) fn cross_entropy_gradient(
 /// The cross-entropy of `logits` rows, part of a batch of `batch` samples, summed and divided
 /// by `batch`, and its gradient `(softmax − onehot)/batch`: the rows' share of the batch's mean
 /// and of its gradient.
-fn cross_entropy_part_gradient(
+pub(super) fn cross_entropy_part_gradient(
     logits: &[Vec<f32>],
     labels: &[u32],
     batch: usize,

@@ -653,3 +653,70 @@ fn attacks_through_the_input_gradient_pass_find_what_autograd_attacks_find() {
         }
     }
 }
+
+/// The input-gradient pass with batch sharding turned off: the attack runs every step on the
+/// whole batch, its kernels on the whole pool.
+struct Unsharded<'a>(&'a InputGradientPass<'a>);
+
+impl crate::attack::InputGradient for Unsharded<'_> {
+    fn logits_and_gradient(
+        &self,
+        x: &Tensor,
+        target: Option<(&Tensor, crate::attack::AttackLoss)>,
+    ) -> Result<(Tensor, Option<Tensor>), crate::attack::AttackError> {
+        self.0.logits_and_gradient(x, target)
+    }
+}
+
+#[test]
+fn sharded_attacks_find_the_points_of_unsharded_ones() {
+    use crate::attack::{PgdConfig, pgd_attack_through};
+    use crate::model::Normalization;
+    let training = PgdConfig::training(5, 0.3).with_decays_after_steps(&[2, 4], 0.1);
+    let last_iterate = PgdConfig {
+        keep_best: false,
+        ..training.clone()
+    };
+    let evaluation = PgdConfig {
+        steps: 6,
+        restarts: 2,
+        ..PgdConfig::evaluation()
+    };
+    // 3 threads: the batch of 7 splits into shards of 2, 2 and 3 rows.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    for (spec_index, spec) in specs().iter().enumerate() {
+        let mut net = network(spec);
+        let (images, labels) = batch(spec, net.num_classes());
+        let (_, statistics) = net.forward_train(&images).unwrap();
+        let statistics = statistics.detached();
+        for config in [&training, &last_iterate, &evaluation] {
+            let label = format!("net {spec_index}, {config:?}");
+            let maps = fixed_batch_norms(&net, Normalization::Batch(&statistics)).unwrap();
+            let pass = InputGradientPass::new(net.layers(), &maps);
+            let attack = |network: &dyn crate::attack::InputGradient| {
+                let mut rng = StdRng::seed_from_u64(5);
+                pool.install(|| {
+                    pgd_attack_through(network, &images, &labels, 0.3, config, &mut rng).unwrap()
+                })
+            };
+            let sharded = attack(&pass);
+            let unsharded = attack(&Unsharded(&pass));
+            assert_eq!(sharded.robust, unsharded.robust, "{label}: robust samples");
+            let values = |points: &Tensor| points.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(
+                values(&sharded.adversarial),
+                values(&unsharded.adversarial),
+                "{label}: adversarial points"
+            );
+            if config.early_stop {
+                assert!(
+                    sharded.robust.iter().any(|r| !r),
+                    "{label}: the attack broke no sample, so early stop went untested"
+                );
+            }
+        }
+    }
+}
