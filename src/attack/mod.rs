@@ -537,8 +537,9 @@ fn attack_shard(
 }
 
 fn index_tensor(rows: &[usize]) -> Result<Tensor, AttackError> {
+    let len = rows.len();
     let rows: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-    Ok(Tensor::from_vec(rows.clone(), rows.len(), &Device::Cpu)?)
+    Ok(Tensor::from_vec(rows, len, &Device::Cpu)?)
 }
 
 /// Arg-max class of every row of a `[B, K]` logit matrix.
