@@ -39,7 +39,7 @@ impl SurrogateKind {
     /// Measured with `bench_fidelity --seeds 40` (Hyperband, `--no-default`, seeds 0–39 and
     /// 40–79; figures in docs/studies.md): corrected scores lowered the GP's median regret from
     /// cost 108 on, on Branin and Hartmann-6 and on both seed sets; the forest's moved both
-    /// ways (Hartmann-6 better, Branin worse).
+    /// ways (Branin worse from cost 108 on, Hartmann-6 better or worse by seed set and cost).
     pub fn rung_model(self) -> RungModel {
         match self {
             SurrogateKind::Rf => RungModel::BudgetInput,
