@@ -22,6 +22,8 @@ Set-up (a virtualenv outside the repository): `python3 -m venv ../venv-mf &&
 ../venv-mf/bin/pip install numpy optuna smac`. Run:
 
     ../venv-mf/bin/python benches/fidelity_reference.py --seeds 20 --budget 300
+
+(`--first-seed N` runs seeds N, N+1, ...: `bench_fidelity` takes the same flag.)
 """
 import argparse
 import logging
@@ -163,6 +165,7 @@ def main():
     ap.add_argument("--functions", default="branin,hartmann6")
     ap.add_argument("--methods", default="smac_hyperband,optuna_tpe_hyperband")
     ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--budget", type=float, default=300)
     args = ap.parse_args()
     runners = {"smac_hyperband": run_smac, "optuna_tpe_hyperband": run_optuna}
@@ -171,7 +174,7 @@ def main():
     for name in args.functions.split(","):
         for method in args.methods.split(","):
             curves = [runners[method](PROBLEMS[name], seed, args.budget)
-                      for seed in range(args.seeds)]
+                      for seed in range(args.first_seed, args.first_seed + args.seeds)]
             print(f"| {name} | {method} | " + " | ".join(summary(curves)) + " |", flush=True)
 
 

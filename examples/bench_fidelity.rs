@@ -3,8 +3,11 @@
 //! and Hartmann-6 with a fidelity-dependent bias and noise.
 //!
 //! `cargo run --release --example bench_fidelity -- [--functions branin,hartmann6]
-//! [--seeds 20] [--budget 300] [--fidelity hyperband|successive-halving|none] [--surrogate rf|gp]
-//! [--no-default]`
+//! [--seeds 20] [--first-seed 0] [--budget 300] [--fidelity hyperband|successive-halving|none]
+//! [--surrogate rf|gp] [--rung-model budget-input|corrected] [--no-default]`
+//!
+//! `--rung-model` overrides how the surrogate learns from the rung scores (its own default
+//! otherwise, see `opt::SurrogateKind::rung_model`).
 //!
 //! As a study does, the optimiser proposes the space's default configuration (the domain's
 //! centre here) first, and the brackets never prune it (it goes on to the full budget first);
@@ -22,7 +25,7 @@
 //! Optuna's TPE with the Hyperband pruner.
 
 use cthpo::opt::benchmark::{branin_at, hartmann6_at, problems};
-use cthpo::opt::{Optimizer, OptimizerOptions, Outcome, SurrogateKind};
+use cthpo::opt::{Optimizer, OptimizerOptions, Outcome, RungModel, SurrogateKind};
 use cthpo::space::{Config, Space};
 use cthpo::study::{Fidelity, FidelityKind, RungEntry, next_promotion};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -75,7 +78,7 @@ fn regret(problem: &Synthetic, records: &[Record]) -> f64 {
 /// Regret after each evaluation and the cumulative cost at it, until `budget` is spent.
 fn run(
     problem: &Synthetic,
-    (fidelity, surrogate): (&Fidelity, SurrogateKind),
+    (fidelity, surrogate, rung_model): (&Fidelity, SurrogateKind, Option<RungModel>),
     seed: u64,
     budget: f64,
     with_default: bool,
@@ -120,6 +123,7 @@ fn run(
                         trial_budget: 100,
                         surrogate,
                         skip_default: !with_default,
+                        rung_model,
                         ..OptimizerOptions::default()
                     },
                 );
@@ -156,13 +160,16 @@ fn main() {
         &[
             "--functions",
             "--seeds",
+            "--first-seed",
             "--budget",
             "--fidelity",
             "--surrogate",
+            "--rung-model",
         ],
         &["--no-default"],
-        "bench_fidelity [--functions branin,hartmann6] [--seeds 20] [--budget 300] \
-         [--fidelity hyperband|successive-halving|none] [--surrogate rf|gp] [--no-default]",
+        "bench_fidelity [--functions branin,hartmann6] [--seeds 20] [--first-seed 0] [--budget 300] \
+         [--fidelity hyperband|successive-halving|none] [--surrogate rf|gp] \
+         [--rung-model budget-input|corrected] [--no-default]",
     );
     let with_default = !args.has("--no-default");
     let surrogate = match args.value("--surrogate", "rf").as_str() {
@@ -170,7 +177,15 @@ fn main() {
         "gp" => SurrogateKind::Gp,
         other => panic!("--surrogate {other}: not rf or gp"),
     };
+    let rung_model = args
+        .optional("--rung-model")
+        .map(|name| match name.as_str() {
+            "budget-input" => RungModel::BudgetInput,
+            "corrected" => RungModel::Corrected,
+            other => panic!("--rung-model {other}: not budget-input or corrected"),
+        });
     let seeds: u64 = args.parsed("--seeds", "20");
+    let first_seed: u64 = args.parsed("--first-seed", "0");
     let budget: f64 = args.parsed("--budget", "300");
     let kind = match args.value("--fidelity", "hyperband").as_str() {
         "hyperband" => FidelityKind::Hyperband,
@@ -213,7 +228,12 @@ fn main() {
     } else {
         "no default"
     };
-    println!("cthpo {kind:?} ({surrogate:?}), η = 3, rungs 1/3/9, {seeds} seeds, {default}");
+    let last_seed = (first_seed + seeds).saturating_sub(1);
+    let rungs_told = rung_model.unwrap_or_else(|| surrogate.rung_model());
+    println!(
+        "cthpo {kind:?} ({surrogate:?}, rung scores {rungs_told:?}), η = 3, rungs 1/3/9, \
+         seeds {first_seed}..={last_seed}, {default}"
+    );
     println!(
         "| function | {} |",
         checkpoints
@@ -224,8 +244,11 @@ fn main() {
     );
     println!("|---|{}", "---|".repeat(checkpoints.len()));
     for problem in &synthetic {
-        let curves: Vec<Vec<(f64, f64)>> = (0..seeds)
-            .map(|seed| run(problem, (&fidelity, surrogate), seed, budget, with_default))
+        let curves: Vec<Vec<(f64, f64)>> = (first_seed..first_seed + seeds)
+            .map(|seed| {
+                let how = (&fidelity, surrogate, rung_model);
+                run(problem, how, seed, budget, with_default)
+            })
             .collect();
         let cells: Vec<String> = checkpoints
             .iter()

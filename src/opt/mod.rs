@@ -18,6 +18,7 @@ mod gp;
 mod lbfgs;
 mod pareto;
 mod posterior;
+mod rungs;
 mod search;
 mod surrogate;
 
@@ -29,6 +30,7 @@ pub use design::{halton, latin_hypercube};
 pub use forest::Forest;
 pub use gp::{DEFAULT_NUGGET, Gp, GpSettings, Kernel, Prediction, ThetaStart};
 pub use pareto::{hypervolume_2d, non_dominated};
+pub use rungs::RungModel;
 pub use surrogate::{AtBudget, Axes, Fantasy, FitCache, Surrogate, SurrogateKind};
 
 use crate::space::{Config, Space};
@@ -78,6 +80,9 @@ pub struct OptimizerOptions {
     /// Points of the initial Latin hypercube; `None` is one per searched hyperparameter,
     /// capped at a quarter of the trial budget.
     pub initial_design: Option<usize>,
+    /// How the models learn from trials told below the full budget; `None` is the
+    /// surrogate's own default (see [`SurrogateKind::rung_model`]).
+    pub rung_model: Option<RungModel>,
 }
 
 impl Default for OptimizerOptions {
@@ -95,8 +100,21 @@ impl Default for OptimizerOptions {
             fantasy: Fantasy::default(),
             nugget: DEFAULT_NUGGET,
             initial_design: None,
+            rung_model: None,
         }
     }
+}
+
+/// The told trials the models of one ask learn from (see [`Optimizer::model_view`]).
+struct ModelView {
+    /// Indices into the history of the trials modelled.
+    rows: Vec<usize>,
+    /// Whether the budget is one more input of the models.
+    budget_input: bool,
+    /// Whether the values are moved onto the full budget's scale ([`RungModel::Corrected`]).
+    corrected: bool,
+    /// The configuration hash of each told trial.
+    keys: Vec<u64>,
 }
 
 /// How an ask arrived at its proposal (for diagnostics and tests).
@@ -209,9 +227,9 @@ impl Optimizer {
 
     /// Records a trial finished at `budget` (in (0, 1], 1 the full budget; a multi-fidelity
     /// study's rung), with its constraint values if it has any. Once a trial below the full
-    /// budget is told, the surrogate takes the budget as one more input and the acquisition
-    /// looks at its prediction for the full budget, so it learns from every budget without
-    /// mistaking a short trial's score for a full one's.
+    /// budget is told, the models learn from every budget as [`OptimizerOptions::rung_model`]
+    /// says (the budget as an input, or corrected scores), without mistaking a short trial's
+    /// score for a full one's.
     pub fn tell_at_budget(
         &mut self,
         config: &Config,
@@ -227,8 +245,7 @@ impl Optimizer {
         self.constraints.push(constraints);
     }
 
-    /// Whether some trial was told (or is pending) below the full budget: the model then takes
-    /// the budget as an input.
+    /// Whether some trial was told (or is pending) below the full budget.
     fn budget_aware(&self) -> bool {
         self.budgets
             .iter()
@@ -236,19 +253,43 @@ impl Optimizer {
             .any(|&b| b < 1.0)
     }
 
+    /// The told trials the models learn from and how (see [`RungModel`]): without trials
+    /// below the full budget, every one as it is.
+    fn model_view(&self) -> ModelView {
+        let rung_model = self
+            .options
+            .rung_model
+            .unwrap_or_else(|| self.options.surrogate.rung_model());
+        let keys: Vec<u64> = self
+            .history
+            .iter()
+            .map(|(c, _)| Space::config_hash(c))
+            .collect();
+        let rows = match (self.budget_aware(), rung_model) {
+            (true, RungModel::Corrected) => rungs::highest_rungs(&keys, &self.budgets),
+            _ => (0..self.history.len()).collect(),
+        };
+        ModelView {
+            budget_input: self.budget_aware() && rung_model == RungModel::BudgetInput,
+            corrected: self.budget_aware() && rung_model == RungModel::Corrected,
+            rows,
+            keys,
+        }
+    }
+
     /// The model's input for `config` at `budget`: its encoding, and the budget when the model
     /// takes it.
-    fn model_point(&self, config: &Config, budget: f64) -> Vec<Option<f64>> {
+    fn model_point(&self, view: &ModelView, config: &Config, budget: f64) -> Vec<Option<f64>> {
         let mut point = self.space.encode(config);
-        if self.budget_aware() {
+        if view.budget_input {
             point.push(Some(budget));
         }
         point
     }
 
     /// The model's axes: the space's, and the budget when the model takes it.
-    fn model_axes(&self) -> Axes {
-        if self.budget_aware() {
+    fn model_axes(&self, view: &ModelView) -> Axes {
+        if view.budget_input {
             self.axes.with_budget()
         } else {
             self.axes.clone()
@@ -256,12 +297,50 @@ impl Optimizer {
     }
 
     /// A fitted model as the acquisition sees it: at the full budget.
-    fn at_full_budget(&self, model: Box<dyn Surrogate>) -> Box<dyn Surrogate> {
-        if self.budget_aware() {
+    fn at_full_budget(&self, view: &ModelView, model: Box<dyn Surrogate>) -> Box<dyn Surrogate> {
+        if view.budget_input {
             AtBudget::wrap(model, 1.0)
         } else {
             model
         }
+    }
+
+    /// `values` (one per told trial, `None` where missing) at the view's rows, moved onto the
+    /// full budget's scale when the view corrects them.
+    fn view_values(&self, view: &ModelView, values: &[Option<f64>]) -> Vec<Option<f64>> {
+        let raise = if view.corrected {
+            rungs::offsets(&view.keys, &self.budgets, values)
+        } else {
+            vec![0.0; values.len()]
+        };
+        view.rows
+            .iter()
+            .map(|&i| values[i].map(|v| v + raise[i]))
+            .collect()
+    }
+
+    /// The scaled costs (one per told trial) the cost model learns from: at the view's rows,
+    /// corrected and scaled to [0, 1] again when the view corrects them (the forest's log
+    /// needs them ≥ 0). A failure's stand-in (the worst cost) is modelled but says nothing of
+    /// what a budget changes, so it is left out of the corrections' pairs.
+    fn scaled_view(&self, view: &ModelView, scaled: Vec<f64>) -> Vec<f64> {
+        if !view.corrected {
+            return view.rows.iter().map(|&i| scaled[i]).collect();
+        }
+        let paired: Vec<Option<f64>> = scaled
+            .iter()
+            .zip(&self.history)
+            .map(|(&cost, (_, outcome))| (!matches!(outcome, Outcome::Failed)).then_some(cost))
+            .collect();
+        let raise = rungs::offsets(&view.keys, &self.budgets, &paired);
+        let costs: Vec<f64> = view.rows.iter().map(|&i| scaled[i] + raise[i]).collect();
+        let (low, high) = costs
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &c| {
+                (l.min(c), h.max(c))
+            });
+        let span = (high - low).max(1e-12);
+        costs.into_iter().map(|c| (c - low) / span).collect()
     }
 
     /// Records a finished trial with its constraint values (Optuna's convention: the trial is
@@ -296,7 +375,7 @@ impl Optimizer {
     fn constraint_models(
         &self,
         kind: SurrogateKind,
-        points: &[Vec<Option<f64>>],
+        (view, points): (&ModelView, &[Vec<Option<f64>>]),
         pending: &[Vec<Option<f64>>],
         rng: &mut StdRng,
         fits: &mut FitCache,
@@ -307,12 +386,16 @@ impl Optimizer {
         };
         (0..count)
             .filter_map(|k| {
-                let (x, y): (Vec<Vec<Option<f64>>>, Vec<f64>) = self
+                let told: Vec<Option<f64>> = self
                     .constraints
                     .iter()
+                    .map(|c| c.as_ref()?.get(k).copied().filter(|v| v.is_finite()))
+                    .collect();
+                let (x, y): (Vec<Vec<Option<f64>>>, Vec<f64>) = self
+                    .view_values(view, &told)
+                    .into_iter()
                     .zip(points)
-                    .filter_map(|(c, p)| Some((p.clone(), *c.as_ref()?.get(k)?)))
-                    .filter(|(_, v)| v.is_finite())
+                    .filter_map(|(v, p)| Some((p.clone(), v?)))
                     .unzip();
                 if y.len() < 2 {
                     return None;
@@ -321,7 +404,7 @@ impl Optimizer {
                 let slot = 1 + k;
                 let believer = (pending, Fantasy::KrigingBeliever);
                 let data = (x.as_slice(), y.as_slice());
-                let axes = &self.model_axes();
+                let axes = &self.model_axes(view);
                 surrogate::fit_with_pending(kind, kernel, axes, data, believer, rng, fits, slot)
                     .or_else(|_| {
                         let forest = SurrogateKind::Rf;
@@ -330,7 +413,7 @@ impl Optimizer {
                         )
                     })
                     .ok()
-                    .map(|(model, _)| self.at_full_budget(model))
+                    .map(|(model, _)| self.at_full_budget(view, model))
             })
             .collect()
     }
@@ -504,17 +587,17 @@ impl Optimizer {
         rng: &mut StdRng,
         fits: &mut FitCache,
     ) -> Option<(Config, Proposal)> {
-        let scaled = self.scaled_costs(rng);
+        let view = self.model_view();
+        let scaled = self.scaled_view(&view, self.scaled_costs(rng));
         // The forest models log costs, as SMAC does: it sharpens the region near the best. A GP
         // is fitted to the costs themselves: the log transform would make a smooth response
         // rough (measured: on Hartmann-6 the median regret after 50 evaluations drops from 0.39
         // to 0.12 without it).
         let logged: Vec<f64> = scaled.iter().map(|s| (s + 1e-3).ln()).collect();
-        let points: Vec<Vec<Option<f64>>> = self
-            .history
+        let points: Vec<Vec<Option<f64>>> = view
+            .rows
             .iter()
-            .zip(&self.budgets)
-            .map(|((config, _), &budget)| self.model_point(config, budget))
+            .map(|&i| self.model_point(&view, &self.history[i].0, self.budgets[i]))
             .collect();
         let targets = |kind| match kind {
             SurrogateKind::Rf => &logged,
@@ -522,18 +605,23 @@ impl Optimizer {
         };
         let kind = self.options.surrogate;
         let kernel = self.gp_settings();
+        // With one point per configuration, a configuration already told (a promotion running
+        // elsewhere) is modelled by its told score, not fantasised a second time.
         let pending: Vec<Vec<Option<f64>>> = self
             .pending
             .iter()
-            .map(|(config, budget)| self.model_point(config, *budget))
+            .filter(|(config, _)| {
+                !view.corrected || !view.keys.contains(&Space::config_hash(config))
+            })
+            .map(|(config, budget)| self.model_point(&view, config, *budget))
             .collect();
         let fantasy = self.options.fantasy;
-        let axes = self.model_axes();
+        let axes = self.model_axes(&view);
         let mut fit = |kind: SurrogateKind, rng: &mut StdRng| {
             let data = (points.as_slice(), targets(kind).as_slice());
             let pending = (pending.as_slice(), fantasy);
             surrogate::fit_with_pending(kind, kernel, &axes, data, pending, rng, fits, 0)
-                .map(|(model, believed)| (self.at_full_budget(model), believed))
+                .map(|(model, believed)| (self.at_full_budget(&view, model), believed))
         };
         let ((model, believed), how, costs) = match fit(kind, rng) {
             Ok(fitted) => (fitted, Proposal::Model, targets(kind)),
@@ -543,27 +631,35 @@ impl Optimizer {
                 (fitted, Proposal::FallbackForest, targets(forest))
             }
         };
+        let feasible = |row: usize| self.feasible(view.rows[row]);
         // Feasible trials first, each group best first: the incumbent is the best feasible
         // cost, and climbs start where feasibility is known.
         let mut order: Vec<usize> = (0..costs.len()).collect();
         order.sort_by(|&a, &b| {
-            (!self.feasible(a), costs[a])
-                .partial_cmp(&(!self.feasible(b), costs[b]))
+            (!feasible(a), costs[a])
+                .partial_cmp(&(!feasible(b), costs[b]))
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
-        let feasibility = self.constraint_models(kind, &points, &pending, rng, fits);
+        let feasibility = self.constraint_models(kind, (&view, &points), &pending, rng, fits);
         // Without constraint models every trial counts (a failure's worst cost included, so
-        // a history of failures still has an incumbent); with budgets, only those at the
-        // highest budget a trial succeeded at (the full one, once any is): shorter trials'
-        // scores are on another scale.
+        // a history of failures still has an incumbent); with the budget as an input, only
+        // those at the highest budget a trial succeeded at (the full one, once any is): shorter
+        // trials' scores are on another scale. Corrected scores are all on the full budget's.
+        let level = |row: usize| {
+            if view.budget_input {
+                self.budgets[view.rows[row]]
+            } else {
+                1.0
+            }
+        };
         let top = (0..costs.len())
-            .filter(|&i| !matches!(self.history[i].1, Outcome::Failed))
-            .map(|i| self.budgets[i])
+            .filter(|&row| !matches!(self.history[view.rows[row]].1, Outcome::Failed))
+            .map(level)
             .fold(0.0, f64::max);
         let incumbent = (0..costs.len())
-            .filter(|&i| self.budgets[i] >= top)
-            .filter(|&i| feasibility.is_empty() || self.feasible(i))
-            .map(|i| costs[i])
+            .filter(|&row| level(row) >= top)
+            .filter(|&row| feasibility.is_empty() || feasible(row))
+            .map(|row| costs[row])
             .fold(None, |best: Option<f64>, c| {
                 Some(best.map_or(c, |b| b.min(c)))
             })
@@ -577,7 +673,7 @@ impl Optimizer {
             starts: order
                 .iter()
                 .take(10)
-                .map(|&i| self.history[i].0.clone())
+                .map(|&row| self.history[view.rows[row]].0.clone())
                 .collect(),
             candidates: self.options.candidates,
             polish: self.options.polish,
@@ -598,9 +694,10 @@ mod tests {
             optimizer.history.iter().map(|(c, _)| encode(c)).collect();
         let pending: Vec<Vec<Option<f64>>> = pending.iter().map(encode).collect();
         let mut rng = StdRng::seed_from_u64(1);
+        let view = optimizer.model_view();
         let models = optimizer.constraint_models(
             SurrogateKind::Gp,
-            &points,
+            (&view, &points),
             &pending,
             &mut rng,
             &mut FitCache::default(),
@@ -610,10 +707,11 @@ mod tests {
     }
 
     #[test]
-    fn with_budgets_the_model_proposes_for_the_full_budget() {
-        // Short trials favour x near 0.9, full ones x near 0.1: told with their budgets, the
-        // model looks for the full budget's optimum; told as if they were all full, the many
-        // short trials pull it to theirs.
+    fn with_the_budget_as_input_the_model_proposes_for_the_full_budget() {
+        // Short trials favour x near 0.9, full ones x near 0.1: told with their budgets, a
+        // model with the budget as an input looks for the full budget's optimum; told as if
+        // they were all full, the many short trials pull it to theirs. (No configuration is
+        // told at both budgets, so corrected scores would have no change to measure.)
         let yaml =
             "hyperparameters:\n  - {name: x, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n";
         let space = Space::from_yaml(yaml, "one").unwrap();
@@ -624,6 +722,7 @@ mod tests {
                 skip_default: true,
                 random_interleave: Some(0.0),
                 surrogate,
+                rung_model: Some(RungModel::BudgetInput),
                 candidates: 200,
                 ..Default::default()
             };
@@ -646,6 +745,42 @@ mod tests {
         assert!(aware < 0.35, "with budgets proposed x = {aware}");
         let mixed = proposal(false, SurrogateKind::Gp);
         assert!(mixed > 0.5, "without budgets proposed x = {mixed}");
+    }
+
+    #[test]
+    fn corrected_view_models_each_configuration_once_on_the_full_budgets_scale() {
+        let yaml =
+            "hyperparameters:\n  - {name: x, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n";
+        let space = Space::from_yaml(yaml, "one").unwrap();
+        let config = |x: f64| Config::from([("x".to_string(), crate::space::Value::Float(x))]);
+        let options = OptimizerOptions {
+            rung_model: Some(RungModel::Corrected),
+            ..Default::default()
+        };
+        let mut optimizer = Optimizer::new(space, options);
+        // x = 0.1 scores 3 at the short budget and 1 at the full one (a change of −2 that
+        // every short score gets); x = 0.5 and 0.9 are short only, failed at 0.7.
+        for (x, budget, cost) in [(0.1, 0.0, 3.0), (0.5, 0.0, 2.0), (0.9, 0.0, 6.0)] {
+            optimizer.tell_at_budget(&config(x), budget, Outcome::Cost(cost), None);
+        }
+        optimizer.tell_at_budget(&config(0.1), 1.0, Outcome::Cost(1.0), None);
+        optimizer.tell_at_budget(&config(0.7), 0.0, Outcome::Failed, None);
+        let view = optimizer.model_view();
+        assert!(view.corrected && !view.budget_input);
+        assert_eq!(
+            view.rows,
+            vec![1, 2, 3, 4],
+            "x = 0.1 once, at the full budget"
+        );
+        let mut rng = StdRng::seed_from_u64(0);
+        let scaled = optimizer.scaled_view(&view, optimizer.scaled_costs(&mut rng));
+        // Scaled costs 3 → 0.4, 2 → 0.2, 6 → 1, 1 → 0, failure → 1 (the worst); the change
+        // from short to full is −0.4, so x = 0.5 is 0.2 − 0.4 = −0.2, x = 0.9 0.6, x = 0.1 0,
+        // the failure 0.6; scaled again to [0, 1] over [−0.2, 0.6].
+        let want = [0.0, 1.0, 0.25, 1.0];
+        for (got, want) in scaled.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{scaled:?}");
+        }
     }
 
     #[test]

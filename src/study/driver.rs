@@ -607,8 +607,8 @@ fn best_objective(trials: &[StoredTrial], directions: &[Direction]) -> Option<f6
 /// The optimiser as the stored trials leave it: completed trials are told their costs, failed
 /// ones count as the worst, running ones (another process) are pending. In a multi-fidelity
 /// study every rung score is told at its rung's budget ([`rungs::surrogate_view`],
-/// [`super::Fidelity::rung_budget`]): the model takes the budget as an input and the
-/// acquisition looks at its prediction for the full budget.
+/// [`super::Fidelity::rung_budget`]), and the surrogate learns from them as its
+/// [`crate::opt::RungModel`] says.
 fn rebuild_optimizer(
     space: &Space,
     spec: &StudySpec,
