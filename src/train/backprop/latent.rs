@@ -27,10 +27,10 @@ const GROUP_VALUES: usize = 1 << 19;
 /// Beyond [`GROUP_VALUES`], a group's latent values may reach the batch's activation values
 /// (every layer's output, as one clean pass produces them) divided by this. The interval pass
 /// the step runs anyway holds about twice those, and a group's attack and pivot pass hold about
-/// five times its latent values, so the step stays within about 1.5× the IBP step's memory,
+/// five times its latent values, so the step stays within 1.5× the IBP step's memory,
 /// while the classifier's products run on hundreds of rows instead of re-reading the weights
 /// for a handful (`cnn7`'s 25,088 × 512 linear layer: 51 MB per pass).
-const GROUP_SHARE: usize = 4;
+const GROUP_SHARE: usize = 5;
 
 /// TAPS' classifier layers `layers[split..]` at one step: what the loss reads and where its
 /// gradient goes.
@@ -67,7 +67,9 @@ impl LatentPart<'_> {
         let lower = (centre - radius)?;
         let upper = (centre + radius)?;
         let budget = GROUP_VALUES.max(batch * self.sample_activations / GROUP_SHARE);
-        let group = (budget / (rows * features).max(1)).clamp(1, batch.max(1));
+        let largest = (budget / (rows * features).max(1)).clamp(1, batch.max(1));
+        // Groups of even size, so no small last group runs skinny products alone.
+        let group = batch.div_ceil(batch.div_ceil(largest).max(1)).max(1);
         let network = InputGradientPass::from_layer(self.layers, self.split, self.batch_norms);
         let mut loss = 0.0;
         let (mut d_centre, mut d_radius) = (Vec::new(), Vec::new());
