@@ -14,13 +14,17 @@ plainly after the papers:
 - `mtl_ibp` (De Palma et al.): 0.02·IBP loss + 0.98·cross-entropy at the PGD point;
 - `crown_ibp` (Zhang et al.) with β = 1: IBP for the ReLUs' input bounds, then CROWN's backward
   linear relaxation from the margin spec for the output bounds;
-- `taps` (Mao et al.) at full ε, split 0.5 (cnn-small's extractor: conv, ReLU, flatten): IBP
-  through the extractor gives the latent box; the IBP loss continues through the classifier; for
-  every (sample, other class) PGD in the latent box (random start, 8 signed steps of 0.5·(u − l)
-  decayed ×0.1 after steps 4 and 7, the lowest-margin iterate kept) finds a pivot, tied to the
-  box by the rectified gradient link (slack 0.5·(u − l)); the loss is
-  `GradExpander(L_TAPS, 5)·L_IBP`;
-- `staps`: the same on SABR's small box (the `sabr` attack and box).
+- `taps` (Mao et al.) at full ε, split 0.5 (the first ⌈0.5·n⌉ of the n layers: on cnn-small
+  conv, ReLU, flatten; on cnn7 the first four convolutions, BatchNorm following in the
+  classifier): IBP through the extractor gives the latent box; the IBP loss continues through the
+  classifier; for every (sample, other class) PGD in the latent box (random start, 8 signed steps
+  of 0.5·(u − l) decayed ×0.1 after steps 4 and 7, the lowest-margin iterate kept) finds a pivot,
+  tied to the box by the rectified gradient link (slack 0.5·(u − l)); the loss is
+  `GradExpander(L_TAPS, 5)·L_IBP`. With BatchNorm, as cthpo does: a clean pass gives each
+  BatchNorm's map from the clean batch's mean and variance, which the interval pass and the
+  pivots' pass apply (differentiably) and the latent attack holds fixed;
+- `staps`: the same on SABR's small box (the `sabr` attack and box; with BatchNorm its centre
+  search, too, reads the clean batch's maps held fixed).
 The attacks take input gradients only (`torch.autograd.grad` with respect to the input).
 
     python3 -m venv ../venv-ref && ../venv-ref/bin/pip install torch   # any folder outside the repository
@@ -56,10 +60,21 @@ def ibp_loss(net, x, y, eps):
     return box_loss(net, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1), y)
 
 
-def interval_bounds(layers, lower, upper):
-    """IBP through `layers`; returns the output box and each ReLU's input box."""
+def interval_bounds(layers, lower, upper, maps=None, first=0):
+    """IBP through `layers`; returns the output box and each ReLU's input box. With `maps`
+    (`batch_norm_maps`, by index in the net; `first` the index of `layers[0]`) BatchNorm is that
+    fixed affine map, else the layer in training mode on the centre, scaled by the running
+    variance on the radius."""
     relu_inputs = []
-    for layer in layers:
+    for index, layer in enumerate(layers, first):
+        if maps is not None and index in maps:
+            c, r = (upper + lower) / 2, (upper - lower) / 2
+            scale, shift = maps[index]
+            shape = (1, -1) + (1,) * (c.dim() - 2)
+            c = c * scale.view(shape) + shift.view(shape)
+            r = r * scale.abs().view(shape)
+            lower, upper = c - r, c + r
+            continue
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             c, r = (upper + lower) / 2, (upper - lower) / 2
             if isinstance(layer, nn.Conv2d):
@@ -149,7 +164,8 @@ def layer_out_shape(layers, shapes, index):
 
 def pgd_point(net, x, y, eps, steps=8, alpha=0.5, decays=(), factor=0.1):
     """CTRAIN's training attack: cross-entropy ascent from a random start, no early stop, the
-    highest-loss iterate kept; input gradients only."""
+    highest-loss iterate kept; input gradients only. `net` is any callable (a module, or
+    `fixed_forward` for the clean batch's BatchNorm maps)."""
     lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     point = lower + torch.rand_like(x) * (upper - lower)
     best, best_loss = x.clone(), torch.full((x.shape[0],), -float("inf"))
@@ -170,10 +186,11 @@ def pgd_point(net, x, y, eps, steps=8, alpha=0.5, decays=(), factor=0.1):
     return best
 
 
-def box_loss(net, lower, upper, y):
-    """Robust cross-entropy of IBP margin bounds over the box, the spec folded into the last layer."""
+def box_loss(net, lower, upper, y, maps=None, first=0):
+    """Robust cross-entropy of IBP margin bounds over the box, the spec folded into the last layer
+    (`maps`, `first`: as `interval_bounds`)."""
     layers = list(net)
-    lower, upper, _ = interval_bounds(layers[:-1], lower, upper)
+    lower, upper, _ = interval_bounds(layers[:-1], lower, upper, maps, first)
     last = layers[-1]
     spec = margin_spec(y)
     w, b = spec @ last.weight, spec @ last.bias
@@ -195,15 +212,52 @@ def robust_ce(margin, y, others, classes=10):
     return F.cross_entropy(logits, y)
 
 
-def taps_loss(net, x, y, eps, box=None, split_point=0.5, expansion=5.0, steps=8, alpha=0.5):
+def batch_norm_maps(net, x):
+    """The clean forward pass in training mode (it updates the running statistics), and each
+    BatchNorm's affine map `(γ/σ, β − μ·γ/σ)` from this batch's mean and variance, by layer
+    index: differentiable, so the passes that read them as fixed maps still train through the
+    clean batch's statistics (as cthpo's reverse pass does)."""
+    maps, h = {}, x
+    if not any(isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) for layer in net):
+        return maps  # no clean pass needed
+    for index, layer in enumerate(net):
+        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            var, mean = torch.var_mean(h, dim=[0] + list(range(2, h.dim())), unbiased=False)
+            scale = layer.weight / torch.sqrt(var + layer.eps)
+            maps[index] = (scale, layer.bias - mean * scale)
+        h = layer(h)
+    return maps
+
+
+def fixed_forward(layers, maps, first=0):
+    """The forward pass of `layers` (`layers[0]` being the net's layer `first`) with every
+    BatchNorm the fixed affine map of `maps`."""
+    def forward(h):
+        for index, layer in enumerate(layers, first):
+            if index in maps:
+                scale, shift = maps[index]
+                shape = (1, -1) + (1,) * (h.dim() - 2)
+                h = h * scale.view(shape) + shift.view(shape)
+            else:
+                h = layer(h)
+        return h
+    return forward
+
+
+def taps_loss(net, x, y, eps, box=None, maps=None, split_point=0.5, expansion=5.0, steps=8, alpha=0.5):
+    """TAPS' loss; with BatchNorm (`maps`: `batch_norm_maps` of the clean batch) the interval
+    pass, the latent attack and the pivots' pass all read the clean batch's maps, held fixed in
+    the attack (cthpo's semantics)."""
     layers = list(net)
     split = math.ceil(split_point * len(layers))
-    if any(isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) for layer in layers[split:]):
-        raise SystemExit("taps/staps: a classifier with BatchNorm is not written here (cnn-small only)")
+    if maps is None:
+        maps = batch_norm_maps(net, x)
     lower, upper = box if box is not None else ((x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
-    latent_lower, latent_upper, _ = interval_bounds(layers[:split], lower, upper)
-    classifier = nn.Sequential(*layers[split:])
-    ibp = box_loss(classifier, latent_lower, latent_upper, y)
+    latent_lower, latent_upper, _ = interval_bounds(layers[:split], lower, upper, maps)
+    ibp = box_loss(layers[split:], latent_lower, latent_upper, y, maps, split)
+    classifier = fixed_forward(layers[split:], maps, split)
+    held = {index: (scale.detach(), shift.detach()) for index, (scale, shift) in maps.items()}
+    attacked = fixed_forward(layers[split:], held, split)
     spec, others = other_class_specs(y)
     rows = spec.shape[1]
     spec = spec.reshape(-1, spec.shape[2])
@@ -216,10 +270,10 @@ def taps_loss(net, x, y, eps, box=None, split_point=0.5, expansion=5.0, steps=8,
     step_size = alpha
     for step in range(steps + 1):
         z.requires_grad_(True)
-        margin = (classifier(z) * spec).sum(1)
+        margin = (attacked(z) * spec).sum(1)
         better = margin.detach() < best_margin
         best_margin = torch.where(better, margin.detach(), best_margin)
-        best = torch.where(better.unsqueeze(1), z.detach(), best)
+        best = torch.where(better.view((-1,) + (1,) * (z.dim() - 1)), z.detach(), best)
         if step == steps:
             break
         (gradient,) = torch.autograd.grad(margin.sum(), z)
@@ -238,6 +292,11 @@ def taps_loss(net, x, y, eps, box=None, split_point=0.5, expansion=5.0, steps=8,
 
 def small_box(net, x, y, eps, ratio=0.4):
     point = pgd_point(net, x, y, eps, decays=(4, 7))
+    return box_around(point, x, eps, ratio)
+
+
+def box_around(point, x, eps, ratio=0.4):
+    """SABR's small box: radius `ratio·ε` around `point`, its centre kept inside the ε-box."""
     lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
     small = ratio * eps
     centre = torch.min(torch.max(point, lower + small), upper - small)
@@ -256,7 +315,12 @@ def step_loss(method, net, x, y, eps):
     if method == "taps":
         return taps_loss(net, x, y, eps)
     if method == "staps":
-        return taps_loss(net, x, y, eps, box=small_box(net, x, y, eps))
+        # The centre search reads the clean batch's BatchNorm maps held fixed, as the latent
+        # attack does.
+        maps = batch_norm_maps(net, x)
+        held = {index: (scale.detach(), shift.detach()) for index, (scale, shift) in maps.items()}
+        point = pgd_point(fixed_forward(list(net), held), x, y, eps, decays=(4, 7))
+        return taps_loss(net, x, y, eps, box=box_around(point, x, eps), maps=maps)
     if method == "mtl_ibp":
         adversarial = F.cross_entropy(net(pgd_point(net, x, y, eps)), y)
         return 0.02 * ibp_loss(net, x, y, eps) + 0.98 * adversarial
@@ -273,6 +337,7 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -282,14 +347,14 @@ def main():
     x = torch.rand(args.batch, 1, 28, 28)
     y = torch.arange(args.batch) % 10
     times = []
-    for step in range(args.steps + 3):
+    for step in range(args.steps + args.warmup):
         start = time.perf_counter()
         loss = step_loss(args.method, net, x, y, 0.1)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
         opt.step()
-        if step >= 3:
+        if step >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     print(json.dumps({"arch": args.arch, "method": args.method, "batch": args.batch, "threads": args.threads,

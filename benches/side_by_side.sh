@@ -6,7 +6,7 @@
 #   benches/side_by_side.sh cnn7 ibp [rounds=3] [steps=4]
 #   PYTHON (default python3) must be a Python with torch installed, e.g. a virtualenv's
 #   bin/python (set-up: see benches/pytorch_reference.py). METHOD: standard, ibp, pgd, sabr,
-#   mtl_ibp, crown_ibp, taps or staps (those two on cnn-small). On a machine shared with other
+#   mtl_ibp, crown_ibp, taps or staps. On a machine shared with other
 #   work, export OMP_WAIT_POLICY=PASSIVE: PyTorch's OpenMP threads otherwise spin and lose
 #   several-fold to the other processes (cthpo's pools block instead of spinning).
 set -euo pipefail

@@ -1,7 +1,7 @@
 //! Training-step throughput of one method.
 //!
-//! `cargo run --release --example bench_train -- --arch cnn-small --method ibp --batch 256 --threads 2 [--steps 20] [--cifar] [--json]`
-//! prints the median step time over `--steps` steps after 3 warm-up steps, as
+//! `cargo run --release --example bench_train -- --arch cnn-small --method ibp --batch 256 --threads 2 [--steps 20] [--warmup 3] [--cifar] [--json]`
+//! prints the median step time over `--steps` steps after `--warmup` warm-up steps, as
 //! `{"ms_per_step": …, "samples_per_s": …}` with `--json`. Random images, full ε from the first
 //! step (no warm-up or ramp), IBP initialisation for certified methods.
 
@@ -41,6 +41,10 @@ fn main() {
         .value("--steps", "20")
         .parse()
         .expect("--steps takes a number");
+    let warmup: usize = args
+        .value("--warmup", "3")
+        .parse()
+        .expect("--warmup takes a number");
     let cifar = args.has("--cifar");
     let json = args.has("--json");
     // candle and rayon size their pools from this when they start; candle's element-wise
@@ -60,7 +64,7 @@ fn main() {
     };
     let spec = NetSpec::builtin(&arch, shape, 10, normalization).expect("architecture");
     let mut net = Net::new(&spec, method.initialization(), 0).expect("network");
-    let total = batch * (steps + 3);
+    let total = batch * (steps + warmup);
     let images = Tensor::rand(
         0f32,
         1f32,
@@ -94,7 +98,7 @@ fn main() {
         &mut net, method, &config, &options, &images, &labels, &mut timer,
     )
     .expect("training");
-    let mut times: Vec<f64> = timer.times.into_iter().skip(3).collect();
+    let mut times: Vec<f64> = timer.times.into_iter().skip(warmup).collect();
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     if json {

@@ -4,7 +4,8 @@
 //! Rows are (sample, other class) pairs, `K − 1` per sample, so the classifier runs on
 //! `B·(K − 1)` points. Rows are independent (BatchNorm reads the clean batch's fixed maps), so
 //! the part runs on groups of samples, each group's attack, forward and backward before the
-//! next: the latent boxes of the whole batch are never repeated `K − 1` times at once.
+//! next: the latent boxes of a large batch are never repeated `K − 1` times at once, while each
+//! group is large enough for the classifier's products to run on many rows.
 
 use super::Gradients;
 use super::clean::{self, BatchNormAffine, BatchNormSums, BatchNorms};
@@ -16,10 +17,20 @@ use crate::train::TrainError;
 use crate::train::methods::{LINK_SLACK, LatentAttack};
 use candle_core::Tensor;
 use rand::rngs::StdRng;
+use rayon::prelude::*;
 use std::collections::HashMap;
 
-/// Latent values (rows × features) a group of samples may hold in one tensor: 2 MB of f32.
+/// Latent values (rows × features) a group of samples may always hold in one tensor: 2 MB of
+/// f32.
 const GROUP_VALUES: usize = 1 << 19;
+
+/// Beyond [`GROUP_VALUES`], a group's latent values may reach the batch's activation values
+/// (every layer's output, as one clean pass produces them) divided by this. The interval pass
+/// the step runs anyway holds about twice those, and a group's attack and pivot pass hold about
+/// five times its latent values, so the step stays within 1.5× the IBP step's memory,
+/// while the classifier's products run on hundreds of rows instead of re-reading the weights
+/// for a handful (`cnn7`'s 25,088 × 512 linear layer: 51 MB per pass).
+const GROUP_SHARE: usize = 5;
 
 /// TAPS' classifier layers `layers[split..]` at one step: what the loss reads and where its
 /// gradient goes.
@@ -32,6 +43,8 @@ pub(super) struct LatentPart<'a> {
     pub(super) attack: &'a LatentAttack,
     /// The clean batch's BatchNorm maps, held fixed (their sums go to the clean pass).
     pub(super) batch_norms: &'a HashMap<usize, BatchNormAffine>,
+    /// Values of one sample's activations over every layer (what sizes the groups).
+    pub(super) sample_activations: usize,
 }
 
 impl LatentPart<'_> {
@@ -53,7 +66,10 @@ impl LatentPart<'_> {
         let features: usize = sample_dims.iter().product();
         let lower = (centre - radius)?;
         let upper = (centre + radius)?;
-        let group = (GROUP_VALUES / (rows * features).max(1)).clamp(1, batch.max(1));
+        let budget = GROUP_VALUES.max(batch * self.sample_activations / GROUP_SHARE);
+        let largest = (budget / (rows * features).max(1)).clamp(1, batch.max(1));
+        // Groups of even size, so no small last group runs skinny products alone.
+        let group = batch.div_ceil(batch.div_ceil(largest).max(1)).max(1);
         let network = InputGradientPass::from_layer(self.layers, self.split, self.batch_norms);
         let mut loss = 0.0;
         let (mut d_centre, mut d_radius) = (Vec::new(), Vec::new());
@@ -68,9 +84,8 @@ impl LatentPart<'_> {
             let row_spec = spec
                 .narrow(0, first, samples)?
                 .reshape((samples * rows, classes))?;
-            let mut margins =
-                |z: &Tensor, with_gradient: bool| network.margins(z, &row_spec, with_gradient);
-            let pivot = self.attack.run((&lower, &upper), &mut margins, rng)?;
+            let start = LatentAttack::random_start((&lower, &upper), rng)?;
+            let pivot = self.search(&network, start, (&lower, &upper), &row_spec, rows)?;
 
             let pass = clean::forward_from(
                 BatchNorms::Fixed(self.batch_norms),
@@ -119,5 +134,47 @@ impl LatentPart<'_> {
         let d_centre = Tensor::cat(&d_centre, 0)?.reshape(box_shape.as_slice())?;
         let d_radius = Tensor::cat(&d_radius, 0)?.reshape(box_shape.as_slice())?;
         Ok((loss, (d_centre, d_radius)))
+    }
+
+    /// The latent attack on a group's rows from `start`, its samples split across the pool's
+    /// threads, each shard attacked through every step with single-threaded kernels (as the
+    /// training attacks shard their batch): one fork and join per group instead of one per
+    /// kernel, each shard's buffers in its own thread's cache. Rows are attacked independently,
+    /// so the split does not change the points.
+    pub(super) fn search(
+        &self,
+        network: &InputGradientPass<'_>,
+        start: Tensor,
+        (lower, upper): (&Tensor, &Tensor),
+        row_spec: &Tensor,
+        rows_per_sample: usize,
+    ) -> Result<Tensor, TrainError> {
+        let samples = lower.dim(0)? / rows_per_sample.max(1);
+        let shards = crate::kernels::kernel_threads().min(samples).max(1);
+        let attack = |first: usize, count: usize| -> Result<Tensor, TrainError> {
+            let narrow = |t: &Tensor| t.narrow(0, first * rows_per_sample, count * rows_per_sample);
+            let spec = narrow(row_spec)?;
+            let mut margins =
+                |z: &Tensor, with_gradient: bool| network.margins(z, &spec, with_gradient);
+            self.attack.search_from(
+                narrow(&start)?,
+                (&narrow(lower)?, &narrow(upper)?),
+                &mut margins,
+            )
+        };
+        if shards == 1 {
+            return attack(0, samples);
+        }
+        let ranges: Vec<(usize, usize)> = (0..shards)
+            .map(|s| {
+                let (from, to) = (samples * s / shards, samples * (s + 1) / shards);
+                (from, to - from)
+            })
+            .collect();
+        let pivots = ranges
+            .par_iter()
+            .map(|&(first, count)| crate::kernels::sequentially(|| attack(first, count)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(&pivots, 0)?)
     }
 }

@@ -453,6 +453,11 @@ pub fn loss_and_gradients(
                             split,
                             attack,
                             batch_norms: &fixed,
+                            sample_activations: net
+                                .shapes()
+                                .iter()
+                                .map(crate::model::ActivationShape::numel)
+                                .sum(),
                         };
                         let latent_box = pass.kept.as_ref().ok_or_else(|| {
                             TrainError::internal(

@@ -720,3 +720,65 @@ fn sharded_attacks_find_the_points_of_unsharded_ones() {
         }
     }
 }
+
+#[test]
+fn the_sharded_latent_attack_finds_the_points_of_the_unsharded_one() {
+    use super::latent::LatentPart;
+    use crate::model::Normalization;
+    use crate::train::methods::LatentAttack;
+    // 3 threads split the 7 samples' rows into shards of 2, 2 and 3 samples; inside
+    // `sequentially` one shard attacks them all, with the same single-threaded kernels.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let attack = LatentAttack {
+        steps: 8,
+        step_factor: 0.5,
+    };
+    for (spec_index, spec) in specs().iter().enumerate() {
+        let mut net = network(spec);
+        let (images, labels) = batch(spec, net.num_classes());
+        let (_, statistics) = net.forward_train(&images).unwrap();
+        let statistics = statistics.detached();
+        let maps = fixed_batch_norms(&net, Normalization::Batch(&statistics)).unwrap();
+        let classes = net.num_classes();
+        let rows = classes - 1;
+        let split = split_index(&net, 0.5).unwrap();
+        let dims = net.shapes()[split].batch_dims(7 * rows);
+        let centre = uniform(&dims, (-1.0, 1.0), 5);
+        let radius = uniform(&dims, (0.0, 0.5), 6);
+        let (lower, upper) = ((&centre - &radius).unwrap(), (&centre + &radius).unwrap());
+        let row_spec = margin_spec(&labels, classes)
+            .unwrap()
+            .reshape((7 * rows, classes))
+            .unwrap();
+        let start =
+            LatentAttack::random_start((&lower, &upper), &mut StdRng::seed_from_u64(7)).unwrap();
+        let part = LatentPart {
+            layers: net.layers(),
+            split,
+            attack: &attack,
+            batch_norms: &maps,
+            sample_activations: 0,
+        };
+        let network = InputGradientPass::from_layer(net.layers(), split, &maps);
+        let search = || {
+            part.search(&network, start.clone(), (&lower, &upper), &row_spec, rows)
+                .unwrap()
+        };
+        let sharded = pool.install(search);
+        let unsharded = pool.install(|| crate::kernels::sequentially(search));
+        let values = |points: &Tensor| points.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(
+            values(&sharded),
+            values(&unsharded),
+            "net {spec_index}: pivots"
+        );
+        assert_ne!(
+            values(&sharded),
+            values(&start),
+            "net {spec_index}: the attack moved"
+        );
+    }
+}

@@ -165,12 +165,31 @@ impl LatentAttack {
         margins: &mut LatentMargins<'_>,
         rng: &mut StdRng,
     ) -> Result<Tensor, TrainError> {
-        let rows = lower.dim(0)?;
-        let width = (upper - lower)?;
+        let start = Self::random_start((lower, upper), rng)?;
+        self.search_from(start, (lower, upper), margins)
+    }
+
+    /// A point drawn uniformly from `[lower, upper]`: the attack's start.
+    pub(crate) fn random_start(
+        (lower, upper): (&Tensor, &Tensor),
+        rng: &mut StdRng,
+    ) -> Result<Tensor, TrainError> {
         let noise: Vec<f32> = (0..lower.elem_count())
             .map(|_| rng.random_range(0.0f32..=1.0))
             .collect();
-        let mut z = (lower + Tensor::from_vec(noise, lower.dims(), &Device::Cpu)?.mul(&width)?)?;
+        let width = (upper - lower)?;
+        Ok((lower + Tensor::from_vec(noise, lower.dims(), &Device::Cpu)?.mul(&width)?)?)
+    }
+
+    /// [`LatentAttack::run`] from the point `z` of the box instead of a random one. Rows are
+    /// attacked independently, so any split of them gives the same points.
+    pub(crate) fn search_from(
+        &self,
+        mut z: Tensor,
+        (lower, upper): (&Tensor, &Tensor),
+        margins: &mut LatentMargins<'_>,
+    ) -> Result<Tensor, TrainError> {
+        let rows = lower.dim(0)?;
         let mut best_negated_margin = vec![f32::NEG_INFINITY; rows];
         let mut best = z.clone();
         let mut step_size = self.step_factor;
