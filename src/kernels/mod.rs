@@ -57,6 +57,19 @@ thread_local! {
 /// the caller has already split across the pool's threads (a training attack's shards of a
 /// batch), where each kernel's own fork and join would only cost time.
 pub fn sequentially<R>(f: impl FnOnce() -> R) -> R {
+    in_mode(true, f)
+}
+
+/// Runs `f` with the kernels it calls on this thread split across the pool, whatever mode the
+/// thread was in. For a job handed to the pool from outside (a training step): a worker inside
+/// [`sequentially`] that waits in a fork and join may pick that job up, and the job's
+/// reductions, split by [`kernel_threads`], must not round differently by which worker ran it.
+pub fn with_pool_kernels<R>(f: impl FnOnce() -> R) -> R {
+    in_mode(false, f)
+}
+
+/// Runs `f` with this thread's kernels in the given mode, restoring the previous one after.
+fn in_mode<R>(sequential: bool, f: impl FnOnce() -> R) -> R {
     /// Restores the thread's mode when `f` returns or unwinds.
     struct Restore(bool);
     impl Drop for Restore {
@@ -64,7 +77,7 @@ pub fn sequentially<R>(f: impl FnOnce() -> R) -> R {
             SEQUENTIAL.with(|flag| flag.set(self.0));
         }
     }
-    let _restore = Restore(SEQUENTIAL.with(|flag| flag.replace(true)));
+    let _restore = Restore(SEQUENTIAL.with(|flag| flag.replace(sequential)));
     f()
 }
 
@@ -269,5 +282,31 @@ unsafe fn gemm_into(
                 gemm::Parallelism::None
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_handed_to_the_pool_splits_its_kernels_even_on_a_thread_inside_a_shard() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let threads = pool.install(|| {
+            sequentially(|| {
+                let inside = kernel_threads();
+                let handed = with_pool_kernels(kernel_threads);
+                (inside, handed, kernel_threads())
+            })
+        });
+        assert_eq!(threads, (1, 3, 1), "shard, handed-over work, shard again");
+        assert_eq!(
+            pool.install(kernel_threads),
+            3,
+            "the mode ends with the shard"
+        );
     }
 }

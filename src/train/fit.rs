@@ -407,9 +407,12 @@ fn train_step(
 /// Runs `work` on a worker of rayon's pool and waits for it. Parallel kernels called from a
 /// worker share their work with it; called from outside the pool, each of the ~150 kernels of
 /// a step injects its work, wakes the workers and blocks (≈ 570 context switches per
-/// `cnn-small` IBP step, against ≈ 90 from inside).
+/// `cnn-small` IBP step, against ≈ 90 from inside). The worker runs it with its kernels split
+/// across the pool even if it picked the step up while waiting inside an attack's
+/// single-threaded shard (another step's, in another thread of the process), so a step's
+/// rounding never depends on where it ran.
 fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| work())
+    rayon::scope(|_| crate::kernels::with_pool_kernels(work))
 }
 
 /// The step's loss as a candle graph, for the steps the hand-written reverse pass does not cover.
