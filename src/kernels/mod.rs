@@ -63,7 +63,8 @@ pub fn sequentially<R>(f: impl FnOnce() -> R) -> R {
 /// Runs `f` with the kernels it calls on this thread split across the pool, whatever mode the
 /// thread was in. For a job handed to the pool from outside (a training step): a worker inside
 /// [`sequentially`] that waits in a fork and join may pick that job up, and the job's
-/// reductions, split by the threads the mode allows, must not round differently by which worker ran it.
+/// reductions, split by the threads the mode allows, must not round differently by which
+/// worker ran it.
 pub fn with_pool_kernels<R>(f: impl FnOnce() -> R) -> R {
     in_mode(false, f)
 }
