@@ -7,7 +7,6 @@
 use crate::model::{ModelError, Net, Normalization};
 use candle_core::{D, DType, Device, Tensor, Var};
 use rand::{Rng, rngs::StdRng};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
 
@@ -347,15 +346,7 @@ fn pgd_search(
         } else {
             inputs.index_select(&index, 0)?
         };
-        let shards = if network.shards_batches() {
-            crate::kernels::kernel_threads().min(samples.len())
-        } else {
-            1
-        };
-        let ranges: Vec<Range<usize>> = (0..shards)
-            .map(|s| samples.len() * s / shards..samples.len() * (s + 1) / shards)
-            .collect();
-        let shard = |range: &Range<usize>| -> Result<Shard, AttackError> {
+        let shard = |range: Range<usize>| -> Result<Shard, AttackError> {
             let rows = &samples[range.clone()];
             let (start, len) = (range.start, range.len());
             Ok(Shard {
@@ -367,7 +358,7 @@ fn pgd_search(
                 // With `keep_best` every sample is attacked, so rows are samples.
                 best: if keep_best {
                     Some((
-                        best_loss[range.clone()].to_vec(),
+                        best_loss[range].to_vec(),
                         last_iterate.narrow(0, start, len)?,
                     ))
                 } else {
@@ -375,22 +366,15 @@ fn pgd_search(
                 },
             })
         };
-        let outcomes = if shards == 1 {
-            vec![attack_shard(network, shard(&ranges[0])?, eps, config)?]
-        } else {
-            // One fork and join per restart: each thread attacks its rows through every step
-            // with single-threaded kernels, its buffers in its own cache.
-            ranges
-                .par_iter()
-                .map(|range| {
-                    let shard = shard(range)?;
-                    crate::kernels::sequentially(|| attack_shard(network, shard, eps, config))
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let mut iterates = Vec::with_capacity(shards);
+        // One fork and join per restart: each thread attacks its rows through every step with
+        // single-threaded kernels, its buffers in its own cache.
+        let outcomes =
+            crate::kernels::in_shards(samples.len(), network.shards_batches(), |range| {
+                attack_shard(network, shard(range)?, eps, config)
+            })?;
+        let mut iterates = Vec::with_capacity(outcomes.len());
         let mut losses = Vec::with_capacity(if keep_best { batch } else { 0 });
-        for (range, outcome) in ranges.into_iter().zip(outcomes) {
+        for (range, outcome) in outcomes {
             for ((&sample, still_robust), point) in samples[range]
                 .iter()
                 .zip(outcome.robust)

@@ -46,6 +46,7 @@ use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 thread_local! {
     /// Whether this thread's kernels run single-threaded (see [`sequentially`]).
@@ -80,6 +81,33 @@ fn in_mode<R>(sequential: bool, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(SEQUENTIAL.with(|flag| flag.replace(sequential)));
     f()
+}
+
+/// Runs `work` over `len` rows split into one contiguous shard per pool thread (at most
+/// `len`; a single shard unless `split`), each shard on its own thread with single-threaded
+/// kernels ([`sequentially`]): one fork and join for all of the shard's kernels. A single shard
+/// runs here with the kernels as they are. Results come in shard order, with each shard's rows.
+pub(crate) fn in_shards<T: Send, E: Send>(
+    len: usize,
+    split: bool,
+    work: impl Fn(Range<usize>) -> std::result::Result<T, E> + Sync,
+) -> std::result::Result<Vec<(Range<usize>, T)>, E> {
+    let shards = if split {
+        kernel_threads().min(len).max(1)
+    } else {
+        1
+    };
+    if shards == 1 {
+        return Ok(vec![(0..len, work(0..len)?)]);
+    }
+    (0..shards)
+        .into_par_iter()
+        .map(|s| {
+            let range = len * s / shards..len * (s + 1) / shards;
+            let result = sequentially(|| work(range.clone()))?;
+            Ok((range, result))
+        })
+        .collect()
 }
 
 /// Whether this thread's kernels run single-threaded (inside [`sequentially`]).

@@ -17,7 +17,6 @@ use crate::train::TrainError;
 use crate::train::methods::{LINK_SLACK, LatentAttack};
 use candle_core::Tensor;
 use rand::rngs::StdRng;
-use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Latent values (rows × features) a group of samples may always hold in one tensor: 2 MB of
@@ -150,9 +149,14 @@ impl LatentPart<'_> {
         rows_per_sample: usize,
     ) -> Result<Tensor, TrainError> {
         let samples = lower.dim(0)? / rows_per_sample.max(1);
-        let shards = crate::kernels::kernel_threads().min(samples).max(1);
-        let attack = |first: usize, count: usize| -> Result<Tensor, TrainError> {
-            let narrow = |t: &Tensor| t.narrow(0, first * rows_per_sample, count * rows_per_sample);
+        let pivots = crate::kernels::in_shards(samples, true, |range| {
+            let narrow = |t: &Tensor| {
+                t.narrow(
+                    0,
+                    range.start * rows_per_sample,
+                    range.len() * rows_per_sample,
+                )
+            };
             let spec = narrow(row_spec)?;
             let mut margins =
                 |z: &Tensor, with_gradient: bool| network.margins(z, &spec, with_gradient);
@@ -161,20 +165,8 @@ impl LatentPart<'_> {
                 (&narrow(lower)?, &narrow(upper)?),
                 &mut margins,
             )
-        };
-        if shards == 1 {
-            return attack(0, samples);
-        }
-        let ranges: Vec<(usize, usize)> = (0..shards)
-            .map(|s| {
-                let (from, to) = (samples * s / shards, samples * (s + 1) / shards);
-                (from, to - from)
-            })
-            .collect();
-        let pivots = ranges
-            .par_iter()
-            .map(|&(first, count)| crate::kernels::sequentially(|| attack(first, count)))
-            .collect::<Result<Vec<_>, _>>()?;
+        })?;
+        let pivots: Vec<Tensor> = pivots.into_iter().map(|(_, pivot)| pivot).collect();
         Ok(Tensor::cat(&pivots, 0)?)
     }
 }
