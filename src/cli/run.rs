@@ -82,7 +82,8 @@ pub struct RunArgs {
     /// Training images per trial (default: the whole training split).
     #[arg(long)]
     train_samples: Option<usize>,
-    /// Surrogate model of the optimiser (default rf).
+    /// Surrogate model of the optimiser [default: gp when at least two thirds of the searched
+    /// parameters are numbers, as in every builtin space; rf otherwise].
     #[arg(long, value_enum)]
     surrogate: Option<SurrogateArg>,
     /// Objective.

@@ -4,6 +4,7 @@ use super::StudyError;
 use super::fidelity::{Fidelity, FidelityKind, RungScoring};
 use crate::data::DatasetName;
 use crate::model::BUILTIN_ARCHITECTURES;
+use crate::space::Space;
 use crate::train::Method;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -132,7 +133,8 @@ pub struct StudyFile {
     pub time_budget: Option<String>,
     /// Wall-clock limit of one trial, e.g. `20m`.
     pub trial_timeout: Option<String>,
-    /// Surrogate model.
+    /// Surrogate model (default: the GP on mostly numeric spaces, see
+    /// [`SurrogateKind::for_space`]).
     pub surrogate: Option<SurrogateKind>,
     /// Objective kind.
     pub objective: Option<ObjectiveKind>,
@@ -331,6 +333,12 @@ impl StudySpec {
                 "must be at least 1 (leave it out to train on the whole training split)".into(),
             ));
         }
+        let surrogate = match file.surrogate {
+            Some(surrogate) => surrogate,
+            None => SurrogateKind::for_space(
+                &Space::builtin(&method).map_err(|e| StudyError::setting("method", e))?,
+            ),
+        };
         let defaults = Fidelity::default();
         let kind = file.fidelity.unwrap_or(defaults.kind);
         let fidelity = Fidelity {
@@ -394,7 +402,7 @@ impl StudySpec {
             trials,
             time_budget,
             trial_timeout,
-            surrogate: file.surrogate.unwrap_or_default(),
+            surrogate,
             objective: file.objective.unwrap_or_default(),
             weights,
             default_config: file.default_config,
@@ -523,6 +531,16 @@ mod tests {
         stored["trials"] = 20.into();
         let stored: StudySpec = serde_json::from_value(stored).unwrap();
         assert_eq!(stored.trials, Some(20));
+    }
+
+    #[test]
+    fn the_surrogate_follows_the_space_unless_chosen() {
+        assert_eq!(ibp(StudyFile::default()).surrogate, SurrogateKind::Gp);
+        let forest = ibp(StudyFile {
+            surrogate: Some(SurrogateKind::Rf),
+            ..StudyFile::default()
+        });
+        assert_eq!(forest.surrogate, SurrogateKind::Rf);
     }
 
     #[test]
