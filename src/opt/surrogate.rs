@@ -10,12 +10,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-/// Which surrogate model guides the search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// Which surrogate model guides the search (a study that names none: see
+/// [`SurrogateKind::for_space`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SurrogateKind {
     /// SMAC-style random forest.
-    #[default]
     Rf,
     /// Gaussian process (egobox-gp).
     Gp,
