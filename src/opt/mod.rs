@@ -265,13 +265,16 @@ impl Optimizer {
             .iter()
             .map(|(c, _)| Space::config_hash(c))
             .collect();
-        let rows = match (self.budget_aware(), rung_model) {
-            (true, RungModel::Corrected) => rungs::highest_rungs(&keys, &self.budgets),
-            _ => (0..self.history.len()).collect(),
+        let budget_aware = self.budget_aware();
+        let corrected = budget_aware && rung_model == RungModel::Corrected;
+        let rows = if corrected {
+            rungs::highest_rungs(&keys, &self.budgets)
+        } else {
+            (0..self.history.len()).collect()
         };
         ModelView {
-            budget_input: self.budget_aware() && rung_model == RungModel::BudgetInput,
-            corrected: self.budget_aware() && rung_model == RungModel::Corrected,
+            budget_input: budget_aware && rung_model == RungModel::BudgetInput,
+            corrected,
             rows,
             keys,
         }
@@ -686,6 +689,18 @@ impl Optimizer {
 mod tests {
     use super::*;
 
+    /// A space of one number `x` in [0, 1].
+    fn unit_line() -> Space {
+        let yaml =
+            "hyperparameters:\n  - {name: x, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n";
+        Space::from_yaml(yaml, "one").unwrap()
+    }
+
+    /// The configuration of [`unit_line`] at `x`.
+    fn at_x(x: f64) -> Config {
+        Config::from([("x".to_string(), crate::space::Value::Float(x))])
+    }
+
     /// The constraint model's predictive variance at `at`, with `pending` configurations
     /// running elsewhere.
     fn constraint_variance(optimizer: &Optimizer, pending: &[Config], at: &Config) -> f64 {
@@ -712,10 +727,7 @@ mod tests {
         // model with the budget as an input looks for the full budget's optimum; told as if
         // they were all full, the many short trials pull it to theirs. (No configuration is
         // told at both budgets, so corrected scores would have no change to measure.)
-        let yaml =
-            "hyperparameters:\n  - {name: x, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n";
-        let space = Space::from_yaml(yaml, "one").unwrap();
-        let config = |x: f64| Config::from([("x".to_string(), crate::space::Value::Float(x))]);
+        let space = unit_line();
         let proposal = |with_budgets: bool, surrogate: SurrogateKind| {
             let options = OptimizerOptions {
                 initial_design: Some(0),
@@ -731,11 +743,11 @@ mod tests {
                 let x = (i as f64 + 0.5) / 20.0;
                 let budget = if with_budgets { 0.0 } else { 1.0 };
                 let cost = Outcome::Cost((x - 0.9).powi(2));
-                optimizer.tell_at_budget(&config(x), budget, cost, None);
+                optimizer.tell_at_budget(&at_x(x), budget, cost, None);
             }
             for x in [0.03_f64, 0.12, 0.3, 0.55, 0.8, 0.97] {
                 let cost = Outcome::Cost((x - 0.1).powi(2) + 0.01);
-                optimizer.tell_at_budget(&config(x), 1.0, cost, None);
+                optimizer.tell_at_budget(&at_x(x), 1.0, cost, None);
             }
             optimizer.ask()["x"].as_f64().unwrap()
         };
@@ -749,10 +761,7 @@ mod tests {
 
     #[test]
     fn corrected_view_models_each_configuration_once_on_the_full_budgets_scale() {
-        let yaml =
-            "hyperparameters:\n  - {name: x, type: float, lower: 0.0, upper: 1.0, default: 0.5}\n";
-        let space = Space::from_yaml(yaml, "one").unwrap();
-        let config = |x: f64| Config::from([("x".to_string(), crate::space::Value::Float(x))]);
+        let space = unit_line();
         let options = OptimizerOptions {
             rung_model: Some(RungModel::Corrected),
             ..Default::default()
@@ -761,10 +770,10 @@ mod tests {
         // x = 0.1 scores 3 at the short budget and 1 at the full one (a change of −2 that
         // every short score gets); x = 0.5 and 0.9 are short only, failed at 0.7.
         for (x, budget, cost) in [(0.1, 0.0, 3.0), (0.5, 0.0, 2.0), (0.9, 0.0, 6.0)] {
-            optimizer.tell_at_budget(&config(x), budget, Outcome::Cost(cost), None);
+            optimizer.tell_at_budget(&at_x(x), budget, Outcome::Cost(cost), None);
         }
-        optimizer.tell_at_budget(&config(0.1), 1.0, Outcome::Cost(1.0), None);
-        optimizer.tell_at_budget(&config(0.7), 0.0, Outcome::Failed, None);
+        optimizer.tell_at_budget(&at_x(0.1), 1.0, Outcome::Cost(1.0), None);
+        optimizer.tell_at_budget(&at_x(0.7), 0.0, Outcome::Failed, None);
         let view = optimizer.model_view();
         assert!(view.corrected && !view.budget_input);
         assert_eq!(
