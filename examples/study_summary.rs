@@ -13,11 +13,36 @@
 //! pruned trials are scored at a rung, often with the quick scoring, and are not comparable.
 //! The hypervolume is the area dominated by the (natural, certified) accuracies of the
 //! complete trials, from the reference point (0, 0); the largest possible is 1.
+//!
+//! With `--rungs`, two more tables ask whether a multi-fidelity study's rungs carried
+//! information: for each rung, over the promotions from it (a configuration's weighted objective
+//! at the rung and at the next one up, the same validation images), the mean and standard
+//! deviation of the change, Spearman's rank correlation and the least-squares slope of the next
+//! rung's score on this rung's, per directory and pooled over all of them (each directory's
+//! scores centred per rung, so differences between seeds do not count as agreement, and the
+//! mean change is then 0); and the spread
+//! (standard deviation) of the full-budget objectives of each study, to set against the noise
+//! of one score.
+
+#[path = "common/rank.rs"]
+mod rank;
 
 use cthpo::store::{Store, StoredTrial, TrialState, attrs};
+use rank::spearman;
+use std::collections::BTreeMap;
+
+/// (rung promoted from, its score, the next rung's score) of each promotion.
+type Promotion = (i64, f64, f64);
 
 fn main() {
     let mut dirs: Vec<String> = std::env::args().skip(1).collect();
+    let rungs = match dirs.iter().position(|a| a == "--rungs") {
+        Some(i) => {
+            dirs.remove(i);
+            true
+        }
+        None => false,
+    };
     let within = match dirs.iter().position(|a| a == "--within") {
         Some(i) => {
             let seconds: f64 = dirs
@@ -30,13 +55,15 @@ fn main() {
         None => None,
     };
     if dirs.is_empty() {
-        eprintln!("usage: study_summary [--within SECONDS] DIR [DIR ...]");
+        eprintln!("usage: study_summary [--within SECONDS] [--rungs] DIR [DIR ...]");
         std::process::exit(2);
     }
     println!(
         "| directory | study | trials | configurations | full-budget trials | best objective | hypervolume (natural, certified) |"
     );
     println!("|---|---|---|---|---|---|---|");
+    let mut promotions: Vec<(String, Vec<Promotion>)> = Vec::new();
+    let mut spreads: Vec<(String, String, Vec<f64>)> = Vec::new();
     for dir in &dirs {
         let store = Store::open_existing(dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
         for study in store.studies().expect("studies") {
@@ -89,8 +116,126 @@ fn main() {
                 best.map_or_else(|| "none".to_string(), |b| format!("{b:.4}")),
                 hypervolume(&points)
             );
+            if rungs {
+                promotions.push((dir.clone(), promotions_of(&trials)));
+                let objectives = complete
+                    .iter()
+                    .filter_map(|t| t.user_attr_f64(attrs::OBJECTIVE))
+                    .collect();
+                spreads.push((dir.clone(), study.name.clone(), objectives));
+            }
         }
     }
+    if rungs {
+        print_rungs(&promotions, &spreads);
+    }
+}
+
+/// Every promotion among `trials`: a trial that continues a trial at the rung below, with both
+/// weighted objectives.
+fn promotions_of(trials: &[StoredTrial]) -> Vec<Promotion> {
+    let by_number: BTreeMap<i64, &StoredTrial> = trials.iter().map(|t| (t.number, t)).collect();
+    trials
+        .iter()
+        .filter_map(|trial| {
+            let from = by_number.get(&(trial.user_attr_f64(attrs::CONTINUES)? as i64))?;
+            Some((
+                from.user_attr_f64(attrs::RUNG)? as i64,
+                from.user_attr_f64(attrs::OBJECTIVE)?,
+                trial.user_attr_f64(attrs::OBJECTIVE)?,
+            ))
+        })
+        .collect()
+}
+
+/// The `--rungs` tables: rung-to-rung consistency per directory and pooled, then the spread of
+/// each study's full-budget objectives.
+fn print_rungs(promotions: &[(String, Vec<Promotion>)], spreads: &[(String, String, Vec<f64>)]) {
+    println!();
+    println!(
+        "| directory | from rung | promotions | mean change | SD of change | Spearman | slope |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    // Pooled within directories: each directory's scores are centred per rung first, so a
+    // directory (seed, validation split) that scores higher overall does not pass for a rank
+    // correlation between rungs.
+    let pooled: Vec<Promotion> = promotions
+        .iter()
+        .flat_map(|(_, list)| centred(list))
+        .collect();
+    let mut rows: Vec<(&str, &[Promotion], bool)> = promotions
+        .iter()
+        .map(|(dir, p)| (dir.as_str(), p.as_slice(), false))
+        .collect();
+    if promotions.len() > 1 {
+        rows.push(("all, centred per directory", &pooled, true));
+    }
+    for (dir, list, is_centred) in rows {
+        let mut from_rungs: Vec<i64> = list.iter().map(|p| p.0).collect();
+        from_rungs.sort_unstable();
+        from_rungs.dedup();
+        for rung in from_rungs {
+            let (low, high): (Vec<f64>, Vec<f64>) = list
+                .iter()
+                .filter(|p| p.0 == rung)
+                .map(|p| (p.1, p.2))
+                .unzip();
+            let changes: Vec<f64> = low.iter().zip(&high).map(|(l, h)| h - l).collect();
+            let (mean, sd) = mean_sd(&changes);
+            let mean = if is_centred {
+                "(centred)".to_string()
+            } else {
+                format!("{mean:+.4}")
+            };
+            println!(
+                "| {dir} | {rung} | {} | {mean} | {sd:.4} | {:.2} | {:.2} |",
+                low.len(),
+                spearman(&low, &high),
+                slope(&low, &high)
+            );
+        }
+    }
+    println!();
+    println!("| directory | study | full-budget trials | mean objective | SD of objectives |");
+    println!("|---|---|---|---|---|");
+    for (dir, study, objectives) in spreads {
+        let (mean, sd) = mean_sd(objectives);
+        println!(
+            "| {dir} | {study} | {} | {mean:.4} | {sd:.4} |",
+            objectives.len()
+        );
+    }
+}
+
+/// `list` with each rung's scores (at the rung, and at the next) moved to mean 0.
+fn centred(list: &[Promotion]) -> Vec<Promotion> {
+    list.iter()
+        .map(|&(rung, low, high)| {
+            let (lows, highs): (Vec<f64>, Vec<f64>) = list
+                .iter()
+                .filter(|p| p.0 == rung)
+                .map(|p| (p.1, p.2))
+                .unzip();
+            (rung, low - mean_sd(&lows).0, high - mean_sd(&highs).0)
+        })
+        .collect()
+}
+
+/// Mean and sample standard deviation (NaN for fewer than two values).
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let squares: f64 = values.iter().map(|v| (v - mean).powi(2)).sum();
+    (mean, (squares / (n - 1.0)).sqrt())
+}
+
+/// Least-squares slope of `y` on `x`.
+fn slope(x: &[f64], y: &[f64]) -> f64 {
+    let (mx, _) = mean_sd(x);
+    let (my, _) = mean_sd(y);
+    let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let var: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    cov / var
 }
 
 /// Seconds since 1970 of Optuna's naive UTC time `YYYY-MM-DD HH:MM:SS[.ffffff]`.
