@@ -160,7 +160,8 @@ fn main() {
                         if reached_eps {
                             let share =
                                 reached_eps_share(method, &config, &options, train_count, until);
-                            let at = RungScoring::Reached.scoring_eps(eps, share);
+                            let budget_share = until as f64 / epochs as f64;
+                            let at = RungScoring::Reached.scoring_eps(eps, share, budget_share);
                             reached_row.push(score_at(&net, RungScoring::Reached, at).0);
                             for ((_, floor), floor_row) in FLOORS.iter().zip(&mut floor_rows) {
                                 if with_floors {

@@ -444,3 +444,37 @@ fn rungs_of_an_eps_schedule_are_scored_at_the_reached_eps_and_the_full_budget_at
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains("quick scoring at ε = 0.0"), "{listed}");
 }
+
+#[test]
+fn share_scoring_scores_every_trial_of_a_rung_at_its_share_of_the_budget() {
+    let dir = temp_dir("share-eps");
+    let d = dir.to_str().unwrap();
+    let mut args = halving_study(d, "4");
+    args[2] = "ibp";
+    args.extend_from_slice(&["--name", "ibp-share", "--rung-scoring", "share"]);
+    cthpo(&args);
+    let store = Store::open_existing_at(&Storage::sqlite_in(&dir), &dir).unwrap();
+    let study = store.require_study("ibp-share").unwrap();
+    let all = store.trials(study.id).unwrap();
+    let finished: Vec<_> = all.iter().filter(|t| !t.is_interrupted()).collect();
+    assert!(finished.len() >= 3, "{} trials", finished.len());
+    // Rungs of 1, 2 and 4 epochs of 4: ε = 0.1 · 1/4, 0.1 · 2/4, and the full budget's 0.1,
+    // whatever each configuration's ε schedule reached.
+    for trial in &finished {
+        let (rung, eps) = (
+            attr(trial, attrs::RUNG).unwrap(),
+            trial.user_attr_f64(attrs::RUNG_EPS).unwrap(),
+        );
+        let (scoring, expected) = match rung {
+            0 => ("share", 0.025),
+            1 => ("share", 0.05),
+            _ => ("full", 0.1),
+        };
+        assert_eq!(trial.user_attr_str(attrs::SCORING), Some(scoring));
+        assert!(
+            (eps - expected).abs() < 1e-12,
+            "trial {}: ε {eps}",
+            trial.number
+        );
+    }
+}

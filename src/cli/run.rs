@@ -137,6 +137,9 @@ pub enum RungScoringArg {
     /// 1 % of --eps while the schedule is still at ε = 0); ranks configurations with slow ε
     /// ramps far better than scoring at --eps mid-schedule.
     Reached,
+    /// The quick validation at --eps times the rung's share of the budget (rung epochs /
+    /// --epochs): every trial of a rung scored at one radius.
+    Share,
     /// A cheaper, still sound validation: PGD with 10 steps and 1 restart, certification by
     /// IBP then CROWN-IBP (no CROWN), on the same validation images, at --eps.
     Quick,
@@ -203,6 +206,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         eta: args.eta,
         rung_scoring: args.rung_scoring.map(|r| match r {
             RungScoringArg::Reached => RungScoring::Reached,
+            RungScoringArg::Share => RungScoring::Share,
             RungScoringArg::Quick => RungScoring::Quick,
             RungScoringArg::Full => RungScoring::Full,
         }),

@@ -245,7 +245,7 @@ fn rung_text(t: &StoredTrial) -> Option<String> {
         .map_or_else(String::new, |n| format!(", continues #{n}"));
     let scoring = match t.user_attr_str(attrs::SCORING) {
         Some("quick") => ", quick scoring".to_string(),
-        Some("reached") => format!(
+        Some("reached" | "share") => format!(
             ", quick scoring at ε = {}",
             t.user_attr_f64(attrs::RUNG_EPS)
                 .map_or_else(|| "?".into(), |eps| format!("{eps:.4}"))

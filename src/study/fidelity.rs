@@ -43,6 +43,10 @@ pub enum RungScoring {
     /// epoch (at least [`REACHED_EPS_FLOOR`] of the study's ε): rungs are scored on the radius
     /// they have been trained for, so slow ε ramps are not pruned for being mid-schedule.
     Reached,
+    /// The quick validation at the study's ε times the rung's share of the full budget (rung
+    /// epochs / `--epochs`): one radius for every trial of a rung, so a rung ranks its trials
+    /// by one yardstick rather than each at its own schedule's radius.
+    Share,
 }
 
 /// The smallest share of the study's ε a `reached` rung is scored at, used while the trial's
@@ -57,15 +61,18 @@ impl RungScoring {
             RungScoring::Full => "full",
             RungScoring::Quick => "quick",
             RungScoring::Reached => "reached",
+            RungScoring::Share => "share",
         }
     }
 
-    /// The radius a rung is scored at, given the study's `eps` and the share of it the trial's
-    /// ε schedule has reached (`reached_share`, in [0, 1]).
-    pub fn scoring_eps(&self, eps: f64, reached_share: f64) -> f64 {
+    /// The radius a rung is scored at, given the study's `eps`, the share of it the trial's
+    /// ε schedule has reached (`reached_share`, in [0, 1]) and the rung's share of the full
+    /// budget (`budget_share`, rung epochs / `--epochs`).
+    pub fn scoring_eps(&self, eps: f64, reached_share: f64, budget_share: f64) -> f64 {
         match self {
             RungScoring::Full | RungScoring::Quick => eps,
             RungScoring::Reached => eps * reached_share.clamp(REACHED_EPS_FLOOR, 1.0),
+            RungScoring::Share => eps * budget_share.clamp(REACHED_EPS_FLOOR, 1.0),
         }
     }
 
@@ -73,7 +80,9 @@ impl RungScoring {
     pub fn eval_config(&self, eps: f64) -> EvalConfig {
         match self {
             RungScoring::Full => EvalConfig::cascade(eps),
-            RungScoring::Quick | RungScoring::Reached => EvalConfig::quick(eps),
+            RungScoring::Quick | RungScoring::Reached | RungScoring::Share => {
+                EvalConfig::quick(eps)
+            }
         }
     }
 }
@@ -634,15 +643,26 @@ mod tests {
     }
 
     #[test]
+    fn share_scoring_uses_the_budget_share_whatever_the_schedule_reached() {
+        let share = RungScoring::Share;
+        assert_eq!(share.scoring_eps(0.1, 0.0, 1.0 / 3.0), 0.1 / 3.0);
+        assert_eq!(share.scoring_eps(0.1, 1.0, 1.0 / 3.0), 0.1 / 3.0);
+        assert_eq!(share.scoring_eps(0.3, 0.2, 1.0), 0.3);
+        assert_eq!(share.eval_config(0.05), EvalConfig::quick(0.05));
+        assert_eq!(share.name(), "share");
+    }
+
+    #[test]
     fn reached_scoring_uses_the_reached_share_of_eps_with_a_floor() {
         let reached = RungScoring::Reached;
-        assert_eq!(reached.scoring_eps(0.1, 0.5), 0.05);
-        assert_eq!(reached.scoring_eps(0.1, 1.0), 0.1);
+        // The budget share (third argument) does not matter to `reached`.
+        assert_eq!(reached.scoring_eps(0.1, 0.5, 0.9), 0.05);
+        assert_eq!(reached.scoring_eps(0.1, 1.0, 0.1), 0.1);
         // In warm-up (ε = 0 so far) the floor keeps the certificate at a positive radius.
-        assert_eq!(reached.scoring_eps(0.2, 0.0), 0.2 * REACHED_EPS_FLOOR);
-        assert!(reached.scoring_eps(0.1, 0.0) > 0.0);
-        assert_eq!(RungScoring::Quick.scoring_eps(0.1, 0.3), 0.1);
-        assert_eq!(RungScoring::Full.scoring_eps(0.1, 0.3), 0.1);
+        assert_eq!(reached.scoring_eps(0.2, 0.0, 0.5), 0.2 * REACHED_EPS_FLOOR);
+        assert!(reached.scoring_eps(0.1, 0.0, 0.5) > 0.0);
+        assert_eq!(RungScoring::Quick.scoring_eps(0.1, 0.3, 0.5), 0.1);
+        assert_eq!(RungScoring::Full.scoring_eps(0.1, 0.3, 0.5), 0.1);
         assert_eq!(reached.eval_config(0.05), EvalConfig::quick(0.05));
         let fidelity = Fidelity {
             rung_scoring: reached,

@@ -577,4 +577,19 @@ mod tests {
         .unwrap_err();
         assert!(refused.to_string().contains("rung_scoring"), "{refused}");
     }
+
+    #[test]
+    fn a_study_file_names_every_rung_scoring() {
+        for (text, scoring) in [
+            ("reached", RungScoring::Reached),
+            ("share", RungScoring::Share),
+            ("quick", RungScoring::Quick),
+            ("full", RungScoring::Full),
+        ] {
+            let yaml =
+                format!("method: ibp\nfidelity: hyperband\nepochs: 9\nrung_scoring: {text}\n");
+            let file: StudyFile = serde_saphyr::from_str(&yaml).unwrap();
+            assert_eq!(ibp(file).fidelity.rung_scoring, scoring, "{text}");
+        }
+    }
 }

@@ -323,7 +323,8 @@ fn train_and_score(
     let scoring = spec.fidelity.scoring_at(segment.until, spec.epochs);
     let train_count = data.train_images.dim(0).map_err(TrialFailure::failed)?;
     let reached_share = reached_eps_share(method, config, &options, train_count, segment.until);
-    let scored_eps = scoring.scoring_eps(spec.eps, reached_share);
+    let budget_share = segment.until as f64 / spec.epochs as f64;
+    let scored_eps = scoring.scoring_eps(spec.eps, reached_share, budget_share);
     let mut eval = scoring.eval_config(scored_eps);
     eval.seed = spec.seed;
     let report = evaluate(
