@@ -400,19 +400,32 @@ fn postgres_two_processes_never_continue_one_trial_twice() {
     two_processes_share_a_study(&temp_dir("workers-pg"), &["--storage", &pg.url]);
 }
 
+/// The finished trials of a 4-trial successive-halving IBP study named `name` in `dir` (rungs
+/// of 1, 2 and 4 epochs; IBP has an ε schedule), run with `extra` arguments.
+fn ibp_halving_trials(dir: &Path, name: &str, extra: &[&str]) -> Vec<StoredTrial> {
+    let d = dir.to_str().unwrap();
+    let mut args = halving_study(d, "4");
+    args[2] = "ibp";
+    args.extend_from_slice(&["--name", name]);
+    args.extend_from_slice(extra);
+    cthpo(&args);
+    let store = Store::open_existing_at(&Storage::sqlite_in(dir), dir).unwrap();
+    let study = store.require_study(name).unwrap();
+    let finished: Vec<StoredTrial> = store
+        .trials(study.id)
+        .unwrap()
+        .into_iter()
+        .filter(|t| !t.is_interrupted())
+        .collect();
+    assert!(finished.len() >= 3, "{} trials", finished.len());
+    finished
+}
+
 #[test]
 fn rungs_of_an_eps_schedule_are_scored_at_the_reached_eps_and_the_full_budget_at_the_studys() {
     let dir = temp_dir("reached-eps");
     let d = dir.to_str().unwrap();
-    let mut args = halving_study(d, "4");
-    args[2] = "ibp";
-    args.extend_from_slice(&["--name", "ibp-halving"]);
-    cthpo(&args);
-    let store = Store::open_existing_at(&Storage::sqlite_in(&dir), &dir).unwrap();
-    let study = store.require_study("ibp-halving").unwrap();
-    let all = store.trials(study.id).unwrap();
-    let finished: Vec<_> = all.iter().filter(|t| !t.is_interrupted()).collect();
-    assert!(finished.len() >= 3, "{} trials", finished.len());
+    let finished = ibp_halving_trials(&dir, "ibp-halving", &[]);
     let mut below = 0;
     for trial in &finished {
         let eps = trial
@@ -448,16 +461,7 @@ fn rungs_of_an_eps_schedule_are_scored_at_the_reached_eps_and_the_full_budget_at
 #[test]
 fn share_scoring_scores_every_trial_of_a_rung_at_its_share_of_the_budget() {
     let dir = temp_dir("share-eps");
-    let d = dir.to_str().unwrap();
-    let mut args = halving_study(d, "4");
-    args[2] = "ibp";
-    args.extend_from_slice(&["--name", "ibp-share", "--rung-scoring", "share"]);
-    cthpo(&args);
-    let store = Store::open_existing_at(&Storage::sqlite_in(&dir), &dir).unwrap();
-    let study = store.require_study("ibp-share").unwrap();
-    let all = store.trials(study.id).unwrap();
-    let finished: Vec<_> = all.iter().filter(|t| !t.is_interrupted()).collect();
-    assert!(finished.len() >= 3, "{} trials", finished.len());
+    let finished = ibp_halving_trials(&dir, "ibp-share", &["--rung-scoring", "share"]);
     // Rungs of 1, 2 and 4 epochs of 4: ε = 0.1 · 1/4, 0.1 · 2/4, and the full budget's 0.1,
     // whatever each configuration's ε schedule reached.
     for trial in &finished {
