@@ -92,12 +92,11 @@ fn main() {
                 .iter()
                 .filter(|t| t.state == TrialState::Complete)
                 .collect();
-            let best = complete
+            let objectives: Vec<f64> = complete
                 .iter()
                 .filter_map(|t| t.user_attr_f64(attrs::OBJECTIVE))
-                .fold(None, |best: Option<f64>, x| {
-                    Some(best.map_or(x, |b| b.max(x)))
-                });
+                .collect();
+            let best = objectives.iter().copied().reduce(f64::max);
             let points: Vec<(f64, f64)> = complete
                 .iter()
                 .filter_map(|t| {
@@ -118,10 +117,6 @@ fn main() {
             );
             if rungs {
                 promotions.push((dir.clone(), promotions_of(&trials)));
-                let objectives = complete
-                    .iter()
-                    .filter_map(|t| t.user_attr_f64(attrs::OBJECTIVE))
-                    .collect();
                 spreads.push((dir.clone(), study.name.clone(), objectives));
             }
         }
@@ -175,11 +170,7 @@ fn print_rungs(promotions: &[(String, Vec<Promotion>)], spreads: &[(String, Stri
         from_rungs.sort_unstable();
         from_rungs.dedup();
         for rung in from_rungs {
-            let (low, high): (Vec<f64>, Vec<f64>) = list
-                .iter()
-                .filter(|p| p.0 == rung)
-                .map(|p| (p.1, p.2))
-                .unzip();
+            let (low, high) = at_rung(list, rung);
             let changes: Vec<f64> = low.iter().zip(&high).map(|(l, h)| h - l).collect();
             let (mean, sd) = mean_sd(&changes);
             let mean = if is_centred {
@@ -207,17 +198,25 @@ fn print_rungs(promotions: &[(String, Vec<Promotion>)], spreads: &[(String, Stri
     }
 }
 
+/// The scores of the promotions from `rung`: at the rung, and at the next one up.
+fn at_rung(list: &[Promotion], rung: i64) -> (Vec<f64>, Vec<f64>) {
+    list.iter()
+        .filter(|p| p.0 == rung)
+        .map(|p| (p.1, p.2))
+        .unzip()
+}
+
 /// `list` with each rung's scores (at the rung, and at the next) moved to mean 0.
 fn centred(list: &[Promotion]) -> Vec<Promotion> {
+    let mut means: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+    for &(rung, _, _) in list {
+        means.entry(rung).or_insert_with(|| {
+            let (low, high) = at_rung(list, rung);
+            (mean_sd(&low).0, mean_sd(&high).0)
+        });
+    }
     list.iter()
-        .map(|&(rung, low, high)| {
-            let (lows, highs): (Vec<f64>, Vec<f64>) = list
-                .iter()
-                .filter(|p| p.0 == rung)
-                .map(|p| (p.1, p.2))
-                .unzip();
-            (rung, low - mean_sd(&lows).0, high - mean_sd(&highs).0)
-        })
+        .map(|&(rung, low, high)| (rung, low - means[&rung].0, high - means[&rung].1))
         .collect()
 }
 

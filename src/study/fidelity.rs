@@ -44,8 +44,9 @@ pub enum RungScoring {
     /// they have been trained for, so slow ε ramps are not pruned for being mid-schedule.
     Reached,
     /// The quick validation at the study's ε times the rung's share of the full budget (rung
-    /// epochs / `--epochs`): one radius for every trial of a rung, so a rung ranks its trials
-    /// by one yardstick rather than each at its own schedule's radius.
+    /// epochs / `--epochs`, at least [`REACHED_EPS_FLOOR`]): one radius for every trial of a
+    /// rung, so a rung ranks its trials by one yardstick rather than each at its own
+    /// schedule's radius.
     Share,
 }
 
